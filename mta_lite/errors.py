@@ -1,0 +1,43 @@
+"""errors — the MtaLiteError hierarchy.
+
+Every error mta-lite raises on purpose derives from MtaLiteError and from the matching
+stdlib class, so callers can catch either. Messages are written for the person who has to
+act on them. An exception message must never contain a secret (password, AUTH payload).
+"""
+
+
+class MtaLiteError(Exception):
+    """Root of every error mta-lite raises deliberately."""
+
+
+class ConfigError(MtaLiteError, ValueError):
+    """The configuration is invalid; the message names file, key, value and a hint."""
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = path, key, problem
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + problem)
+
+
+class AddressError(MtaLiteError, ValueError):
+    """An envelope address is malformed or not acceptable; carries the SMTP reply to give."""
+
+    def __init__(self, message: str, reply=None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class SpoolError(MtaLiteError, OSError):
+    """The queue could not store or read a message; the message was not accepted."""
+
+
+class CorruptQueueFileError(SpoolError):
+    """A queue file failed validation (version, structure, end marker or checksum)."""
+
+
+class QueueIdError(MtaLiteError, LookupError):
+    """No message with that queue ID is in the queue."""
+
+
+class DeliveryError(MtaLiteError, RuntimeError):
+    """Delivery to a smarthost failed; carries a DeliveryResult with its permanence."""

@@ -1,0 +1,119 @@
+"""maillog — one Postfix-style log line per mail event, and the logging set-up.
+
+Lines look like Postfix's maillog so that admins' habits and tools keep working:
+
+    mta-lite/qmgr[812]: 66116D47A6264320: from=<scanner@example.com>, size=2048, nrcpt=1 (queue active)
+    mta-lite/smtp[812]: 66116D47A6264320: to=<bob@example.org>, relay=smtp.isp.example[192.0.2.1]:587,
+        delay=1.2, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 4Xyz)
+
+Guarantees: every event line starts with the queue ID (or NOQUEUE). The SecretFilter
+installed by setup_logging() replaces every configured secret, and its base64 forms, with
+"********" in every record, whatever logger wrote it, tracebacks included.
+Must never: format a Secret's revealed value into a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import sys
+
+from .config import MASK, Config
+
+smtp_log = logging.getLogger("mta_lite.smtp")
+qmgr_log = logging.getLogger("mta_lite.qmgr")
+bounce_log = logging.getLogger("mta_lite.bounce")
+
+
+def queued(queue_id: str, sender: str, size: int, nrcpt: int) -> None:
+    qmgr_log.info("%s: from=<%s>, size=%d, nrcpt=%d (queue active)", queue_id, sender, size, nrcpt)
+
+
+def delivery(queue_id: str, recipient: str, relay: str, delay: float, dsn: str,
+             status: str, reply: str) -> None:
+    """status is sent, deferred or bounced, exactly as Postfix writes it."""
+    smtp_log.info("%s: to=<%s>, relay=%s, delay=%.2g, dsn=%s, status=%s (%s)",
+                  queue_id, recipient, relay, delay, dsn, status, reply)
+
+
+def removed(queue_id: str) -> None:
+    qmgr_log.info("%s: removed", queue_id)
+
+
+def expired(queue_id: str, sender: str) -> None:
+    qmgr_log.info("%s: from=<%s>, status=expired, returned to sender", queue_id, sender)
+
+
+def bounce_created(queue_id: str, dsn_id: str) -> None:
+    bounce_log.info("%s: sender non-delivery notification: %s", queue_id, dsn_id)
+
+
+def bounce_suppressed(queue_id: str, why: str) -> None:
+    bounce_log.warning("%s: no non-delivery notification: %s", queue_id, why)
+
+
+def corrupt(queue_id: str, reason: str) -> None:
+    qmgr_log.error("%s: corrupt queue file moved to corrupt/: %s", queue_id, reason)
+
+
+def secret_forms(secret: str, usernames: list[str]) -> set[str]:
+    """The secret and every base64 form in which an AUTH exchange could carry it."""
+    forms = {secret, base64.b64encode(secret.encode()).decode()}
+    for user in usernames:
+        plain = f"\0{user}\0{secret}".encode()
+        forms.add(base64.b64encode(plain).decode())
+        forms.add(base64.b64encode(user.encode() + plain).decode())
+    return {form for form in forms if len(form) >= 3}
+
+
+class SecretFilter(logging.Filter):
+    """Masks secrets in log records at the logging boundary (STYLE: errors, rule 5)."""
+
+    def __init__(self, secrets: set[str]) -> None:
+        super().__init__()
+        self.secrets = sorted(secrets, key=len, reverse=True)
+
+    def _mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = self._mask(record.getMessage())
+            record.args = None
+            if record.exc_info:
+                record.exc_text = self._mask(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+class _PostfixFormatter(logging.Formatter):
+    """`Nov 25 10:00:00 mta-lite/smtpd[812]: message`, the component from the logger name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.component = record.name.rpartition(".")[2] if record.name.startswith("mta_lite") else record.name
+        return super().format(record)
+
+
+def config_secrets(cfg: Config) -> set[str]:
+    found: set[str] = set()
+    users = [r.username for r in cfg.relays.values()] + [s.username for s in cfg.senders]
+    for holder in [*cfg.relays.values(), *cfg.senders]:
+        if holder.password is not None:
+            found |= secret_forms(holder.password.reveal(), [u for u in users if u])
+    return found
+
+
+def setup_logging(cfg: Config | None = None, level: int = logging.INFO, stream=None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_PostfixFormatter(
+        "%(asctime)s mta-lite/%(component)s[%(process)d]: %(message)s", "%b %d %H:%M:%S"))
+    handler.addFilter(SecretFilter(config_secrets(cfg) if cfg else set()))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # aiosmtplib and asyncio debug chatter could carry protocol payloads; keep them quiet.
+    logging.getLogger("aiosmtplib").setLevel(logging.WARNING)

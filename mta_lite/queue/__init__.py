@@ -1,0 +1,6 @@
+"""queue — the durable spool. States are directories; a state change is a rename()."""
+
+from .queuefile import QueueEntry, read_queue_file
+from .spool import STATES, MessageState, Spool, QueueWriter
+
+__all__ = ["QueueEntry", "read_queue_file", "STATES", "MessageState", "Spool", "QueueWriter"]

@@ -1,0 +1,133 @@
+"""queuefile — the on-disk format of one queued message, and its validation.
+
+Layout (one file per message, written once, never modified):
+
+    MTA-LITE-QUEUE 1\\n
+    {envelope as one line of JSON}\\n
+    <content: exactly `size` bytes, CRLF line endings, not dot-stuffed>
+    \\nEND <size> <sha256 hex of every byte before this trailer>\\n
+
+Guarantees: read_queue_file() accepts a file only if the version, the envelope, the content
+length, the end marker and the checksum all match (G4); anything else raises
+CorruptQueueFileError, so a torn or bit-flipped file is never delivered half.
+Must never: trust a length or a field it has not validated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from ..errors import CorruptQueueFileError
+
+MAGIC = b"MTA-LITE-QUEUE 1\n"
+# The envelope line holds up to recipient_limit addresses of 256 bytes each, plus fields.
+MAX_ENVELOPE_BYTES = 1024 * 1024
+TRAILER = re.compile(rb"\nEND (\d{1,12}) ([0-9a-f]{64})\n\Z")
+MAX_TRAILER_BYTES = 5 + 12 + 1 + 64 + 1
+READ_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A validated queue file: its envelope and where its content lies."""
+
+    path: str
+    sender: str
+    recipients: tuple[str, ...]
+    arrival: float
+    client_address: str
+    client_helo: str
+    smtputf8: bool
+    body: str
+    is_bounce: bool
+    size: int
+    content_offset: int
+
+    def read_content(self) -> bytes:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.content_offset)
+            data = handle.read(self.size)
+        if len(data) != self.size:
+            raise CorruptQueueFileError(f"{self.path}: content shorter than recorded")
+        return data
+
+
+def encode_header(envelope: dict) -> bytes:
+    return MAGIC + json.dumps(envelope, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+
+
+def encode_trailer(size: int, digest: str) -> bytes:
+    return b"\nEND %d %s\n" % (size, digest.encode())
+
+
+def read_queue_file(path: str, verify: bool = True) -> QueueEntry:
+    """Parse and validate a queue file; verify=False skips the checksum (listing only)."""
+    try:
+        with open(path, "rb") as handle:
+            return _parse(handle, path, verify)
+    except OSError as exc:
+        if isinstance(exc, CorruptQueueFileError):
+            raise
+        raise CorruptQueueFileError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _parse(handle, path: str, verify: bool) -> QueueEntry:
+    if handle.read(len(MAGIC)) != MAGIC:
+        raise CorruptQueueFileError(f"{path}: not a queue file of version 1")
+    line = handle.readline(MAX_ENVELOPE_BYTES)
+    if not line.endswith(b"\n"):
+        raise CorruptQueueFileError(f"{path}: envelope line truncated or too long")
+    envelope = _envelope(line, path)
+    offset = len(MAGIC) + len(line)
+    end = handle.seek(0, 2)
+    start = max(offset, end - MAX_TRAILER_BYTES)
+    handle.seek(start)
+    tail = handle.read()
+    match = TRAILER.search(tail)
+    if not match:
+        raise CorruptQueueFileError(f"{path}: end marker missing (file truncated?)")
+    size = int(match.group(1))
+    if offset + size != start + match.start():
+        raise CorruptQueueFileError(f"{path}: content length does not match the end marker")
+    if verify and _digest(handle, offset + size) != match.group(2).decode():
+        raise CorruptQueueFileError(f"{path}: checksum mismatch")
+    return QueueEntry(path=path, size=size, content_offset=offset, **envelope)
+
+
+def _digest(handle, length: int) -> str:
+    handle.seek(0)
+    digest = hashlib.sha256()
+    remaining = length
+    while remaining:
+        chunk = handle.read(min(READ_CHUNK_BYTES, remaining))
+        if not chunk:
+            break
+        digest.update(chunk)
+        remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+_FIELDS = {
+    "sender": str, "recipients": list, "arrival": (int, float), "client_address": str,
+    "client_helo": str, "smtputf8": bool, "body": str, "is_bounce": bool,
+}
+
+
+def _envelope(line: bytes, path: str) -> dict:
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptQueueFileError(f"{path}: envelope is not valid JSON") from None
+    if not isinstance(data, dict) or set(data) != set(_FIELDS):
+        raise CorruptQueueFileError(f"{path}: envelope fields missing or unknown")
+    for name, kind in _FIELDS.items():
+        if not isinstance(data[name], kind) or (kind is not bool and isinstance(data[name], bool)):
+            raise CorruptQueueFileError(f"{path}: envelope field {name} has the wrong type")
+    if not data["recipients"] or not all(isinstance(r, str) and r for r in data["recipients"]):
+        raise CorruptQueueFileError(f"{path}: envelope has no valid recipients")
+    data["recipients"] = tuple(data["recipients"])
+    data["arrival"] = float(data["arrival"])
+    return data

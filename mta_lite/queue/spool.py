@@ -1,0 +1,260 @@
+"""spool — the queue directories, writing new messages, and moving them between states.
+
+    tmp/        files being written; purged at start-up (never acknowledged)
+    incoming/   accepted (250 sent), not yet picked up by the queue manager
+    active/     being delivered right now
+    deferred/   waiting for their next attempt
+    hold/       held by the administrator; never delivered until released
+    corrupt/    files that failed validation; kept for a human, never deleted
+    state/      ID.json per message: attempts, next attempt, last error, and the
+                per-recipient results already recorded (G3)
+
+Guarantees: QueueWriter.commit() returns only after the file is complete, fsynced, renamed
+into incoming/ and the directory fsynced (G1). A state change is one rename(). Recovery
+purges tmp/, returns active/ to incoming/ and quarantines invalid files (G4).
+Must never: delete a message that was not delivered, bounced or deleted on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+from .. import safeio
+from ..envelope import Envelope
+from ..errors import CorruptQueueFileError, QueueIdError, SpoolError
+from .queuefile import QueueEntry, encode_header, encode_trailer, read_queue_file
+
+log = logging.getLogger("mta_lite.queue")
+
+STATES = ("incoming", "active", "deferred", "hold")
+DIRS = ("tmp", *STATES, "corrupt", "state", "public")
+WRITE_BUFFER_BYTES = 64 * 1024
+
+
+@dataclass
+class MessageState:
+    """What the queue manager knows about a message beyond its immutable file."""
+
+    queue_id: str
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str = ""
+    done: dict[str, str] = field(default_factory=dict)   # recipient -> "sent" | "bounced"
+
+    def pending(self, recipients) -> list[str]:
+        return [r for r in recipients if r not in self.done]
+
+
+def new_queue_id(rng: random.Random | None = None, now: float | None = None) -> str:
+    """16 hex digits: microseconds since the epoch, then 12 random bits; sorts by arrival."""
+    micros = int((time.time() if now is None else now) * 1_000_000)
+    return f"{micros:013X}{(rng or random).getrandbits(12):03X}"
+
+
+def valid_queue_id(text: str) -> bool:
+    return len(text) == 16 and all(c in "0123456789ABCDEF" for c in text)
+
+
+class QueueWriter:
+    """Streams one new message into tmp/ and commits it durably into incoming/."""
+
+    def __init__(self, spool: "Spool", envelope: Envelope, is_bounce: bool, now: float) -> None:
+        self.spool = spool
+        self.queue_id = new_queue_id(now=now)
+        self.path = os.path.join(spool.root, "tmp", self.queue_id)
+        self.size = 0
+        self._digest = hashlib.sha256()
+        header = encode_header({
+            "sender": envelope.sender, "recipients": list(envelope.recipients),
+            "arrival": now, "client_address": envelope.client_address,
+            "client_helo": envelope.client_helo, "smtputf8": envelope.smtputf8,
+            "body": envelope.body, "is_bounce": is_bounce,
+        })
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER_BYTES)
+        except OSError as exc:
+            raise SpoolError(exc.errno, f"cannot create queue file: {exc.strerror}") from None
+        self._put(header)
+        self.size = 0
+
+    def _put(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise SpoolError(exc.errno, f"queue file write error: {exc.strerror}") from None
+        self._digest.update(data)
+        self.size += len(data)
+
+    def write(self, chunk: bytes) -> None:
+        self._put(chunk)
+
+    def commit(self) -> str:
+        """Trailer, fsync, rename into incoming/, fsync directory; then the ID is safe to announce."""
+        final = os.path.join(self.spool.root, "incoming", self.queue_id)
+        try:
+            self._file.write(encode_trailer(self.size, self._digest.hexdigest()))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if self.spool.locate(self.queue_id):
+                raise OSError(17, "queue ID already in use")
+            os.rename(self.path, final)
+            safeio.fsync_dir(os.path.dirname(final))
+        except OSError as exc:
+            self.abort()
+            raise SpoolError(exc.errno, f"queue file write error: {exc.strerror}") from None
+        return self.queue_id
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+class Spool:
+    """The queue directories under one root."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def ensure(self) -> "Spool":
+        for name in DIRS:
+            os.makedirs(os.path.join(self.root, name), mode=0o700, exist_ok=True)
+        return self
+
+    def path(self, state: str, queue_id: str) -> str:
+        return os.path.join(self.root, state, queue_id)
+
+    @property
+    def wakeup_socket(self) -> str:
+        return os.path.join(self.root, "public", "qmgr")
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+    def begin(self, envelope: Envelope, is_bounce: bool = False, now: float | None = None) -> QueueWriter:
+        return QueueWriter(self, envelope, is_bounce, time.time() if now is None else now)
+
+    def enqueue(self, envelope: Envelope, content: bytes, is_bounce: bool = False) -> str:
+        """Queue a message given whole (bounces, sendmail): same durability as SMTP."""
+        writer = self.begin(envelope, is_bounce)
+        writer.write(content)
+        return writer.commit()
+
+    # -------------------------------------------------------------- lookups
+    def list(self, state: str) -> list[str]:
+        try:
+            names = os.listdir(os.path.join(self.root, state))
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if valid_queue_id(n))
+
+    def locate(self, queue_id: str) -> str | None:
+        for state in STATES:
+            if os.path.exists(self.path(state, queue_id)):
+                return state
+        return None
+
+    def read(self, state: str, queue_id: str, verify: bool = True) -> QueueEntry:
+        return read_queue_file(self.path(state, queue_id), verify)
+
+    # -------------------------------------------------------------- state changes
+    def move(self, queue_id: str, src: str, dst: str) -> bool:
+        """Durably move a message between states; False if it is no longer in `src`."""
+        try:
+            safeio.durable_rename(self.path(src, queue_id), self.path(dst, queue_id))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove(self, queue_id: str, state: str | None = None) -> bool:
+        """Delete a message and its state file (delivered, bounced or deleted on purpose)."""
+        state = state or self.locate(queue_id)
+        if state is None:
+            return False
+        try:
+            os.unlink(self.path(state, queue_id))
+        except FileNotFoundError:
+            return False
+        safeio.fsync_dir(os.path.join(self.root, state))
+        self._unlink_state(queue_id)
+        return True
+
+    def quarantine(self, queue_id: str, state: str, reason: str) -> None:
+        log.error("%s: corrupt queue file moved to corrupt/: %s", queue_id, reason)
+        safeio.durable_rename(self.path(state, queue_id), self.path("corrupt", queue_id))
+
+    # -------------------------------------------------------------- per-message state
+    def load_state(self, queue_id: str) -> MessageState:
+        try:
+            with open(os.path.join(self.root, "state", queue_id + ".json"), "rb") as handle:
+                data = json.load(handle)
+            return MessageState(queue_id=queue_id, attempts=int(data["attempts"]),
+                                next_attempt=float(data["next_attempt"]),
+                                last_error=str(data["last_error"]), done=dict(data["done"]))
+        except FileNotFoundError:
+            return MessageState(queue_id)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # The state file is an optimisation over the message; losing it means a
+            # retry too early and maybe a duplicate for recipients already done, not a loss.
+            log.warning("%s: unreadable state file ignored: %s", queue_id, exc)
+            return MessageState(queue_id)
+
+    def save_state(self, state: MessageState) -> None:
+        data = asdict(state)
+        del data["queue_id"]
+        safeio.atomic_write(os.path.join(self.root, "state", state.queue_id + ".json"),
+                            json.dumps(data).encode())
+
+    def _unlink_state(self, queue_id: str) -> None:
+        try:
+            os.unlink(os.path.join(self.root, "state", queue_id + ".json"))
+        except FileNotFoundError:
+            pass
+
+    # -------------------------------------------------------------- start-up
+    def recover(self) -> dict[str, int]:
+        """Purge tmp/, put active/ back to incoming/, quarantine invalid files (G4)."""
+        counts = {"purged": 0, "requeued": 0, "corrupt": 0}
+        for name in os.listdir(os.path.join(self.root, "tmp")):
+            os.unlink(os.path.join(self.root, "tmp", name))
+            counts["purged"] += 1
+        for queue_id in self.list("active"):
+            self.move(queue_id, "active", "incoming")
+            counts["requeued"] += 1
+        for state in STATES:
+            for queue_id in self.list(state):
+                try:
+                    read_queue_file(self.path(state, queue_id))
+                except CorruptQueueFileError as exc:
+                    self.quarantine(queue_id, state, str(exc))
+                    counts["corrupt"] += 1
+        self._drop_orphan_states()
+        return counts
+
+    def _drop_orphan_states(self) -> None:
+        for name in os.listdir(os.path.join(self.root, "state")):
+            queue_id = name.removesuffix(".json")
+            if name.endswith(".json") and valid_queue_id(queue_id) and not self.locate(queue_id):
+                self._unlink_state(queue_id)
+
+    def require(self, queue_id: str) -> str:
+        """The state of a message, or QueueIdError naming the ID."""
+        state = self.locate(queue_id) if valid_queue_id(queue_id) else None
+        if state is None:
+            raise QueueIdError(f"{queue_id}: no such message in the queue")
+        return state

@@ -1,0 +1,1 @@
+"""smarthost — outbound: deliver queued messages to the configured smarthost accounts."""
