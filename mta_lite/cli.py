@@ -1,0 +1,137 @@
+"""cli — the `mta-lite` command: parse arguments, load the config, run one subcommand.
+
+    mta-lite [-c FILE] serve | config check | config show | sendmail ... | queue ... |
+             status [--json] | demo
+
+The config file is -c/--config, else $MTA_LITE_CONFIG, else /etc/mta-lite/mta-lite.toml.
+Invoked through a link named `sendmail` it behaves as `mta-lite sendmail`, and as `mailq`
+it lists the queue. Exit status: 0 ok, 64 usage, 75 temporary failure, 78 config error.
+Guarantees: a config error is one line naming file, key and problem, exit 78.
+Must never: print a secret (config show masks them; errors never include them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import tomli_w
+
+from .config import DEFAULT_CONFIG_PATH
+from .config_load import effective_dict, load_config
+from .errors import ConfigError, MtaLiteError, QueueIdError
+
+EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 64, 75, 78
+
+
+def _config_path(explicit: str | None) -> str:
+    return explicit or os.environ.get("MTA_LITE_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def _split_global(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take -c/--config off the front; the rest is the subcommand and its arguments."""
+    config = None
+    while argv:
+        if argv[0] in ("-c", "--config") and len(argv) > 1:
+            config, argv = argv[1], argv[2:]
+        elif argv[0].startswith("--config="):
+            config, argv = argv[0].split("=", 1)[1], argv[1:]
+        else:
+            break
+    return config, argv
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mta-lite", description="A small, durable SMTP relay.")
+    parser.add_argument("-c", "--config", help=f"config file (default $MTA_LITE_CONFIG or {DEFAULT_CONFIG_PATH})")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the relay in the foreground")
+    cfg = sub.add_parser("config", help="check or show the configuration")
+    cfg.add_argument("action", choices=["check", "show"])
+    sub.add_parser("sendmail", help="submit a message from stdin (sendmail-compatible)")
+    queue = sub.add_parser("queue", help="list and manage queued mail")
+    queue.add_argument("action", choices=["list", "show", "flush", "delete", "hold", "release"])
+    queue.add_argument("ids", nargs="*", metavar="ID")
+    queue.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", help="queue counts and relay states")
+    status.add_argument("--json", action="store_true")
+    sub.add_parser("demo", help="run the relay with a local capture smarthost and sample mail")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = os.path.basename(sys.argv[0])
+    config, rest = _split_global(argv)
+    if name == "sendmail" or (rest and rest[0] == "sendmail"):
+        return _run(config, lambda cfg: _sendmail(cfg, rest[1:] if name != "sendmail" else rest), EX_TEMPFAIL)
+    if name == "mailq":
+        rest = ["queue", "list"]
+    args = _parser().parse_args((["-c", config] if config else []) + rest)
+    if args.command == "demo":
+        from .demo import run_demo
+        return run_demo()
+    return _run(args.config, lambda cfg: _dispatch(cfg, args), 1)
+
+
+def _run(config: str | None, action, fail_status: int) -> int:
+    path = _config_path(config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"mta-lite: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        return action(cfg)
+    except QueueIdError as exc:
+        print(f"mta-lite: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except (MtaLiteError, OSError) as exc:
+        print(f"mta-lite: {exc}", file=sys.stderr)
+        return fail_status
+
+
+def _sendmail(cfg, argv: list[str]) -> int:
+    from .sendmail import submit
+    return submit(cfg, argv)
+
+
+def _dispatch(cfg, args) -> int:
+    if args.command == "serve":
+        from .daemon import serve
+        from .maillog import setup_logging
+        setup_logging(cfg)
+        return serve(cfg)
+    if args.command == "config":
+        if args.action == "show":
+            sys.stdout.write(tomli_w.dumps(effective_dict(cfg)))
+        return 0
+    if args.command == "status":
+        from .status import format_status, read_status
+        snapshot = read_status(cfg.spool_dir)
+        print(snapshot.to_json() if args.json else format_status(snapshot))
+        return 0
+    return _queue_command(cfg, args)
+
+
+def _queue_command(cfg, args) -> int:
+    from . import mailq
+    from .queue import Spool
+    spool = Spool(cfg.spool_dir)
+    if args.action in ("show", "delete", "hold", "release") and not args.ids:
+        print(f"mta-lite: queue {args.action} needs at least one queue ID", file=sys.stderr)
+        return EX_USAGE
+    if args.action == "list":
+        print(mailq.list_json(spool) if args.json else mailq.format_list(mailq.entries(spool)))
+    elif args.action == "show":
+        for queue_id in args.ids:
+            sys.stdout.buffer.write(mailq.show(spool, queue_id))
+    else:
+        count = getattr(mailq, args.action)(spool, *([args.ids] if args.action != "flush" else []))
+        print(f"mta-lite: {args.action}: {count} message{'s' if count != 1 else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""status — StatusSnapshot: what the daemon is doing, for `mta-lite status`, board/ and tools.
+
+The daemon writes the snapshot atomically to spool/public/status.json every few seconds;
+readers never see a half-written file. Queue counts are always taken live from the spool
+directories, so `status` is right even while the daemon is stopped.
+Guarantees: the snapshot holds counters and states only — never an address book, a
+password, or message content. board/ reads it through read_status() and nothing else.
+Must never: block the daemon on a slow reader (the file is replaced, not locked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from . import safeio
+
+STATUS_FILE = os.path.join("public", "status.json")
+# A snapshot older than this, or one whose writer is gone, means the daemon is not running.
+STALE_AFTER_S = 30.0
+QUEUE_DIRS = ("incoming", "active", "deferred", "hold", "corrupt")
+
+
+@dataclass
+class StatusSnapshot:
+    pid: int = 0
+    started: float = 0.0
+    written: float = 0.0
+    running: bool = False
+    queue: dict[str, int] = field(default_factory=dict)
+    relays: dict[str, dict] = field(default_factory=dict)
+    smtpd: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def queue_counts(spool_dir: str) -> dict[str, int]:
+    counts = {}
+    for name in QUEUE_DIRS:
+        try:
+            counts[name] = sum(1 for n in os.listdir(os.path.join(spool_dir, name)) if not n.startswith("."))
+        except FileNotFoundError:
+            counts[name] = 0
+    return counts
+
+
+def write_status(spool_dir: str, snapshot: StatusSnapshot) -> None:
+    snapshot.written = time.time()
+    safeio.atomic_write(os.path.join(spool_dir, STATUS_FILE), snapshot.to_json().encode(), mode=0o644)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_status(spool_dir: str, now: float | None = None) -> StatusSnapshot:
+    """The last snapshot with live queue counts; running=False if the daemon is gone."""
+    now = time.time() if now is None else now
+    snapshot = StatusSnapshot()
+    try:
+        with open(os.path.join(spool_dir, STATUS_FILE), encoding="utf-8") as handle:
+            data = json.load(handle)
+        snapshot = StatusSnapshot(**{k: data[k] for k in asdict(snapshot) if k in data})
+    except (OSError, ValueError, TypeError):
+        pass
+    snapshot.running = bool(snapshot.pid) and _alive(snapshot.pid) and now - snapshot.written < STALE_AFTER_S
+    snapshot.queue = queue_counts(spool_dir)
+    return snapshot
+
+
+def format_status(snapshot: StatusSnapshot) -> str:
+    lines = []
+    if snapshot.running:
+        lines.append(f"mta-lite: running (pid {snapshot.pid}, up {int(snapshot.written - snapshot.started)}s)")
+    else:
+        lines.append("mta-lite: not running")
+    lines.append("queue: " + ", ".join(f"{k} {v}" for k, v in snapshot.queue.items()))
+    for name, relay in sorted(snapshot.relays.items()):
+        extra = f"  last_error: {relay['last_error']}" if relay.get("last_error") else ""
+        lines.append(f"relay {name}: {relay.get('state', '?')}  sent={relay.get('sent', 0)} "
+                     f"deferred={relay.get('deferred', 0)} bounced={relay.get('bounced', 0)}{extra}")
+    if snapshot.smtpd:
+        lines.append("smtpd: " + ", ".join(f"{k}={v}" for k, v in sorted(snapshot.smtpd.items())))
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""The spool: durable commit (G1), self-validating files and recovery (G4)."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from mta_lite.envelope import Envelope
+from mta_lite.errors import CorruptQueueFileError, QueueIdError, SpoolError
+from mta_lite.queue import Spool, read_queue_file
+from mta_lite.queue.spool import MessageState
+
+CONTENT = b"Received: from x\r\nSubject: test\r\n\r\nline one\r\n.line with dot\r\n"
+
+
+def _queue_one(spool, content=CONTENT, rcpts=("bob@example.org",)):
+    writer = spool.begin(Envelope("alice@example.com", list(rcpts), "192.0.2.7", "scanner"))
+    writer.write(content)
+    return writer.commit()
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return Spool(str(tmp_path / "spool")).ensure()
+
+
+def test_commit_puts_complete_file_in_incoming(spool):
+    queue_id = _queue_one(spool)
+    entry = spool.read("incoming", queue_id)
+    assert entry.sender == "alice@example.com" and entry.recipients == ("bob@example.org",)
+    assert entry.read_content() == CONTENT and entry.size == len(CONTENT)
+    assert os.listdir(os.path.join(spool.root, "tmp")) == []
+
+
+def test_abort_leaves_nothing(spool):
+    writer = spool.begin(Envelope("a@b.example", ["c@d.example"]))
+    writer.write(b"partial")
+    writer.abort()
+    assert os.listdir(os.path.join(spool.root, "tmp")) == [] and spool.list("incoming") == []
+
+
+def test_write_failure_raises_spool_error_and_removes_tmp(spool):
+    writer = spool.begin(Envelope("a@b.example", ["c@d.example"]))
+    writer._file.close()
+    writer._file = open("/dev/full", "wb", buffering=0)   # every write fails with ENOSPC
+    with pytest.raises(SpoolError):
+        writer.write(b"x" * 10)
+    assert os.listdir(os.path.join(spool.root, "tmp")) == []
+
+
+def test_queue_ids_sort_by_arrival(spool):
+    ids = [_queue_one(spool) for _ in range(20)]
+    assert ids == sorted(ids) and len(set(ids)) == 20
+
+
+def _file_bytes(spool):
+    queue_id = _queue_one(spool)
+    with open(spool.path("incoming", queue_id), "rb") as handle:
+        return handle.read()
+
+
+def test_every_truncation_is_detected(spool, tmp_path):
+    data = _file_bytes(spool)
+    target = tmp_path / "cut"
+    for offset in range(len(data)):
+        target.write_bytes(data[:offset])
+        with pytest.raises(CorruptQueueFileError):
+            read_queue_file(str(target))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
+def test_any_bit_flip_is_detected(spool, tmp_path, position, bit):
+    data = bytearray(_file_bytes(spool))
+    data[position % len(data)] ^= 1 << bit
+    target = tmp_path / "flipped"
+    target.write_bytes(bytes(data))
+    with pytest.raises(CorruptQueueFileError):
+        read_queue_file(str(target))
+
+
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_never_crash_the_reader(tmp_path_factory, blob):
+    target = tmp_path_factory.mktemp("q") / "blob"
+    target.write_bytes(blob)
+    with pytest.raises(CorruptQueueFileError):
+        read_queue_file(str(target))
+
+
+def test_recover_purges_tmp_requeues_active_and_quarantines_corrupt(spool):
+    good = _queue_one(spool)
+    spool.move(good, "incoming", "active")
+    bad = _queue_one(spool)
+    with open(spool.path("incoming", bad), "r+b") as handle:
+        handle.truncate(50)
+    with open(os.path.join(spool.root, "tmp", "0000000000000ABC"), "wb") as handle:
+        handle.write(b"half written")
+    counts = spool.recover()
+    assert counts == {"purged": 1, "requeued": 1, "corrupt": 1}
+    assert spool.list("incoming") == [good]
+    assert os.listdir(os.path.join(spool.root, "corrupt")) == [bad]
+
+
+def test_state_round_trip_and_remove_drops_it(spool):
+    queue_id = _queue_one(spool, rcpts=("a@x.example", "b@x.example"))
+    spool.save_state(MessageState(queue_id, attempts=2, next_attempt=5.0, last_error="451 4.3.0 later",
+                                  done={"a@x.example": "sent"}))
+    state = spool.load_state(queue_id)
+    assert state.pending(["a@x.example", "b@x.example"]) == ["b@x.example"] and state.attempts == 2
+    assert spool.remove(queue_id)
+    assert not os.path.exists(os.path.join(spool.root, "state", queue_id + ".json"))
+
+
+def test_require_unknown_id_names_it(spool):
+    with pytest.raises(QueueIdError, match="0123456789ABCDEF"):
+        spool.require("0123456789ABCDEF")
