@@ -1,0 +1,265 @@
+"""relay_bench: smtp-source -> relay -> smtp-sink on 127.0.0.1, mta-lite against a stock Postfix.
+
+For each message size (1 KiB, then 20 KiB) it runs mta-lite and then Postfix (alternating, so
+drift on this machine hits both alike), each with a fresh smtp-sink and a fresh relay, and
+measures end-to-end throughput (from smtp-source's start until the sink has counted every
+message) and the peak PSS of all the relay's processes (sampled every 0.1 s). Prints a table
+and the mta-lite/Postfix ratios, and writes bench-results.json in the current directory.
+Guarantees: every process it starts is stopped by PID, a run that stalls fails after --timeout
+seconds with the relay's log tail, and the exit status is non-zero if any run failed.
+Never: talks to anything but 127.0.0.1, compares against stored figures, or tunes Postfix.
+Needs root (private Postfix instance, smtp-sink -u nobody): `make bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from tests import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
+
+SIZES = (1024, 20480)
+RELAYS = ("mta-lite", "postfix")
+SAMPLE_INTERVAL = 0.1
+
+
+class BenchError(RuntimeError):
+    """A run that did not complete; the message says why and carries the relay's log tail."""
+
+
+class PssSampler:
+    """Samples the PSS of ``pids_fn()`` every 0.1 s in a thread and keeps the peak."""
+
+    def __init__(self, pids_fn):
+        self.pids_fn = pids_fn
+        self.peak_kib = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(SAMPLE_INTERVAL):
+                return
+
+    def sample(self) -> None:
+        self.peak_kib = max(self.peak_kib, peers.pss_kib(self.pids_fn()))
+        self.samples += 1
+
+    def __enter__(self) -> PssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self.sample()
+
+
+class MtaLiteRelay:
+    """``mta-lite -c CONFIG serve`` relaying everything to the sink; stderr goes to a log."""
+
+    def __init__(self, workdir: Path, sink_port: int, start_timeout: float = 30.0):
+        self.workdir = workdir
+        self.sink_port = sink_port
+        self.start_timeout = start_timeout
+        self.port = peers.free_port()
+        self.config = workdir / "mta-lite.toml"
+        self.log = workdir / "mta-lite.log"
+        self.proc: subprocess.Popen | None = None
+
+    def config_text(self) -> str:
+        q = json.dumps  # a JSON string is a valid TOML basic string
+        return (f"hostname = \"bench.lan.test\"\nspool_dir = {q(str(self.workdir / 'spool'))}\n"
+                "mynetworks = [\"127.0.0.0/8\"]\nadmin_address = \"admin@lan.test\"\n"
+                "default_relay = \"sink\"\n\n[[listen]]\n"
+                f"address = \"{peers.LOOPBACK}:{self.port}\"\n\n[relays.sink]\n"
+                f"host = \"{peers.LOOPBACK}\"\nport = {self.sink_port}\ntls = \"none\"\n"
+                "concurrency = 10\n")
+
+    def __enter__(self) -> MtaLiteRelay:
+        exe = Path(sys.executable).parent / "mta-lite"
+        if not exe.exists():
+            exe = REPO / ".venv" / "bin" / "mta-lite"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(self.config_text())
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([str(exe), "-c", str(self.config), "serve"],
+                                         cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log)
+        try:
+            peers.poll_until(lambda: self.proc.poll() is not None
+                             or (peers.smtp_probe(self.port) or b"").startswith(b"220"),
+                             self.start_timeout, f"mta-lite greeting on port {self.port}")
+        except TimeoutError as exc:
+            self.__exit__()
+            raise BenchError(f"{exc}\n{self.log_tail()}") from None
+        if self.proc.poll() is not None:
+            raise BenchError(f"mta-lite exited with {self.proc.returncode}\n{self.log_tail()}")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """SIGTERM the serve process, wait for its whole tree (SIGKILL after 15 s), reap it."""
+        if self.proc is not None:
+            tree = self.pids()
+            if self.alive():
+                self.proc.terminate()
+            peers.stop_pids(tree, timeout=15.0, sig=0)
+            self.proc.wait(5.0)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        return peers.process_tree(self.proc.pid) if self.alive() else []
+
+    def log_tail(self) -> str:
+        return f"--- tail of {self.log} ---\n{peers.tail_file(self.log, 40)}"
+
+
+class PostfixRelay(peers.PostfixNullClient):
+    """The Postfix null client with the small interface the bench needs."""
+
+    def alive(self) -> bool:
+        return self.master_pid() is not None
+
+    def log_tail(self) -> str:
+        return f"--- tail of {self.maillog} ---\n{peers.tail_file(self.maillog, 40)}"
+
+
+def make_relay(name: str, workdir: Path, sink_port: int):
+    if name == "mta-lite":
+        return MtaLiteRelay(workdir, sink_port)
+    return PostfixRelay(workdir, sink_port)
+
+
+def wait_delivered(sink: peers.SmtpSink, source: subprocess.Popen, relay, n: int,
+                   timeout: float) -> None:
+    """Return as soon as the sink has counted ``n`` messages; raise BenchError if smtp-source
+    failed, the relay died, or ``timeout`` passed first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sink.wait_count(n, timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            return
+        except TimeoutError:
+            pass
+        problem = None
+        if source.poll() not in (None, 0):
+            problem = f"smtp-source exited with {source.returncode}"
+        elif not relay.alive():
+            problem = "the relay died"
+        elif time.monotonic() >= deadline:
+            problem = f"timed out after {timeout:g} s"
+        if problem:
+            raise BenchError(f"{problem}: the sink counted {sink.count()} of {n} messages")
+
+
+def source_argv(port: int, size: int, messages: int, sessions: int) -> list[str]:
+    return [peers.SMTP_SOURCE, "-s", str(sessions), "-m", str(messages), "-l", str(size),
+            "-f", "a@lan.test", "-t", "b@ext.test", f"{peers.LOOPBACK}:{port}"]
+
+
+def run_one(name: str, size: int, args, workdir: Path) -> dict:
+    """One relay, one size: fresh sink, fresh relay, smtp-source, end-to-end time, peak PSS."""
+    with peers.SmtpSink(workdir, dump=False) as sink, make_relay(name, workdir, sink.port) as relay:
+        idle_kib = peers.pss_kib(relay.pids())
+        out = open(workdir / f"smtp-source-{name}-{size}.log", "wb")
+        with out, PssSampler(relay.pids) as sampler:
+            start = time.monotonic()
+            source = subprocess.Popen(source_argv(relay.port, size, args.messages, args.sessions),
+                                      stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            try:
+                wait_delivered(sink, source, relay, args.messages, args.timeout)
+                seconds = time.monotonic() - start
+                source.wait(30.0)
+            except (BenchError, subprocess.TimeoutExpired) as exc:
+                peers.stop_pids([source.pid])
+                source.wait(5.0)
+                raise BenchError(f"{name} {size} B: {exc}\n{relay.log_tail()}") from None
+    return {"relay": name, "size": size, "messages": args.messages, "sessions": args.sessions,
+            "seconds": round(seconds, 3), "msgs_per_s": round(args.messages / seconds, 1),
+            "peak_pss_kib": sampler.peak_kib, "idle_pss_kib": idle_kib,
+            "pss_samples": sampler.samples, "smtp_source_rc": source.returncode}
+
+
+def ratios(results: list[dict]) -> dict[str, dict[str, float]]:
+    """mta-lite / Postfix per size, for throughput and peak PSS (only where both ran)."""
+    out = {}
+    for size in SIZES:
+        by = {r["relay"]: r for r in results if r["size"] == size}
+        if {"mta-lite", "postfix"} <= by.keys():
+            mine, theirs = by["mta-lite"], by["postfix"]
+            out[str(size)] = {
+                "throughput": round(mine["msgs_per_s"] / theirs["msgs_per_s"], 3),
+                "peak_pss": round(mine["peak_pss_kib"] / theirs["peak_pss_kib"], 3)}
+    return out
+
+
+def print_table(results: list[dict], failures: list[str]) -> None:
+    print(f"\n{'relay':<10} {'size':>7} {'msgs/s e2e':>11} {'seconds':>8} {'peak PSS MiB':>13}"
+          f" {'idle PSS MiB':>13}")
+    for r in results:
+        print(f"{r['relay']:<10} {r['size']:>7} {r['msgs_per_s']:>11.1f} {r['seconds']:>8.2f}"
+              f" {r['peak_pss_kib'] / 1024:>13.1f} {r['idle_pss_kib'] / 1024:>13.1f}")
+    for size, ratio in ratios(results).items():
+        print(f"mta-lite/Postfix at {size} B: throughput x{ratio['throughput']:.2f},"
+              f" peak PSS x{ratio['peak_pss']:.2f}")
+    for failure in failures:  # details (log tails) were printed when the run failed
+        print(f"FAILED: {failure.splitlines()[0]}", file=sys.stderr)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
+    parser.add_argument("--sessions", type=int, default=10, help="parallel smtp-source sessions")
+    parser.add_argument("--only", choices=RELAYS, help="run one relay only")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    parser.add_argument("--json", default="bench-results.json", help="results file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("relay_bench: needs root (private Postfix, smtp-sink -u nobody)", file=sys.stderr)
+        return 2
+    relays = [args.only] if args.only else list(RELAYS)
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    results, failures = [], []
+    for size in SIZES:
+        for name in relays:
+            print(f"relay_bench: {name}, {args.messages} x {size} B, {args.sessions} sessions ...",
+                  flush=True)
+            try:
+                results.append(run_one(name, size, args, tmp / f"{name}-{size}"))
+            except (BenchError, RuntimeError, TimeoutError) as exc:
+                failures.append(str(exc))
+                print(f"relay_bench: FAILED {exc}", file=sys.stderr, flush=True)
+    print_table(results, failures)
+    report = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                       "kernel": platform.release()},
+              "messages": args.messages, "sessions": args.sessions, "runs": results,
+              "ratios_mta_lite_over_postfix": ratios(results), "failures": failures}
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"relay_bench: wrote {args.json}")
+    if failures:
+        print(f"relay_bench: logs kept in {tmp}", file=sys.stderr)
+        return 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
