@@ -80,7 +80,7 @@ class Daemon:
             for key, value in listener.counters.items():
                 smtpd[key] = smtpd.get(key, 0) + value
         return StatusSnapshot(pid=os.getpid(), started=self.started, running=True,
-                              relays=qmgr.get("relays", {}), smtpd=smtpd)
+                              relays=qmgr.get("accounts", {}), qmgr=qmgr.get("totals", {}), smtpd=smtpd)
 
     async def _status_loop(self) -> None:
         while True:

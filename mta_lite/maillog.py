@@ -32,8 +32,15 @@ def queued(queue_id: str, sender: str, size: int, nrcpt: int) -> None:
 def delivery(queue_id: str, recipient: str, relay: str, delay: float, dsn: str,
              status: str, reply: str) -> None:
     """status is sent, deferred or bounced, exactly as Postfix writes it."""
-    smtp_log.info("%s: to=<%s>, relay=%s, delay=%.2g, dsn=%s, status=%s (%s)",
-                  queue_id, recipient, relay, delay, dsn, status, reply)
+    smtp_log.info("%s: to=<%s>, relay=%s, delay=%s, dsn=%s, status=%s (%s)",
+                  queue_id, recipient, relay, format_delay(delay), dsn, status, reply)
+
+
+def format_delay(seconds: float) -> str:
+    """Postfix's delay=: two significant digits below 10 s ("0.32", "1.2"), whole seconds
+    above ("14", "432000"); "%.2g" alone would print a five-day delay as "4.3e+05"."""
+    seconds = max(0.0, seconds)
+    return "%.2g" % seconds if seconds < 10 else "%d" % round(seconds)
 
 
 def removed(queue_id: str) -> None:
@@ -46,6 +53,11 @@ def expired(queue_id: str, sender: str) -> None:
 
 def bounce_created(queue_id: str, dsn_id: str) -> None:
     bounce_log.info("%s: sender non-delivery notification: %s", queue_id, dsn_id)
+
+
+def double_bounce_created(queue_id: str, dsn_id: str) -> None:
+    """A non-delivery notification itself failed; the postmaster gets a notice (G6)."""
+    bounce_log.info("%s: postmaster non-delivery notification: %s", queue_id, dsn_id)
 
 
 def bounce_suppressed(queue_id: str, why: str) -> None:

@@ -21,9 +21,13 @@ from .queue.spool import STATES
 _SHOWN_STATE = {"incoming": "active", "active": "active", "deferred": "deferred", "hold": "hold"}
 
 
-def _poke(spool: Spool, what: bytes) -> None:
-    from .qmgr.wakeup import poke   # the datagram helper; absent daemon is fine
-    poke(spool.wakeup_socket, what)
+def notify_qmgr(spool: Spool, what: bytes) -> None:
+    """Tell a running daemon; without one (or without access) its periodic rescan finds the change."""
+    from .qmgr.wakeup import poke
+    try:
+        poke(spool.wakeup_socket, what)
+    except OSError:
+        pass
 
 
 def entries(spool: Spool) -> list[dict]:
@@ -94,7 +98,7 @@ def flush(spool: Spool) -> int:
         st.next_attempt = 0.0
         spool.save_state(st)
         count += 1
-    _poke(spool, b"F")
+    notify_qmgr(spool, b"F")
     return count
 
 
@@ -109,14 +113,14 @@ def delete(spool: Spool, ids: list[str]) -> int:
     else:
         targets = _each(spool, ids)
     count = sum(1 for queue_id, state in targets if spool.remove(queue_id, state))
-    _poke(spool, b"R")
+    notify_qmgr(spool, b"R")
     return count
 
 
 def hold(spool: Spool, ids: list[str]) -> int:
     count = sum(1 for queue_id, state in _each(spool, ids)
                 if state != "hold" and spool.move(queue_id, state, "hold"))
-    _poke(spool, b"R")
+    notify_qmgr(spool, b"R")
     return count
 
 
@@ -130,5 +134,5 @@ def release(spool: Spool, ids: list[str]) -> int:
         st.next_attempt = 0.0
         spool.save_state(st)
         count += spool.move(queue_id, "hold", "deferred")
-    _poke(spool, b"F")
+    notify_qmgr(spool, b"F")
     return count

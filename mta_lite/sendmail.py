@@ -168,8 +168,8 @@ def _queue(cfg: Config, envelope: Envelope, head: bytes, stdin, ended: bool, dot
         writer.abort()
         print(f"sendmail: cannot queue message: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    from .qmgr.wakeup import poke
-    poke(spool.wakeup_socket, b"W")
+    from .mailq import notify_qmgr
+    notify_qmgr(spool, b"W")     # the message is safe already; a missed wake-up only delays it
     return EX_OK
 
 

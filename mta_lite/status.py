@@ -31,6 +31,7 @@ class StatusSnapshot:
     running: bool = False
     queue: dict[str, int] = field(default_factory=dict)
     relays: dict[str, dict] = field(default_factory=dict)
+    qmgr: dict[str, int] = field(default_factory=dict)
     smtpd: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:

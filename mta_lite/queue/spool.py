@@ -25,7 +25,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 
-from .. import safeio
+from .. import maillog, safeio
 from ..envelope import Envelope
 from ..errors import CorruptQueueFileError, QueueIdError, SpoolError
 from .queuefile import QueueEntry, encode_header, encode_trailer, read_queue_file
@@ -195,7 +195,7 @@ class Spool:
         return True
 
     def quarantine(self, queue_id: str, state: str, reason: str) -> None:
-        log.error("%s: corrupt queue file moved to corrupt/: %s", queue_id, reason)
+        maillog.corrupt(queue_id, reason)
         safeio.durable_rename(self.path(state, queue_id), self.path("corrupt", queue_id))
 
     # -------------------------------------------------------------- per-message state

@@ -1,0 +1,15 @@
+"""qmgr — the queue manager: schedules queued mail onto smarthosts, retries, bounces.
+
+    manager    QueueManager: what is tried when (incoming, deferred, wake-ups, stop)
+    delivery   one attempt for one message and what happens to it afterwards
+    accounts   per smarthost login: concurrency, the pause after a refused login (S5)
+    backoff    retry delays, auth pauses, queue lifetime (pure)
+    bounce     RFC 3464 DSNs and who receives them (pure, G6)
+    ratelimit  the DSNs-per-hour cap (pure)
+    wakeup     the doorbell socket spool/public/qmgr and poke() for other processes
+"""
+
+from .manager import QueueManager
+from .wakeup import FLUSH, RESCAN, WAKE, poke
+
+__all__ = ["QueueManager", "poke", "WAKE", "FLUSH", "RESCAN"]

@@ -1,0 +1,282 @@
+"""delivery — one message, one attempt: pick it up, deliver its pending recipients, settle it.
+
+    incoming/ or deferred/ --move--> active/ --read, validate--> smarthost pool
+        all recipients done   -> DSN queued (if any bounced), then the message removed
+        some still pending    -> DSN queued (for those bounced now), state saved, -> deferred/
+
+Guarantees: only recipients not yet done are offered to the smarthost, and each result is
+recorded in the message's state file before the message leaves active/ (G3). A DSN is in
+the queue before the message it reports on is removed or marks its recipients done, so a
+crash can repeat a DSN but never lose one. A transient failure of a message older than the
+queue lifetime bounces its remaining recipients (4.4.7). An invalid queue file goes to
+corrupt/ (G4). A message deleted or held by the administrator while in flight is respected:
+deleted -> results dropped; held -> results saved, so a release resends nothing.
+Must never: bounce on a transient or unknown result; remove a message before its DSN is
+queued; hold more than one message's content in memory per delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+
+from .. import maillog
+from ..config import Config, route_for
+from ..envelope import Envelope
+from ..errors import CorruptQueueFileError
+from ..queue import MessageState, QueueEntry, Spool
+from ..reply import Reply
+from ..smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
+from . import bounce
+from .accounts import PAUSED, PROBE, Account, Accounts
+from .backoff import expired, retry_delay_s
+from .ratelimit import SlidingWindowLimit
+
+log = logging.getLogger("mta_lite.qmgr")
+
+R451_CLIENT_ERROR = Reply(451, "4.3.0", "Error: internal error in the smarthost client")
+R451_NO_RESULT = Reply(451, "4.3.0", "Error: no result from the smarthost client")
+EXPIRED_STATUS = "4.4.7"          # RFC 3463: delivery time expired
+BOUNCE_WINDOW_S = 3600.0          # queue.bounces_per_hour counts over a sliding hour
+
+
+@dataclass
+class Attempt:
+    result: DeliveryResult
+    attempted: bool = True        # False: nothing was tried (account paused)
+    not_before: float = 0.0       # earliest next attempt (the account's pause)
+
+
+class Deliverer:
+    """Runs single delivery attempts; the QueueManager decides which and when."""
+
+    def __init__(self, cfg: Config, spool: Spool, pool, accounts: Accounts, template: str, *,
+                 clock=time.time, rng: random.Random, on_deferred, on_new_mail) -> None:
+        self.cfg, self.spool, self.pool, self.accounts = cfg, spool, pool, accounts
+        self.template = template
+        self.clock, self.rng = clock, rng
+        self.on_deferred = on_deferred          # (queue_id, next_attempt) -> None
+        self.on_new_mail = on_new_mail          # (queue_id) -> None, a DSN was queued
+        self.bounce_limit = SlidingWindowLimit(cfg.queue.bounces_per_hour, BOUNCE_WINDOW_S)
+        self.stats = {"dsn_created": 0, "dsn_suppressed": 0, "corrupt": 0}
+
+    # ------------------------------------------------------------------ one message
+    async def process(self, queue_id: str, src: str) -> None:
+        entry = self._pick_up(queue_id, src)
+        if entry is None:
+            return
+        state = self.spool.load_state(queue_id)
+        if src == "incoming":
+            maillog.queued(queue_id, entry.sender, entry.size, len(entry.recipients))
+        pending = list(dict.fromkeys(state.pending(entry.recipients)))
+        if not pending:                          # a crash after the last result, before removal
+            self._finish(entry, state, [], complete=True)
+            return
+        route = route_for(self.cfg, entry.sender)
+        attempt = await self._attempt(self.accounts.for_route(route), route, entry, pending)
+        if attempt is not None:
+            self._settle(entry, state, pending, attempt)
+
+    def _pick_up(self, queue_id: str, src: str) -> QueueEntry | None:
+        if not self.spool.move(queue_id, src, "active"):
+            log.info("%s: gone from %s/ before pickup", queue_id, src)
+            return None
+        try:
+            return self.spool.read("active", queue_id)
+        except CorruptQueueFileError as exc:
+            self._quarantine(queue_id, str(exc))
+            return None
+
+    def _quarantine(self, queue_id: str, reason: str) -> None:
+        self.stats["corrupt"] += 1
+        try:
+            self.spool.quarantine(queue_id, "active", reason)   # logs the event itself
+        except FileNotFoundError:
+            return
+
+    # ------------------------------------------------------------------ the attempt
+    async def _attempt(self, account: Account, route, entry: QueueEntry, pending) -> Attempt | None:
+        async with account.slots:
+            verdict = await account.admit(self.clock)
+            if verdict == PAUSED:
+                return self._paused(account, pending)
+            try:
+                return await self._deliver(account, route, entry, pending)
+            finally:
+                if verdict == PROBE:
+                    account.end_probe()
+
+    def _paused(self, account: Account, pending) -> Attempt:
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(account.paused_until))
+        why = (f"delivery temporarily suspended: the smarthost refused the login of account "
+               f"{account.name}; next try after {until} ({account.last_error})")
+        account.count_deferred(len(pending))
+        result = DeliveryResult.transient(pending, Reply(451, "4.7.0", why))
+        return Attempt(result, attempted=False, not_before=account.paused_until)
+
+    async def _deliver(self, account: Account, route, entry: QueueEntry, pending) -> Attempt | None:
+        try:
+            content = entry.read_content()
+        except CorruptQueueFileError as exc:
+            self._quarantine(_qid(entry), str(exc))
+            return None
+        except FileNotFoundError:
+            log.info("%s: removed from active/ before delivery", _qid(entry))
+            return None
+        try:
+            result = await self.pool.deliver(route, entry.sender, list(pending), content,
+                                             smtputf8=entry.smtputf8)
+        except Exception:   # a client bug must cost a retry, never the message or the manager
+            log.exception("%s: smarthost client failed", _qid(entry))
+            result = DeliveryResult.transient(pending, R451_CLIENT_ERROR)
+        account.record(result, self.clock(), self.cfg.queue)
+        not_before = account.paused_until if result.auth_failed else 0.0
+        return Attempt(result, attempted=True, not_before=not_before)
+
+    # ------------------------------------------------------------------ results
+    def _settle(self, entry: QueueEntry, state: MessageState, pending, attempt: Attempt) -> None:
+        now = self.clock()
+        failed, last_error = self._record(entry, state, pending, attempt.result, now)
+        still = state.pending(entry.recipients)
+        if still and expired(entry.arrival, now, self.cfg.queue):
+            failed += self._expire(entry, state, still, last_error or state.last_error)
+            still = []
+        if still:
+            state.attempts += 1 if attempt.attempted else 0
+            delay = retry_delay_s(max(state.attempts, 1), self.cfg.queue, self.rng)
+            state.next_attempt = max(now + delay, attempt.not_before)
+            state.last_error = last_error
+        self._finish(entry, state, failed, complete=not still)
+
+    def _record(self, entry: QueueEntry, state: MessageState, pending, result: DeliveryResult,
+                now: float) -> tuple[list[bounce.FailedRecipient], str]:
+        """Log and record each pending recipient's result; unanswered ones count as deferred."""
+        answers: dict[str, RecipientResult] = {}
+        for rcpt in result.recipients:
+            if rcpt.recipient in pending and rcpt.recipient not in answers:
+                answers[rcpt.recipient] = rcpt
+        failed: list[bounce.FailedRecipient] = []
+        last_error = ""
+        for recipient in pending:
+            rcpt = answers.get(recipient) or RecipientResult(recipient, DEFER, R451_NO_RESULT)
+            status = rcpt.status if rcpt.status in (SENT, BOUNCE) else DEFER
+            maillog.delivery(_qid(entry), recipient, result.relay, now - entry.arrival,
+                             bounce.status_of(rcpt.reply), status, str(rcpt.reply))
+            if status == DEFER:
+                last_error = last_error or str(rcpt.reply)
+                continue
+            state.done[recipient] = status
+            if status == BOUNCE:
+                failed.append(bounce.failed_from_reply(recipient, rcpt.reply, result.relay))
+        return failed, last_error
+
+    def _expire(self, entry: QueueEntry, state: MessageState, still, last_error: str):
+        """Postfix's maximal_queue_lifetime: the remaining recipients are returned (4.4.7)."""
+        maillog.expired(_qid(entry), entry.sender)
+        reason = f"message expired in queue (last error: {last_error or 'none recorded'})"
+        failed = []
+        for recipient in still:
+            state.done[recipient] = BOUNCE
+            failed.append(bounce.FailedRecipient(recipient, EXPIRED_STATUS, reason,
+                                                 last_error or "message expired in queue"))
+        return failed
+
+    # ------------------------------------------------------------------ leaving active/
+    def _finish(self, entry: QueueEntry, state: MessageState, failed, complete: bool) -> None:
+        queue_id = state.queue_id
+        where = self.spool.locate(queue_id)
+        if where is None:
+            log.info("%s: deleted during delivery; its results are dropped", queue_id)
+            return
+        self._notify(entry, failed, where)
+        if where == "active" and self._leave_active(state, complete):
+            return
+        where = self.spool.locate(queue_id)
+        if where is None:
+            return
+        # Moved by the administrator (hold/) while in flight: keep what was done, so a
+        # release retries only the recipients still pending.
+        self.spool.save_state(state)
+        log.info("%s: moved to %s/ during delivery; recipient results kept", queue_id, where)
+
+    def _leave_active(self, state: MessageState, complete: bool) -> bool:
+        queue_id = state.queue_id
+        if complete:
+            if self.spool.remove(queue_id, "active"):
+                maillog.removed(queue_id)
+                return True
+            return False
+        self.spool.save_state(state)             # state before the move: the move publishes it
+        if self.spool.move(queue_id, "active", "deferred"):
+            self.on_deferred(queue_id, state.next_attempt)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ notices (G6)
+    def _notify(self, entry: QueueEntry, failed, where: str) -> None:
+        if not failed:
+            return
+        queue_id = _qid(entry)
+        notice = bounce.choose_notice(entry.sender, entry.is_bounce, entry.recipients,
+                                      self.cfg.admin_address)
+        if notice.kind == bounce.NOTICE_NONE:
+            self.stats["dsn_suppressed"] += 1
+            maillog.bounce_suppressed(queue_id, notice.why)
+            return
+        if not self.bounce_limit.allow(self.clock()):
+            # Trade-off: past the cap the notice is dropped, not delayed; the message itself
+            # is still settled (removed or deferred) as if the notice had been queued. A cap
+            # that delayed notices would keep failed mail in the queue during a bounce storm.
+            self.stats["dsn_suppressed"] += 1
+            maillog.bounce_suppressed(queue_id, f"bounce rate limit exceeded "
+                                      f"({self.cfg.queue.bounces_per_hour} per hour)")
+            return
+        dsn_id = self._queue_dsn(entry, failed, notice, where)
+        self.stats["dsn_created"] += 1
+        if notice.kind == bounce.NOTICE_POSTMASTER:
+            maillog.double_bounce_created(queue_id, dsn_id)
+        else:
+            maillog.bounce_created(queue_id, dsn_id)
+        self.on_new_mail(dsn_id)
+
+    def _queue_dsn(self, entry: QueueEntry, failed, notice: bounce.Notice, where: str) -> str:
+        now = self.clock()
+        req = bounce.DsnRequest(
+            hostname=self.cfg.hostname, queue_id=_qid(entry), sender=entry.sender, to=notice.to,
+            arrival=entry.arrival, now=now, failed=tuple(failed), kind=notice.kind,
+            admin_address=self.cfg.admin_address, note=_note(notice, _qid(entry)))
+        content = bounce.build_dsn(req, self._head_of(_qid(entry), where), self.template)
+        envelope = Envelope(sender="", recipients=[notice.to], client_helo=self.cfg.hostname,
+                            smtputf8=not notice.to.isascii(),
+                            body="7BIT" if content.isascii() else "8BITMIME")
+        writer = self.spool.begin(envelope, is_bounce=True, now=now)
+        writer.write(content)
+        return writer.commit()
+
+    def _head_of(self, queue_id: str, where: str) -> bytes:
+        """The first bytes of the returned message: enough for its headers, never its whole body."""
+        try:
+            entry = self.spool.read(where, queue_id, verify=False)
+            with open(entry.path, "rb") as handle:
+                handle.seek(entry.content_offset)
+                return handle.read(min(entry.size, bounce.MAX_RETURNED_HEADER_BYTES + 4))
+        except OSError as exc:
+            # Moved again meanwhile: a notice without the headers beats no notice.
+            log.warning("%s: returned headers unavailable: %s", queue_id, exc)
+            return b""
+
+
+def _qid(entry: QueueEntry) -> str:
+    return os.path.basename(entry.path)
+
+
+def _note(notice: bounce.Notice, queue_id: str) -> str:
+    if notice.kind == bounce.NOTICE_POSTMASTER:
+        return (f"Postmaster notice: the delivery status notification {queue_id} could not be "
+                f"delivered to its recipient; it is returned to you, the postmaster, instead.")
+    if notice.why:
+        return f"This notice goes to the postmaster because of an {notice.why}."
+    return ""

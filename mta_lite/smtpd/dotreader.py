@@ -1,0 +1,161 @@
+"""dotreader — incremental reader for the SMTP DATA stream, pure.
+
+DotReader.feed(bytes) takes whatever the socket delivered and returns events: Content
+(un-dot-stuffed message bytes, CRLF line endings kept), then at most one terminal event:
+End (the `<CRLF>.<CRLF>` was seen; carries the bytes that followed it, which are the next
+pipelined commands) or ProtocolError (carries the 521 reply to give before closing).
+
+Guarantees: the end of data is recognised only as a line that is exactly `.<CR><LF>`
+after a `<CR><LF>` (RFC 5321 section 4.1.1.4). Every LF must be preceded by CR and every CR
+followed by LF, and NUL never appears; anything else is a ProtocolError before any later
+byte is looked at, so no smuggled end-of-data (`<LF>.<LF>`, `<CR>.<CR>`, `<CR><LF>.<CR>`,
+...) is ever taken for the real one. Results do not depend on how the input is chunked.
+Memory is bounded: complete lines are passed on at once; at most one partial line of
+MAX_DATA_LINE_BYTES is held. Past max_bytes, or once a line is over-long, no more Content
+is emitted but the reader keeps scanning to the end so the session stays in step.
+SECURITY: this parses untrusted bytes (S2); it only compares and slices them.
+Must never: normalise a bare CR or LF into a line ending, or emit content after an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..reply import R521_BARE_CR, R521_BARE_LF, R521_NUL, Reply
+
+# RFC 5321 section 4.5.3.1.6 limits a text line to 1000 octets including CRLF. Real senders
+# (HTML mailers, scanners base64-ing without wrapping) exceed that, and the smarthost, not
+# us, is the judge of what it relays; so we are ten times as generous. The cap exists to
+# bound the one partial line we must buffer, not to police content.
+MAX_DATA_LINE_BYTES = 10_000
+
+_CRLF = b"\r\n"
+_END_LINE = b".\r\n"
+
+
+@dataclass(frozen=True)
+class Content:
+    """Message bytes, un-dot-stuffed, with CRLF line endings."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class End:
+    """End of data seen; `rest` is what the client sent after it (pipelined commands)."""
+
+    rest: bytes
+
+
+@dataclass(frozen=True)
+class ProtocolError:
+    """Bare CR, bare LF or NUL: reply with `reply`, queue nothing, close the connection."""
+
+    reply: Reply
+    reason: str
+
+
+Event = Content | End | ProtocolError
+
+
+class DotReader:
+    """Feed it DATA bytes; see the module docstring for the events it returns."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0                  # content bytes seen so far (after un-stuffing)
+        self.oversize = False          # size went past max_bytes
+        self.line_too_long = False     # some line was longer than MAX_DATA_LINE_BYTES
+        self.done = False              # End or ProtocolError was returned
+        self._partial = bytearray()    # the current line, not yet ended by LF
+        self._skipping = False         # inside an over-long line: drop its bytes
+        self._pending_cr = False       # the bytes fed so far end with a CR
+
+    @property
+    def accepting(self) -> bool:
+        """True while content is still being passed on (not oversize, no long line)."""
+        return not (self.oversize or self.line_too_long)
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self.done:
+            raise ValueError("DotReader.feed() after the end of data")
+        out: list[bytes] = []
+        pos = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            end = len(data) if nl < 0 else nl + 1
+            piece = data[pos:end]
+            pos = end
+            error = self._check(piece, complete=nl >= 0)
+            if error is not None:
+                self.done = True
+                return self._content(out) + [error]
+            if nl < 0:
+                self._extend_partial(piece)
+                break
+            line = self._complete_line(piece)
+            if line == _END_LINE:
+                self.done = True
+                return self._content(out) + [End(data[pos:])]
+            if line is not None:
+                self._take(line, out)
+        return self._content(out)
+
+    # ------------------------------------------------------------------ internals
+
+    def _check(self, piece: bytes, complete: bool) -> ProtocolError | None:
+        """Validate one piece: a line ending in LF (complete) or the tail of the input."""
+        if b"\0" in piece:
+            return ProtocolError(R521_NUL, "NUL character in data")
+        crs = piece.count(b"\r")
+        if self._pending_cr:
+            # The previous piece ended with CR: this one must be exactly the LF.
+            if piece != b"\n":
+                return ProtocolError(R521_BARE_CR, "CR not followed by LF")
+            self._pending_cr = False
+            return None
+        if complete:
+            if not piece.endswith(_CRLF):
+                return ProtocolError(R521_BARE_LF, "LF not preceded by CR")
+            if crs != 1:
+                return ProtocolError(R521_BARE_CR, "CR not followed by LF")
+            return None
+        if crs > 1 or (crs == 1 and not piece.endswith(b"\r")):
+            return ProtocolError(R521_BARE_CR, "CR not followed by LF")
+        self._pending_cr = crs == 1
+        return None
+
+    def _extend_partial(self, piece: bytes) -> None:
+        if self._skipping:
+            return
+        self._partial += piece
+        if len(self._partial) >= MAX_DATA_LINE_BYTES:
+            # With at least the LF still to come the line is over the limit already.
+            self.line_too_long = True
+            self._skipping = True
+            self._partial.clear()
+
+    def _complete_line(self, piece: bytes) -> bytes | None:
+        """The whole line ending in CRLF, or None when it was over-long (dropped)."""
+        if self._skipping:
+            self._skipping = False
+            return None
+        line = bytes(self._partial) + piece if self._partial else piece
+        self._partial.clear()
+        if len(line) > MAX_DATA_LINE_BYTES:
+            self.line_too_long = True
+            return None
+        return line
+
+    def _take(self, line: bytes, out: list[bytes]) -> None:
+        if line.startswith(b"."):
+            line = line[1:]            # RFC 5321 section 4.5.2: remove one leading dot
+        self.size += len(line)
+        if self.size > self.max_bytes:
+            self.oversize = True
+        if self.accepting:
+            out.append(line)
+
+    @staticmethod
+    def _content(out: list[bytes]) -> list[Event]:
+        return [Content(b"".join(out))] if out else []

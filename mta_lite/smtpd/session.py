@@ -1,0 +1,421 @@
+"""session — the SMTP server state machine, pure: command line in, Reply out.
+
+Session.handle_line() takes one command line as received (ending in CRLF) and returns the
+Reply to give; it never touches a socket, a file or a clock. The listener owns all I/O:
+it streams DATA, asks envelope() for the envelope to queue, and reports the outcome back
+with end_data(). A SessionContext carries everything the session may know about its
+world, including an injected free_bytes() for the storage check at MAIL FROM (G5).
+Guarantees: only clients in mynetworks get a recipient accepted (S1); every recipient
+that reaches envelope() went through envelope.parse_path(); unqualified recipients and
+those at localhost or at our own hostname are rewritten to the admin address; after
+hard_error_limit errors the only reply left is 421. received_header() builds a Received:
+line that contains no CR, LF or control character whatever the peer sent.
+SECURITY: faces untrusted input. Replies echo peer data only as parsed, validated
+addresses; log text made from peer data is passed through printable().
+Must never: accept a recipient from outside mynetworks, or write or read anything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Callable
+
+from ..config import Config
+from ..envelope import Envelope, domain_of, parse_esmtp_params, parse_path, split_path_and_params
+from ..errors import AddressError
+from ..reply import (R221_BYE, R221_FORBIDDEN, R220_STARTTLS, R250_OK, R250_RCPT_OK, R250_SENDER_OK,
+                     R252_VRFY, R354_DATA, R421_TOO_MANY_ERRORS, R452_STORAGE, R452_TOO_MANY_RCPTS,
+                     R500_BAD_SYNTAX, R500_BAD_UTF8, R500_LINE_TOO_LONG, R500_UNKNOWN, R501_BAD_ADDRESS,
+                     R501_BAD_CHARS, R501_BAD_RCPT, R501_BODY_SYNTAX, R501_EHLO_SYNTAX, R501_HELO_SYNTAX,
+                     R501_MAIL_SYNTAX, R501_RCPT_SYNTAX, R501_SIZE_SYNTAX, R501_SYNTAX,
+                     R502_NOT_IMPLEMENTED, R503_AUTH_DISABLED, R503_IN_TRANSACTION, R503_NEED_HELO,
+                     R503_NEED_MAIL, R503_NEED_RCPT, R503_NESTED_MAIL, R521_BARE_CR, R521_BARE_LF,
+                     R521_NUL, R550_NO_LOCAL, R552_TOO_BIG, R554_NO_VALID_RCPT, R554_RELAY_DENIED,
+                     R554_TLS_ACTIVE, R555_PARAM, Reply)
+from .received import MAX_HELO_BYTES, received_header
+
+# G5: refuse MAIL FROM when free space < reserve + 1.5 x the message size limit, so one
+# more maximal message plus its queue file overhead always fits.
+FREE_SPACE_FACTOR = 1.5
+# Longest piece of peer text we put into one log field.
+MAX_LOG_FIELD_CHARS = 200
+# Postfix smtpd_forbidden_commands: HTTP verbs mean a cross-protocol attack; hang up.
+FORBIDDEN_VERBS = frozenset({"CONNECT", "GET", "POST"})
+COMMANDS = ("HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "QUIT")
+_STATS_ORDER = tuple(c.lower() for c in COMMANDS) + ("unknown",)
+_LOCAL_DOMAINS = ("localhost", "localhost.localdomain")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_FROM = re.compile(r"FROM:\s*(.*)\Z", re.IGNORECASE | re.DOTALL)
+_TO = re.compile(r"TO:\s*(.*)\Z", re.IGNORECASE | re.DOTALL)
+_DIGITS = re.compile(r"[0-9]{1,20}\Z")
+
+
+@dataclass(frozen=True)
+class MultilineReply(Reply):
+    """A multi-line reply (EHLO): `lines` on the wire, the first line as `text`."""
+
+    lines: tuple[str, ...] = ()
+
+    def to_bytes(self, lines: list[str] | None = None) -> bytes:
+        return super().to_bytes(lines or list(self.lines))
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """What a session knows about its world; built once per connection."""
+
+    hostname: str
+    client_ip: str
+    in_mynetworks: bool
+    admin_address: str
+    size_limit_bytes: int
+    recipient_limit: int
+    hard_error_limit: int
+    free_bytes: Callable[[], int]
+    reserve_bytes: int = 0
+    starttls_available: bool = False
+    tls_active: bool = False
+    smtputf8: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Config, client_ip: str, free_bytes: Callable[[], int],
+                    starttls_available: bool = False) -> "SessionContext":
+        return cls(hostname=cfg.hostname, client_ip=client_ip,
+                   in_mynetworks=cfg.in_mynetworks(client_ip), admin_address=cfg.admin_address,
+                   size_limit_bytes=cfg.message_size_limit,
+                   recipient_limit=cfg.smtpd.recipient_limit,
+                   hard_error_limit=cfg.smtpd.hard_error_limit, free_bytes=free_bytes,
+                   reserve_bytes=cfg.queue.reserve_bytes, starttls_available=starttls_available)
+
+
+@dataclass
+class _Transaction:
+    sender: str
+    smtputf8: bool = False
+    body: str = "7BIT"
+    recipients: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Params:
+    smtputf8: bool = False
+    body: str = "7BIT"
+
+
+def with_host(reply: Reply, hostname: str) -> Reply:
+    """`421 4.4.2 host Error: ...`: 421 replies name the server (RFC 5321 section 3.8)."""
+    return reply.with_text(f"{hostname} {reply.text}")
+
+
+def printable(text: str, limit: int = MAX_LOG_FIELD_CHARS) -> str:
+    """Peer text made safe for one log field: no control or line-breaking characters."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
+def line_error(raw: bytes) -> Reply | None:
+    """521 for a command line with NUL, bare LF or bare CR (S2); None when it is clean."""
+    if b"\0" in raw:
+        return R521_NUL
+    if not raw.endswith(b"\r\n") or b"\n" in raw[:-1]:
+        return R521_BARE_LF
+    if b"\r" in raw[:-2]:
+        return R521_BARE_CR
+    return None
+
+
+class Session:
+    """One SMTP conversation. Handlers return a Reply and never write anywhere."""
+
+    def __init__(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        self.helo: str | None = None
+        self.esmtp = False             # EHLO answered: PIPELINING was advertised
+        self.tx: _Transaction | None = None
+        self.error_count = 0
+        self.closing = False           # the listener closes after sending the reply
+        self.in_data = False           # 354 given; the listener streams the content
+        self.starttls_pending = False  # 220 to STARTTLS given; the listener starts TLS
+        self.last_verb = "CONNECT"
+        self._stats: dict[str, list[int]] = {}
+        self._log_from = ""
+        self._log_to = ""
+
+    # ------------------------------------------------------------ input
+
+    def greeting(self) -> Reply:
+        return Reply(220, "", f"{self.ctx.hostname} ESMTP")
+
+    def handle_line(self, raw: bytes) -> Reply:
+        """One command line as received, CRLF included."""
+        bad = line_error(raw)
+        if bad is not None:
+            self.closing = True
+            return bad
+        try:
+            text = raw[:-2].decode("utf-8")
+        except UnicodeDecodeError:
+            self.last_verb = "UNKNOWN"
+            return self._record("unknown", R500_BAD_UTF8)
+        return self.handle(text)
+
+    def handle(self, line: str) -> Reply:
+        """One decoded command line without its CRLF."""
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        self.last_verb = verb if verb in COMMANDS else "UNKNOWN"
+        if not line:
+            return self._record("unknown", R500_BAD_SYNTAX)
+        if verb in FORBIDDEN_VERBS or not (line[0].isascii() and line[0].isalpha()):
+            self.closing = True
+            return R221_FORBIDDEN
+        if verb not in COMMANDS:
+            return self._record("unknown", R500_UNKNOWN)
+        reply = getattr(self, f"cmd_{verb}")(arg)
+        if reply is R354_DATA:
+            return reply               # counted when the data ends: see end_data()
+        return self._record(verb.lower(), reply)
+
+    def handle_overlong(self, tail: bytes) -> Reply:
+        """A command line over the limit was discarded; `tail` is its last bytes."""
+        if not tail.endswith(b"\r\n"):
+            self.closing = True
+            return R521_BARE_LF
+        self.error_count += 1
+        return R500_LINE_TOO_LONG
+
+    def over_error_limit(self) -> Reply | None:
+        """421 once hard_error_limit errors were made (checked before each command)."""
+        if self.error_count < self.ctx.hard_error_limit:
+            return None
+        self.closing = True
+        return with_host(R421_TOO_MANY_ERRORS, self.ctx.hostname)
+
+    def _record(self, name: str, reply: Reply) -> Reply:
+        ok_total = self._stats.setdefault(name, [0, 0])
+        ok_total[1] += 1
+        if reply.code < 400:
+            ok_total[0] += 1
+        elif reply != R452_TOO_MANY_RCPTS:
+            # RFC 5321 section 4.5.3.1.10: 452 for the recipient limit is flow control,
+            # the client is expected to send the rest later; it is not a client error.
+            self.error_count += 1
+        return reply
+
+    # ------------------------------------------------------------ commands
+
+    def cmd_HELO(self, arg: str) -> Reply:
+        return self._greet(arg, esmtp=False)
+
+    def cmd_EHLO(self, arg: str) -> Reply:
+        return self._greet(arg, esmtp=True)
+
+    def _greet(self, arg: str, esmtp: bool) -> Reply:
+        name = arg.strip()
+        if not name or len(name.encode("utf-8")) > MAX_HELO_BYTES:
+            return R501_EHLO_SYNTAX if esmtp else R501_HELO_SYNTAX
+        if _CONTROL.search(name):
+            return R501_BAD_CHARS
+        self.helo, self.esmtp, self.tx = name, esmtp, None
+        host = self.ctx.hostname
+        if not esmtp:
+            return Reply(250, "", host)
+        lines = [host, "PIPELINING", f"SIZE {self.ctx.size_limit_bytes}"]
+        if self.ctx.starttls_available and not self.ctx.tls_active:
+            lines.append("STARTTLS")
+        lines += ["ENHANCEDSTATUSCODES", "8BITMIME"]
+        if self.ctx.smtputf8:
+            lines.append("SMTPUTF8")
+        return MultilineReply(250, "", host, tuple(lines))
+
+    def cmd_MAIL(self, arg: str) -> Reply:
+        if self.helo is None:
+            return R503_NEED_HELO
+        if self.tx is not None:
+            return R503_NESTED_MAIL
+        match = _FROM.match(arg)
+        if not match:
+            return R501_MAIL_SYNTAX
+        path, param_text = split_path_and_params(match.group(1))
+        self._log_from, self._log_to = printable(path.strip("<>")), ""
+        params = self._mail_params(param_text)
+        if isinstance(params, Reply):
+            return params
+        try:
+            sender = parse_path(path, sender=True, smtputf8=params.smtputf8)
+        except AddressError as exc:
+            return exc.reply or R501_BAD_ADDRESS
+        if sender and "@" not in sender:
+            # Postfix append_at_myorigin: a relayed envelope sender needs a domain.
+            sender = f"{sender}@{self.ctx.hostname.lower()}"
+        storage = self._storage_check()
+        if storage is not None:
+            return storage
+        self.tx = _Transaction(sender, params.smtputf8, params.body)
+        return R250_SENDER_OK
+
+    def _mail_params(self, text: str) -> _Params | Reply:
+        result = _Params()
+        if not text:
+            return result
+        if not self.esmtp:
+            return R555_PARAM          # parameters need EHLO (RFC 5321 section 4.1.1.11)
+        try:
+            params = parse_esmtp_params(text)
+        except AddressError:
+            return R501_SYNTAX
+        for key, value in params.items():
+            if key == "SIZE":
+                if not _DIGITS.match(value):
+                    return R501_SIZE_SYNTAX
+                if int(value) > self.ctx.size_limit_bytes:
+                    return R552_TOO_BIG
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    return R501_BODY_SYNTAX
+                result.body = value.upper()
+            elif key == "SMTPUTF8" and self.ctx.smtputf8 and not value:
+                result.smtputf8 = True
+            else:
+                return R555_PARAM
+        return result
+
+    def _storage_check(self) -> Reply | None:
+        need = self.ctx.reserve_bytes + FREE_SPACE_FACTOR * self.ctx.size_limit_bytes
+        try:
+            free = self.ctx.free_bytes()
+        except OSError:
+            return R452_STORAGE        # cannot tell: refuse for now rather than risk it
+        return R452_STORAGE if free < need else None
+
+    def cmd_RCPT(self, arg: str) -> Reply:
+        if self.tx is None:
+            return R503_NEED_MAIL
+        match = _TO.match(arg)
+        if not match:
+            return R501_RCPT_SYNTAX
+        path, param_text = split_path_and_params(match.group(1))
+        self._log_to = printable(path.strip("<>"))
+        if param_text:
+            return R555_PARAM
+        try:
+            rcpt = parse_path(path, sender=False, smtputf8=self.tx.smtputf8)
+        except AddressError as exc:
+            return exc.reply or R501_BAD_RCPT
+        if len(self.tx.recipients) >= self.ctx.recipient_limit:
+            return R452_TOO_MANY_RCPTS
+        if not self.ctx.in_mynetworks:
+            return R554_RELAY_DENIED.prefixed(f"<{rcpt}>")
+        target = self._rewrite_local(rcpt)
+        if isinstance(target, Reply):
+            return target
+        if target not in self.tx.recipients:
+            self.tx.recipients.append(target)
+        return R250_RCPT_OK
+
+    def _rewrite_local(self, rcpt: str) -> str | Reply:
+        """This box delivers nothing locally: mail for root, root@localhost, ... goes to the admin."""
+        local_domains = _LOCAL_DOMAINS + (self.ctx.hostname.lower(),)
+        if "@" in rcpt and domain_of(rcpt) not in local_domains:
+            return rcpt
+        if not self.ctx.admin_address:
+            return R550_NO_LOCAL.prefixed(f"<{rcpt}>")
+        return self.ctx.admin_address
+
+    def cmd_DATA(self, arg: str) -> Reply:
+        if arg.strip():
+            return R501_SYNTAX
+        if self.tx is None:
+            return R503_NEED_RCPT
+        if not self.tx.recipients:
+            return R554_NO_VALID_RCPT
+        self.in_data = True
+        return R354_DATA
+
+    def cmd_RSET(self, arg: str) -> Reply:
+        if arg.strip():
+            return R501_SYNTAX
+        self.tx = None
+        return R250_OK
+
+    def cmd_NOOP(self, arg: str) -> Reply:
+        return R250_OK
+
+    def cmd_QUIT(self, arg: str) -> Reply:
+        self.closing = True
+        return R221_BYE
+
+    def cmd_VRFY(self, arg: str) -> Reply:
+        return R252_VRFY if arg.strip() else R501_SYNTAX
+
+    def cmd_AUTH(self, arg: str) -> Reply:
+        return R503_AUTH_DISABLED
+
+    def cmd_STARTTLS(self, arg: str) -> Reply:
+        if arg.strip():
+            return R501_SYNTAX
+        if self.ctx.tls_active:
+            return R554_TLS_ACTIVE
+        if not self.ctx.starttls_available:
+            return R502_NOT_IMPLEMENTED
+        if self.tx is not None:
+            return R503_IN_TRANSACTION
+        self.starttls_pending = True
+        return R220_STARTTLS
+
+    # ------------------------------------------------------------ for the listener
+
+    @property
+    def pipelining_advertised(self) -> bool:
+        return self.esmtp
+
+    def tls_started(self) -> None:
+        """RFC 3207 section 4.2: after the handshake the client starts over with EHLO."""
+        self.ctx = replace(self.ctx, tls_active=True)
+        self.helo, self.esmtp, self.tx, self.starttls_pending = None, False, None, False
+
+    def envelope(self) -> Envelope:
+        if self.tx is None:
+            raise ValueError("envelope() outside a mail transaction")
+        return Envelope(sender=self.tx.sender, recipients=list(self.tx.recipients),
+                        client_address=self.ctx.client_ip, client_helo=self.helo or "",
+                        smtputf8=self.tx.smtputf8, body=self.tx.body)
+
+    def end_data(self, reply: Reply, close: bool = False) -> Reply:
+        """Record the outcome of DATA (queued or not) and end the transaction."""
+        self.in_data, self.tx = False, None
+        self.closing = self.closing or close
+        return self._record("data", reply)
+
+    @property
+    def protocol(self) -> str:
+        """RFC 3848 / RFC 6531 protocol name for the Received: line."""
+        tls = "S" if self.ctx.tls_active else ""
+        if self.tx is not None and self.tx.smtputf8:
+            return "UTF8SMTP" + tls
+        return "ESMTP" + tls if self.esmtp or tls else "SMTP"
+
+    def received_header(self, queue_id: str, date: datetime) -> bytes:
+        rcpts = self.tx.recipients if self.tx is not None else []
+        return received_header(helo=self.helo or "", client_ip=self.ctx.client_ip,
+                               hostname=self.ctx.hostname, queue_id=queue_id,
+                               protocol=self.protocol,
+                               recipient=rcpts[0] if len(rcpts) == 1 else None, date=date)
+
+    def reject_log(self, reply: Reply) -> str:
+        """`RCPT from [ip]: 554 ...; from=<a> to=<b> proto=ESMTP helo=<h>` (Postfix style)."""
+        to = f" to=<{self._log_to}>" if self.last_verb == "RCPT" else ""
+        return (f"{self.last_verb} from [{self.ctx.client_ip}]: {printable(str(reply))}; "
+                f"from=<{self._log_from}>{to} proto={self.protocol} helo=<{printable(self.helo or '')}>")
+
+    def command_stats(self) -> str:
+        """`ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4` as Postfix logs at disconnect."""
+        parts, ok_sum, total_sum = [], 0, 0
+        for name in _STATS_ORDER:
+            if name in self._stats:
+                ok, total = self._stats[name]
+                parts.append(f"{name}={ok}" if ok == total else f"{name}={ok}/{total}")
+                ok_sum, total_sum = ok_sum + ok, total_sum + total
+        parts.append(f"commands={ok_sum}" if ok_sum == total_sum else f"commands={ok_sum}/{total_sum}")
+        return " ".join(parts)
