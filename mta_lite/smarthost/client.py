@@ -35,7 +35,7 @@ import os
 import socket
 import ssl
 import time
-from typing import Awaitable, Callable, NamedTuple
+from typing import Awaitable, Callable, NamedTuple, TypeVar
 
 from aiosmtplib import SMTP
 from aiosmtplib.errors import SMTPAuthenticationError, SMTPException, SMTPResponseException
@@ -62,6 +62,7 @@ R451_INTERNAL = Reply(451, "4.3.0", "internal error in the smarthost client; wil
 R451_CLOSED = Reply(451, "4.3.0", "smarthost client is shutting down; will try again later")
 
 Resolver = Callable[[str, int], Awaitable[list[tuple[int, tuple]]]]
+T = TypeVar("T")
 
 
 async def system_resolver(host: str, port: int) -> list[tuple[int, tuple]]:
@@ -104,19 +105,28 @@ class Session:
         self.reusable = False
         self.smtp.close()
 
+    async def run(self, step: Awaitable[T], timeout_s: float | None = None) -> T:
+        """Await one aiosmtplib step under asyncio.timeout (aiosmtplib itself gets timeout=None):
+        on Python 3.11 its wait_for can swallow a cancellation that races with a reply, and a
+        qmgr shutting down must not wait out relay.timeout_s for a delivery it cancelled."""
+        async with asyncio.timeout(self.timeout_s if timeout_s is None else timeout_s):
+            return await step
+
     async def rset(self, timeout_s: float) -> bool:
         """RSET: clears the transaction and proves the session alive; aborts it if not."""
+        ok = False
         try:
-            ok = (await self.smtp.execute_command(b"RSET", timeout=timeout_s)).code == 250
+            ok = (await self.run(self.smtp.execute_command(b"RSET"), timeout_s)).code == 250
         except (OSError, SMTPException):
-            ok = False
-        if not ok:
-            self.abort()
+            pass    # dead or confused: a fresh connection will do
+        finally:
+            if not ok:      # also when cancelled: a half-probed session is never pooled
+                self.abort()
         return ok
 
     async def quit(self) -> None:
         try:
-            await self.smtp.quit(timeout=min(self.timeout_s, QUIT_TIMEOUT_S))
+            await self.run(self.smtp.quit(), min(self.timeout_s, QUIT_TIMEOUT_S))
         except (OSError, SMTPException):
             pass    # the session is being thrown away; how it ends changes nothing
         self.abort()
@@ -232,6 +242,7 @@ class SmarthostPool:
         if self._timer is not None or not self._idle:
             return
         oldest = min(s.idle_since for sessions in self._idle.values() for s in sessions)
+        # A little slack, so that the timer never fires a hair before the session is due.
         delay = max(oldest + self._idle_timeout_s - self._clock(), 0.0) + 0.01
         self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
@@ -276,25 +287,29 @@ class _Opener:
             return _Failure(connected)
         sock, label = connected
         smtp = SMTP(hostname=self.relay.host, sock=sock, local_hostname=self.pool.helo_name,
-                    timeout=self.relay.timeout_s, use_tls=self.relay.tls == "implicit",
+                    timeout=None, use_tls=self.relay.tls == "implicit",
                     start_tls=False, tls_context=context)
         session = Session(smtp, self.route, label)
+        failure: _Failure | None = _Failure(R451_INTERNAL, label)     # if cancelled or crashed
         try:
             failure = await self._handshake(session)
         except SMTPResponseException as exc:    # before OSError: some are both
             failure = _Failure(transaction.soften(refusal(session, exc)), label)
         except OSError as exc:                  # aiosmtplib's timeouts and disconnects too
             failure = _Failure(transaction.failure_reply(exc, label, session.stage), label)
-        if failure is None:
-            return session
-        session.abort()
-        sock.close()
-        return failure
+        finally:
+            if failure is not None:
+                owned = smtp.transport is not None      # a live transport closes the socket
+                session.abort()
+                if not owned:
+                    sock.close()
+        return session if failure is None else failure
 
     async def _connect_tcp(self) -> tuple[socket.socket, str] | Reply:
         relay = self.relay
-        try:
-            addresses = await asyncio.wait_for(self.pool.resolve(relay.host, relay.port), relay.timeout_s)
+        try:    # asyncio.timeout, not wait_for: see Session.run
+            async with asyncio.timeout(relay.timeout_s):
+                addresses = await self.pool.resolve(relay.host, relay.port)
         except OSError as exc:                  # socket.gaierror and TimeoutError included
             return transaction.dns_failure(relay.host, exc)
         failure = transaction.dns_failure(relay.host, None)
@@ -302,7 +317,8 @@ class _Opener:
             sock, connected = socket.socket(family, socket.SOCK_STREAM), False
             try:
                 sock.setblocking(False)
-                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, sockaddr), relay.timeout_s)
+                async with asyncio.timeout(relay.timeout_s):
+                    await asyncio.get_running_loop().sock_connect(sock, sockaddr)
                 connected = True
             except OSError as exc:
                 failure = transaction.connect_failure(relay.host, sockaddr[0], relay.port, exc)
@@ -314,17 +330,17 @@ class _Opener:
         return failure
 
     async def _handshake(self, s: Session) -> _Failure | None:
-        await s.smtp.connect()
+        await s.run(s.smtp.connect())
         s.stage, s.where = "performing the EHLO handshake", "in reply to EHLO command"
-        await s.smtp.ehlo()
+        await s.run(s.smtp.ehlo())
         if self.relay.tls == "starttls":
             # Checked here rather than left to aiosmtplib, so the S3 decision stays visible.
             if not s.smtp.supports_extension("starttls"):
                 return _Failure(transaction.starttls_missing(s.relay), s.relay)
             s.stage, s.where = "performing the STARTTLS handshake", "in reply to STARTTLS command"
-            await s.smtp.starttls()
+            await s.run(s.smtp.starttls())
             s.stage, s.where = "performing the EHLO handshake", "in reply to EHLO command"
-            await s.smtp.ehlo()
+            await s.run(s.smtp.ehlo())
         if self.relay.tls != "none":
             cipher = s.smtp.get_transport_info("cipher") or ("unknown", "unknown", 0)
             log.info("Verified TLS connection established to %s: %s with cipher %s",
@@ -343,7 +359,7 @@ class _Opener:
         else:
             return _Failure(transaction.no_sasl_mechanism(s.relay, mechanisms), s.relay)
         try:
-            await login(self.route.username, self.route.password.reveal() if self.route.password else "")
+            await s.run(login(self.route.username, self.route.password.reveal() if self.route.password else ""))
         except SMTPAuthenticationError as exc:  # carries the server's reply, never our payload
             reply = transaction.auth_failed(exc.code, exc.message, s.relay, s.secrets)
             return _Failure(reply, s.relay, auth_failed=exc.code != 421)

@@ -1,12 +1,13 @@
 """transaction — one mail transaction to a smarthost, and what each reply or failure means.
 
 Transaction.run() sends MAIL FROM, RCPT TO for each recipient and DATA on a session the
-pool opened, and returns a DeliveryResult. The pure functions below turn smarthost replies
-into Replies worded like Postfix's smtp(8) ("host X[ip]:port said: 550 5.1.1 ... (in reply
-to RCPT TO command)") and into a status (sent, deferred, bounced); turn DNS, connect, TLS
-and timeout failures into transient Replies; and choose the MAIL FROM parameters (SIZE,
-BODY=8BITMIME, SMTPUTF8). Reply.text is what Postfix writes inside the parentheses of a
-maillog line, Reply.enhanced its dsn=; the code is the server's (451/55x for our own).
+pool opened, and returns a DeliveryResult. The pure functions below turn a smarthost's reply
+into a Reply as the server said it (550, 5.1.1, "<bob@example.org>: User unknown (in reply
+to RCPT TO command)": str(reply) is Postfix's `host X said:` text) and into a status
+(sent, deferred, bounced); turn DNS, connect, TLS and timeout failures into transient
+Replies worded like Postfix's smtp(8) ("connect to host[ip]:port: Connection refused");
+and choose the MAIL FROM parameters (SIZE, BODY=8BITMIME, SMTPUTF8). Reply.enhanced is the
+dsn=; our own verdicts use code 451 (transient) or 55x (permanent).
 
 Guarantees: a recipient is sent only on a 2xx reply to end of DATA. Only a 5xx reply to
 MAIL FROM, RCPT TO or end of DATA, or a message the server can never take (SMTPUTF8
@@ -94,14 +95,15 @@ def enhanced_of(code: int, text: str) -> str:
     return f"{klass}.{match.group(2)}.{match.group(3)}"
 
 
-def server_reply(code: int, message: str, relay: str, where: str,
-                 secrets: tuple[str, ...] = ()) -> Reply:
-    """`host X said: 550 5.1.1 ... (in reply to RCPT TO command)` with the server's codes;
-    a 2xx is just `250 2.0.0 Ok: queued as ...`, as Postfix logs status=sent."""
+def server_reply(code: int, message: str, where: str, secrets: tuple[str, ...] = ()) -> Reply:
+    """The server's reply as it said it: its code, its enhanced code (class fixed) and its
+    text; a refusal gets Postfix's `(in reply to RCPT TO command)` after the text."""
     text = clean_text(message, secrets)
+    enhanced = enhanced_of(code, text)
+    text = _ENHANCED.sub("", text, count=1).lstrip()
     if 200 <= code < 300:
-        return Reply(code, enhanced_of(code, text), f"{code} {text}")
-    return Reply(code, enhanced_of(code, text), f"host {relay} said: {code} {text} ({where})")
+        return Reply(code, enhanced, text)
+    return Reply(code, enhanced, f"{text} ({where})" if text else f"({where})")
 
 
 def is_valid_code(code: int) -> bool:
@@ -109,19 +111,17 @@ def is_valid_code(code: int) -> bool:
     return 200 <= code < 300 or 400 <= code < 600
 
 
-def protocol_error(code: int, message: str, relay: str, where: str,
-                   secrets: tuple[str, ...] = ()) -> Reply:
+def protocol_error(code: int, message: str, where: str, secrets: tuple[str, ...] = ()) -> Reply:
     """A reply that makes no sense at this point: transient, the session is abandoned."""
-    text = clean_text(message, secrets)
-    return Reply(LOCAL_TRANSIENT_CODE, "4.5.0",
-                 f"host {relay} said: {code} {text} ({where}): unexpected reply, protocol error")
+    said = clean_text(f"{code} {message}", secrets)
+    return Reply(LOCAL_TRANSIENT_CODE, "4.5.0", f"protocol error: unexpected reply {said!r} ({where})")
 
 
-def reply_for(code: int, message: str, relay: str, where: str, secrets: tuple[str, ...] = ()) -> Reply:
+def reply_for(code: int, message: str, where: str, secrets: tuple[str, ...] = ()) -> Reply:
     """server_reply() for a code a command may get, protocol_error() for any other."""
     if is_valid_code(code):
-        return server_reply(code, message, relay, where, secrets)
-    return protocol_error(code, message, relay, where, secrets)
+        return server_reply(code, message, where, secrets)
+    return protocol_error(code, message, where, secrets)
 
 
 def status_of(reply: Reply) -> str:
@@ -361,18 +361,19 @@ class Transaction:
         s.stage = "sending message content -- message may be sent more than once"
         timeout = s.timeout_s + len(self.content) / MIN_UPLOAD_BYTES_PER_S
         try:
-            response = await s.smtp.data(self.content, timeout=timeout)
-            code, message = response.code, response.message
+            response = await s.run(s.smtp.data(self.content), timeout)
         except SMTPDataError as exc:
-            code, message = exc.code, exc.message
-        if code < 400 and code != 250:          # e.g. 250 instead of 354: nothing was sent
-            raise _ProtocolError(protocol_error(code, message, s.relay, where, s.secrets))
-        return reply_for(code, message, s.relay, where, s.secrets)
+            # aiosmtplib returns only a 250 to end of DATA; a raised 2xx or 3xx is a reply
+            # to DATA itself that was not 354 (so nothing was sent) or a nonsense final reply.
+            if exc.code < 400:
+                raise _ProtocolError(protocol_error(exc.code, exc.message, where, s.secrets)) from None
+            return reply_for(exc.code, exc.message, where, s.secrets)
+        return reply_for(response.code, response.message, where, s.secrets)
 
     async def _command(self, stage: str, where: str, *args: bytes) -> Reply:
         self.s.stage = stage
-        response = await self.s.smtp.execute_command(*args)
-        reply = reply_for(response.code, response.message, self.s.relay, where, self.s.secrets)
+        response = await self.s.run(self.s.smtp.execute_command(*args))
+        reply = reply_for(response.code, response.message, where, self.s.secrets)
         if not is_valid_code(response.code):
             raise _ProtocolError(reply)
         return reply
@@ -380,7 +381,7 @@ class Transaction:
 
 def refusal(s: Session, exc: SMTPResponseException) -> Reply:
     """The Reply for an error aiosmtplib raised with the server's code and text."""
-    return reply_for(exc.code, exc.message, s.relay, s.where, s.secrets)
+    return reply_for(exc.code, exc.message, s.where, s.secrets)
 
 
 def _path(address: str, encoding: str) -> bytes:

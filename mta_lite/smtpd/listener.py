@@ -101,6 +101,10 @@ class ListenerCounters:
     rejects: int = 0       # 4xx/5xx replies to MAIL, RCPT, DATA and end of data
     errors: int = 0        # sessions ended by an unexpected exception (a bug)
 
+    def items(self):
+        """Mapping view, so a status snapshot can sum the counters of all listeners."""
+        return asdict(self).items()
+
 
 @dataclass
 class _Active:
@@ -189,6 +193,8 @@ class Listener:
         self.counters.connections += 1
         try:
             await self._run(sid, active, conn)
+        except asyncio.CancelledError:
+            conn.writer.close()        # cancelled while already hanging up: just drop it
         finally:
             del self._active[sid]
 

@@ -151,7 +151,7 @@ class Session:
         """One command line as received, CRLF included."""
         bad = line_error(raw)
         if bad is not None:
-            self.closing = True
+            self.last_verb, self.closing = "UNKNOWN", True
             return bad
         try:
             text = raw[:-2].decode("utf-8")
@@ -179,6 +179,7 @@ class Session:
 
     def handle_overlong(self, tail: bytes) -> Reply:
         """A command line over the limit was discarded; `tail` is its last bytes."""
+        self.last_verb = "UNKNOWN"
         if not tail.endswith(b"\r\n"):
             self.closing = True
             return R521_BARE_LF
