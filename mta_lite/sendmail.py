@@ -153,7 +153,7 @@ def submit(cfg: Config, argv: list[str], stdin=None, user: str | None = None) ->
 def _queue(cfg: Config, envelope: Envelope, head: bytes, stdin, ended: bool, dot_ends: bool) -> int:
     spool = Spool(cfg.spool_dir)
     try:
-        writer = spool.begin(envelope)
+        writer = spool.ensure().begin(envelope)
     except (SpoolError, OSError) as exc:
         print(f"sendmail: cannot queue message: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
