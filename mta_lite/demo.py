@@ -13,6 +13,7 @@ Must never: listen on anything but 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 import tempfile
@@ -109,10 +110,14 @@ async def _demo() -> None:
     servers = {name: await _start_smarthost(name, ctx, seen) for name in ("isp", "mail")}
     config_path = _write_config(workdir, ca_file, {name: port for name, (_, port) in servers.items()})
     cfg = load_config(config_path)
-    setup_logging(cfg)
+    log_path = os.path.join(workdir, "mta-lite.log")
+    log_file = open(log_path, "a", encoding="utf-8")
+    setup_logging(cfg, stream=log_file)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)     # the capture smarthosts' chatter
     daemon = Daemon(cfg)
     await daemon.start()
-    print(f"\nmta-lite demo: relay listening on 127.0.0.1:{DEMO_PORT}; config {config_path}\n")
+    print(f"\nmta-lite demo: relay listening on 127.0.0.1:{DEMO_PORT}")
+    print(f"  config {config_path}\n  log    {log_path}  (Postfix-style lines: tail -f it)\n")
     await _send_samples()
     print("\nDelivered (smarthost, account used, envelope):")
     for _ in SAMPLES:
@@ -124,6 +129,7 @@ async def _demo() -> None:
             await _print_capture(await seen.get())
     finally:
         await daemon.shutdown()
+        log_file.close()
 
 
 async def _print_capture(item) -> None:
