@@ -81,7 +81,7 @@ class Deliverer:
             self._settle(entry, state, pending, attempt)
 
     def _pick_up(self, queue_id: str, src: str) -> QueueEntry | None:
-        if not self.spool.move(queue_id, src, "active"):
+        if not self.spool.move(queue_id, src, "active", durable=False):
             log.info("%s: gone from %s/ before pickup", queue_id, src)
             return None
         try:
@@ -205,12 +205,12 @@ class Deliverer:
     def _leave_active(self, state: MessageState, complete: bool) -> bool:
         queue_id = state.queue_id
         if complete:
-            if self.spool.remove(queue_id, "active"):
+            if self.spool.remove(queue_id, "active", durable=False):
                 maillog.removed(queue_id)
                 return True
             return False
         self.spool.save_state(state)             # state before the move: the move publishes it
-        if self.spool.move(queue_id, "active", "deferred"):
+        if self.spool.move(queue_id, "active", "deferred", durable=False):
             self.on_deferred(queue_id, state.next_attempt)
             return True
         return False

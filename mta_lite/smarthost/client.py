@@ -168,14 +168,14 @@ class SmarthostPool:
 
     async def close(self) -> None:
         """QUIT and close every pooled connection; sessions in use close when released."""
-        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for sessions in self._idle.values():
             for session in sessions:
-                self._retire(session)
+                self.retire(session)
         self._idle.clear()
+        self._closed = True
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
@@ -211,14 +211,15 @@ class SmarthostPool:
         if self._closed:            # close() has returned: nobody would await a QUIT now
             session.abort()
         elif not session.alive:
-            self._retire(session)
+            self.retire(session)
         else:
             session.idle_since = self._clock()
             self._idle.setdefault(session.route, []).append(session)
             self._arm_timer()
 
-    def _retire(self, session: Session) -> None:
-        if not session.smtp.is_connected:
+    def retire(self, session: Session) -> None:
+        """QUIT and close in the background; close() awaits what is still under way."""
+        if self._closed or not session.smtp.is_connected:
             session.abort()
             return
         task = asyncio.get_running_loop().create_task(session.quit())
@@ -231,7 +232,7 @@ class SmarthostPool:
             keep = [s for s in sessions if s.alive and now - s.idle_since < self._idle_timeout_s]
             for session in sessions:
                 if session not in keep:
-                    self._retire(session)
+                    self.retire(session)
             if keep:
                 self._idle[route] = keep
             else:
@@ -299,11 +300,18 @@ class _Opener:
             failure = _Failure(transaction.failure_reply(exc, label, session.stage), label)
         finally:
             if failure is not None:
-                owned = smtp.transport is not None      # a live transport closes the socket
-                session.abort()
-                if not owned:
-                    sock.close()
+                self._discard(session, sock, polite=failure.reply is not R451_INTERNAL)
         return session if failure is None else failure
+
+    def _discard(self, session: Session, sock: socket.socket, polite: bool) -> None:
+        """A session that failed to open: QUIT if it can still talk, never when cancelled."""
+        if session.smtp.transport is None:      # connect() failed: no transport owns the socket
+            session.abort()
+            sock.close()
+        elif polite:
+            self.pool.retire(session)           # QUIT in the background, awaited by close()
+        else:
+            session.abort()                     # the transport closes the socket
 
     async def _connect_tcp(self) -> tuple[socket.socket, str] | Reply:
         relay = self.relay

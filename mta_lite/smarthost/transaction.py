@@ -12,9 +12,10 @@ dsn=; our own verdicts use code 451 (transient) or 55x (permanent).
 Guarantees: a recipient is sent only on a 2xx reply to end of DATA. Only a 5xx reply to
 MAIL FROM, RCPT TO or end of DATA, or a message the server can never take (SMTPUTF8
 missing, over its SIZE), is permanent. Every failure without a reply (timeout, lost
-connection, TLS, DNS) is transient: an unknown outcome is never a bounce (G3). Session
-set-up refusals (greeting, EHLO, STARTTLS, AUTH) are softened to 4xx (Postfix's soft
-bounce), so a misbehaving smarthost cannot bounce the queue. No DATA without a recipient.
+connection, TLS, DNS) is transient: an unknown outcome is never a bounce (G3). A 5xx
+refusal during session set-up (greeting, EHLO, STARTTLS, AUTH) is softened to its 4xx twin
+(Postfix's soft bounce, smtp_sasl_auth_soft_bounce for AUTH), so a misbehaving smarthost
+cannot bounce the queue and the reply agrees with the deferral. No DATA without a recipient.
 SECURITY: a smarthost's reply text is untrusted: control characters are replaced, lines
 joined, length capped, and every form of the account's password masked before it may go
 into a Reply, a log line or a bounce.
@@ -142,7 +143,8 @@ def soften(reply: Reply) -> Reply:
 
 
 def auth_failed(code: int, message: str, relay: str, secrets: tuple[str, ...]) -> Reply:
-    """A refused login, always transient (S5): `SASL authentication failed; server X said: ...`."""
+    """A refused login, always transient (S5): `SASL authentication failed; server X said:
+    535 5.7.8 ...`, softened to 435 4.7.8 as Postfix's smtp_sasl_auth_soft_bounce does."""
     text = clean_text(message, secrets)
     reply = Reply(code, enhanced_of(code, text),
                   f"SASL authentication failed; server {relay} said: {code} {text}")
@@ -306,7 +308,7 @@ class Transaction:
             self._settle(exc.reply)
         except SMTPResponseException as exc:    # aiosmtplib: a malformed or oversized reply
             self.s.abort()
-            self._settle(soften(refusal(self.s, exc)))
+            self._settle(refusal(self.s, exc))
         except OSError as exc:      # aiosmtplib's timeouts and lost connections are OSErrors
             self.s.abort()
             self._settle(failure_reply(exc, self.s.relay, self.s.stage))

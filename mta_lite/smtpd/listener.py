@@ -172,7 +172,9 @@ class Listener:
             log.warning("warning: all server ports busy; refused connection from [%s]", ip)
             return R421_PORTS_BUSY
         same = sum(1 for a in self._active.values() if a.ip == ip)
-        if same >= limits.max_connections_per_client:
+        # As Postfix's smtpd_client_event_limit_exceptions = $mynetworks: the LAN's own
+        # devices are trusted to open parallel sessions; the global limit still holds.
+        if same >= limits.max_connections_per_client and not self.cfg.in_mynetworks(ip):
             log.warning("warning: too many connections from [%s]: %d", ip, same)
             return R421_TOO_MANY_CONNECTIONS
         return None

@@ -238,13 +238,26 @@ def test_listener_max_connections_reached_replies_421_ports_busy(tmp_path, tls_s
 
 def test_listener_per_client_limit_reached_replies_421_too_many_connections(tmp_path, tls_setup):
     async def main():
-        listener, _ = build(tmp_path, {"max_connections_per_client": "2"}, tls_setup)
+        # A client outside mynetworks: the LAN is exempt, as with Postfix's default.
+        listener, _ = build(tmp_path, {"max_connections_per_client": "2", "mynetworks": "10.0.0.0/8"}, tls_setup)
         await listener.start()
         try:
             clients = [await connect(listener) for _ in range(3)]   # held open: all three
             replies = [greeting for _, _, greeting in clients]
             assert [r[:4] for r in replies] == ["220 ", "220 ", "421 "]
             assert replies[2].startswith("421 4.7.0 Error: too many connections")
+        finally:
+            await listener.close(grace_s=1)
+    asyncio.run(main())
+
+
+def test_listener_per_client_limit_exempts_mynetworks(tmp_path, tls_setup):
+    async def main():
+        listener, _ = build(tmp_path, {"max_connections_per_client": "2"}, tls_setup)
+        await listener.start()
+        try:
+            clients = [await connect(listener) for _ in range(4)]
+            assert [greeting[:4] for _, _, greeting in clients] == ["220 "] * 4
         finally:
             await listener.close(grace_s=1)
     asyncio.run(main())
