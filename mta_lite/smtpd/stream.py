@@ -77,7 +77,9 @@ class SmtpStream:
         if self.out:
             data, self.out, self.out_bytes = b"".join(self.out), [], 0
             self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), self.timeout_s)
+            # asyncio.timeout rather than wait_for: no extra task per reply (hot path).
+            async with asyncio.timeout(self.timeout_s):
+                await self.writer.drain()
 
     def pending(self) -> bool:
         """Has the client sent more than we have processed?"""
@@ -93,7 +95,8 @@ class SmtpStream:
     async def fill(self) -> None:
         if not reader_buffered(self.reader) or self.out_bytes > MAX_PENDING_OUTPUT_BYTES:
             await self.flush()
-        data = await asyncio.wait_for(self.reader.read(READ_CHUNK_BYTES), self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):
+            data = await self.reader.read(READ_CHUNK_BYTES)
         if not data:
             raise ConnectionLost("end of input")
         self.buf += data

@@ -38,6 +38,7 @@ USERS = {"alice@example.test": PASSWORD, "bob@example.test": "bobs-password"}
 SENDER = "scanner@lan.test"
 CONTENT = (b"From: scanner@lan.test\r\nTo: bob@example.org\r\nSubject: scan\r\n\r\n"
            b"first line\r\n.hidden\r\n.\r\n..two dots\r\nlast line\r\n")
+HELO = "relay.lan.test"
 TEST_TIMEOUT_S = 20.0       # a hung test fails instead of hanging the suite
 
 
@@ -222,20 +223,32 @@ def statuses(result) -> list[str]:
     return [r.status for r in result.recipients]
 
 
+def plain(port: int, **kwargs) -> Route:
+    """A route without TLS or login, for the raw peer."""
+    return route(port, tls="none", username="", password=None, **kwargs)
+
+
+def deliver_once(server, make_route, recipients=("bob@example.org",), content=CONTENT,
+                 sender=SENDER, smtputf8=False):
+    """Start `server` (an async context manager giving a port), relay one message, close the
+    pool. Returns (DeliveryResult, port)."""
+    async def scenario():
+        async with server as port:
+            pool = SmarthostPool(helo_name=HELO)
+            try:
+                return await pool.deliver(make_route(port), sender, list(recipients), content, smtputf8), port
+            finally:
+                await pool.close()
+    return run(scenario())
+
+
 # ---------------------------------------------------------------- delivery with TLS + AUTH
 
 def test_starttls_auth_plain_delivers_exact_bytes_and_envelope(pki):
     recorder = Recorder()
-
-    async def scenario():
-        async with recording_smarthost(recorder, starttls=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port, ca_file=pki.ca_file, host="localhost"),
-                                        SENDER, ["bob@example.org", "carol@example.org"], CONTENT)
-            await pool.close()
-            return result, port
-
-    result, port = run(scenario())
+    result, port = deliver_once(recording_smarthost(recorder, starttls=pki.server),
+                                lambda port: route(port, ca_file=pki.ca_file, host="localhost"),
+                                ["bob@example.org", "carol@example.org"])
     assert statuses(result) == [SENT, SENT]
     assert result.relay == f"localhost[127.0.0.1]:{port}"
     assert str(result.recipients[0].reply) == "250 2.0.0 Ok: queued as REC1"
@@ -251,16 +264,9 @@ def test_starttls_auth_plain_delivers_exact_bytes_and_envelope(pki):
 
 def test_implicit_tls_delivers_with_auth(pki):
     recorder = Recorder()
-
-    async def scenario():
-        async with recording_smarthost(recorder, implicit=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port, tls="implicit", ca_file=pki.ca_file),
-                                        SENDER, ["bob@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    assert statuses(run(scenario())) == [SENT]
+    result, _ = deliver_once(recording_smarthost(recorder, implicit=pki.server),
+                             lambda port: route(port, tls="implicit", ca_file=pki.ca_file))
+    assert statuses(result) == [SENT]
     assert [m.login for m in recorder.messages] == ["alice@example.test"]
     assert recorder.messages[0].content == CONTENT
 
@@ -272,7 +278,7 @@ def test_two_messages_same_account_reuse_one_connection(pki):
 
     async def scenario():
         async with recording_smarthost(recorder, starttls=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
+            pool = SmarthostPool(helo_name=HELO)
             first = await pool.deliver(route(port, ca_file=pki.ca_file), SENDER, ["bob@example.org"], CONTENT)
             second = await pool.deliver(route(port, ca_file=pki.ca_file), SENDER, ["carol@example.org"], CONTENT)
             await pool.close()
@@ -290,7 +296,7 @@ def test_two_accounts_use_two_connections(pki):
 
     async def scenario():
         async with recording_smarthost(recorder, starttls=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
+            pool = SmarthostPool(helo_name=HELO)
             alice = route(port, ca_file=pki.ca_file)
             bob = route(port, ca_file=pki.ca_file, username="bob@example.test", password="bobs-password")
             results = [await pool.deliver(r, SENDER, ["x@example.org"], CONTENT) for r in (alice, bob, alice, bob)]
@@ -308,7 +314,7 @@ def test_concurrent_deliveries_same_account_never_share_a_connection(pki):
 
     async def scenario():
         async with recording_smarthost(recorder, starttls=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
+            pool = SmarthostPool(helo_name=HELO)
             r = route(port, ca_file=pki.ca_file)
             first = await pool.deliver(r, SENDER, ["a@example.org"], CONTENT)      # leaves one idle
             both = await asyncio.gather(*(pool.deliver(r, SENDER, [f"{n}@example.org"], CONTENT) for n in "bc"))
@@ -326,10 +332,9 @@ def test_dead_pooled_connection_is_replaced_transparently():
 
     async def scenario():
         async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            r = route(port, tls="none", username="", password=None)
-            first = await pool.deliver(r, SENDER, ["bob@example.org"], CONTENT)
-            second = await pool.deliver(r, SENDER, ["bob@example.org"], CONTENT)
+            pool = SmarthostPool(helo_name=HELO)
+            first = await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT)
+            second = await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT)
             await pool.close()
             return first, second
 
@@ -344,11 +349,10 @@ def test_idle_connection_older_than_idle_timeout_is_closed():
 
     async def scenario():
         async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test", clock=lambda: now[0], idle_timeout_s=30.0)
-            r = route(port, tls="none", username="", password=None)
-            await pool.deliver(r, SENDER, ["bob@example.org"], CONTENT)
+            pool = SmarthostPool(helo_name=HELO, clock=lambda: now[0], idle_timeout_s=30.0)
+            await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT)
             now[0] += 31.0
-            result = await pool.deliver(r, SENDER, ["bob@example.org"], CONTENT)
+            result = await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT)
             await pool.close()
             return result
 
@@ -362,9 +366,8 @@ def test_idle_connection_is_quit_by_the_timer_without_further_mail():
 
     async def scenario():
         async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test", idle_timeout_s=0.05)
-            r = route(port, tls="none", username="", password=None)
-            result = await pool.deliver(r, SENDER, ["bob@example.org"], CONTENT)
+            pool = SmarthostPool(helo_name=HELO, idle_timeout_s=0.05)
+            result = await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT)
             await asyncio.wait_for(peer.quit_seen.wait(), 5.0)
             await pool.close()
             return result
@@ -377,9 +380,8 @@ def test_cancelled_delivery_closes_its_connection():
 
     async def scenario():
         async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            r = route(port, tls="none", username="", password=None)
-            task = asyncio.create_task(pool.deliver(r, SENDER, ["bob@example.org"], CONTENT))
+            pool = SmarthostPool(helo_name=HELO)
+            task = asyncio.create_task(pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT))
             await asyncio.wait_for(peer.connected.wait(), 5.0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -396,16 +398,8 @@ def test_wrong_password_defers_with_auth_failed_and_password_nowhere(pki, caplog
     recorder = Recorder()
     caplog.set_level(logging.DEBUG)
     wrong = "Wr0ng-pa55word"
-
-    async def scenario():
-        async with recording_smarthost(recorder, starttls=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port, ca_file=pki.ca_file, password=wrong),
-                                        SENDER, ["bob@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    result, _ = deliver_once(recording_smarthost(recorder, starttls=pki.server),
+                             lambda port: route(port, ca_file=pki.ca_file, password=wrong))
     assert statuses(result) == [DEFER]
     assert result.auth_failed is True
     reply = result.recipients[0].reply
@@ -421,15 +415,7 @@ def test_wrong_password_defers_with_auth_failed_and_password_nowhere(pki, caplog
 
 def test_smarthost_without_starttls_gets_no_auth_and_mail_defers():
     peer = RawSmarthost(ehlo=("PIPELINING", "AUTH PLAIN LOGIN", "8BITMIME"))
-
-    async def scenario():
-        async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port), SENDER, ["bob@example.org"], CONTENT)
-            await pool.close()
-            return result, port
-
-    result, port = run(scenario())
+    result, port = deliver_once(raw_smarthost(peer), route)
     assert statuses(result) == [DEFER]
     reply = result.recipients[0].reply
     assert (reply.code, reply.enhanced) == (451, "4.7.5")
@@ -444,15 +430,7 @@ def test_smarthost_without_starttls_gets_no_auth_and_mail_defers():
                                            (b"554 5.7.0 TLS disabled\r\n", 454)])
 def test_starttls_refused_defers_without_auth(refusal, code):
     peer = RawSmarthost(ehlo=("STARTTLS", "AUTH PLAIN LOGIN"), replies={"STARTTLS": refusal})
-
-    async def scenario():
-        async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port), SENDER, ["bob@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    result, _ = deliver_once(raw_smarthost(peer), route)
     assert statuses(result) == [DEFER]
     reply = result.recipients[0].reply
     assert (reply.code, reply.enhanced) == (code, "4.7.0")
@@ -462,16 +440,7 @@ def test_starttls_refused_defers_without_auth(refusal, code):
 
 def test_5xx_greeting_defers_never_bounces():
     peer = RawSmarthost(greeting=b"554 5.7.1 raw.test no service for you\r\n")
-
-    async def scenario():
-        async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            r = route(port, tls="none", username="", password=None)
-            result = await pool.deliver(r, SENDER, ["bob@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    result, _ = deliver_once(raw_smarthost(peer), plain)
     assert statuses(result) == [DEFER]
     assert str(result.recipients[0].reply) == "454 4.7.1 raw.test no service for you (at the initial greeting)"
 
@@ -498,15 +467,7 @@ def test_aiosmtplib_start_tls_true_fails_when_starttls_not_offered():
 
 def test_untrusted_ca_defers_with_verification_reason(pki):
     recorder = Recorder()
-
-    async def scenario():
-        async with recording_smarthost(recorder, starttls=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port, ca_file=""), SENDER, ["bob@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    result, _ = deliver_once(recording_smarthost(recorder, starttls=pki.server), lambda port: route(port, ca_file=""))
     assert statuses(result) == [DEFER]
     reply = result.recipients[0].reply
     assert reply.enhanced == "4.7.5" and reply.is_transient
@@ -517,16 +478,8 @@ def test_untrusted_ca_defers_with_verification_reason(pki):
 @pytest.mark.parametrize("tls", ["starttls", "implicit"])
 def test_certificate_for_wrong_host_defers(pki, tls):
     recorder = Recorder()
-
-    async def scenario():
-        kwargs = {"starttls": pki.wrong_host} if tls == "starttls" else {"implicit": pki.wrong_host}
-        async with recording_smarthost(recorder, **kwargs) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port, tls=tls, ca_file=pki.ca_file), SENDER, ["b@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    server = recording_smarthost(recorder, **{tls: pki.wrong_host})
+    result, _ = deliver_once(server, lambda port: route(port, tls=tls, ca_file=pki.ca_file))
     assert statuses(result) == [DEFER]
     reply = result.recipients[0].reply
     assert reply.enhanced == "4.7.5" and "mismatch" in reply.text
@@ -535,15 +488,7 @@ def test_certificate_for_wrong_host_defers(pki, tls):
 
 def test_tls_none_with_credentials_never_connects():
     peer = RawSmarthost(ehlo=("AUTH PLAIN",))
-
-    async def scenario():
-        async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port, tls="none"), SENDER, ["bob@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    result, _ = deliver_once(raw_smarthost(peer), lambda port: route(port, tls="none"))
     assert statuses(result) == [DEFER] and result.recipients[0].reply.enhanced == "4.7.5"
     assert peer.connections == 0
 
@@ -552,16 +497,9 @@ def test_tls_none_with_credentials_never_connects():
 
 def test_rcpt_550_for_one_of_two_bounces_that_one_only(pki):
     recorder = Recorder(rcpt_replies={"nobody@example.org": "550 5.1.1 <nobody@example.org>: User unknown"})
-
-    async def scenario():
-        async with recording_smarthost(recorder, starttls=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port, ca_file=pki.ca_file), SENDER,
-                                        ["nobody@example.org", "bob@example.org"], CONTENT)
-            await pool.close()
-            return result, port
-
-    result, port = run(scenario())
+    result, port = deliver_once(recording_smarthost(recorder, starttls=pki.server),
+                                lambda port: route(port, ca_file=pki.ca_file),
+                                ["nobody@example.org", "bob@example.org"])
     assert statuses(result) == [BOUNCE, SENT]
     bounced = result.recipients[0].reply
     assert (bounced.code, bounced.enhanced) == (550, "5.1.1")
@@ -575,7 +513,7 @@ def test_rcpt_452_defers_sends_no_data_and_keeps_the_connection(pki):
 
     async def scenario():
         async with recording_smarthost(recorder, starttls=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
+            pool = SmarthostPool(helo_name=HELO)
             r = route(port, ca_file=pki.ca_file)
             deferred = await pool.deliver(r, SENDER, ["bob@example.org"], CONTENT)
             sent = await pool.deliver(r, SENDER, ["carol@example.org"], CONTENT)
@@ -595,16 +533,8 @@ def test_rcpt_452_defers_sends_no_data_and_keeps_the_connection(pki):
 ])
 def test_end_of_data_reply_decides_for_accepted_recipients(pki, reply, status, enhanced):
     recorder = Recorder(data_reply=reply, rcpt_replies={"gone@example.org": "550 5.1.1 gone"})
-
-    async def scenario():
-        async with recording_smarthost(recorder, starttls=pki.server) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port, ca_file=pki.ca_file), SENDER,
-                                        ["bob@example.org", "gone@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    result, _ = deliver_once(recording_smarthost(recorder, starttls=pki.server),
+                             lambda port: route(port, ca_file=pki.ca_file), ["bob@example.org", "gone@example.org"])
     assert statuses(result) == [status, BOUNCE]
     assert result.recipients[0].reply.enhanced == enhanced
     assert "(in reply to end of DATA command)" in result.recipients[0].reply.text
@@ -616,16 +546,7 @@ def test_end_of_data_reply_decides_for_accepted_recipients(pki, reply, status, e
 ])
 def test_mail_from_refusal_applies_to_every_recipient(reply, status):
     peer = RawSmarthost(replies={"MAIL": reply})
-
-    async def scenario():
-        async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            r = route(port, tls="none", username="", password=None)
-            result = await pool.deliver(r, SENDER, ["a@example.org", "b@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    result, _ = deliver_once(raw_smarthost(peer), plain, ["a@example.org", "b@example.org"])
     assert statuses(result) == [status, status]
     assert not peer.saw(b"RCPT") and peer.data == []
 
@@ -633,16 +554,8 @@ def test_mail_from_refusal_applies_to_every_recipient(reply, status):
 def test_dot_stuffing_crlf_size_and_8bitmime_on_the_wire():
     peer = RawSmarthost()
     content = CONTENT.replace(b"last line", b"caf\xc3\xa9 line")
-
-    async def scenario():
-        async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            r = route(port, tls="none", username="", password=None)
-            result = await pool.deliver(r, SENDER, ["bob@example.org"], content)
-            await pool.close()
-            return result
-
-    assert statuses(run(scenario())) == [SENT]
+    result, _ = deliver_once(raw_smarthost(peer), plain, content=content)
+    assert statuses(result) == [SENT]
     [wire] = peer.data
     assert wire == content.replace(b"\r\n.", b"\r\n..")     # every line starting "." doubled
     assert b"\r\n..hidden\r\n..\r\n...two dots\r\n" in wire
@@ -653,32 +566,17 @@ def test_dot_stuffing_crlf_size_and_8bitmime_on_the_wire():
 
 def test_smtputf8_needed_but_not_offered_bounces_5_6_7():
     peer = RawSmarthost()
-
-    async def scenario():
-        async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            r = route(port, tls="none", username="", password=None)
-            result = await pool.deliver(r, SENDER, ["jörg@bücher.example"], CONTENT, smtputf8=True)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    result, _ = deliver_once(raw_smarthost(peer), plain, ["jörg@bücher.example"], smtputf8=True)
     assert statuses(result) == [BOUNCE] and result.recipients[0].reply.enhanced == "5.6.7"
     assert not peer.saw(b"MAIL")
 
 
 def test_smtputf8_offered_is_used(pki):
     recorder = Recorder()
-
-    async def scenario():
-        async with recording_smarthost(recorder, starttls=pki.server, smtputf8=True) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            result = await pool.deliver(route(port, ca_file=pki.ca_file), "jörg@bücher.example",
-                                        ["zoë@example.org"], CONTENT, smtputf8=True)
-            await pool.close()
-            return result
-
-    assert statuses(run(scenario())) == [SENT]
+    result, _ = deliver_once(recording_smarthost(recorder, starttls=pki.server, smtputf8=True),
+                             lambda port: route(port, ca_file=pki.ca_file), ["zoë@example.org"],
+                             sender="jörg@bücher.example", smtputf8=True)
+    assert statuses(result) == [SENT]
     [message] = recorder.messages
     assert "SMTPUTF8" in message.mail_options
     assert (message.mail_from, message.rcpt_tos) == ("jörg@bücher.example", ["zoë@example.org"])
@@ -686,18 +584,16 @@ def test_smtputf8_offered_is_used(pki):
 
 # ---------------------------------------------------------------- network failures (G3)
 
-def test_connection_refused_defers_with_relay_none():
+@contextlib.asynccontextmanager
+async def nobody_listening():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]       # closed again before the delivery: nobody listens
+    yield port
 
-    async def scenario():
-        pool = SmarthostPool(helo_name="relay.lan.test")
-        result = await pool.deliver(route(port, username="", password=None, tls="none"), SENDER, ["b@x.org"], CONTENT)
-        await pool.close()
-        return result
 
-    result = run(scenario())
+def test_connection_refused_defers_with_relay_none():
+    result, port = deliver_once(nobody_listening(), plain, ["b@x.org"])
     assert statuses(result) == [DEFER] and result.relay == "none"
     reply = result.recipients[0].reply
     assert (reply.code, reply.enhanced) == (451, "4.4.1")
@@ -707,16 +603,8 @@ def test_connection_refused_defers_with_relay_none():
 @pytest.mark.parametrize("after_dot, words", [("hang", "timed out"), ("hangup", "lost connection")])
 def test_no_reply_after_final_dot_defers_never_bounces(after_dot, words):
     peer = RawSmarthost(after_dot=after_dot)
-
-    async def scenario():
-        async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name="relay.lan.test")
-            r = route(port, tls="none", username="", password=None, timeout_s=0.5)
-            result = await pool.deliver(r, SENDER, ["a@example.org", "b@example.org"], CONTENT)
-            await pool.close()
-            return result
-
-    result = run(scenario())
+    result, _ = deliver_once(raw_smarthost(peer), lambda port: plain(port, timeout_s=0.5),
+                             ["a@example.org", "b@example.org"])
     assert statuses(result) == [DEFER, DEFER]
     reply = result.recipients[0].reply
     assert reply.enhanced == "4.4.2" and words in reply.text
