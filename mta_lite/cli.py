@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mta-lite", description="A small, durable SMTP relay.")
     parser.add_argument("-c", "--config", help=f"config file (default $MTA_LITE_CONFIG or {DEFAULT_CONFIG_PATH})")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the relay in the foreground")
+    sub.add_parser("serve", help="run the relay in the foreground (supervises smtpd and qmgr)")
+    smtpd = sub.add_parser("smtpd", help="run only the receiving half (systemd unit)")
+    smtpd.add_argument("--from-master", action="store_true", help=argparse.SUPPRESS)
+    sub.add_parser("qmgr", help="run only the delivering half (systemd unit)")
     cfg = sub.add_parser("config", help="check or show the configuration")
     cfg.add_argument("action", choices=["check", "show"])
     sub.add_parser("sendmail", help="submit a message from stdin (sendmail-compatible)")
@@ -72,7 +75,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
         return run_demo()
+    if args.command == "smtpd":
+        return _smtpd(args)
     return _run(args.config, lambda cfg: _dispatch(cfg, args), 1)
+
+
+def _smtpd(args) -> int:
+    """The receiving half. From the master its config comes on stdin, secrets left out;
+    under systemd it reads the file itself, still without secrets (S7)."""
+    import tomllib
+    from .config_load import load_config, parse_config
+    from .daemon import SmtpdService, run_service
+    from .master import LISTEN_FDS_ENV
+    from .maillog import setup_logging
+    path = _config_path(args.config)
+    try:
+        if args.from_master:
+            cfg = parse_config(tomllib.loads(sys.stdin.read()), path, secrets=False)
+        else:
+            cfg = load_config(path, secrets=False)
+    except (ConfigError, tomllib.TOMLDecodeError) as exc:
+        print(f"mta-lite: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    fds = [int(fd) for fd in os.environ.pop(LISTEN_FDS_ENV, "").split(",") if fd]
+    import socket
+    socks = [socket.socket(fileno=fd) for fd in fds] or None
+    setup_logging(cfg)
+    return run_service(SmtpdService(cfg, socks=socks))
 
 
 def _run(config: str | None, action, fail_status: int) -> int:
@@ -98,11 +127,14 @@ def _sendmail(cfg, argv: list[str]) -> int:
 
 
 def _dispatch(cfg, args) -> int:
-    if args.command == "serve":
-        from .daemon import serve
+    if args.command in ("serve", "qmgr"):
         from .maillog import setup_logging
         setup_logging(cfg)
-        return serve(cfg)
+        if args.command == "serve":
+            from .master import serve
+            return serve(cfg)
+        from .daemon import QmgrService, run_service
+        return run_service(QmgrService(cfg))
     if args.command == "config":
         if args.action == "show":
             sys.stdout.write(tomli_w.dumps(effective_dict(cfg)))

@@ -96,6 +96,14 @@ class SmtpdConfig:
 
 
 @dataclass(frozen=True)
+class MasterConfig:
+    """Who the two halves run as when `serve` is started as root ("" = stay root; warned)."""
+
+    smtpd_user: str = "mta-smtpd"
+    qmgr_user: str = "mta-lite"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     hostname: str
@@ -110,6 +118,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     smtpd: SmtpdConfig = field(default_factory=SmtpdConfig)
     bounce_template: str = ""
+    master: MasterConfig = field(default_factory=MasterConfig)
 
     def in_mynetworks(self, ip: str) -> bool:
         try:

@@ -15,7 +15,7 @@ import socket
 import tomllib
 from typing import Any
 
-from .config import (MASK, TLS_MODES, Config, Listen, QueueConfig, Relay, SenderRule,
+from .config import (MASK, TLS_MODES, Config, Listen, MasterConfig, QueueConfig, Relay, SenderRule,
                      Secret, SmtpdConfig, format_duration, parse_duration)
 from .envelope import lookup_key, parse_path
 from .errors import AddressError, ConfigError
@@ -96,9 +96,11 @@ def _file(value: str, base: str, path: str, key: str) -> str:
     return full
 
 
-def _secret(table: _Table, base: str) -> Secret | None:
+def _secret(table: _Table, base: str, secrets: bool) -> Secret | None:
     password = table.get("password", str)
     password_file = table.get("password_file", str)
+    if not secrets:
+        return None         # the smtpd side: never read a password file
     if password is not None and password_file is not None:
         raise ConfigError(table.path, table.key("password"), "give password or password_file, not both")
     if password_file is not None:
@@ -112,8 +114,8 @@ def _secret(table: _Table, base: str) -> Secret | None:
 
 
 
-def load_config(path: str) -> Config:
-    """Read and validate the config file at `path`."""
+def load_config(path: str, secrets: bool = True) -> Config:
+    """Read and validate the config file at `path`; secrets=False leaves credentials out."""
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
@@ -123,13 +125,15 @@ def load_config(path: str) -> Config:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
-    return parse_config(data, path)
+    return parse_config(data, path, secrets)
 
 
-def parse_config(data: dict, path: str) -> Config:
+def parse_config(data: dict, path: str, secrets: bool = True) -> Config:
+    """Validate TOML data. secrets=False: for the process that faces the network (S7);
+    password and password_file are neither read nor kept, and their checks are skipped."""
     top = _Table(data, path, "")
     base = os.path.dirname(os.path.abspath(path))
-    relays = _relays(top, base)
+    relays = _relays(top, base, secrets)
     if not relays:
         raise ConfigError(path, "relays", "define at least one [relays.NAME] smarthost")
     default_relay = top.get("default_relay", str, next(iter(relays)))
@@ -146,10 +150,11 @@ def parse_config(data: dict, path: str) -> Config:
         default_relay=default_relay,
         listen=_listeners(top, base),
         relays=relays,
-        senders=_senders(top, relays, base),
+        senders=_senders(top, relays, base, secrets),
         queue=_queue(top),
         smtpd=_smtpd(top),
         bounce_template=_optional_file(top, "bounce_template", base),
+        master=_master(top),
     )
     top.finish()
     return cfg
@@ -184,7 +189,7 @@ def _listeners(top: _Table, base: str) -> tuple[Listen, ...]:
     return tuple(out)
 
 
-def _relays(top: _Table, base: str) -> dict[str, Relay]:
+def _relays(top: _Table, base: str, secrets: bool) -> dict[str, Relay]:
     out = {}
     for name, raw in top.get("relays", dict, {}).items():
         table = _Table(raw, top.path, f"relays.{name}")
@@ -198,11 +203,12 @@ def _relays(top: _Table, base: str) -> dict[str, Relay]:
             tls=tls,
             ca_file=_optional_file(table, "ca_file", base),
             username=table.get("username", str, ""),
-            password=_secret(table, base),
+            password=_secret(table, base, secrets),
             concurrency=table.positive("concurrency", 2),
             timeout_s=table.duration("timeout", 300.0),
         )
-        _check_credentials(table, tls, relay.username, relay.password)
+        if secrets:
+            _check_credentials(table, tls, relay.username, relay.password)
         table.finish()
         out[name] = relay
     return out
@@ -217,7 +223,7 @@ def _check_credentials(table: _Table, tls: str, username: str, password: Secret 
         raise ConfigError(table.path, table.key("username"), "password given without username")
 
 
-def _senders(top: _Table, relays: dict[str, Relay], base: str) -> tuple[SenderRule, ...]:
+def _senders(top: _Table, relays: dict[str, Relay], base: str, secrets: bool) -> tuple[SenderRule, ...]:
     out, seen = [], set()
     for i, raw in enumerate(top.get("senders", list, [])):
         table = _Table(raw, top.path, f"senders[{i}]")
@@ -228,8 +234,9 @@ def _senders(top: _Table, relays: dict[str, Relay], base: str) -> tuple[SenderRu
         relay = table.get("relay", str, top.data.get("default_relay", next(iter(relays))))
         if relay not in relays:
             raise ConfigError(top.path, table.key("relay"), f"no relay named {relay!r} in [relays]")
-        rule = SenderRule(address, relay, table.get("username", str, ""), _secret(table, base))
-        _check_credentials(table, relays[relay].tls, rule.username, rule.password)
+        rule = SenderRule(address, relay, table.get("username", str, ""), _secret(table, base, secrets))
+        if secrets:
+            _check_credentials(table, relays[relay].tls, rule.username, rule.password)
         table.finish()
         out.append(rule)
     return tuple(out)
@@ -262,6 +269,17 @@ def _smtpd(top: _Table) -> SmtpdConfig:
     )
     table.finish()
     return s
+
+
+def _master(top: _Table) -> MasterConfig:
+    table = _Table(top.get("master", dict, {}), top.path, "master")
+    m = MasterConfig(smtpd_user=table.get("smtpd_user", str, "mta-smtpd"),
+                     qmgr_user=table.get("qmgr_user", str, "mta-lite"))
+    if m.qmgr_user and not m.smtpd_user:
+        raise ConfigError(top.path, "master.smtpd_user", "the network-facing half must not keep root "
+                          "while the other half drops it; set both users or neither")
+    table.finish()
+    return m
 
 
 def effective_dict(cfg: Config) -> dict[str, Any]:
@@ -299,6 +317,7 @@ def effective_dict(cfg: Config) -> dict[str, Any]:
                   "timeout": format_duration(cfg.smtpd.timeout_s),
                   "session_limit": format_duration(cfg.smtpd.session_limit_s),
                   "hard_error_limit": cfg.smtpd.hard_error_limit},
+        "master": {"smtpd_user": cfg.master.smtpd_user, "qmgr_user": cfg.master.qmgr_user},
     }
 
 

@@ -56,6 +56,9 @@ class RelayProcess:
         config.setdefault("mynetworks", ["127.0.0.0/8"])
         config.setdefault("admin_address", "admin@lan.test")
         config.setdefault("listen", [{"address": f"127.0.0.1:{self.port}"}])
+        # Tests run as root in work directories only root can enter: no user change here;
+        # the privilege separation tests set the users and prepare their own directories.
+        config.setdefault("master", {"smtpd_user": "", "qmgr_user": ""})
         self.config = config
         self.spool = config["spool_dir"]
         self.config_path = os.path.join(workdir, "mta-lite.toml")

@@ -86,11 +86,12 @@ class QueueManager:
         self._stopping = False
         self._running = False
         self._stopped = asyncio.Event()
+        self.smtpd_stats: dict[str, int] = {}       # counters the smtpd process sends
 
     # ------------------------------------------------------------------ public
     async def run(self) -> None:
         """Deliver until stop(). The caller ran spool.recover() before, once."""
-        doorbell = await wakeup.listen(self.spool.wakeup_socket, self._on_poke)
+        doorbell = await wakeup.listen(self.spool.wakeup_socket, self._on_poke, self._on_stats)
         self._running = True
         try:
             while not self._stopping:
@@ -145,9 +146,13 @@ class QueueManager:
         totals.update(in_flight=len(self._inflight), incoming=len(self._incoming),
                       deferred_queue=len(self._deferred), **self.deliverer.stats,
                       bounces_last_hour=self.deliverer.bounce_limit.used(self.clock()))
-        return {"accounts": accounts, "totals": totals}
+        return {"accounts": accounts, "totals": totals, "smtpd": dict(self.smtpd_stats)}
 
     # ------------------------------------------------------------------ wake-ups
+    def _on_stats(self, counters: dict) -> None:
+        """The smtpd process's counters, shown in the status file the daemon writes."""
+        self.smtpd_stats = counters
+
     def _on_poke(self, what: bytes) -> None:
         {wakeup.WAKE: self.wake, wakeup.FLUSH: self.flush, wakeup.RESCAN: self.rescan}[what]()
 

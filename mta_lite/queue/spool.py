@@ -252,12 +252,19 @@ class Spool:
             pass
 
     # -------------------------------------------------------------- start-up
-    def recover(self) -> dict[str, int]:
-        """Purge tmp/, put active/ back to incoming/, quarantine invalid files (G4)."""
-        counts = {"purged": 0, "requeued": 0, "corrupt": 0}
+    def purge_tmp(self) -> int:
+        """Remove files a dead receiver left in tmp/: never acknowledged, so never owed.
+        Only the receiving side calls this, at its own start: it is tmp/'s only writer."""
+        purged = 0
         for name in os.listdir(os.path.join(self.root, "tmp")):
-            os.unlink(os.path.join(self.root, "tmp", name))
-            counts["purged"] += 1
+            _unlink_quietly(os.path.join(self.root, "tmp", name))
+            purged += 1
+        return purged
+
+    def recover(self, purge_tmp: bool = True) -> dict[str, int]:
+        """Purge tmp/ (unless the receiver does that itself), put active/ back to incoming/,
+        quarantine invalid files (G4)."""
+        counts = {"purged": self.purge_tmp() if purge_tmp else 0, "requeued": 0, "corrupt": 0}
         for queue_id in self.list("active"):
             self.move(queue_id, "active", "incoming")
             counts["requeued"] += 1

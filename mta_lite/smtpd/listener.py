@@ -127,8 +127,12 @@ class Listener:
         self._active: dict[int, _Active] = {}
         self._next_id = 0
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.listen.host, self.listen.port)
+    async def start(self, sock=None) -> None:
+        """Listen on `listen`, or on an already bound socket handed over by the master."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._accept, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._accept, self.listen.host, self.listen.port)
         log.info("listening on %s:%d%s", *self.address, " (STARTTLS)" if self.ssl_context else "")
 
     @property

@@ -86,7 +86,9 @@ class MtaLiteRelay:
                 "default_relay = \"sink\"\n\n[[listen]]\n"
                 f"address = \"{peers.LOOPBACK}:{self.port}\"\n\n[relays.sink]\n"
                 f"host = \"{peers.LOOPBACK}\"\nport = {self.sink_port}\ntls = \"none\"\n"
-                "concurrency = 10\n")
+                "concurrency = 10\n\n"
+                # Both halves as the bench's user: the work directory is root's alone.
+                "[master]\nsmtpd_user = \"\"\nqmgr_user = \"\"\n")
 
     def __enter__(self) -> MtaLiteRelay:
         exe = Path(sys.executable).parent / "mta-lite"
