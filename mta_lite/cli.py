@@ -47,11 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", help=f"config file (default $MTA_LITE_CONFIG or {DEFAULT_CONFIG_PATH})")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the relay in the foreground (supervises smtpd and qmgr)")
-    smtpd = sub.add_parser("smtpd", help="run only the receiving half (systemd unit)")
-    smtpd.add_argument("--from-master", action="store_true", help=argparse.SUPPRESS)
+    sub.add_parser("smtpd", help="run only the receiving half (systemd unit)")
     sub.add_parser("qmgr", help="run only the delivering half (systemd unit)")
     cfg = sub.add_parser("config", help="check or show the configuration")
-    cfg.add_argument("action", choices=["check", "show"])
+    cfg.add_argument("action", choices=["check", "show", "public"],
+                     help="public: the config without secrets, as the receiving side sees it")
     sub.add_parser("sendmail", help="submit a message from stdin (sendmail-compatible)")
     queue = sub.add_parser("queue", help="list and manage queued mail")
     queue.add_argument("action", choices=["list", "show", "flush", "delete", "hold", "release"])
@@ -77,31 +77,25 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo()
     if args.command == "smtpd":
         return _smtpd(args)
+    if args.command == "serve":
+        from .master import serve     # the master never loads the secrets itself
+        return serve(_config_path(args.config))
     return _run(args.config, lambda cfg: _dispatch(cfg, args), 1)
 
 
 def _smtpd(args) -> int:
-    """The receiving half. From the master its config comes on stdin, secrets left out;
-    under systemd it reads the file itself, still without secrets (S7)."""
-    import tomllib
-    from .config_load import load_config, parse_config
+    """The receiving half on its own (a systemd unit). Like the master, it takes its config
+    from a short-lived `config public` process, so no secret ever enters it (S7)."""
     from .daemon import SmtpdService, run_service
-    from .master import LISTEN_FDS_ENV
     from .maillog import setup_logging
-    path = _config_path(args.config)
+    from .master import load_public_config
     try:
-        if args.from_master:
-            cfg = parse_config(tomllib.loads(sys.stdin.read()), path, secrets=False)
-        else:
-            cfg = load_config(path, secrets=False)
-    except (ConfigError, tomllib.TOMLDecodeError) as exc:
+        cfg = load_public_config(_config_path(args.config))
+    except ConfigError as exc:
         print(f"mta-lite: {exc}", file=sys.stderr)
         return EX_CONFIG
-    fds = [int(fd) for fd in os.environ.pop(LISTEN_FDS_ENV, "").split(",") if fd]
-    import socket
-    socks = [socket.socket(fileno=fd) for fd in fds] or None
     setup_logging(cfg)
-    return run_service(SmtpdService(cfg, socks=socks))
+    return run_service(SmtpdService(cfg))
 
 
 def _run(config: str | None, action, fail_status: int) -> int:
@@ -127,17 +121,17 @@ def _sendmail(cfg, argv: list[str]) -> int:
 
 
 def _dispatch(cfg, args) -> int:
-    if args.command in ("serve", "qmgr"):
+    if args.command == "qmgr":
+        from .daemon import QmgrService, run_service
         from .maillog import setup_logging
         setup_logging(cfg)
-        if args.command == "serve":
-            from .master import serve
-            return serve(cfg)
-        from .daemon import QmgrService, run_service
         return run_service(QmgrService(cfg))
     if args.command == "config":
         if args.action == "show":
             sys.stdout.write(tomli_w.dumps(effective_dict(cfg)))
+        elif args.action == "public":
+            from .master import public_config_toml
+            sys.stdout.buffer.write(public_config_toml(cfg))
         return 0
     if args.command == "status":
         from .status import format_status, read_status

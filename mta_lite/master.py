@@ -1,68 +1,59 @@
 """master — `mta-lite serve`: start and supervise the smtpd and qmgr processes.
 
 Postfix's air gap, small: the process that parses bytes from the network (smtpd) and the
-process that holds the smarthost credentials (qmgr) are separate programs that share only
+process that holds the smarthost credentials (qmgr) are separate processes that share only
 the queue directories and the queue manager's doorbell socket.
 
-    master (this)  binds the [[listen]] ports, prepares the spool, starts both children,
-                   restarts a child that dies (with backoff), forwards SIGTERM and SIGHUP.
-    smtpd          `mta-lite smtpd --from-master`: its config arrives on stdin with every
-                   secret left out, its listening sockets as inherited descriptors.
-    qmgr           `mta-lite qmgr`: reads the config file and the password files itself.
+    master (this)  never reads a secret: it gets the config without secrets from a short-
+                   lived `config public` process, prepares the spool, binds the [[listen]]
+                   ports, loads the code both children run, then forks them and restarts a
+                   child that dies (with backoff); it forwards SIGHUP and stops on SIGTERM.
+    smtpd          a fork of the master: switches to `master.smtpd_user` and serves the
+                   inherited sockets with the secret-free config.
+    qmgr           a fork of the master: switches to `master.qmgr_user` (plus the smtpd
+                   group, to read what smtpd queued), then reads the full config itself.
 
-Started as root, smtpd runs as user mta-smtpd and qmgr as mta-lite (with supplementary
-group mta-smtpd to read what smtpd queued); started as anyone else, both keep that user.
-Guarantees: a child's death never stops the other (mail keeps being accepted while qmgr is
-down, and delivered while smtpd is down); children are execed, never forked from a process
-that has read a secret.
-Must never: hand a secret to smtpd, or restart a crashing child in a tight loop.
+Forking from a master that already imported everything lets the three processes share
+those pages (gc.freeze() keeps the collector from touching them): about one interpreter's
+memory instead of three. The master runs no event loop; it waits for signals only.
+Guarantees: a child's death never stops the other (mail is accepted while qmgr is down and
+delivered while smtpd is down); no secret ever enters the master, so none reaches smtpd.
+Must never: read the config file itself, or restart a crashing child in a tight loop.
 """
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import grp
 import logging
 import os
 import pwd
 import signal
 import socket
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+import tomllib
+from dataclasses import dataclass
 
 import tomli_w
 
 from .config import Config
-from .config_load import effective_dict
-from .errors import MtaLiteError
+from .config_load import effective_dict, parse_config
+from .errors import ConfigError, MtaLiteError
 
 log = logging.getLogger("mta_lite.master")
 
-LISTEN_FDS_ENV = "MTA_LITE_LISTEN_FDS"
 LISTEN_BACKLOG = 128
 # A child that dies is restarted after 1 s, then 2, 4 ... up to a minute; a child that
 # stayed up for STABLE_AFTER_S starts again from 1 s.
 RESTART_MIN_S, RESTART_MAX_S, STABLE_AFTER_S = 1.0, 60.0, 60.0
 STOP_GRACE_S = 60.0
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    stdin: bytes = b""
-    pass_fds: tuple[int, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
-    user: str | None = None
-    extra_groups: list[str] | None = None
-    proc: asyncio.subprocess.Process | None = None
-    started: float = 0.0
-    delay_s: float = RESTART_MIN_S
-
-
-def smtpd_config_toml(cfg: Config) -> bytes:
-    """The config for the receiving side: everything but secrets and files it has no use for."""
+def public_config_toml(cfg: Config) -> bytes:
+    """The config without secrets (and without files the receiving side has no use for)."""
     data = effective_dict(cfg)
     data.pop("bounce_template", None)
     for table in [*data["relays"].values(), *data["senders"]]:
@@ -71,50 +62,52 @@ def smtpd_config_toml(cfg: Config) -> bytes:
     return tomli_w.dumps(data).encode()
 
 
+def load_public_config(path: str) -> Config:
+    """Ask a short-lived process for the secret-free config, so no secret enters this one."""
+    result = subprocess.run([sys.executable, "-m", "mta_lite.cli", "-c", path, "config", "public"],
+                            capture_output=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise ConfigError(path, "", result.stderr.decode(errors="replace").strip().removeprefix("mta-lite: ")
+                          .removeprefix(f"{path}: "))
+    return parse_config(tomllib.loads(result.stdout.decode()), path, secrets=False)
+
+
 def bind_listeners(cfg: Config) -> list[socket.socket]:
     socks = []
     for item in cfg.listen:
         family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
-        sock = socket.create_server((item.host, item.port), family=family, backlog=LISTEN_BACKLOG)
-        sock.set_inheritable(True)
-        socks.append(sock)
+        socks.append(socket.create_server((item.host, item.port), family=family, backlog=LISTEN_BACKLOG))
     return socks
 
 
-def _python(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mta_lite.cli", *args]
-
-
-def plan_children(cfg: Config, socks: list[socket.socket], switch: bool) -> list[Child]:
-    """The two children; `switch`: started as root with users configured."""
-    fds = tuple(sock.fileno() for sock in socks)
-    smtpd_user, qmgr_user = cfg.master.smtpd_user, cfg.master.qmgr_user
-    return [
-        Child("qmgr", _python("-c", cfg.path, "qmgr"), user=qmgr_user if switch and qmgr_user else None,
-              extra_groups=[smtpd_user] if switch and qmgr_user else None),
-        Child("smtpd", _python("-c", cfg.path, "smtpd", "--from-master"), stdin=smtpd_config_toml(cfg),
-              pass_fds=fds, env={LISTEN_FDS_ENV: ",".join(map(str, fds))},
-              user=smtpd_user if switch and smtpd_user else None),
-    ]
-
-
-def check_users(cfg: Config) -> tuple[int, int]:
-    """(uid of the qmgr user, gid of the smtpd user) or a clear error naming what to create."""
-    qmgr_user, smtpd_user = cfg.master.qmgr_user, cfg.master.smtpd_user
-    try:
-        return pwd.getpwnam(qmgr_user).pw_uid, grp.getgrnam(smtpd_user).gr_gid
-    except KeyError:
-        raise MtaLiteError(f"started as root, but the users {qmgr_user} and {smtpd_user} do not exist; "
-                           f"create them (firmware/sysusers.d/mta-lite.conf) or start as an ordinary user") from None
+@dataclass
+class Child:
+    name: str
+    run: object                 # callable, runs in the forked child, returns an exit status
+    pid: int = 0
+    started: float = 0.0
+    delay_s: float = RESTART_MIN_S
+    restart_at: float | None = None
 
 
 class Master:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.switch = os.geteuid() == 0 and bool(cfg.master.smtpd_user)
-        self._stopping = asyncio.Event()
+        self.socks: list[socket.socket] = []
+        self.children: list[Child] = []
 
-    def prepare(self) -> list[socket.socket]:
+    # ---------------------------------------------------------------- set-up
+    def _ids(self, user: str, extra_group: str | None = None) -> tuple[int, int, list[int]]:
+        try:
+            entry = pwd.getpwnam(user)
+            groups = [grp.getgrnam(extra_group).gr_gid] if extra_group else []
+        except KeyError:
+            raise MtaLiteError(f"started as root, but user or group {user!r}/{extra_group!r} does not exist; "
+                               "create them (firmware/sysusers.d/mta-lite.conf)") from None
+        return entry.pw_uid, entry.pw_gid, groups
+
+    def prepare(self) -> None:
         try:
             from .queue.perms import prepare_spool
         except ImportError:
@@ -123,54 +116,138 @@ class Master:
             def prepare_spool(root, owner_uid, smtpd_gid):
                 Spool(root).ensure()
         if self.switch:
-            owner_uid, smtpd_gid = check_users(self.cfg)
-            prepare_spool(self.cfg.spool_dir, owner_uid, smtpd_gid)
+            owner_uid = self._ids(self.cfg.master.qmgr_user)[0] if self.cfg.master.qmgr_user else 0
+            prepare_spool(self.cfg.spool_dir, owner_uid, self._ids(self.cfg.master.smtpd_user)[1])
         else:
             prepare_spool(self.cfg.spool_dir, None, None)
-        return bind_listeners(self.cfg)
+        self.socks = bind_listeners(self.cfg)
+        from . import daemon   # noqa: F401  (load the children's code here, once, shared)
+        self.children = [Child("qmgr", self._run_qmgr), Child("smtpd", self._run_smtpd)]
 
-    async def _spawn(self, child: Child) -> None:
-        child.proc = await asyncio.create_subprocess_exec(
-            *child.argv, stdin=asyncio.subprocess.PIPE if child.stdin else asyncio.subprocess.DEVNULL,
-            pass_fds=child.pass_fds, env={**os.environ, **child.env},
-            user=child.user, group=child.user, extra_groups=child.extra_groups)
-        child.started = time.monotonic()
-        if child.stdin:
-            child.proc.stdin.write(child.stdin)
-            await child.proc.stdin.drain()
-            child.proc.stdin.close()
-        log.info("%s started, pid %d", child.name, child.proc.pid)
+    def _drop(self, user: str, extra_group: str | None = None) -> None:
+        if not (self.switch and user):
+            return
+        uid, gid, groups = self._ids(user, extra_group)
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
 
-    async def _supervise(self, child: Child) -> None:
-        """Keep one child running until the master stops."""
-        while not self._stopping.is_set():
-            await self._spawn(child)
-            status = await child.proc.wait()
-            if self._stopping.is_set():
-                return
-            how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
-            if time.monotonic() - child.started > STABLE_AFTER_S:
-                child.delay_s = RESTART_MIN_S
-            log.warning("warning: process %s pid %d %s; restarting in %.0fs",
-                        child.name, child.proc.pid, how, child.delay_s)
+    def _run_smtpd(self) -> int:
+        from .daemon import SmtpdService, run_service
+        self._drop(self.cfg.master.smtpd_user)
+        return run_service(SmtpdService(self.cfg, socks=self.socks))
+
+    def _run_qmgr(self) -> int:
+        from .config_load import load_config
+        from .daemon import QmgrService, run_service
+        from .maillog import setup_logging
+        for sock in self.socks:
+            sock.close()        # the delivering side never listens
+        self._drop(self.cfg.master.qmgr_user, self.cfg.master.smtpd_user or None)
+        try:
+            cfg = load_config(self.cfg.path)
+        except ConfigError as exc:
+            log.error("fatal: %s", exc)
+            return 78
+        setup_logging(cfg)
+        return run_service(QmgrService(cfg))
+
+    # ---------------------------------------------------------------- children
+    def _fork(self, child: Child, mask: set) -> None:
+        pid = os.fork()
+        if pid == 0:
+            status = 70
             try:
-                await asyncio.wait_for(self._stopping.wait(), child.delay_s)
-            except TimeoutError:
-                pass
-            child.delay_s = min(child.delay_s * 2, RESTART_MAX_S)
+                for sig in SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                gc.unfreeze()
+                status = child.run()
+            except BaseException:       # the child must never return into the master's loop
+                log.exception("%s: fatal error", child.name)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        child.pid, child.started, child.restart_at = pid, time.monotonic(), None
+        log.info("%s started, pid %d", child.name, pid)
 
-    def _signal_children(self, children: list[Child], sig: int) -> None:
-        for child in children:
-            if child.proc and child.proc.returncode is None:
-                child.proc.send_signal(sig)
+    def _reaped(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for child in self.children:
+                if child.pid == pid:
+                    self._died(child, status)
 
-    async def run(self) -> None:
-        socks = self.prepare()
-        children = plan_children(self.cfg, socks, self.switch)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self._signal_children, children, signal.SIGHUP)
+    def _died(self, child: Child, status: int) -> None:
+        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exit status {os.waitstatus_to_exitcode(status)}")
+        if time.monotonic() - child.started > STABLE_AFTER_S:
+            child.delay_s = RESTART_MIN_S
+        log.warning("warning: process %s pid %d %s; restarting in %.0fs", child.name, child.pid, how, child.delay_s)
+        child.pid, child.restart_at = 0, time.monotonic() + child.delay_s
+        child.delay_s = min(child.delay_s * 2, RESTART_MAX_S)
+
+    def _signal(self, sig: int) -> None:
+        for child in self.children:
+            if child.pid:
+                try:
+                    os.kill(child.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> None:
+        self.prepare()
+        signal.signal(signal.SIGCHLD, lambda *_: None)   # so that SIGCHLD is never discarded
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        gc.freeze()
+        self._log_start()
+        for child in self.children:
+            self._fork(child, mask)
+        while True:
+            info = signal.sigtimedwait(SIGNALS, self._next_timeout())
+            if info is None or info.si_signo == signal.SIGCHLD:
+                self._reaped()
+            elif info.si_signo == signal.SIGHUP:
+                self._signal(signal.SIGHUP)
+            else:
+                break
+            for child in self.children:
+                if child.restart_at is not None and time.monotonic() >= child.restart_at:
+                    self._fork(child, mask)
+        self._stop()
+
+    def _next_timeout(self) -> float:
+        due = [c.restart_at - time.monotonic() for c in self.children if c.restart_at is not None]
+        return max(0.0, min(due)) if due else 60.0
+
+    def _stop(self) -> None:
+        log.info("terminating on signal")
+        for child in self.children:
+            child.restart_at = None
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(c.pid for c in self.children) and time.monotonic() < deadline:
+            signal.sigtimedwait([signal.SIGCHLD], max(0.0, deadline - time.monotonic()))
+            self._reap_quietly()
+        self._signal(signal.SIGKILL)
+        self._reap_quietly()
+        log.info("master stopped")
+
+    def _reap_quietly(self) -> None:
+        for child in self.children:
+            try:
+                if child.pid and os.waitpid(child.pid, os.WNOHANG)[0] == child.pid:
+                    child.pid = 0
+            except ChildProcessError:
+                child.pid = 0
+
+    def _log_start(self) -> None:
         if self.switch:
             log.info("master started -- version 0.1.0, smtpd as %s, qmgr as %s",
                      self.cfg.master.smtpd_user, self.cfg.master.qmgr_user or "root")
@@ -179,29 +256,18 @@ class Master:
                         "privilege separation is OFF, the network-facing process runs as root")
         else:
             log.info("master started -- version 0.1.0, both halves as uid %d", os.geteuid())
-        tasks = [asyncio.create_task(self._supervise(child), name=child.name) for child in children]
-        await self._stopping.wait()
-        log.info("terminating on signal")
-        self._signal_children(children, signal.SIGTERM)
-        await self._reap(children)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for sock in socks:
-            sock.close()
-        log.info("master stopped")
-
-    async def _reap(self, children: list[Child]) -> None:
-        procs = [c.proc for c in children if c.proc and c.proc.returncode is None]
-        if not procs:
-            return
-        _, late = await asyncio.wait([asyncio.create_task(p.wait()) for p in procs], timeout=STOP_GRACE_S)
-        if late:
-            self._signal_children(children, signal.SIGKILL)
-            await asyncio.gather(*late, return_exceptions=True)
 
 
-def serve(cfg: Config) -> int:
+def serve(path: str) -> int:
+    """`mta-lite serve`: exit 78 on a config error, 71 if the ports or the spool fail."""
+    from .maillog import setup_logging
+    setup_logging(None)
     try:
-        asyncio.run(Master(cfg).run())
+        cfg = load_public_config(path)
+        Master(cfg).run()
+    except ConfigError as exc:
+        print(f"mta-lite: {exc}", file=sys.stderr)
+        return 78
     except (MtaLiteError, OSError) as exc:
         log.error("fatal: %s", exc)
         return 71

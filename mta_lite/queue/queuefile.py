@@ -45,6 +45,7 @@ class QueueEntry:
     is_bounce: bool
     size: int
     content_offset: int
+    digest: str = ""            # the trailer's sha256: lets a copier check what it copied
 
     def read_content(self) -> bytes:
         with open(self.path, "rb") as handle:
@@ -67,14 +68,16 @@ def read_queue_file(path: str, verify: bool = True) -> QueueEntry:
     """Parse and validate a queue file; verify=False skips the checksum (listing only)."""
     try:
         with open(path, "rb") as handle:
-            return _parse(handle, path, verify)
+            return parse_open(handle, path, verify)
     except OSError as exc:
         if isinstance(exc, CorruptQueueFileError):
             raise
         raise CorruptQueueFileError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def _parse(handle, path: str, verify: bool) -> QueueEntry:
+def parse_open(handle, path: str, verify: bool = True) -> QueueEntry:
+    """Validate a queue file already open (binary, seekable); `path` names it in errors.
+    For files opened with care (O_NOFOLLOW, fstat first), such as maildrop/ submissions."""
     if handle.read(len(MAGIC)) != MAGIC:
         raise CorruptQueueFileError(f"{path}: not a queue file of version 1")
     line = handle.readline(MAX_ENVELOPE_BYTES)
@@ -94,7 +97,8 @@ def _parse(handle, path: str, verify: bool) -> QueueEntry:
         raise CorruptQueueFileError(f"{path}: content length does not match the end marker")
     if verify and _digest(handle, offset + size) != match.group(2).decode():
         raise CorruptQueueFileError(f"{path}: checksum mismatch")
-    return QueueEntry(path=path, size=size, content_offset=offset, **envelope)
+    return QueueEntry(path=path, size=size, content_offset=offset,
+                      digest=match.group(2).decode(), **envelope)
 
 
 def _digest(handle, length: int) -> str:

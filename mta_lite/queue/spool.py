@@ -8,10 +8,15 @@
     corrupt/    files that failed validation; kept for a human, never deleted
     state/      ID.json per message: attempts, next attempt, last error, and the
                 per-recipient results already recorded (G3)
+    public/     the queue manager's doorbell socket and the status file
+    maildrop/   submissions by local users (sendmail); untrusted until qmgr's pickup
+                has validated and copied them into incoming/ (see qmgr/pickup.py)
 
-Guarantees: QueueWriter.commit() returns only after the file is complete, fsynced, renamed
-into incoming/ and the directory fsynced (G1). A state change is one rename(). Recovery
-purges tmp/, returns active/ to incoming/ and quarantines invalid files (G4).
+Who may do what in each directory when started as root: see perms.py.
+Guarantees: QueueWriter.commit() returns only after the file is complete, fsynced, linked
+into its target and that directory entry synced (G1). A state change is one rename().
+Recovery purges tmp/, returns active/ to incoming/ and quarantines invalid files (G4); it
+never touches maildrop/, whose files are not queue entries yet.
 Must never: delete a message that was not delivered, bounced or deleted on purpose.
 """
 
@@ -28,13 +33,20 @@ from dataclasses import asdict, dataclass, field
 from .. import maillog, safeio
 from ..envelope import Envelope
 from ..errors import CorruptQueueFileError, QueueIdError, SpoolError
+from . import dirsync
 from .queuefile import QueueEntry, encode_header, encode_trailer, read_queue_file
 
 log = logging.getLogger("mta_lite.queue")
 
 STATES = ("incoming", "active", "deferred", "hold")
-DIRS = ("tmp", *STATES, "corrupt", "state", "public")
+MAILDROP = "maildrop"
+DIRS = ("tmp", *STATES, "corrupt", "state", "public", MAILDROP)
 WRITE_BUFFER_BYTES = 64 * 1024
+# Group-readable: files smtpd (user mta-smtpd) writes are read by qmgr (user mta-lite) through
+# its supplementary group mta-smtpd; with one user for both the group bit changes nothing.
+QUEUE_FILE_MODE = 0o640
+# target -> (staging directory, name prefix) for QueueWriter.
+STAGING = {"incoming": ("tmp", ""), MAILDROP: (MAILDROP, ".tmp-")}
 
 
 @dataclass
@@ -62,12 +74,21 @@ def valid_queue_id(text: str) -> bool:
 
 
 class QueueWriter:
-    """Streams one new message into tmp/ and commits it durably into incoming/."""
+    """Streams one new message into a staging file and commits it durably into `target`.
 
-    def __init__(self, spool: "Spool", envelope: Envelope, is_bounce: bool, now: float) -> None:
-        self.spool = spool
+    target "incoming" (smtpd, bounces, pickup): staged as tmp/ID, linked to incoming/ID.
+    target "maildrop" (sendmail, any local user): staged as maildrop/.tmp-ID, because
+    such a user may create files in maildrop/ and nowhere else in the spool.
+    """
+
+    def __init__(self, spool: "Spool", envelope: Envelope, is_bounce: bool, now: float, *,
+                 target: str = "incoming", mode: int = QUEUE_FILE_MODE) -> None:
+        if target not in STAGING:
+            raise ValueError(f"cannot write queue files into {target}/")
+        self.spool, self.target = spool, target
         self.queue_id = new_queue_id(now=now)
-        self.path = os.path.join(spool.root, "tmp", self.queue_id)
+        staging_dir, prefix = STAGING[target]
+        self.path = os.path.join(spool.root, staging_dir, prefix + self.queue_id)
         self.size = 0
         self._digest = hashlib.sha256()
         header = encode_header({
@@ -76,13 +97,24 @@ class QueueWriter:
             "client_helo": envelope.client_helo, "smtputf8": envelope.smtputf8,
             "body": envelope.body, "is_bounce": is_bounce,
         })
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self._file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER_BYTES)
-        except OSError as exc:
-            raise SpoolError(exc.errno, f"cannot create queue file: {exc.strerror}") from None
+        self._file = self._create(mode)
         self._put(header)
         self.size = 0
+
+    def _create(self, mode: int):
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            raise SpoolError(exc.errno, f"cannot create queue file: {exc.strerror}") from None
+        try:
+            # Explicitly, not through the umask: the reader (qmgr) may be another user who
+            # reads through the group, and a submitter's umask 077 must not hide the file.
+            os.fchmod(fd, mode)
+            return os.fdopen(fd, "wb", buffering=WRITE_BUFFER_BYTES)
+        except OSError as exc:
+            os.close(fd)
+            _unlink_quietly(self.path)
+            raise SpoolError(exc.errno, f"cannot create queue file: {exc.strerror}") from None
 
     def _put(self, data: bytes) -> None:
         try:
@@ -97,33 +129,37 @@ class QueueWriter:
         self._put(chunk)
 
     def commit(self) -> str:
-        """Trailer, fsync, rename into incoming/, fsync directory; then the ID is safe to announce."""
-        final = os.path.join(self.spool.root, "incoming", self.queue_id)
+        """Trailer, fsync, link into the target, sync that entry; then the ID is safe to announce."""
+        final = os.path.join(self.spool.root, self.target, self.queue_id)
         try:
             self._file.write(encode_trailer(self.size, self._digest.hexdigest()))
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._file.close()
             os.link(self.path, final)      # unlike rename(), never replaces an existing ID
         except OSError as exc:
             self.abort()
             raise SpoolError(exc.errno, f"queue file write error: {exc.strerror}") from None
         try:
-            safeio.fsync_dir(os.path.dirname(final))
+            # The file stays open until here: syncfs() needs a descriptor on the file system.
+            dirsync.sync_entry(os.path.dirname(final), self._file.fileno())
         except OSError as exc:
             # Not durable, so not accepted: take it back rather than deliver a message
             # the client was told to send again.
             _unlink_quietly(final)
             self.abort()
             raise SpoolError(exc.errno, f"queue file write error: {exc.strerror}") from None
+        self._close()
         _unlink_quietly(self.path)
         return self.queue_id
 
-    def abort(self) -> None:
+    def _close(self) -> None:
         try:
             self._file.close()
         except OSError:
-            pass
+            pass    # nothing is buffered any more: flushed and fsynced above, or abandoned
+
+    def abort(self) -> None:
+        self._close()
         _unlink_quietly(self.path)
 
 
@@ -156,8 +192,11 @@ class Spool:
         stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize
 
-    def begin(self, envelope: Envelope, is_bounce: bool = False, now: float | None = None) -> QueueWriter:
-        return QueueWriter(self, envelope, is_bounce, time.time() if now is None else now)
+    def begin(self, envelope: Envelope, is_bounce: bool = False, now: float | None = None, *,
+              target: str = "incoming", mode: int = QUEUE_FILE_MODE) -> QueueWriter:
+        """A writer for one new message; see QueueWriter for `target` and `mode`."""
+        return QueueWriter(self, envelope, is_bounce, time.time() if now is None else now,
+                           target=target, mode=mode)
 
     def enqueue(self, envelope: Envelope, content: bytes, is_bounce: bool = False) -> str:
         """Queue a message given whole (bounces, sendmail): same durability as SMTP."""
