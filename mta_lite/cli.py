@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from .master import serve     # the master never loads the secrets itself
         return serve(_config_path(args.config))
-    return _run(args.config, lambda cfg: _dispatch(cfg, args), 1)
+    # `config public` feeds the receiving side: it must work where the secrets are hidden.
+    secrets = not (args.command == "config" and args.action == "public")
+    return _run(args.config, lambda cfg: _dispatch(cfg, args), 1, secrets)
 
 
 def _smtpd(args) -> int:
@@ -98,10 +100,10 @@ def _smtpd(args) -> int:
     return run_service(SmtpdService(cfg))
 
 
-def _run(config: str | None, action, fail_status: int) -> int:
+def _run(config: str | None, action, fail_status: int, secrets: bool = True) -> int:
     path = _config_path(config)
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, secrets)
     except ConfigError as exc:
         print(f"mta-lite: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -2,18 +2,27 @@
 
     mta-lite sendmail [-t] [-i] [-oi] [-f SENDER] [-F NAME] [RCPT...]
 
-Guarantees: exit status 0 only once the message is durably in the queue (G1), also while
+Any local user may run it, and it gives them no access to the queue: like Postfix's
+postdrop it writes one queue file into spool/maildrop/ (mode 3733 when the spool belongs to
+mta-lite: create only, no listing), where the queue manager's pickup validates it as
+untrusted input and copies it into the queue (qmgr/pickup.py). The file is staged as
+maildrop/.tmp-ID, fsynced, linked to maildrop/ID, and the new entry made durable: with
+fsync() of the directory where we may read it, else syncfs() (see queue/dirsync.py).
+Guarantees: exit status 0 only once the message is durably in maildrop/ (G1), also while
 the daemon is stopped (it is picked up when the daemon starts); 75 (EX_TEMPFAIL) when it
-could not be queued; 64 (EX_USAGE) for a bad address or no recipients; 78 for a bad
-config. The body is streamed to the queue file, never held whole in memory. Line endings
-are normalised to CRLF; a bare CR is dropped, so nothing we relay carries one (S2).
-Must never: exit 0 before the queue file and its directory are fsynced.
+could not be stored, with nothing left behind; 64 (EX_USAGE) for a bad address or no
+recipients; 78 for a bad config. The body is streamed to the file, never held whole in
+memory. Line endings are normalised to CRLF; a bare CR is dropped, so nothing we relay
+carries one (S2).
+Must never: exit 0 before the file and its directory entry are on stable storage; write
+anywhere in the spool but maildrop/ (or create the spool, when there is none yet).
 """
 
 from __future__ import annotations
 
 import email.utils
 import getpass
+import os
 import sys
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
@@ -23,8 +32,12 @@ from .config import Config
 from .envelope import Envelope, parse_path
 from .errors import AddressError, SpoolError
 from .queue import Spool
+from .queue.spool import MAILDROP
 
 EX_OK, EX_USAGE, EX_TEMPFAIL = 0, 64, 75
+# Owner (the submitting user) and group read. maildrop/ is set-gid to the queue manager's
+# group, so qmgr can read the file and other local users cannot, even knowing its name.
+MAILDROP_FILE_MODE = 0o640
 # Headers are parsed in memory for -t; a header block larger than this is not mail.
 MAX_HEADER_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
@@ -153,7 +166,9 @@ def submit(cfg: Config, argv: list[str], stdin=None, user: str | None = None) ->
 def _queue(cfg: Config, envelope: Envelope, head: bytes, stdin, ended: bool, dot_ends: bool) -> int:
     spool = Spool(cfg.spool_dir)
     try:
-        writer = spool.ensure().begin(envelope)
+        if not os.path.isdir(os.path.join(spool.root, MAILDROP)):
+            spool.ensure()      # no spool yet (demo, tests): this user will own it all
+        writer = spool.begin(envelope, target=MAILDROP, mode=MAILDROP_FILE_MODE)
     except (SpoolError, OSError) as exc:
         print(f"sendmail: cannot queue message: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
@@ -168,6 +183,9 @@ def _queue(cfg: Config, envelope: Envelope, head: bytes, stdin, ended: bool, dot
         writer.abort()
         print(f"sendmail: cannot queue message: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    except BaseException:
+        writer.abort()          # interrupted (^C, SIGPIPE): leave no .tmp- file for pickup
+        raise
     from .mailq import notify_qmgr
     notify_qmgr(spool, b"W")     # the message is safe already; a missed wake-up only delays it
     return EX_OK

@@ -45,6 +45,7 @@ WRITE_BUFFER_BYTES = 64 * 1024
 # Group-readable: files smtpd (user mta-smtpd) writes are read by qmgr (user mta-lite) through
 # its supplementary group mta-smtpd; with one user for both the group bit changes nothing.
 QUEUE_FILE_MODE = 0o640
+STATE_FILE_MODE = 0o644
 # target -> (staging directory, name prefix) for QueueWriter.
 STAGING = {"incoming": ("tmp", ""), MAILDROP: (MAILDROP, ".tmp-")}
 
@@ -170,6 +171,13 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+def _older_than(path: str, cutoff: float) -> bool:
+    try:
+        return os.lstat(path).st_mtime < cutoff
+    except OSError:
+        return False
+
+
 class Spool:
     """The queue directories under one root."""
 
@@ -281,8 +289,10 @@ class Spool:
     def save_state(self, state: MessageState) -> None:
         data = asdict(state)
         del data["queue_id"]
+        # 0644 in a 0700 directory: private all the same, and a state file written by root
+        # (an administrator's `queue release`) stays readable for qmgr running as mta-lite.
         safeio.atomic_write(os.path.join(self.root, "state", state.queue_id + ".json"),
-                            json.dumps(data).encode())
+                            json.dumps(data).encode(), mode=STATE_FILE_MODE)
 
     def _unlink_state(self, queue_id: str) -> None:
         try:
@@ -291,12 +301,21 @@ class Spool:
             pass
 
     # -------------------------------------------------------------- start-up
-    def purge_tmp(self) -> int:
-        """Remove files a dead receiver left in tmp/: never acknowledged, so never owed.
-        Only the receiving side calls this, at its own start: it is tmp/'s only writer."""
+    def purge_tmp(self, older_than_s: float | None = None, now: float | None = None) -> int:
+        """Remove files a dead writer left in tmp/: never acknowledged, so never owed.
+
+        The receiving side calls this at its own start, without an age. The queue manager
+        writes there too (bounces, pickup copies); in the root layout tmp/ is sticky, so
+        smtpd cannot remove those, and qmgr removes its own leftovers with older_than_s
+        longer than any write can take (an SMTP session's limit), never a live file.
+        """
+        cutoff = None if older_than_s is None else (time.time() if now is None else now) - older_than_s
         purged = 0
         for name in os.listdir(os.path.join(self.root, "tmp")):
-            _unlink_quietly(os.path.join(self.root, "tmp", name))
+            path = os.path.join(self.root, "tmp", name)
+            if cutoff is not None and not _older_than(path, cutoff):
+                continue
+            _unlink_quietly(path)
             purged += 1
         return purged
 

@@ -1,0 +1,375 @@
+"""The systemd units in firmware/systemd express the air gap (GUARANTEES S7, STYLE "Processes").
+
+smtpd (network input) runs as mta-smtpd with CAP_NET_BIND_SERVICE only and no view of the
+secrets; qmgr (credentials, delivery) runs as mta-lite with no capability and no listening
+socket. The units are parsed with a small reader that keeps repeated keys (systemd allows them,
+and an empty assignment resets a list), and a small model of the mount namespace that
+ProtectSystem=strict, ProtectHome=, PrivateTmp= and the *Paths= settings give each service.
+If systemd-analyze is installed, `verify` and `security --offline` check them for real.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+
+UNITS = pathlib.Path(__file__).resolve().parents[2] / "firmware" / "systemd"
+SPOOL = "/var/spool/mta-lite"
+SECRETS = "/etc/mta-lite/secrets"
+SPOOL_DIRS = ("tmp", "incoming", "active", "deferred", "hold", "corrupt", "state", "public", "maildrop")
+SMTPD, QMGR, TARGET = "mta-lite-smtpd.service", "mta-lite-qmgr.service", "mta-lite.target"
+SERVICES = (SMTPD, QMGR)
+
+
+# ---------------------------------------------------------------------------- reading units
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """Sections -> key -> values in order; an empty value resets the list, as systemd does."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    lines = iter(text.splitlines())
+    for line in lines:
+        line = line.strip()
+        while line.endswith("\\"):                       # continuation lines
+            line = line[:-1] + " " + next(lines, "").strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"key outside a section: {line!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a key=value line: {line!r}"
+        key, value = key.strip(), value.strip()
+        values = current.setdefault(key, [])
+        if value:
+            values.append(value)
+        else:
+            values.clear()
+    return sections
+
+
+def load(name: str) -> dict[str, dict[str, list[str]]]:
+    return parse_unit((UNITS / name).read_text())
+
+
+def one(unit, section: str, key: str) -> str:
+    values = unit[section].get(key, [])
+    assert len(values) == 1, f"[{section}] {key}: expected one value, got {values}"
+    return values[0]
+
+
+def words(unit, section: str, key: str) -> list[str]:
+    return [w for value in unit[section].get(key, []) for w in value.split()]
+
+
+def paths(unit, key: str) -> list[str]:
+    """A *Paths= list without the "-" (ignore if missing) and "+" prefixes."""
+    return [w.lstrip("-+") for w in words(unit, "Service", key)]
+
+
+@pytest.fixture(scope="module")
+def smtpd():
+    return load(SMTPD)
+
+
+@pytest.fixture(scope="module")
+def qmgr():
+    return load(QMGR)
+
+
+@pytest.fixture(scope="module", params=SERVICES)
+def service(request):
+    return load(request.param)
+
+
+# ------------------------------------------------------------ the mount namespace, modelled
+
+def _under(path: str, prefix: str) -> bool:
+    return prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def mounts(unit) -> list[tuple[str, str]]:
+    """(path, mode) for every mount the sandbox settings create; mode is rw, ro, none or private."""
+    svc = unit["Service"]
+    entries: list[tuple[str, str]] = []
+    protect = one(unit, "Service", "ProtectSystem") if "ProtectSystem" in svc else "no"
+    if protect == "strict":
+        entries.append(("/", "ro"))
+    if svc.get("ProtectHome", ["no"])[-1] in ("yes", "true"):
+        entries += [("/home", "none"), ("/root", "none"), ("/run/user", "none")]
+    if svc.get("PrivateTmp", ["no"])[-1] in ("yes", "true"):
+        entries += [("/tmp", "private"), ("/var/tmp", "private")]
+    entries += [(p, "rw") for p in paths(unit, "ReadWritePaths")]
+    entries += [(p, "ro") for p in paths(unit, "ReadOnlyPaths")]
+    entries += [(p, "none") for p in paths(unit, "InaccessiblePaths")]
+    return entries
+
+
+_STRICTNESS = {"none": 0, "ro": 1, "private": 2, "rw": 3}
+
+
+def mount_of(unit, path: str) -> tuple[str, str]:
+    """The mount that governs `path`: the deepest entry above it (for equal paths the stricter
+    mode), except that nothing can be nested inside an InaccessiblePaths= entry."""
+    entries = mounts(unit)
+    hidden = [p for p, mode in entries if mode == "none" and _under(path, p)]
+    if hidden:
+        return min(hidden, key=len), "none"
+    above = [(p, mode) for p, mode in entries if _under(path, p)]
+    if not above:
+        return "/", "rw"
+    return max(above, key=lambda e: (len(e[0].rstrip("/")), -_STRICTNESS[e[1]]))
+
+
+def access(unit, path: str) -> str:
+    return mount_of(unit, path)[1]
+
+
+# ------------------------------------------------------------------------------ the layout
+
+def test_the_units_are_the_two_halves_and_a_target():
+    names = {p.name for p in UNITS.iterdir() if p.suffix in (".service", ".target", ".socket")}
+    assert names == {SMTPD, QMGR, TARGET}, "the single-process mta-lite.service is replaced"
+
+
+def test_each_half_runs_its_own_command(smtpd, qmgr):
+    assert one(smtpd, "Service", "ExecStart").split() == ["/usr/bin/mta-lite", "smtpd"]
+    assert one(qmgr, "Service", "ExecStart").split() == ["/usr/bin/mta-lite", "qmgr"]
+
+
+def test_only_qmgr_checks_the_config_because_only_it_can_read_the_secrets(smtpd, qmgr):
+    assert "ExecStartPre" not in smtpd["Service"]
+    assert one(qmgr, "Service", "ExecStartPre").split() == ["/usr/bin/mta-lite", "config", "check"]
+
+
+def test_config_path_in_the_environment_and_no_secret(service):
+    env = words(service, "Service", "Environment")
+    assert env == ["MTA_LITE_CONFIG=/etc/mta-lite/mta-lite.toml"]
+    assert "EnvironmentFile" not in service["Service"]
+    for key in ("LoadCredential", "SetCredential", "LoadCredentialEncrypted", "SetCredentialEncrypted"):
+        assert key not in service["Service"]
+
+
+def test_reload_is_sighup(service):
+    assert one(service, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+
+
+# ------------------------------------------------------------------------------ users
+
+def test_smtpd_runs_as_its_own_user_without_extra_groups(smtpd):
+    assert one(smtpd, "Service", "User") == "mta-smtpd"
+    assert one(smtpd, "Service", "Group") == "mta-smtpd"
+    assert words(smtpd, "Service", "SupplementaryGroups") == []
+    assert "DynamicUser" not in smtpd["Service"]
+
+
+def test_qmgr_runs_as_mta_lite_and_can_read_incoming(qmgr):
+    assert one(qmgr, "Service", "User") == "mta-lite"
+    assert one(qmgr, "Service", "Group") == "mta-lite"
+    assert words(qmgr, "Service", "SupplementaryGroups") == ["mta-smtpd"]
+
+
+# ------------------------------------------------------------------------------ privileges
+
+def test_smtpd_has_cap_net_bind_service_only(smtpd):
+    assert words(smtpd, "Service", "AmbientCapabilities") == ["CAP_NET_BIND_SERVICE"]
+    assert words(smtpd, "Service", "CapabilityBoundingSet") == ["CAP_NET_BIND_SERVICE"]
+
+
+def test_qmgr_has_no_capabilities(qmgr):
+    # Present and empty: a missing CapabilityBoundingSet= would mean "all capabilities".
+    assert "CapabilityBoundingSet" in qmgr["Service"]
+    assert words(qmgr, "Service", "CapabilityBoundingSet") == []
+    assert words(qmgr, "Service", "AmbientCapabilities") == []
+
+
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "PrivateMounts": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "MemoryDenyWriteExecute": "yes",
+    "SystemCallArchitectures": "native",
+    "UMask": "0027",
+    "Type": "exec",
+}
+
+
+@pytest.mark.parametrize("key, value", sorted(HARDENING.items()))
+def test_both_halves_are_hardened(service, key, value):
+    assert one(service, "Service", key) == value
+
+
+def test_syscall_filter_is_system_service_minus_privileged(service):
+    filters = service["Service"]["SystemCallFilter"]
+    assert filters[0] == "@system-service", "the allow-list comes first"
+    assert all(f.startswith("~") for f in filters[1:]), "later lines only take away"
+    denied = {w for f in filters[1:] for w in f[1:].split()}
+    assert {"@privileged", "@resources"} <= denied
+    assert one(service, "Service", "SystemCallErrorNumber") == "EPERM"
+
+
+def test_address_families(service):
+    assert sorted(words(service, "Service", "RestrictAddressFamilies")) == ["AF_INET", "AF_INET6", "AF_UNIX"]
+
+
+def test_qmgr_cannot_listen_on_a_stream_socket(qmgr):
+    denied = {w for f in qmgr["Service"]["SystemCallFilter"] if f.startswith("~") for w in f[1:].split()}
+    assert {"listen", "accept", "accept4"} <= denied
+
+
+def test_smtpd_may_listen(smtpd):
+    denied = {w for f in smtpd["Service"]["SystemCallFilter"] if f.startswith("~") for w in f[1:].split()}
+    assert not {"listen", "accept", "accept4", "bind"} & denied
+
+
+# ------------------------------------------------------------------------------ file system
+
+def test_smtpd_cannot_reach_the_secrets(smtpd, qmgr):
+    assert access(smtpd, SECRETS) == "none"
+    assert access(smtpd, SECRETS + "/gmail.pw") == "none"
+    # Fail closed: no "-" prefix, so a missing directory stops the unit instead of being ignored.
+    assert SECRETS in words(smtpd, "Service", "InaccessiblePaths")
+    for key in ("BindPaths", "BindReadOnlyPaths", "TemporaryFileSystem"):
+        assert key not in smtpd["Service"], f"{key} could re-expose paths"
+    assert access(qmgr, SECRETS + "/gmail.pw") == "ro"
+
+
+def test_smtpd_writes_only_tmp_and_incoming(smtpd):
+    writable = {d for d in SPOOL_DIRS if access(smtpd, f"{SPOOL}/{d}/X") == "rw"}
+    assert writable == {"tmp", "incoming"}
+    # The spool root is on the writable mount too (see the next test); its directory mode
+    # (not writable by mta-smtpd) is what keeps smtpd from creating files there.
+    assert paths(smtpd, "ReadWritePaths") == [SPOOL]
+
+
+def test_tmp_and_incoming_are_one_mount_so_link_does_not_fail_with_exdev(smtpd, qmgr):
+    # Every *Paths= entry is its own bind mount; link()/rename() between two mounts fails with
+    # EXDEV even on the same file system. The queue writer link()s tmp/ID -> incoming/ID.
+    assert mount_of(smtpd, f"{SPOOL}/tmp/X") == mount_of(smtpd, f"{SPOOL}/incoming/X") == (SPOOL, "rw")
+    # The queue manager rename()s between all queue directories.
+    moved = ("incoming", "active", "deferred", "hold", "corrupt", "maildrop", "tmp", "state")
+    assert {mount_of(qmgr, f"{SPOOL}/{d}/X") for d in moved} == {(SPOOL, "rw")}
+
+
+def test_smtpd_can_reach_the_doorbell_socket(smtpd):
+    # A read-only mount does not stop sendto() on an existing AF_UNIX socket (systemd.exec(5),
+    # "Sandboxing"); only "none" would.
+    assert access(smtpd, f"{SPOOL}/public/qmgr") == "ro"
+
+
+def test_smtpd_sees_no_other_queue_directory(smtpd):
+    for d in ("active", "deferred", "hold", "corrupt", "state", "maildrop"):
+        assert access(smtpd, f"{SPOOL}/{d}/X") == "none", d
+
+
+def test_qmgr_paths(qmgr):
+    assert paths(qmgr, "ReadWritePaths") == [SPOOL]
+    assert paths(qmgr, "ReadOnlyPaths") == ["/etc/mta-lite"]
+    assert access(qmgr, "/etc/mta-lite/mta-lite.toml") == "ro"
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/usr/lib/x", "/var/lib/x", "/var/log/x", "/var/spool/other",
+                                  "/home/pi/x", "/root/x", "/boot/config.txt"])
+def test_nothing_else_is_writable(service, path):
+    assert access(service, path) in ("ro", "none")
+
+
+def test_private_tmp_and_no_home(service):
+    assert access(service, "/tmp/x") == "private"
+    assert access(service, "/home/pi/.ssh/id_ed25519") == "none"
+
+
+# ------------------------------------------------------------------------------ supervision
+
+def test_restart_always_and_never_give_up(service):
+    assert one(service, "Service", "Restart") == "always"
+    assert re.fullmatch(r"\d+(ms|s)?", one(service, "Service", "RestartSec"))
+    assert one(service, "Unit", "StartLimitIntervalSec") == "0"
+
+
+def test_the_halves_are_independent(service):
+    unit = service["Unit"]
+    for key in ("Requires", "Requisite", "BindsTo", "PartOf", "After", "Wants", "Conflicts"):
+        named = words(service, "Unit", key)
+        assert not {SMTPD, QMGR} & set(named), f"{key}= ties one half to the other"
+    for key in ("Requires", "Requisite", "BindsTo"):
+        assert key not in unit, f"{key}= would let another unit stop this one"
+    assert words(service, "Unit", "PartOf") == [TARGET]
+    assert "network-online.target" in words(service, "Unit", "After")
+    assert "network-online.target" in words(service, "Unit", "Wants")
+    assert words(service, "Install", "WantedBy") == [TARGET]
+
+
+def test_target_wants_both_halves():
+    target = load(TARGET)
+    assert sorted(words(target, "Unit", "Wants")) == sorted(SERVICES)
+    for key in ("Requires", "BindsTo", "Requisite"):
+        assert key not in target["Unit"]
+    assert words(target, "Install", "WantedBy") == ["multi-user.target"]
+
+
+def test_parser_handles_repeats_and_resets():
+    unit = parse_unit("[Service]\nA=1\nA=2 3\nB=x\nB=\n# c\n[Install]\nWantedBy=m\n")
+    assert words(unit, "Service", "A") == ["1", "2", "3"]
+    assert "B" in unit["Service"] and words(unit, "Service", "B") == []
+
+
+# ------------------------------------------------------------------------------ systemd itself
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_systemd_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
+
+
+@pytest.fixture
+def unit_dir(tmp_path):
+    """A copy of the units whose commands point at a stub, so verify can check them here."""
+    stub = tmp_path / "mta-lite"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    units = tmp_path / "units"
+    units.mkdir()
+    for path in UNITS.iterdir():
+        (units / path.name).write_text(path.read_text().replace("/usr/bin/mta-lite", str(stub)))
+    return units
+
+
+def _analyze(unit_dir, *args):
+    env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:", SYSTEMD_LOG_COLOR="0", SYSTEMD_PAGER="")
+    return subprocess.run([SYSTEMD_ANALYZE, *args], cwd=unit_dir, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@needs_systemd_analyze
+def test_systemd_analyze_verify(unit_dir):
+    result = _analyze(unit_dir, "verify", "--man=no", TARGET, *SERVICES)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if "mta-lite" in line]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert complaints == [], "\n".join(complaints)
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("name", SERVICES)
+def test_systemd_analyze_security_exposure(unit_dir, name):
+    if "--offline" not in _analyze(unit_dir, "security", "--help").stdout:
+        pytest.skip("systemd-analyze security --offline needs systemd >= 250")
+    result = _analyze(unit_dir, "security", "--offline=yes", "--threshold=20", "--no-pager", name)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0, result.stdout
