@@ -80,6 +80,16 @@ def bind_listeners(cfg: Config) -> list[socket.socket]:
     return socks
 
 
+def _set_process_name(name: str) -> None:
+    """Name the child in ps/top and /proc/PID/comm (Linux prctl PR_SET_NAME); best effort."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class Child:
     name: str
@@ -162,6 +172,7 @@ class Master:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 gc.unfreeze()
+                _set_process_name(f"mta-{child.name}")
                 status = child.run()
             except BaseException:       # the child must never return into the master's loop
                 log.exception("%s: fatal error", child.name)
