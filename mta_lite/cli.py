@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     name = os.path.basename(sys.argv[0])
     config, rest = _split_global(argv)
     if name == "sendmail" or (rest and rest[0] == "sendmail"):
-        return _run(config, lambda cfg: _sendmail(cfg, rest[1:] if name != "sendmail" else rest), EX_TEMPFAIL)
+        # Any local user submits; the password files are not theirs to read.
+        return _run(config, lambda cfg: _sendmail(cfg, rest[1:] if name != "sendmail" else rest),
+                    EX_TEMPFAIL, secrets=False)
     if name == "mailq":
         rest = ["queue", "list"]
     args = _parser().parse_args((["-c", config] if config else []) + rest)

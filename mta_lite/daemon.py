@@ -63,7 +63,9 @@ class SmtpdService:
             log.warning("cannot wake the queue manager: %s", exc.strerror)
 
     async def start(self) -> None:
-        purged = self.spool.purge_tmp()
+        # Only files older than any session can be: in one-user mode tmp/ is shared with the
+        # queue manager's own writes (bounces, pickup copies), which must not be cut short.
+        purged = self.spool.purge_tmp(older_than_s=self.cfg.smtpd.session_limit_s)
         if purged:
             log.info("removed %d unfinished files from tmp/", purged)
         for listener, sock in zip(self.listeners, self.socks):
@@ -104,6 +106,8 @@ class QmgrService:
     async def start(self) -> None:
         self.spool.ensure()
         counts = self.spool.recover(purge_tmp=self._purge_tmp)
+        if not self._purge_tmp:
+            counts["purged"] = self.spool.purge_tmp(older_than_s=self.cfg.smtpd.session_limit_s)
         log.info("daemon started -- version %s, spool %s (recovered: %s)", VERSION,
                  self.cfg.spool_dir, ", ".join(f"{k} {v}" for k, v in counts.items()))
         self.task = asyncio.create_task(self.qmgr.run(), name="qmgr")

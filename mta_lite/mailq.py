@@ -15,10 +15,12 @@ import time
 
 from .errors import CorruptQueueFileError, QueueIdError
 from .queue import Spool
-from .queue.spool import STATES
+from .queue.spool import MAILDROP, STATES
 
 # incoming/ is "waiting for the queue manager": to the admin that is active mail.
-_SHOWN_STATE = {"incoming": "active", "active": "active", "deferred": "deferred", "hold": "hold"}
+# maildrop/ holds local submissions not yet picked up (Postfix's mailq lists them too).
+_SHOWN_STATE = {"incoming": "active", "active": "active", "deferred": "deferred", "hold": "hold",
+                MAILDROP: MAILDROP}
 
 
 def notify_qmgr(spool: Spool, what: bytes) -> None:
@@ -32,11 +34,13 @@ def notify_qmgr(spool: Spool, what: bytes) -> None:
 
 def entries(spool: Spool) -> list[dict]:
     out = []
-    for state in STATES:
+    for state in (MAILDROP, *STATES):
         for queue_id in spool.list(state):
             try:
                 entry = spool.read(state, queue_id, verify=False)
             except (CorruptQueueFileError, FileNotFoundError):
+                continue
+            if state == MAILDROP and not _acceptable_submission(entry):
                 continue
             st = spool.load_state(queue_id)
             out.append({
@@ -47,6 +51,17 @@ def entries(spool: Spool) -> list[dict]:
                 "last_error": st.last_error,
             })
     return sorted(out, key=lambda e: e["id"])
+
+
+def _acceptable_submission(entry) -> bool:
+    """A maildrop/ file is any local user's input until pickup has checked it: list it only
+    if pickup would take it, so no control character reaches the administrator's terminal."""
+    from .qmgr.pickup import RejectedError, checked_envelope
+    try:
+        checked_envelope(entry)
+    except RejectedError:
+        return False
+    return True
 
 
 def format_list(items: list[dict]) -> str:

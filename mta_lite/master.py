@@ -118,13 +118,7 @@ class Master:
         return entry.pw_uid, entry.pw_gid, groups
 
     def prepare(self) -> None:
-        try:
-            from .queue.perms import prepare_spool
-        except ImportError:
-            from .queue import Spool
-
-            def prepare_spool(root, owner_uid, smtpd_gid):
-                Spool(root).ensure()
+        from .queue.perms import prepare_spool
         if self.switch:
             owner_uid = self._ids(self.cfg.master.qmgr_user)[0] if self.cfg.master.qmgr_user else 0
             prepare_spool(self.cfg.spool_dir, owner_uid, self._ids(self.cfg.master.smtpd_user)[1])

@@ -2,12 +2,59 @@
 # install-test-deps.sh - install the real peers the integration tests and the bench run
 # (Postfix + smtp-sink/smtp-source, cyrus SASL tools, swaks, strace, faketime, socat, openssl).
 #
+# Also creates the users of the privilege-separated layout (same as
+# firmware/sysusers.d/mta-lite.conf): system users mta-lite (queue manager, supplementary group
+# mta-smtpd) and mta-smtpd (SMTP server), and the unprivileged mta-test-user that the tests use
+# as "any local user" running sendmail.
+#
 # Guarantees: idempotent; when everything is already installed it only runs `dpkg -s`/`command -v`
-# and exits 0 within a second (no apt-get update). Installs non-interactively with apt-get, with
-# Postfix preseeded to "No configuration" so no system main.cf is written.
-# Never: starts or enables a system service, writes /etc/postfix/main.cf, or installs anything when
-# not root (it lists what is missing and exits 1 instead).
+# and `getent`/`id`, and exits 0 within a second (no apt-get update). Installs non-interactively
+# with apt-get, with Postfix preseeded to "No configuration" so no system main.cf is written.
+# Never: starts or enables a system service, writes /etc/postfix/main.cf, or installs or creates
+# anything when not root (it lists what is missing and exits 1 instead).
 set -euo pipefail
+
+NOLOGIN=/usr/sbin/nologin
+SYSTEM_USERS=(mta-smtpd mta-lite)      # mta-smtpd first: mta-lite joins its group
+TEST_USER=mta-test-user
+
+missing_users() {
+    local u
+    for u in "${SYSTEM_USERS[@]}" "$TEST_USER"; do
+        getent passwd "$u" >/dev/null || echo "$u"
+    done
+    if getent passwd mta-lite >/dev/null && ! id -nG mta-lite | tr ' ' '\n' | grep -qx mta-smtpd; then
+        echo "mta-lite-in-group-mta-smtpd"
+    fi
+}
+
+# useradd with a group of the user's name; an existing group of that name is reused.
+add_user() {
+    local name="$1"; shift
+    local group_opt=(--user-group)
+    if getent group "$name" >/dev/null; then
+        group_opt=(--gid "$name")
+    fi
+    useradd "${group_opt[@]}" --no-create-home --home-dir /nonexistent --shell "$NOLOGIN" "$@" "$name"
+}
+
+create_users() {
+    getent passwd mta-smtpd >/dev/null || add_user mta-smtpd --system --comment "mta-lite SMTP server"
+    getent passwd mta-lite >/dev/null || add_user mta-lite --system --comment "mta-lite queue manager"
+    usermod --append --groups mta-smtpd mta-lite
+    getent passwd "$TEST_USER" >/dev/null || add_user "$TEST_USER" --comment "mta-lite tests, any local user"
+}
+
+missing_accounts="$(missing_users)"
+if [[ -n "$missing_accounts" ]]; then
+    if [[ "$(id -u)" -ne 0 ]]; then
+        echo "install-test-deps: not root; missing users: ${missing_accounts//$'\n'/ }" >&2
+        echo "install-test-deps: run as root: sudo bash $0" >&2
+        exit 1
+    fi
+    echo "install-test-deps: creating users: ${missing_accounts//$'\n'/ }"
+    create_users
+fi
 
 # libnet-ssleay-perl is only a Recommends of swaks, but `swaks --tls` needs it.
 PACKAGES=(postfix sasl2-bin libsasl2-modules swaks libnet-ssleay-perl strace faketime socat openssl

@@ -3,6 +3,7 @@
     incoming/   picked up in arrival order (queue IDs sort by arrival)
     deferred/   retried when state.next_attempt <= now (backoff.retry_delay_s)
     hold/       never touched
+    maildrop/   local submissions (sendmail), copied into incoming/ by pickup.py first
     wake-ups    wake() / flush() in-process; W, F, R on spool/public/qmgr from other processes;
                 and a rescan every RESCAN_INTERVAL_S in case a wake-up was lost
 
@@ -31,6 +32,7 @@ from ..queue import Spool
 from . import wakeup
 from .accounts import Account, Accounts
 from .delivery import Deliverer
+from .pickup import Pickup
 
 log = logging.getLogger("mta_lite.qmgr")
 
@@ -76,6 +78,7 @@ class QueueManager:
             load_template(cfg) if template is None else template,
             clock=clock, rng=rng or random.Random(),
             on_deferred=self._deferred_until, on_new_mail=self._new_mail)
+        self.pickup = Pickup(spool, cfg.message_size_limit, clock=clock)
         self._incoming: dict[str, None] = {}        # IDs in incoming/, in arrival order
         self._deferred: dict[str, float] = {}       # ID -> next attempt
         self._account_of: dict[str, str] = {}       # ID -> account name, learned once
@@ -188,6 +191,7 @@ class QueueManager:
         full = now - self._last_scan >= RESCAN_INTERVAL_S or want["rescan"] or want["flush"]
         try:
             if full or want["incoming"]:
+                self._pickup()
                 self._scan_incoming()
             if full:
                 self._last_scan = now      # also on failure: retry at the next interval, no spin
@@ -198,6 +202,17 @@ class QueueManager:
             self._deferred = dict.fromkeys(self._deferred, now)
             self.accounts.end_pauses(now)
         self._start_due(now)
+
+    def _pickup(self) -> None:
+        """maildrop/ -> incoming/ before incoming/ is read; a backlog continues next pass."""
+        try:
+            more = self.pickup.run().more
+        except OSError as exc:      # maildrop/ unreadable: local submissions wait, SMTP mail not
+            log.error("maildrop/ scan failed, retrying in %d s: %s", RESCAN_INTERVAL_S, exc)
+            return
+        if more:
+            self._want["incoming"] = True
+            self._kick.set()
 
     def _scan_incoming(self) -> None:
         self._incoming = {q: None for q in self.spool.list("incoming") if q not in self._inflight}

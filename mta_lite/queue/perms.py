@@ -60,6 +60,7 @@ LAYOUT: dict[str, tuple[int, str]] = {
 # Directories whose root-owned files the queue manager must be able to read or replace.
 ADOPTED = (*STATES, "state")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 if set(LAYOUT) != set(DIRS):      # not an assert: it must hold under python -O too
     raise ImportError("perms.LAYOUT does not describe every spool directory")
@@ -139,13 +140,14 @@ def _adopt_root_files(dir_fd: int, uid: int) -> None:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if st.st_uid != 0 or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                 continue
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
         except OSError:
             continue        # gone meanwhile, or not ours to touch
         try:
             again = os.fstat(fd)
             # The same inode we looked at, still one link: not a hard link to a file elsewhere.
-            if (again.st_ino, again.st_dev, again.st_uid, again.st_nlink) == (st.st_ino, st.st_dev, 0, 1):
+            same = (again.st_ino, again.st_dev) == (st.st_ino, st.st_dev)
+            if same and again.st_uid == 0 and again.st_nlink == 1:
                 os.fchown(fd, uid, -1)
         finally:
             os.close(fd)

@@ -123,7 +123,7 @@ _FIELDS = {
 def _envelope(line: bytes, path: str) -> dict:
     try:
         data = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):   # RecursionError: "[[[[...": nesting, not an envelope
         raise CorruptQueueFileError(f"{path}: envelope is not valid JSON") from None
     if not isinstance(data, dict) or set(data) != set(_FIELDS):
         raise CorruptQueueFileError(f"{path}: envelope fields missing or unknown")

@@ -46,6 +46,9 @@ WRITE_BUFFER_BYTES = 64 * 1024
 # its supplementary group mta-smtpd; with one user for both the group bit changes nothing.
 QUEUE_FILE_MODE = 0o640
 STATE_FILE_MODE = 0o644
+# A new queue ID is drawn again when one is taken; 12 random bits per microsecond make a
+# second collision in a row practically impossible.
+ID_ATTEMPTS = 5
 # target -> (staging directory, name prefix) for QueueWriter.
 STAGING = {"incoming": ("tmp", ""), MAILDROP: (MAILDROP, ".tmp-")}
 
@@ -87,9 +90,7 @@ class QueueWriter:
         if target not in STAGING:
             raise ValueError(f"cannot write queue files into {target}/")
         self.spool, self.target = spool, target
-        self.queue_id = new_queue_id(now=now)
-        staging_dir, prefix = STAGING[target]
-        self.path = os.path.join(spool.root, staging_dir, prefix + self.queue_id)
+        self._now = now
         self.size = 0
         self._digest = hashlib.sha256()
         header = encode_header({
@@ -98,13 +99,13 @@ class QueueWriter:
             "client_helo": envelope.client_helo, "smtputf8": envelope.smtputf8,
             "body": envelope.body, "is_bounce": is_bounce,
         })
-        self._file = self._create(mode)
+        self._file = self._create(mode)     # sets queue_id and path
         self._put(header)
         self.size = 0
 
     def _create(self, mode: int):
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            fd = self._open_new(mode)
         except OSError as exc:
             raise SpoolError(exc.errno, f"cannot create queue file: {exc.strerror}") from None
         try:
@@ -116,6 +117,19 @@ class QueueWriter:
             os.close(fd)
             _unlink_quietly(self.path)
             raise SpoolError(exc.errno, f"cannot create queue file: {exc.strerror}") from None
+
+    def _open_new(self, mode: int) -> int:
+        """Create the staging file under a fresh queue ID (another one if that is taken)."""
+        staging_dir, prefix = STAGING[self.target]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for attempt in range(ID_ATTEMPTS):
+            self.queue_id = new_queue_id(now=self._now)
+            self.path = os.path.join(self.spool.root, staging_dir, prefix + self.queue_id)
+            try:
+                return os.open(self.path, flags, mode)
+            except FileExistsError:
+                if attempt + 1 == ID_ATTEMPTS:
+                    raise
 
     def _put(self, data: bytes) -> None:
         try:
@@ -131,12 +145,11 @@ class QueueWriter:
 
     def commit(self) -> str:
         """Trailer, fsync, link into the target, sync that entry; then the ID is safe to announce."""
-        final = os.path.join(self.spool.root, self.target, self.queue_id)
         try:
             self._file.write(encode_trailer(self.size, self._digest.hexdigest()))
             self._file.flush()
             os.fsync(self._file.fileno())
-            os.link(self.path, final)      # unlike rename(), never replaces an existing ID
+            final = self._link()
         except OSError as exc:
             self.abort()
             raise SpoolError(exc.errno, f"queue file write error: {exc.strerror}") from None
@@ -152,6 +165,22 @@ class QueueWriter:
         self._close()
         _unlink_quietly(self.path)
         return self.queue_id
+
+    def _link(self) -> str:
+        """link() into the target: unlike rename(), never replaces an existing ID. The ID is
+        not inside the file, so a taken one (same microsecond, same 12 random bits: likely
+        only with a frozen test clock) is simply replaced by another."""
+        for _ in range(ID_ATTEMPTS - 1):
+            try:
+                return self._link_once()
+            except FileExistsError:
+                self.queue_id = new_queue_id(now=self._now)
+        return self._link_once()
+
+    def _link_once(self) -> str:
+        final = os.path.join(self.spool.root, self.target, self.queue_id)
+        os.link(self.path, final)
+        return final
 
     def _close(self) -> None:
         try:
