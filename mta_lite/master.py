@@ -125,7 +125,13 @@ class Master:
         else:
             prepare_spool(self.cfg.spool_dir, None, None)
         self.socks = bind_listeners(self.cfg)
-        from . import daemon   # noqa: F401  (load the children's code here, once, shared)
+        # Load the children's code here, once: shared between the three processes, and
+        # already in memory when a child has dropped to a user who may not be able to read
+        # the interpreter's directory. The codecs are otherwise imported on first use.
+        from . import daemon   # noqa: F401
+        import concurrent.futures.thread  # noqa: F401  (asyncio.to_thread)
+        import encodings.ascii  # noqa: F401
+        import encodings.idna  # noqa: F401  (host names in getaddrinfo)
         self.children = [Child("qmgr", self._run_qmgr), Child("smtpd", self._run_smtpd)]
 
     def _drop(self, user: str, extra_group: str | None = None) -> None:

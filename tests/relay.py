@@ -47,8 +47,9 @@ def _banner(port: int) -> bool:
 class RelayProcess:
     """The daemon under test. `config` is the TOML data; spool and listen are filled in."""
 
-    def __init__(self, workdir: str, config: dict) -> None:
+    def __init__(self, workdir: str, config: dict, python: str = sys.executable, env: dict | None = None) -> None:
         self.workdir = workdir
+        self.python, self.env = python, env
         self.port = free_port()
         config = dict(config)
         config.setdefault("hostname", "relay.lan.test")
@@ -73,8 +74,8 @@ class RelayProcess:
 
     def start(self, timeout: float = 30.0) -> "RelayProcess":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mta_lite.cli", "-c", self.config_path, "serve"],
-                                     stdout=log, stderr=log)
+        self.proc = subprocess.Popen([self.python, "-m", "mta_lite.cli", "-c", self.config_path, "serve"],
+                                     stdout=log, stderr=log, env=self.env)
         log.close()
         wait_for(lambda: self.proc.poll() is not None or _banner(self.port), timeout, what="relay banner")
         if self.proc.poll() is not None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import random
 import time
-from importlib import resources
 
 from ..config import Config, route_for
 from ..errors import MtaLiteError
@@ -45,6 +45,8 @@ MAX_ACTIVE_MESSAGES = 200
 # stop(): how long in-flight deliveries may finish before they are cancelled (and requeued
 # by recovery at the next start). Below systemd's default 90 s stop timeout.
 STOP_GRACE_S = 30.0
+DEFAULT_TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "templates", "bounce.txt")
 FALLBACK_TEMPLATE = ("This is the mail system at host $hostname.\n\n"
                      "Your message could not be delivered to:\n\n$recipients\n")
 
@@ -58,7 +60,10 @@ def load_template(cfg: Config) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             log.error("bounce_template %s unusable, using the default: %s", cfg.bounce_template, exc)
     try:
-        return resources.files("mta_lite").joinpath("templates/bounce.txt").read_text("utf-8")
+        # A plain path, not importlib.resources: that imports lazily, which fails once the
+        # process has dropped to a user who cannot read the interpreter's own directory.
+        with open(DEFAULT_TEMPLATE_PATH, encoding="utf-8") as handle:
+            return handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         log.error("default bounce template unusable, using a minimal one: %s", exc)
         return FALLBACK_TEMPLATE
