@@ -1,0 +1,288 @@
+"""postscreen_bench: hold 1,000 idle connections in postscreen, measure new connections per second.
+
+For mta-lite (a listener with `postscreen = true`) and for Postfix 3.7's postscreen (a private
+instance on the same machine), alternately, each fresh per round: open --idle connections from
+distinct loopback addresses (127.X.Y.Z, so neither server sees a cached client or hits a
+per-client limit) and keep them waiting in the pregreet test (greet wait 60 s); then, while
+they are held, open --new connections with --concurrency at a time, each reading the first line
+(the `220-` teaser) and hanging up, and report that connection rate; then the RSS and PSS of
+the server's processes (all of them, and the screening process alone) with the idle
+connections still held. Prints a table and the mta-lite/Postfix ratios; writes
+postscreen-bench.json.
+Guarantees: every process it starts is stopped by PID; a run that fails is reported with the
+server's log tail and makes the exit status non-zero.
+Never: talks to anything but 127.0.0.1, or compares against stored figures.
+Needs root (a private Postfix instance): `make bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from tests import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
+
+SERVERS = ("mta-lite", "postfix")
+GREET_WAIT = "60s"          # long enough that the idle connections stay in the pregreet test
+CONNECT_TIMEOUT_S = 30.0
+
+
+class BenchError(RuntimeError):
+    """A run that did not complete; the message says why."""
+
+
+def rss_pss_kib(pids: list[int]) -> tuple[int, int]:
+    rss = pss = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        rss += int(re.search(r"^Rss:\s+(\d+) kB", text, re.M).group(1))
+        pss += int(re.search(r"^Pss:\s+(\d+) kB", text, re.M).group(1))
+    return rss, pss
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class MtaLiteScreen:
+    """`mta-lite serve` with one screened listener; clients outside mynetworks are screened."""
+
+    screener = "mta-smtpd"
+
+    def __init__(self, workdir: Path, max_connections: int) -> None:
+        self.workdir, self.max_connections = workdir, max_connections
+        self.port = peers.free_port()
+        self.log = workdir / "mta-lite.log"
+        self.proc: subprocess.Popen | None = None
+
+    def config_text(self) -> str:
+        q = json.dumps
+        return (f"hostname = \"bench.lan.test\"\nspool_dir = {q(str(self.workdir / 'spool'))}\n"
+                "mynetworks = [\"10.0.0.0/8\"]\nadmin_address = \"admin@lan.test\"\n"
+                f"[[listen]]\naddress = \"{peers.LOOPBACK}:{self.port}\"\npostscreen = true\n"
+                f"[postscreen]\ngreet_wait = \"{GREET_WAIT}\"\ngreet_action = \"enforce\"\n"
+                f"max_connections = {self.max_connections}\n"
+                f"max_connections_per_client = {self.max_connections}\n"
+                f"[relays.sink]\nhost = \"{peers.LOOPBACK}\"\nport = 9\ntls = \"none\"\n"
+                "[master]\nsmtpd_user = \"\"\nqmgr_user = \"\"\n")
+
+    def __enter__(self) -> "MtaLiteScreen":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "mta-lite.toml"
+        config.write_text(self.config_text())
+        exe = Path(sys.executable).parent / "mta-lite"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([str(exe), "-c", str(config), "serve"], cwd=self.workdir,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        try:
+            peers.poll_until(lambda: self.proc.poll() is not None
+                             or (peers.smtp_probe(self.port) or b"").startswith(b"220"),
+                             30.0, f"mta-lite greeting on port {self.port}")
+        except TimeoutError as exc:
+            self.__exit__()
+            raise BenchError(f"{exc}\n{self.log_tail()}") from None
+        if self.proc.poll() is not None:
+            raise BenchError(f"mta-lite exited with {self.proc.returncode}\n{self.log_tail()}")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.proc is not None:
+            tree = self.pids()
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            peers.stop_pids(tree, timeout=15.0, sig=0)
+            self.proc.wait(5.0)
+
+    def pids(self) -> list[int]:
+        return peers.process_tree(self.proc.pid) if self.proc and self.proc.poll() is None else []
+
+    def log_tail(self) -> str:
+        return peers.tail_file(self.log, 30)
+
+
+class PostfixScreen(peers._PostfixInstance):
+    """A private Postfix whose port 25 service is postscreen, handing passed clients to smtpd."""
+
+    kind = "postscreen"
+    screener = "postscreen"
+
+    def __init__(self, workdir: Path, max_connections: int) -> None:
+        super().__init__(workdir)
+        self.max_connections = max_connections
+
+    def main_cf(self) -> dict[str, str]:
+        limit = str(self.max_connections)
+        return super().main_cf() | {
+            "mynetworks": "10.0.0.0/8",
+            "postscreen_greet_wait": GREET_WAIT,
+            "postscreen_greet_action": "enforce",
+            "postscreen_pre_queue_limit": limit,
+            "postscreen_post_queue_limit": limit,
+            "postscreen_client_connection_count_limit": limit,
+            "smtpd_relay_restrictions": "permit_mynetworks, reject",
+        }
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        services = (self.conf_dir / "master.cf").read_text().split("\n", 1)[1]
+        screen = (f"{peers.LOOPBACK}:{self.port} inet n - n - 1 postscreen\n"
+                  "smtpd     pass  -       -       n       -       -       smtpd\n"
+                  "dnsblog   unix  -       -       n       -       0       dnsblog\n")
+        (self.conf_dir / "master.cf").write_text(screen + services)
+
+    def log_tail(self) -> str:
+        return peers.tail_file(self.maillog, 30)
+
+
+async def open_held(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(peers.LOOPBACK, port, local_addr=(source, 0))
+    line = await reader.readline()
+    if not line.startswith(b"220-"):
+        writer.close()
+        raise BenchError(f"expected the 220- teaser from {source}, got {line[:80]!r}")
+    return reader, writer
+
+
+def sources(net: int, count: int) -> list[str]:
+    return [f"127.{net}.{i // 250}.{i % 250 + 1}" for i in range(count)]
+
+
+async def churn(port: int, addresses: list[str], concurrency: int) -> float:
+    """Connect from each address, read the teaser, hang up; returns connections per second."""
+    queue = list(reversed(addresses))
+
+    async def worker():
+        while queue:
+            _, writer = await open_held(port, queue.pop())
+            writer.close()
+    started = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), CONNECT_TIMEOUT_S * 4)
+    return len(addresses) / (time.monotonic() - started)
+
+
+async def measure(server, args, round_no: int) -> dict:
+    base = 10 + 2 * round_no
+    idle_before = rss_pss_kib(server.pids())
+    held = []
+    started = time.monotonic()
+    for batch in range(0, args.idle, 100):
+        held += await asyncio.gather(*(open_held(server.port, ip)
+                                       for ip in sources(base, args.idle)[batch:batch + 100]))
+    open_s = time.monotonic() - started
+    rate = await churn(server.port, sources(base + 1, args.new), args.concurrency)
+    pids = server.pids()
+    rss, pss = rss_pss_kib(pids)
+    screener = [pid for pid in pids if comm(pid) == server.screener]
+    s_rss, s_pss = rss_pss_kib(screener)
+    alive = sum(1 for _, writer in held if not writer.is_closing())
+    for _, writer in held:
+        writer.close()
+    return {"idle_held": alive, "open_idle_s": round(open_s, 2), "new": args.new,
+            "concurrency": args.concurrency, "conn_per_s": round(rate, 1), "rss_kib": rss, "pss_kib": pss,
+            "screener_rss_kib": s_rss, "screener_pss_kib": s_pss, "processes": len(pids),
+            "pss_kib_before": idle_before[1]}
+
+
+def run_one(name: str, args, workdir: Path, round_no: int) -> dict:
+    make = MtaLiteScreen if name == "mta-lite" else PostfixScreen
+    with make(workdir, args.idle * 3) as server:
+        try:
+            result = asyncio.run(measure(server, args, round_no))
+        except (BenchError, OSError, asyncio.TimeoutError) as exc:
+            raise BenchError(f"{name}: {exc!r}\n{server.log_tail()}") from None
+    if result["idle_held"] != args.idle:
+        raise BenchError(f"{name}: only {result['idle_held']} of {args.idle} idle connections survived")
+    return {"server": name, "round": round_no, **result}
+
+
+def summary(results: list[dict]) -> dict:
+    def mean(name, key):
+        values = [r[key] for r in results if r["server"] == name]
+        return sum(values) / len(values) if values else 0
+    out = {name: {key: round(mean(name, key), 1) for key in ("conn_per_s", "rss_kib", "pss_kib",
+                                                            "screener_rss_kib", "screener_pss_kib")}
+           for name in SERVERS}
+    if all(out[name]["conn_per_s"] for name in SERVERS):
+        out["ratio"] = {key: round(out["mta-lite"][key] / out["postfix"][key], 3)
+                        for key in ("conn_per_s", "pss_kib", "screener_rss_kib")}
+    return out
+
+
+def print_table(results: list[dict], totals: dict) -> None:
+    print(f"\n{'server':<9} {'round':>5} {'idle held':>9} {'new conn/s':>10} {'RSS MiB':>8} {'PSS MiB':>8}"
+          f" {'screener RSS':>12} {'screener PSS':>12} {'procs':>5}")
+    for r in results:
+        print(f"{r['server']:<9} {r['round']:>5} {r['idle_held']:>9} {r['conn_per_s']:>10.1f}"
+              f" {r['rss_kib'] / 1024:>8.1f} {r['pss_kib'] / 1024:>8.1f} {r['screener_rss_kib'] / 1024:>12.1f}"
+              f" {r['screener_pss_kib'] / 1024:>12.1f} {r['processes']:>5}")
+    if "ratio" in totals:
+        ratio = totals["ratio"]
+        print(f"mta-lite/Postfix postscreen: connection rate x{ratio['conn_per_s']:.2f}, "
+              f"PSS (all processes) x{ratio['pss_kib']:.2f}, screening process RSS x{ratio['screener_rss_kib']:.2f}")
+
+
+def raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--idle", type=int, default=1000, help="idle connections held")
+    parser.add_argument("--new", type=int, default=3000, help="new connections measured")
+    parser.add_argument("--concurrency", type=int, default=50, help="new connections in flight")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server")
+    parser.add_argument("--only", choices=SERVERS, help="run one server only")
+    parser.add_argument("--json", default="postscreen-bench.json", help="results file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("postscreen_bench: needs root (private Postfix instance)", file=sys.stderr)
+        return 2
+    raise_fd_limit(4 * (args.idle + args.concurrency) + 1024)
+    names = [args.only] if args.only else list(SERVERS)
+    tmp = Path(tempfile.mkdtemp(prefix="postscreen-bench-"))
+    results, failures = [], []
+    for round_no in range(args.rounds):
+        for name in names:
+            print(f"postscreen_bench: {name} round {round_no}: {args.idle} idle, {args.new} new ...", flush=True)
+            try:
+                results.append(run_one(name, args, tmp / f"{name}-{round_no}", round_no))
+            except (BenchError, RuntimeError, TimeoutError) as exc:
+                failures.append(str(exc))
+                print(f"postscreen_bench: FAILED {exc}", file=sys.stderr, flush=True)
+    totals = summary(results)
+    print_table(results, totals)
+    Path(args.json).write_text(json.dumps({"runs": results, "summary": totals, "failures": failures,
+                                           "cpus": os.cpu_count()}, indent=2) + "\n")
+    print(f"postscreen_bench: wrote {args.json}")
+    if failures:
+        print(f"postscreen_bench: logs kept in {tmp}", file=sys.stderr)
+        return 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
