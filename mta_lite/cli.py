@@ -1,11 +1,12 @@
 """cli — the `mta-lite` command: parse arguments, load the config, run one subcommand.
 
     mta-lite [-c FILE] serve | config check | config show | sendmail ... | queue ... |
-             status [--json] | demo
+             status [--json] | relay test NAME | passwd NAME | demo
 
 The config file is -c/--config, else $MTA_LITE_CONFIG, else /etc/mta-lite/mta-lite.toml.
 Invoked through a link named `sendmail` it behaves as `mta-lite sendmail`, and as `mailq`
-it lists the queue. Exit status: 0 ok, 64 usage, 75 temporary failure, 78 config error.
+it lists the queue. Exit status: 0 ok, 64 usage, 69 relay test failed, 75 temporary
+failure, 78 config error.
 Guarantees: a config error is one line naming file, key and problem, exit 78.
 Must never: print a secret (config show masks them; errors never include them).
 """
@@ -54,11 +55,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="public: the config without secrets, as the receiving side sees it")
     sub.add_parser("sendmail", help="submit a message from stdin (sendmail-compatible)")
     queue = sub.add_parser("queue", help="list and manage queued mail")
-    queue.add_argument("action", choices=["list", "show", "flush", "delete", "hold", "release"])
+    queue.add_argument("action", choices=["list", "show", "why", "flush", "delete", "hold", "release"])
     queue.add_argument("ids", nargs="*", metavar="ID")
     queue.add_argument("--json", action="store_true")
     status = sub.add_parser("status", help="queue counts and relay states")
     status.add_argument("--json", action="store_true")
+    relay = sub.add_parser("relay", help="check a relay account without sending mail")
+    relay.add_argument("action", choices=["test"])
+    relay.add_argument("name", metavar="NAME")
+    passwd = sub.add_parser("passwd", help="print a [users.NAME] password hash for the submission port")
+    passwd.add_argument("name", metavar="NAME")
     sub.add_parser("demo", help="run the relay with a local capture smarthost and sample mail")
     return parser
 
@@ -77,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
         return run_demo()
+    if args.command == "passwd":      # needs no config: its output goes into one
+        from .passwd import passwd_main
+        return passwd_main(args.name)
     if args.command == "smtpd":
         return _smtpd(args)
     if args.command == "serve":
@@ -137,6 +146,9 @@ def _dispatch(cfg, args) -> int:
             from .master import public_config_toml
             sys.stdout.buffer.write(public_config_toml(cfg))
         return 0
+    if args.command == "relay":
+        from .smarthost.probe import relay_test
+        return relay_test(cfg, args.name)
     if args.command == "status":
         from .status import format_status, read_status
         snapshot = read_status(cfg.spool_dir)
@@ -149,7 +161,7 @@ def _queue_command(cfg, args) -> int:
     from . import mailq
     from .queue import Spool
     spool = Spool(cfg.spool_dir)
-    if args.action in ("show", "delete", "hold", "release") and not args.ids:
+    if args.action in ("show", "why", "delete", "hold", "release") and not args.ids:
         print(f"mta-lite: queue {args.action} needs at least one queue ID", file=sys.stderr)
         return EX_USAGE
     if args.action == "list":
@@ -157,6 +169,13 @@ def _queue_command(cfg, args) -> int:
     elif args.action == "show":
         for queue_id in args.ids:
             sys.stdout.buffer.write(mailq.show(spool, queue_id))
+    elif args.action == "why":
+        import time
+        from .qmgr.why import explain
+        from .status import read_status
+        status = read_status(cfg.spool_dir)
+        for queue_id in args.ids:
+            print(explain(cfg, spool, queue_id, time.time(), status))
     else:
         count = getattr(mailq, args.action)(spool, *([args.ids] if args.action != "flush" else []))
         print(f"mta-lite: {args.action}: {count} message{'s' if count != 1 else ''}")

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .envelope import lookup_key
+from .identity import Identity
 
 DEFAULT_CONFIG_PATH = "/etc/mta-lite/mta-lite.toml"
 MASK = "********"
 TLS_MODES = ("starttls", "implicit", "none")
-_DURATION = re.compile(r"(\d+)(s|m|h|d|w)\Z")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)\Z")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class Secret:
@@ -53,6 +54,9 @@ class Listen:
     port: int
     tls_cert: str = ""
     tls_key: str = ""
+    postscreen: bool = False        # screen clients with [postscreen] before the SMTP engine
+    tls: str = "starttls"           # "implicit": TLS from the first byte (port 465)
+    auth: str = "none"              # "required": a submission port, AUTH before MAIL (S1, S4)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class Relay:
     password: Secret | None = None
     concurrency: int = 2
     timeout_s: float = 300.0
+    rate_delay_s: float = 0.0       # minimum gap between deliveries through one account
+    max_per_hour: int = 0           # messages handed to the smarthost; 0 = unlimited
+    max_per_day: int = 0
+    recipient_limit: int = 50       # recipients per transaction (Postfix: 50)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,25 @@ class SenderRule:
     relay: str
     username: str = ""
     password: Secret | None = None
+    clients: tuple = ()     # S4: networks that may use this sender; () = any allowed client
+
+
+@dataclass(frozen=True)
+class User:
+    """A submission login: its password hash (from `mta-lite passwd`) and its senders (S4)."""
+
+    name: str
+    password_hash: str = field(repr=False)
+    senders: frozenset = frozenset()    # "alice@example.com", "@example.com", lower-cased
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    """[rewrite]: the identity mail leaves with, applied at delivery (see identity.py)."""
+
+    senders: dict = field(default_factory=dict)    # "a@b" / "@b" -> Identity
+    clients: tuple = ()                            # ((network, Identity), ...), longest prefix first
+    local_sender: Identity | None = None           # for root, pi, @localhost, @<hostname>
 
 
 @dataclass(frozen=True)
@@ -93,6 +120,26 @@ class SmtpdConfig:
     timeout_s: float = 300.0
     session_limit_s: float = 3600.0
     hard_error_limit: int = 20
+
+
+@dataclass(frozen=True)
+class PostscreenConfig:
+    """[postscreen]: the stage in front of the SMTP engine (see smtpd/postscreen.py)."""
+
+    access: tuple[str, ...] = ("permit_mynetworks",)
+    denylist_action: str = "drop"
+    greet_wait_s: float = 6.0
+    greet_banner: str = "$hostname ESMTP"
+    greet_action: str = "enforce"
+    dnsbl_sites: tuple[str, ...] = ()
+    dnsbl_threshold: int = 1
+    dnsbl_allowlist_threshold: int = 0
+    dnsbl_action: str = "enforce"
+    dnsbl_timeout_s: float = 5.0
+    resolver: str = ""              # "127.0.0.1:53"; "" = the system's resolvers
+    cache_file: str = "postscreen.db"   # in spool_dir/postscreen/; "" = memory only
+    max_connections: int = 100
+    max_connections_per_client: int = 10
 
 
 @dataclass(frozen=True)
@@ -119,6 +166,9 @@ class Config:
     smtpd: SmtpdConfig = field(default_factory=SmtpdConfig)
     bounce_template: str = ""
     master: MasterConfig = field(default_factory=MasterConfig)
+    postscreen: PostscreenConfig = field(default_factory=PostscreenConfig)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    users: dict = field(default_factory=dict)      # name -> User
 
     def in_mynetworks(self, ip: str) -> bool:
         try:
@@ -162,7 +212,7 @@ def parse_duration(value: Any, path: str, key: str) -> float:
     if isinstance(value, str):
         match = _DURATION.match(value.strip())
         if match:
-            return float(int(match.group(1)) * _UNITS[match.group(2)])
+            return float(round(int(match.group(1)) * _UNITS[match.group(2)], 3))
     raise ConfigError(path, key, f'expected a duration like "30s", "5m", "1h" or "5d", got {value!r}')
 
 
@@ -170,4 +220,6 @@ def format_duration(seconds: float) -> str:
     for unit in ("w", "d", "h", "m"):
         if seconds and seconds % _UNITS[unit] == 0:
             return f"{int(seconds // _UNITS[unit])}{unit}"
+    if seconds != int(seconds):         # sub-second values, e.g. rate_delay = "50ms"
+        return f"{round(seconds * 1000)}ms"
     return f"{int(seconds)}s"

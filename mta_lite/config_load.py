@@ -13,14 +13,21 @@ import os
 import re
 import socket
 import tomllib
+from dataclasses import replace
 from typing import Any
 
 from .config import (MASK, TLS_MODES, Config, Listen, MasterConfig, QueueConfig, Relay, SenderRule,
                      Secret, SmtpdConfig, format_duration, parse_duration)
+from .config_postscreen import parse_postscreen, postscreen_dict
+from .config_senders import (listen_extra, listen_modes, networks, parse_rewrite, parse_users, rewrite_dict,
+                             users_dict)
 from .envelope import lookup_key, parse_path
 from .errors import AddressError, ConfigError
 
 DEFAULT_MYNETWORKS = ("127.0.0.0/8", "::1/128")
+# The hostname goes into the banner, EHLO (ours and the smarthost client's) and Received:
+# one word of printable ASCII, as long as a domain name may be (RFC 1035: 255 octets).
+_HOSTNAME = re.compile(r"[!-~]{1,255}")
 
 
 class _Table:
@@ -78,6 +85,12 @@ def _address(value: str, path: str, key: str, allow_domain: bool = False) -> str
     return lookup_key(value)
 
 
+def _hostname(value: str, path: str) -> str:
+    if not _HOSTNAME.fullmatch(value):
+        raise ConfigError(path, "hostname", f"expected one word of printable ASCII like relay.home.lan, got {value!r}")
+    return value
+
+
 def _hostport(value: str, path: str, key: str) -> tuple[str, int]:
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value)
     if not match:
@@ -125,6 +138,8 @@ def load_config(path: str, secrets: bool = True) -> Config:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:       # tomllib decodes the bytes before it parses
+        raise ConfigError(path, "", f"not valid TOML: not UTF-8 at byte {exc.start}") from None
     return parse_config(data, path, secrets)
 
 
@@ -139,7 +154,8 @@ def parse_config(data: dict, path: str, secrets: bool = True) -> Config:
     default_relay = top.get("default_relay", str, next(iter(relays)))
     if default_relay not in relays:
         raise ConfigError(path, "default_relay", f"no relay named {default_relay!r} in [relays]")
-    hostname = top.get("hostname", str, socket.getfqdn() or "localhost")
+    hostname = _hostname(top.get("hostname", str, socket.getfqdn() or "localhost"), path)
+    users = parse_users(_Table(top.get("users", dict, {}), path, "users"))
     cfg = Config(
         path=path,
         hostname=hostname,
@@ -148,14 +164,17 @@ def parse_config(data: dict, path: str, secrets: bool = True) -> Config:
         admin_address=_address(top.get("admin_address", str, required=True), path, "admin_address"),
         message_size_limit=top.positive("message_size_limit", 10240000),
         default_relay=default_relay,
-        listen=_listeners(top, base),
+        listen=_listeners(top, base, users),
         relays=relays,
         senders=_senders(top, relays, base, secrets),
         queue=_queue(top),
         smtpd=_smtpd(top),
         bounce_template=_optional_file(top, "bounce_template", base),
         master=_master(top),
+        postscreen=parse_postscreen(_Table(top.get("postscreen", dict, {}), path, "postscreen")),
+        users=users,
     )
+    cfg = replace(cfg, rewrite=parse_rewrite(_Table(top.get("rewrite", dict, {}), path, "rewrite"), cfg.admin_address))
     top.finish()
     return cfg
 
@@ -169,13 +188,15 @@ def _networks(top: _Table) -> tuple:
     nets = []
     for i, value in enumerate(top.get("mynetworks", list, list(DEFAULT_MYNETWORKS))):
         try:
+            if not isinstance(value, str):  # ip_network() takes 10 or true as 0.0.0.10/32, 0.0.0.1/32
+                raise TypeError(value)
             nets.append(ipaddress.ip_network(value, strict=False))
         except (ValueError, TypeError):
             raise ConfigError(top.path, f"mynetworks[{i}]", f"expected a network like 192.168.0.0/16, got {value!r}") from None
     return tuple(nets)
 
 
-def _listeners(top: _Table, base: str) -> tuple[Listen, ...]:
+def _listeners(top: _Table, base: str, users: dict | None = None) -> tuple[Listen, ...]:
     out = []
     for i, raw in enumerate(top.get("listen", list, [{"address": "127.0.0.1:25"}])):
         table = _Table(raw, top.path, f"listen[{i}]")
@@ -184,8 +205,10 @@ def _listeners(top: _Table, base: str) -> tuple[Listen, ...]:
         key = _optional_file(table, "tls_key", base)
         if bool(cert) != bool(key):
             raise ConfigError(top.path, table.key("tls_cert"), "give both tls_cert and tls_key, or neither")
+        postscreen = table.get("postscreen", bool, False)
+        tls, auth = listen_modes(table, bool(cert), users or {})
         table.finish()
-        out.append(Listen(host, port, cert, key))
+        out.append(Listen(host, port, cert, key, postscreen, tls, auth))
     return tuple(out)
 
 
@@ -206,12 +229,24 @@ def _relays(top: _Table, base: str, secrets: bool) -> dict[str, Relay]:
             password=_secret(table, base, secrets),
             concurrency=table.positive("concurrency", 2),
             timeout_s=table.duration("timeout", 300.0),
+            rate_delay_s=table.duration("rate_delay", 0.0),
+            max_per_hour=_count(table, "max_per_hour"),
+            max_per_day=_count(table, "max_per_day"),
+            recipient_limit=table.positive("recipient_limit", 50),
         )
         if secrets:
             _check_credentials(table, tls, relay.username, relay.password)
         table.finish()
         out[name] = relay
     return out
+
+
+def _count(table: _Table, name: str) -> int:
+    """A budget: 0 (unlimited) or more."""
+    value = table.get(name, int, 0)
+    if value < 0:
+        raise ConfigError(table.path, table.key(name), f"must be 0 (unlimited) or more, got {value}")
+    return value
 
 
 def _check_credentials(table: _Table, tls: str, username: str, password: Secret | None) -> None:
@@ -234,7 +269,8 @@ def _senders(top: _Table, relays: dict[str, Relay], base: str, secrets: bool) ->
         relay = table.get("relay", str, top.data.get("default_relay", next(iter(relays))))
         if relay not in relays:
             raise ConfigError(top.path, table.key("relay"), f"no relay named {relay!r} in [relays]")
-        rule = SenderRule(address, relay, table.get("username", str, ""), _secret(table, base, secrets))
+        rule = SenderRule(address, relay, table.get("username", str, ""), _secret(table, base, secrets),
+                          clients=networks(table, "clients"))
         if secrets:
             _check_credentials(table, relays[relay].tls, rule.username, rule.password)
         table.finish()
@@ -282,8 +318,9 @@ def _master(top: _Table) -> MasterConfig:
     return m
 
 
-def effective_dict(cfg: Config) -> dict[str, Any]:
-    """The effective config as plain TOML-ready data, every secret masked."""
+def effective_dict(cfg: Config, hashes: bool = False) -> dict[str, Any]:
+    """The effective config as plain TOML-ready data, every secret masked; user password
+    hashes too, unless `hashes` (the receiving side's config: it checks the logins)."""
     def secret(value: Secret | None) -> dict:
         return {"password": MASK} if value is not None else {}
 
@@ -300,11 +337,14 @@ def effective_dict(cfg: Config) -> dict[str, Any]:
             r.name: {"host": r.host, "port": r.port, "tls": r.tls,
                      **({"ca_file": r.ca_file} if r.ca_file else {}),
                      **({"username": r.username} if r.username else {}), **secret(r.password),
-                     "concurrency": r.concurrency, "timeout": format_duration(r.timeout_s)}
+                     "concurrency": r.concurrency, "timeout": format_duration(r.timeout_s),
+                     "rate_delay": format_duration(r.rate_delay_s), "max_per_hour": r.max_per_hour,
+                     "max_per_day": r.max_per_day, "recipient_limit": r.recipient_limit}
             for r in cfg.relays.values()
         },
         "senders": [{"address": s.address, "relay": s.relay,
-                     **({"username": s.username} if s.username else {}), **secret(s.password)}
+                     **({"username": s.username} if s.username else {}), **secret(s.password),
+                     **({"clients": [str(n) for n in s.clients]} if s.clients else {})}
                     for s in cfg.senders],
         "queue": {"min_backoff": format_duration(cfg.queue.min_backoff_s),
                   "max_backoff": format_duration(cfg.queue.max_backoff_s),
@@ -318,6 +358,9 @@ def effective_dict(cfg: Config) -> dict[str, Any]:
                   "session_limit": format_duration(cfg.smtpd.session_limit_s),
                   "hard_error_limit": cfg.smtpd.hard_error_limit},
         "master": {"smtpd_user": cfg.master.smtpd_user, "qmgr_user": cfg.master.qmgr_user},
+        "postscreen": postscreen_dict(cfg.postscreen),
+        "rewrite": rewrite_dict(cfg.rewrite),
+        **({"users": users_dict(cfg.users, hashes)} if cfg.users else {}),
     }
 
 
@@ -326,4 +369,7 @@ def _listen_dict(item: Listen) -> dict:
     out = {"address": f"{host}:{item.port}"}
     if item.tls_cert:
         out.update(tls_cert=item.tls_cert, tls_key=item.tls_key)
+    if item.postscreen:
+        out["postscreen"] = True
+    out.update(listen_extra(item))
     return out

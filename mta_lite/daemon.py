@@ -9,6 +9,9 @@
 `mta-lite serve` runs each service in its own process (see master.py); under systemd each
 runs as its own unit. A service stops gracefully on SIGTERM: listeners finish or refuse
 their sessions, in-flight deliveries finish or stay queued; nothing accepted is lost (G2).
+On SIGHUP the queue manager re-reads its config (C1: a config with any error is not used;
+the running one stays and one line names file, key and value); a service without reload()
+(smtpd) logs that it keeps its config: listeners change with a restart.
 Must never: let the receiving side hold a secret (its config is loaded with secrets=False),
 or open a listener before its start-up clean-up is done.
 """
@@ -16,6 +19,7 @@ or open a listener before its start-up clean-up is done.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -29,6 +33,7 @@ from .qmgr.wakeup import Bell
 from .queue import Spool
 from .smarthost.client import SmarthostPool
 from .smtpd.listener import Listener
+from .smtpd.postscreen import PostscreenService
 from .status import StatusSnapshot, write_status
 
 log = logging.getLogger("mta_lite.master")
@@ -52,9 +57,18 @@ class SmtpdService:
         self.spool = Spool(cfg.spool_dir)
         self._bell = None if wakeup else Bell(self.spool.wakeup_socket)
         ring = wakeup or self._ring
-        self.listeners = [Listener(cfg, item, self.spool, wakeup=ring) for item in cfg.listen]
+        screened = any(item.postscreen for item in cfg.listen)
+        self.postscreen = PostscreenService(cfg) if screened else None
+        self.listeners = [self._listener(item, ring) for item in cfg.listen]
         self.socks = socks or [None] * len(self.listeners)
         self._stats_task: asyncio.Task | None = None
+
+    def _listener(self, item, ring) -> Listener:
+        if not item.postscreen:
+            return Listener(self.cfg, item, self.spool, wakeup=ring)
+        listener = Listener(self.postscreen.listener_config(), item, self.spool, wakeup=ring)
+        listener.pre_greet = self.postscreen.screen(lambda: listener.active)
+        return listener
 
     def _ring(self) -> None:
         try:
@@ -68,13 +82,19 @@ class SmtpdService:
         purged = self.spool.purge_tmp(older_than_s=self.cfg.smtpd.session_limit_s)
         if purged:
             log.info("removed %d unfinished files from tmp/", purged)
+        if self.postscreen:
+            await self.postscreen.start()
         for listener, sock in zip(self.listeners, self.socks):
             await listener.start(sock)
         if self._bell:
             self._stats_task = asyncio.create_task(self._send_stats(), name="smtpd-stats")
 
+    def totals(self) -> dict[str, int]:
+        """The listeners' counters summed, plus postscreen's when a listener is screened."""
+        return {**_sum_counters(self.listeners), **dict(self.postscreen.counters.items() if self.postscreen else ())}
+
     def counters(self) -> dict[str, int]:
-        return {**_sum_counters(self.listeners), "pid": os.getpid()}
+        return {**self.totals(), "pid": os.getpid()}
 
     async def _send_stats(self) -> None:
         while True:
@@ -89,6 +109,8 @@ class SmtpdService:
             self._stats_task.cancel()
         for listener in self.listeners:
             await listener.close()
+        if self.postscreen:
+            self.postscreen.close()
 
 
 class QmgrService:
@@ -127,6 +149,25 @@ class QmgrService:
                 log.warning("cannot write status file: %s", exc.strerror)
             await asyncio.sleep(STATUS_INTERVAL_S)
 
+    def reload(self) -> bool:
+        """SIGHUP: validate the config file completely, then apply it; on error keep running."""
+        from .config_load import load_config
+        from .errors import ConfigError
+        from .maillog import add_secrets
+        try:
+            cfg = load_config(self.cfg.path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return False
+        for key in ("spool_dir", "hostname"):
+            if getattr(cfg, key) != getattr(self.cfg, key):
+                log.warning("reload: %s changes only with a restart; keeping %s", key, getattr(self.cfg, key))
+        self.cfg = cfg = dataclasses.replace(cfg, spool_dir=self.cfg.spool_dir, hostname=self.cfg.hostname)
+        add_secrets(cfg)            # S3: a new password is masked in the log like the old
+        self.qmgr.reconfigure(cfg)
+        log.info("configuration reloaded from %s", cfg.path)
+        return True
+
     async def stop(self) -> None:
         await self.qmgr.stop()
         await self.pool.close()
@@ -142,7 +183,7 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.qmgr_service = QmgrService(cfg, purge_tmp=True)
         self.smtpd_service = SmtpdService(cfg, wakeup=self.qmgr_service.qmgr.wake)
-        self.qmgr_service.extra_counters = lambda: _sum_counters(self.smtpd_service.listeners)
+        self.qmgr_service.extra_counters = self.smtpd_service.totals
 
     async def start(self) -> None:
         await self.qmgr_service.start()
@@ -154,6 +195,10 @@ class Daemon:
         log.info("daemon stopped")
 
 
+def _keep_config() -> None:
+    log.info("SIGHUP: smtpd keeps its configuration; restart it to change listeners")
+
+
 def run_service(service) -> int:
     """Run one service in the foreground until SIGTERM/SIGINT; the process exit status."""
     async def main() -> None:
@@ -161,6 +206,7 @@ def run_service(service) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, getattr(service, "reload", _keep_config))
         await service.start()
         waiters = [asyncio.create_task(stop.wait())]
         if isinstance(service, QmgrService):

@@ -21,7 +21,9 @@ MAX_LOCAL_BYTES = 64
 MAX_DOMAIN_BYTES = 255
 MAX_PATH_BYTES = 256
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL and the C1 controls (U+0080-U+009F, e.g. U+0085 NEL): the UTF-8 atoms below allow
+# any non-ASCII character, so the C1 range must be refused here (S2: 501 5.5.2).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # RFC 5322 atext without the characters used for routing hacks ('%' and '!').
 _ATOM_ASCII = r"[A-Za-z0-9#$&'*+/=?^_`{|}~-]+"
 _DOT_ATOM_ASCII = re.compile(rf"{_ATOM_ASCII}(?:\.{_ATOM_ASCII})*\Z")

@@ -16,7 +16,13 @@ class ConfigError(MtaLiteError, ValueError):
     def __init__(self, path: str, key: str, problem: str) -> None:
         self.path, self.key, self.problem = path, key, problem
         where = f"{path}: {key}: " if key else f"{path}: "
-        super().__init__(where + problem)
+        super().__init__(_one_line(where + problem))
+
+
+def _one_line(text: str) -> str:
+    """Keys, file names and values come from the file: a newline in one (a TOML key may be
+    "\\n") must not split the one-line error or forge a second line in a log."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 class AddressError(MtaLiteError, ValueError):

@@ -51,6 +51,11 @@ def expired(queue_id: str, sender: str) -> None:
     qmgr_log.info("%s: from=<%s>, status=expired, returned to sender", queue_id, sender)
 
 
+def sender_rewritten(queue_id: str, sender: str, new_sender: str, rule: str) -> None:
+    """[rewrite] applies at this delivery: envelope sender and From: leave as `new_sender`."""
+    qmgr_log.info("%s: sender rewritten: from=<%s> to=<%s> (%s)", queue_id, sender, new_sender, rule)
+
+
 def bounce_created(queue_id: str, dsn_id: str) -> None:
     bounce_log.info("%s: sender non-delivery notification: %s", queue_id, dsn_id)
 
@@ -134,3 +139,13 @@ def setup_logging(cfg: Config | None = None, level: int = logging.INFO, stream=N
     root.setLevel(level)
     # aiosmtplib and asyncio debug chatter could carry protocol payloads; keep them quiet.
     logging.getLogger("aiosmtplib").setLevel(logging.WARNING)
+
+
+def add_secrets(cfg: Config) -> None:
+    """A reloaded config's passwords join those every SecretFilter masks (the old ones stay:
+    a session opened with them may still be logging)."""
+    found = config_secrets(cfg)
+    for handler in logging.getLogger().handlers:
+        for item in handler.filters:
+            if isinstance(item, SecretFilter):
+                item.secrets = sorted(set(item.secrets) | found, key=len, reverse=True)

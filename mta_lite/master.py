@@ -17,7 +17,9 @@ Forking from a master that already imported everything lets the three processes 
 those pages (gc.freeze() keeps the collector from touching them): about one interpreter's
 memory instead of three. The master runs no event loop; it waits for signals only.
 Guarantees: a child's death never stops the other (mail is accepted while qmgr is down and
-delivered while smtpd is down); no secret ever enters the master, so none reaches smtpd.
+delivered while smtpd is down); no secret ever enters the master, so none reaches smtpd; a
+child whose master died (even by SIGKILL) gets SIGTERM and stops, so a restarted master can
+bind the ports again and is the only one running a queue manager.
 Must never: read the config file itself, or restart a crashing child in a tight loop.
 """
 
@@ -53,8 +55,10 @@ SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def public_config_toml(cfg: Config) -> bytes:
-    """The config without secrets (and without files the receiving side has no use for)."""
-    data = effective_dict(cfg)
+    """The config without secrets (and without files the receiving side has no use for).
+    Submission users' password hashes stay: the smtpd checks the logins (they are no
+    smarthost secret); so do the senders' client bindings and the rewrite maps (S4)."""
+    data = effective_dict(cfg, hashes=True)
     data.pop("bounce_template", None)
     for table in [*data["relays"].values(), *data["senders"]]:
         for key in ("password", "password_file", "ca_file"):
@@ -78,6 +82,22 @@ def bind_listeners(cfg: Config) -> list[socket.socket]:
         family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
         socks.append(socket.create_server((item.host, item.port), family=family, backlog=LISTEN_BACKLOG))
     return socks
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_master(master_pid: int) -> bool:
+    """Have the kernel send SIGTERM to this child when the master dies (kill -9, OOM killer);
+    False if the master is already gone. Without it an orphaned smtpd keeps the listening
+    port and an orphaned qmgr the queue, so a restarted master could not bind, or would run
+    a second queue manager. Called after the user switch, which clears the setting."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass    # not Linux: systemd's control group (or the admin) cleans up instead
+    return os.getppid() == master_pid
 
 
 def _set_process_name(name: str) -> None:
@@ -106,6 +126,7 @@ class Master:
         self.switch = os.geteuid() == 0 and bool(cfg.master.smtpd_user)
         self.socks: list[socket.socket] = []
         self.children: list[Child] = []
+        self.pid = os.getpid()
 
     # ---------------------------------------------------------------- set-up
     def _ids(self, user: str, extra_group: str | None = None) -> tuple[int, int, list[int]]:
@@ -132,6 +153,9 @@ class Master:
         import concurrent.futures.thread  # noqa: F401  (asyncio.to_thread)
         import encodings.ascii  # noqa: F401
         import encodings.idna  # noqa: F401  (host names in getaddrinfo)
+        if self.cfg.postscreen.dnsbl_sites and any(item.postscreen for item in self.cfg.listen):
+            from .smtpd.dnsblclient import preload
+            preload()           # dnspython imports its record types on first use
         self.children = [Child("qmgr", self._run_qmgr), Child("smtpd", self._run_smtpd)]
 
     def _drop(self, user: str, extra_group: str | None = None) -> None:
@@ -145,6 +169,8 @@ class Master:
     def _run_smtpd(self) -> int:
         from .daemon import SmtpdService, run_service
         self._drop(self.cfg.master.smtpd_user)
+        if not _die_with_master(self.pid):
+            return 0
         return run_service(SmtpdService(self.cfg, socks=self.socks))
 
     def _run_qmgr(self) -> int:
@@ -154,6 +180,8 @@ class Master:
         for sock in self.socks:
             sock.close()        # the delivering side never listens
         self._drop(self.cfg.master.qmgr_user, self.cfg.master.smtpd_user or None)
+        if not _die_with_master(self.pid):
+            return 0
         try:
             cfg = load_config(self.cfg.path)
         except ConfigError as exc:
@@ -169,7 +197,9 @@ class Master:
             status = 70
             try:
                 for sig in SIGNALS:
-                    signal.signal(sig, signal.SIG_DFL)
+                    # SIGHUP ignored until the child's own handler is in place: a reload
+                    # sent during start-up must not kill it.
+                    signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 gc.unfreeze()
                 _set_process_name(f"mta-{child.name}")

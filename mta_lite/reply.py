@@ -113,3 +113,31 @@ R554_SYNC = Reply(554, "5.5.0", "Error: SMTP protocol synchronization")
 R554_NO_VALID_RCPT = Reply(554, "5.5.1", "Error: no valid recipients")
 R554_TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
 R555_PARAM = Reply(555, "5.5.4", "Unsupported option")
+
+# postscreen (Postfix's texts; the DNSBL reply names the client and the site: dnsbl_reply())
+R421_TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Error: too many commands")
+R521_PROTOCOL_ERROR = Reply(521, "5.5.1", "Protocol error")
+R550_PROTOCOL_ERROR = Reply(550, "5.5.1", "Protocol error")
+R521_DENYLISTED = Reply(521, "5.3.2", "Service currently unavailable")
+R550_DENYLISTED = Reply(550, "5.3.2", "Service currently unavailable")
+
+
+def dnsbl_reply(code: int, client_ip: str, site: str) -> Reply:
+    """`550 5.7.1 Service unavailable; client [ip] blocked using <site>` (or 521 for drop)."""
+    return Reply(code, "5.7.1", f"Service unavailable; client [{client_ip}] blocked using {site}")
+
+# submission and sender ownership (RFC 4954 texts; the 553 as Postfix's reject_sender_login_mismatch)
+R421_AUTH_FAILURES = Reply(421, "4.7.0", "Error: too many authentication failures")
+R501_AUTH_BASE64 = Reply(501, "5.5.2", "Cannot Base64-decode Client responses")
+R501_AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
+R501_AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism")
+R503_AUTH_DONE = Reply(503, "5.5.1", "Error: already authenticated")
+R504_AUTH_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
+R530_AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+R535_AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed")
+R538_ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+
+
+def sender_not_owned(sender: str, owner: str) -> Reply:
+    """`553 5.7.1 <sender>: Sender address rejected: not owned by user alice` (or client [ip])."""
+    return Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by {owner}")

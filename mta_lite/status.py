@@ -87,8 +87,19 @@ def format_status(snapshot: StatusSnapshot) -> str:
     lines.append("queue: " + ", ".join(f"{k} {v}" for k, v in snapshot.queue.items()))
     for name, relay in sorted(snapshot.relays.items()):
         extra = f"  last_error: {relay['last_error']}" if relay.get("last_error") else ""
-        lines.append(f"relay {name}: {relay.get('state', '?')}  sent={relay.get('sent', 0)} "
+        lines.append(f"relay {name}: {_state(relay)}  sent={relay.get('sent', 0)} "
                      f"deferred={relay.get('deferred', 0)} bounced={relay.get('bounced', 0)}{extra}")
     if snapshot.smtpd:
         lines.append("smtpd: " + ", ".join(f"{k}={v}" for k, v in sorted(snapshot.smtpd.items())))
     return "\n".join(lines)
+
+
+def _state(relay: dict) -> str:
+    """`throttled until 14:05:00 UTC`, `auth_failed until ...`, `unreachable since ...`."""
+    state = relay.get("state", "?")
+    until = {"throttled": relay.get("throttled_until"), "auth_failed": relay.get("paused_until")}.get(state)
+    if until:
+        return f"{state} until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))}"
+    if state == "unreachable" and relay.get("unreachable_since"):
+        return f"{state} since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(relay['unreachable_since']))}"
+    return state

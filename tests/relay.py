@@ -1,12 +1,20 @@
 """relay — run the real `mta-lite serve` daemon as a child process for integration tests.
 
 RelayProcess writes a TOML config into a work directory, starts the daemon with the same
-Python as the tests, waits until the listener answers 220, and stops it with SIGTERM (or
-SIGKILL for crash tests). Its stderr log is kept in the work directory for assertions.
+Python as the tests (optionally behind a command prefix such as `faketime`), waits until the
+listener answers 220, and stops it with SIGTERM (or SIGKILL for crash tests). Its stderr log
+is kept in the work directory for assertions.
+
+Guarantees: each daemon runs in its own session and process group (the master, its smtpd and
+qmgr children, their helpers), so kill9() kills all of it at once, as a power cut would, and
+stop() leaves no process of the group behind, even when the master died first. Every
+instance is recorded in INSTANCES; tests/conftest.py scans each one's log, spool and
+`status --json` for PASSWORD and its base64 forms after every test (S3).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -18,6 +26,8 @@ import time
 import tomli_w
 
 PASSWORD = "Tr0ub4dor-zebra-7c1"     # distinctive: tests grep logs and files for it
+# Every RelayProcess ever created in this test session, for the secret scan (tests/conftest.py).
+INSTANCES: list["RelayProcess"] = []
 
 
 def free_port() -> int:
@@ -44,12 +54,69 @@ def _banner(port: int) -> bool:
         return False
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat_fields(int(entry))) and fields[0] != "Z" and int(fields[3]) == pgid:
+            found.append(int(entry))
+    return found
+
+
+def _children_of(ppid: int) -> list[int]:
+    return [int(e) for e in os.listdir("/proc")
+            if e.isdigit() and (fields := _stat_fields(int(e))) and fields[0] != "Z" and int(fields[1]) == ppid]
+
+
+def _config_passwords(config) -> set[str]:
+    """Every value of a `password` key anywhere in the config data."""
+    found: set[str] = set()
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "password" and isinstance(value, str):
+                found.add(value)
+            else:
+                found |= _config_passwords(value)
+    elif isinstance(config, list):
+        for item in config:
+            found |= _config_passwords(item)
+    return found
+
+
+def secret_needles(secrets) -> set[bytes]:
+    """Byte strings that reveal a secret: the secret itself and, for each of the three
+    alignments at which it can sit inside a base64 stream (AUTH PLAIN `\\0user\\0secret`,
+    AUTH LOGIN, or any other framing), the base64 of the part of it on 3-byte boundaries.
+    Whatever precedes the secret in the encoded blob, one of these appears in the blob."""
+    needles: set[bytes] = set()
+    for secret in secrets:
+        raw = secret.encode("utf-8")
+        needles.add(raw)
+        for skip in range(3):
+            part = raw[skip:]
+            part = part[: len(part) - len(part) % 3]
+            if len(part) >= 9:
+                needles.add(base64.b64encode(part))
+    return needles
+
+
 class RelayProcess:
     """The daemon under test. `config` is the TOML data; spool and listen are filled in."""
 
-    def __init__(self, workdir: str, config: dict, python: str = sys.executable, env: dict | None = None) -> None:
+    def __init__(self, workdir: str, config: dict, python: str = sys.executable, env: dict | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
-        self.python, self.env = python, env
+        self.python, self.env, self.prefix = python, env, tuple(prefix)
+        self.secret_findings: list[str] | None = None     # set by scan_secrets()
+        INSTANCES.append(self)
         self.port = free_port()
         config = dict(config)
         config.setdefault("hostname", "relay.lan.test")
@@ -74,28 +141,89 @@ class RelayProcess:
 
     def start(self, timeout: float = 30.0) -> "RelayProcess":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.python, "-m", "mta_lite.cli", "-c", self.config_path, "serve"],
-                                     stdout=log, stderr=log, env=self.env)
+        # A session of its own: kill9() and stop() reach every process of this daemon through
+        # its process group, and none of the test runner's.
+        self.proc = subprocess.Popen([*self.prefix, self.python, "-m", "mta_lite.cli", "-c", self.config_path,
+                                      "serve"], stdout=log, stderr=log, env=self.env, start_new_session=True)
+        self.secret_findings = None
         log.close()
         wait_for(lambda: self.proc.poll() is not None or _banner(self.port), timeout, what="relay banner")
         if self.proc.poll() is not None:
             raise RuntimeError(f"mta-lite exited with {self.proc.returncode}:\n{self.log()}")
         return self
 
+    def master_pid(self, timeout: float = 10.0) -> int:
+        """The master's PID: the Popen child itself, or the child of the prefix command
+        (faketime forks and waits for the program it runs)."""
+        if not self.prefix:
+            return self.proc.pid
+        return wait_for(lambda: next(iter(_children_of(self.proc.pid)), None), timeout, what="the master under the prefix")
+
+    def pids(self) -> list[int]:
+        """Every live process of this daemon (its process group), the master first."""
+        if self.proc is None:
+            return []
+        return sorted(_group_members(self.proc.pid), key=lambda pid: pid != self.proc.pid)
+
     def stop(self, timeout: float = 60.0) -> int:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            try:
+                os.kill(self.master_pid(), signal.SIGTERM)
+            except (ProcessLookupError, TimeoutError):
+                self.proc.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._reap_group(timeout=10.0)
         return self.proc.returncode if self.proc else 0
 
     def kill9(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        """SIGKILL the whole daemon at once (master, smtpd, qmgr, helpers): a crash."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self._reap_group(timeout=10.0)
+
+    def _reap_group(self, timeout: float) -> None:
+        """SIGKILL whatever is left of the group (a child whose master died) and wait for it."""
+        if self.proc is None:
+            return
+        if _group_members(self.proc.pid):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            wait_for(lambda: not _group_members(self.proc.pid), timeout, what="the daemon's processes to exit")
+
+    # ---------------------------------------------------------------- S3: secret scan
+    def scan_secrets(self) -> list[str]:
+        """Where PASSWORD (or any password in the config), or its base64 in any AUTH form,
+        appears in the log, the spool or `status --json`; [] when nowhere. Cached: a caller
+        that must scan early (before a tmpfs spool is unmounted) scans once."""
+        if self.secret_findings is not None:
+            return self.secret_findings
+        needles = secret_needles(_config_passwords(self.config) | {PASSWORD})
+        haystacks: dict[str, bytes] = {"log": self.log().encode("utf-8", "replace")}
+        for root, _, files in os.walk(self.spool):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    with open(path, "rb") as handle:
+                        haystacks[path] = handle.read()
+                except OSError:
+                    continue        # a socket, or a file removed meanwhile
+        if os.path.isdir(self.spool):
+            status = self.cli("status", "--json")
+            haystacks["status --json"] = status.stdout + status.stderr
+        self.secret_findings = sorted({where for where, data in haystacks.items()
+                                       for needle in needles if needle in data})
+        return self.secret_findings
 
     def log(self) -> str:
         try:

@@ -1,26 +1,41 @@
-"""accounts — per smarthost login: concurrency slots, the pause after a refused login, counters.
+"""accounts — per smarthost login: concurrency, budget, the pause after a refused login, health.
 
-An account is one relay and one username (Route.account). Its connections, its failures and
-its pause are its own: one account refused by its smarthost never slows another (S5).
+An account is one relay and one username (Route.account). Its connections, its budget
+(budget.py), its failures and its pause are its own: one account refused or throttled by
+its smarthost never slows another (S5).
 
 Guarantees: after a refused login (535) the account is paused for auth_pause_s() (hours,
 doubling per consecutive refusal); while paused nothing is attempted for it; when the pause
 ends exactly one delivery (the probe) goes through, the others wait for its outcome. A
 refusal seen by several deliveries that were already in flight together doubles the pause
 once, not once per delivery. flush() ends a pause early but still lets only one probe through.
+A reloaded config whose credentials for the account differ (a keyed hash of host, port,
+username and password, compared in memory only) ends the pause at once. With rate_delay,
+one delivery at a time and at least rate_delay between the end of one and the next start.
+A smarthost that gave no answer or only 421 for UNREACHABLE_AFTER_S shows as unreachable.
 Must never: hold or print a password; block an account because another one failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 
 from ..config import Config, QueueConfig, Route
 from ..smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult
 from .backoff import auth_pause_s
+from .budget import DAY_S, HOUR_S, Budget, BudgetFile, Limits
+from .fairness import ServedLog
 
 GO, PROBE, PAUSED = "go", "probe", "paused"
 STATE_OK, STATE_DEFERRING, STATE_AUTH_FAILED = "ok", "deferring", "auth_failed"
+STATE_THROTTLED, STATE_UNREACHABLE = "throttled", "unreachable"
+# Ten minutes without an answer (or with only 421) is more than a smarthost restart or a
+# DSL reconnect takes; from then on the status (and the LEDs) say unreachable, not deferring.
+UNREACHABLE_AFTER_S = 600.0
+# Per process: the credentials digest is only ever compared within one run, never stored.
+_DIGEST_KEY = os.urandom(16)
 # Messages picked up per account beyond its connection count: enough to keep every
 # connection busy, few enough that one slow account cannot fill the active queue.
 BACKLOG_PER_SLOT = 2
@@ -29,10 +44,15 @@ BACKLOG_PER_SLOT = 2
 class Account:
     """One smarthost login as the queue manager sees it."""
 
-    def __init__(self, name: str, concurrency: int) -> None:
+    def __init__(self, name: str, concurrency: int, budget: Budget | None = None,
+                 digest: bytes = b"") -> None:
         self.name = name
         self.concurrency = max(1, concurrency)
         self.slots = asyncio.Semaphore(self.concurrency)
+        self.budget = budget or Budget(Limits())
+        self.digest = digest                 # credentials_digest(); compared on reload
+        self.served = ServedLog()            # fairness between this account's senders
+        self.unreachable_since = 0.0
         self.picked = 0                      # messages taken for this account, waiting or delivering
         self.counts = {SENT: 0, DEFER: 0, BOUNCE: 0}
         self.last_error = ""
@@ -41,14 +61,24 @@ class Account:
         self._deferring = False
         self._probe: asyncio.Event | None = None
 
-    @property
-    def state(self) -> str:
+    def state(self, now: float) -> str:
         if self.auth_failures:
             return STATE_AUTH_FAILED
+        if self.unreachable_since and now - self.unreachable_since >= UNREACHABLE_AFTER_S:
+            return STATE_UNREACHABLE
+        if self.budget.over(now) is not None:
+            return STATE_THROTTLED
         return STATE_DEFERRING if self._deferring else STATE_OK
 
     def busy(self) -> bool:
         return self.picked >= self.concurrency * BACKLOG_PER_SLOT
+
+    def can_start(self, now: float) -> bool:
+        """Room for one more delivery now: a free slot, and rate_delay since the last one
+        (with rate_delay deliveries go one at a time, as in Postfix)."""
+        if self.budget.limits.rate_delay_s and not self.paused(now):
+            return self.picked == 0 and now >= self.budget.pace_until()
+        return not self.busy()
 
     def paused(self, now: float) -> bool:
         return self.paused_until > now
@@ -89,6 +119,10 @@ class Account:
             self.auth_failures = 0
             self.paused_until = 0.0
         self._deferring = bool(deferred) and not result.with_status(SENT)
+        if deferred and len(deferred) == len(result.recipients) and all(_no_answer(r.reply) for r in deferred):
+            self.unreachable_since = self.unreachable_since or now
+        else:
+            self.unreachable_since = 0.0
 
     def count_deferred(self, n: int) -> None:
         """Recipients deferred without an attempt (paused); last_error keeps the smarthost's words."""
@@ -98,28 +132,83 @@ class Account:
         if self.paused(now):
             self.paused_until = now
 
-    def snapshot(self) -> dict:
-        return {"state": self.state, "sent": self.counts[SENT], "deferred": self.counts[DEFER],
+    def apply(self, route: Route) -> bool:
+        """A reloaded config for this account; True if a refused login's pause ended because
+        the credentials changed."""
+        if route.relay.concurrency != self.concurrency:
+            self.concurrency = max(1, route.relay.concurrency)
+            self.slots = asyncio.Semaphore(self.concurrency)    # in-flight ones release the old
+        self.budget.set_limits(Limits.of(route.relay))
+        digest, self.digest = self.digest, credentials_digest(route)
+        if digest == self.digest or not self.auth_failures:
+            return False
+        self.auth_failures, self.paused_until = 0, 0.0
+        return True
+
+    def snapshot(self, now: float) -> dict:
+        over = self.budget.over(now)
+        limits = self.budget.limits
+        return {"state": self.state(now), "sent": self.counts[SENT], "deferred": self.counts[DEFER],
                 "bounced": self.counts[BOUNCE], "last_error": self.last_error,
-                "paused_until": self.paused_until or None, "concurrency": self.concurrency}
+                "paused_until": self.paused_until or None, "concurrency": self.concurrency,
+                "throttled_until": over[1] if over else None,
+                "unreachable_since": self.unreachable_since or None,
+                "sent_last_hour": self.budget.used(now, HOUR_S), "sent_last_day": self.budget.used(now, DAY_S),
+                "max_per_hour": limits.max_per_hour, "max_per_day": limits.max_per_day,
+                "rate_delay": limits.rate_delay_s}
+
+
+def _no_answer(reply) -> bool:
+    """No conversation with the smarthost: DNS, connect, timeout, lost connection (4.4.x), 421."""
+    return reply.code == 421 or reply.enhanced.startswith("4.4.")
+
+
+def credentials_digest(route: Route) -> bytes:
+    """A keyed hash of where and as whom the account logs in; never stored, never logged."""
+    digest = hashlib.blake2b(key=_DIGEST_KEY, digest_size=16)
+    password = route.password.reveal() if route.password else ""
+    for part in (route.relay.host, str(route.relay.port), route.username, password):
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.digest()
 
 
 class Accounts:
-    """Every account of the configuration, created up front so the status lists them all."""
+    """Every account of the configuration, created up front so the status lists them all.
+    Budgets start from `book` (the history saved by an earlier run), if given."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, book: BudgetFile | None = None) -> None:
         self._by_name: dict[str, Account] = {}
-        for relay in cfg.relays.values():
-            self.for_route(Route(relay, relay.username, relay.password))
-        for rule in cfg.senders:
-            if rule.username and rule.relay in cfg.relays:
-                self.for_route(Route(cfg.relays[rule.relay], rule.username, rule.password))
+        self.book = book
+        for route in _routes(cfg):
+            self.for_route(route)
 
     def for_route(self, route: Route) -> Account:
         name = route.account
         if name not in self._by_name:
-            self._by_name[name] = Account(name, route.relay.concurrency)
+            limits = Limits.of(route.relay)
+            budget = self.book.budget(name, limits) if self.book else Budget(limits)
+            self._by_name[name] = Account(name, route.relay.concurrency, budget, credentials_digest(route))
         return self._by_name[name]
+
+    def reconfigure(self, cfg: Config) -> set[str]:
+        """Apply a reloaded config, keeping each account's budget, counters and pause; the
+        names of accounts whose pause ended because their credentials changed."""
+        resumed, wanted = set(), {}
+        for route in _routes(cfg):
+            wanted.setdefault(route.account, route)
+        for name in list(self._by_name):
+            if name not in wanted and self.book is not None:
+                self.book.saved[name] = self._by_name[name].budget.to_dict()
+            if name not in wanted:
+                del self._by_name[name]
+        for name, route in wanted.items():
+            if name in self._by_name and self._by_name[name].apply(route):
+                resumed.add(name)
+            self.for_route(route)
+        return resumed
+
+    def budgets(self) -> dict:
+        return {name: account.budget for name, account in self._by_name.items()}
 
     def get(self, name: str) -> Account | None:
         return self._by_name.get(name)
@@ -128,5 +217,12 @@ class Accounts:
         for account in self._by_name.values():
             account.end_pause(now)
 
-    def snapshot(self) -> dict:
-        return {name: account.snapshot() for name, account in sorted(self._by_name.items())}
+    def snapshot(self, now: float) -> dict:
+        return {name: account.snapshot(now) for name, account in sorted(self._by_name.items())}
+
+
+def _routes(cfg: Config) -> list[Route]:
+    routes = [Route(relay, relay.username, relay.password) for relay in cfg.relays.values()]
+    routes += [Route(cfg.relays[rule.relay], rule.username, rule.password)
+               for rule in cfg.senders if rule.username and rule.relay in cfg.relays]
+    return routes

@@ -4,8 +4,12 @@
         all recipients done   -> DSN queued (if any bounced), then the message removed
         some still pending    -> DSN queued (for those bounced now), state saved, -> deferred/
 
-Guarantees: only recipients not yet done are offered to the smarthost, and each result is
-recorded in the message's state file before the message leaves active/ (G3). A DSN is in
+Guarantees: only recipients not yet done are offered to the smarthost, at most the relay's
+recipient_limit per transaction (a larger message goes as several transactions, each one
+counted against the account's budget and spaced by its rate_delay), and each result is
+recorded in the message's state file before the message leaves active/ (G3). Mail over an
+account's budget is deferred to its slot, with the reason and the time in last_error, and
+never bounced for it. A DSN is in
 the queue before the message it reports on is removed or marks its recipients done, so a
 crash can repeat a DSN but never lose one. A transient failure of a message older than the
 queue lifetime bounces its remaining recipients (4.4.7). An invalid queue file goes to
@@ -17,6 +21,7 @@ queued; hold more than one message's content in memory per delivery.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -33,7 +38,9 @@ from ..smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientRes
 from . import bounce
 from .accounts import PAUSED, PROBE, Account, Accounts
 from .backoff import expired, retry_delay_s
+from .budget import Ticket, when
 from .ratelimit import SlidingWindowLimit
+from .rewrite import Outgoing, outgoing
 
 log = logging.getLogger("mta_lite.qmgr")
 
@@ -46,25 +53,41 @@ BOUNCE_WINDOW_S = 3600.0          # queue.bounces_per_hour counts over a sliding
 @dataclass
 class Attempt:
     result: DeliveryResult
-    attempted: bool = True        # False: nothing was tried (account paused)
-    not_before: float = 0.0       # earliest next attempt (the account's pause)
+    attempted: bool = True        # False: nothing was tried (account paused or over budget)
+    not_before: float = 0.0       # earliest next attempt (the account's pause or budget slot)
+    exact: bool = False           # not_before is the next attempt itself (a budget slot)
+
+
+def held_reply(account: str, why: str, until: float, now: float) -> Reply:
+    """`deferred: account isp over max_per_hour=100 (100 sent in the last hour), next slot at 14:05:00 UTC`."""
+    return Reply(451, "4.7.0", f"deferred: account {account} {why}, next slot at {when(until, now)}")
+
+
+def chunks(recipients: list[str], limit: int) -> list[list[str]]:
+    """Recipients in transactions of at most `limit` (Postfix: *_destination_recipient_limit)."""
+    limit = max(1, limit)
+    return [recipients[i:i + limit] for i in range(0, len(recipients), limit)]
 
 
 class Deliverer:
     """Runs single delivery attempts; the QueueManager decides which and when."""
 
     def __init__(self, cfg: Config, spool: Spool, pool, accounts: Accounts, template: str, *,
-                 clock=time.time, rng: random.Random, on_deferred, on_new_mail) -> None:
+                 clock=time.time, rng: random.Random, on_deferred, on_new_mail,
+                 sleep=asyncio.sleep) -> None:
         self.cfg, self.spool, self.pool, self.accounts = cfg, spool, pool, accounts
         self.template = template
-        self.clock, self.rng = clock, rng
+        self.clock, self.rng, self.sleep = clock, rng, sleep
         self.on_deferred = on_deferred          # (queue_id, next_attempt) -> None
         self.on_new_mail = on_new_mail          # (queue_id) -> None, a DSN was queued
         self.bounce_limit = SlidingWindowLimit(cfg.queue.bounces_per_hour, BOUNCE_WINDOW_S)
         self.stats = {"dsn_created": 0, "dsn_suppressed": 0, "corrupt": 0}
 
     # ------------------------------------------------------------------ one message
-    async def process(self, queue_id: str, src: str) -> None:
+    async def process(self, queue_id: str, src: str, hold: tuple[float, str] | None = None,
+                      ticket: Ticket | None = None) -> None:
+        """One attempt; with `hold` = (slot, why) the message is only deferred to its budget
+        slot; `ticket` is the send the manager reserved for its first transaction."""
         entry = self._pick_up(queue_id, src)
         if entry is None:
             return
@@ -75,8 +98,16 @@ class Deliverer:
         if not pending:                          # a crash after the last result, before removal
             self._finish(entry, state, [], complete=True)
             return
-        route = route_for(self.cfg, entry.sender)
-        attempt = await self._attempt(self.accounts.for_route(route), route, entry, pending)
+        # [rewrite]: the message leaves as `out.sender`, through that sender's route (S4).
+        out = outgoing(self.cfg, entry.sender, entry.client_address)
+        route = route_for(self.cfg, out.sender)
+        account = self.accounts.for_route(route)
+        if hold is not None:
+            attempt = self._held(account, pending, *hold)
+        else:
+            if out.rewrite is not None:
+                maillog.sender_rewritten(queue_id, entry.sender, out.sender, out.rewrite.rule)
+            attempt = await self._attempt(account, route, entry, pending, ticket, out)
         if attempt is not None:
             self._settle(entry, state, pending, attempt)
 
@@ -98,13 +129,14 @@ class Deliverer:
             return
 
     # ------------------------------------------------------------------ the attempt
-    async def _attempt(self, account: Account, route, entry: QueueEntry, pending) -> Attempt | None:
+    async def _attempt(self, account: Account, route, entry: QueueEntry, pending,
+                       ticket: Ticket | None, out: Outgoing | None = None) -> Attempt | None:
         async with account.slots:
             verdict = await account.admit(self.clock)
             if verdict == PAUSED:
                 return self._paused(account, pending)
             try:
-                return await self._deliver(account, route, entry, pending)
+                return await self._deliver(account, route, entry, pending, ticket, out)
             finally:
                 if verdict == PROBE:
                     account.end_probe()
@@ -117,24 +149,65 @@ class Deliverer:
         result = DeliveryResult.transient(pending, Reply(451, "4.7.0", why))
         return Attempt(result, attempted=False, not_before=account.paused_until)
 
-    async def _deliver(self, account: Account, route, entry: QueueEntry, pending) -> Attempt | None:
+    def _held(self, account: Account, pending, until: float, why: str) -> Attempt:
+        """Over budget: deferred to the slot, nothing tried, no backoff on top."""
+        reply = held_reply(account.name, why, until, self.clock())
+        return Attempt(DeliveryResult.transient(pending, reply), attempted=False,
+                       not_before=until, exact=True)
+
+    async def _deliver(self, account: Account, route, entry: QueueEntry, pending,
+                       ticket: Ticket | None = None, out: Outgoing | None = None) -> Attempt | None:
+        out = out or Outgoing(entry.sender)
         try:
-            content = entry.read_content()
+            content = out.content(entry.read_content())
         except CorruptQueueFileError as exc:
             self._quarantine(_qid(entry), str(exc))
             return None
         except FileNotFoundError:
             log.info("%s: removed from active/ before delivery", _qid(entry))
             return None
+        parts = chunks(list(pending), route.relay.recipient_limit)
+        results: list[DeliveryResult] = []
+        for i, part in enumerate(parts):
+            if i and account.budget.limits.rate_delay_s:
+                await self.sleep(account.budget.limits.rate_delay_s)
+            stamp = self._reserve(account, ticket if i == 0 else None)
+            if stamp is None:                   # another delivery used the last of the budget
+                why, until = account.budget.over(self.clock())
+                held = self._held(account, [r for p in parts[i:] for r in p], until, why)
+                return _combined(results, held, attempted=bool(results))
+            result = await self._transaction(account, route, entry, part, content, stamp, out.sender)
+            results.append(result)
+            if len(result.with_status(DEFER)) == len(part) and i + 1 < len(parts):
+                # Nothing got through (no connection, refused login...): the other parts
+                # would only repeat it, and a refused login must be tried once per pause.
+                rest = DeliveryResult.transient([r for p in parts[i + 1:] for r in p],
+                                                result.recipients[0].reply, result.relay)
+                results.append(rest)
+                break
+        not_before = account.paused_until if any(r.auth_failed for r in results) else 0.0
+        return _combined(results, Attempt(DeliveryResult("none", ()), not_before=not_before))
+
+    def _reserve(self, account: Account, ticket: Ticket | None) -> float | None:
+        if ticket is not None and ticket.budget is account.budget and not ticket.used:
+            ticket.used = True
+            return ticket.stamp
+        return account.budget.take(self.clock())
+
+    async def _transaction(self, account: Account, route, entry: QueueEntry, part, content: bytes,
+                           stamp: float, sender: str) -> DeliveryResult:
         try:
-            result = await self.pool.deliver(route, entry.sender, list(pending), content,
+            result = await self.pool.deliver(route, sender, list(part), content,
                                              smtputf8=entry.smtputf8)
         except Exception:   # a client bug must cost a retry, never the message or the manager
             log.exception("%s: smarthost client failed", _qid(entry))
-            result = DeliveryResult.transient(pending, R451_CLIENT_ERROR)
-        account.record(result, self.clock(), self.cfg.queue)
-        not_before = account.paused_until if result.auth_failed else 0.0
-        return Attempt(result, attempted=True, not_before=not_before)
+            result = DeliveryResult.transient(part, R451_CLIENT_ERROR)
+        now = self.clock()
+        if not result.with_status(SENT):
+            account.budget.give_back(stamp)     # the smarthost took nothing: not counted
+        account.budget.finished(now)
+        account.record(result, now, self.cfg.queue)
+        return result
 
     # ------------------------------------------------------------------ results
     def _settle(self, entry: QueueEntry, state: MessageState, pending, attempt: Attempt) -> None:
@@ -147,7 +220,7 @@ class Deliverer:
         if still:
             state.attempts += 1 if attempt.attempted else 0
             delay = retry_delay_s(max(state.attempts, 1), self.cfg.queue, self.rng)
-            state.next_attempt = max(now + delay, attempt.not_before)
+            state.next_attempt = attempt.not_before if attempt.exact else max(now + delay, attempt.not_before)
             state.last_error = last_error
         self._finish(entry, state, failed, complete=not still)
 
@@ -267,6 +340,17 @@ class Deliverer:
             # Moved again meanwhile: a notice without the headers beats no notice.
             log.warning("%s: returned headers unavailable: %s", queue_id, exc)
             return b""
+
+
+def _combined(results: list[DeliveryResult], last: Attempt, attempted: bool = True) -> Attempt:
+    """The transactions of one message as one Attempt (relay= of the first that connected)."""
+    parts = [*results, last.result]
+    relay = next((r.relay for r in parts if r.relay != "none"), "none")
+    merged = DeliveryResult(relay, tuple(rcpt for r in parts for rcpt in r.recipients),
+                            any(r.auth_failed for r in parts))
+    # Exact only if every other recipient is done: a transient failure adds its backoff.
+    exact = last.exact and not any(r.with_status(DEFER) for r in results)
+    return Attempt(merged, attempted=attempted, not_before=last.not_before, exact=exact)
 
 
 def _qid(entry: QueueEntry) -> str:

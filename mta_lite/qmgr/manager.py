@@ -7,9 +7,16 @@
     wake-ups    wake() / flush() in-process; W, F, R on spool/public/qmgr from other processes;
                 and a rescan every RESCAN_INTERVAL_S in case a wake-up was lost
 
+Order and pace per account: notices first, then round-robin between senders (fairness.py);
+at most the account's concurrency deliver while a few more wait, or one at a time at least
+rate_delay apart; over max_per_hour/max_per_day the due messages are deferred to their
+slots (budget.py), whose history is saved in state/budgets.json (at most once a second)
+and read back at start. reconfigure() applies a reloaded config without losing budgets,
+counters or pauses, except that new credentials end an account's auth pause at once.
+
 Guarantees: a message is handled by at most one delivery at a time; at most
-MAX_ACTIVE_MESSAGES are in flight, and per account at most its concurrency deliver while a
-few more wait, so one slow or paused smarthost cannot starve the others. In memory are only
+MAX_ACTIVE_MESSAGES are in flight, so one slow, paused or throttled smarthost cannot starve
+the others, and one noisy sender cannot starve the others of its account. In memory are only
 queue IDs, next-attempt times and account names; content is read at delivery time. stop()
 lets in-flight deliveries finish for a bounded time, then cancels them: a cancelled message
 stays in active/ and recovery (spool.recover(), run by the caller at start-up) requeues it.
@@ -25,14 +32,19 @@ import math
 import os
 import random
 import time
+from typing import NamedTuple
 
-from ..config import Config, route_for
+from ..config import Config
+from ..envelope import lookup_key
 from ..errors import MtaLiteError
 from ..queue import Spool
 from . import wakeup
 from .accounts import Account, Accounts
+from .budget import BudgetFile, Ticket, budget_path
 from .delivery import Deliverer
+from .fairness import fair_order
 from .pickup import Pickup
+from .rewrite import route_of
 
 log = logging.getLogger("mta_lite.qmgr")
 
@@ -69,6 +81,20 @@ def load_template(cfg: Config) -> str:
         return FALLBACK_TEMPLATE
 
 
+class _Meta(NamedTuple):
+    """What scheduling needs to know of a queued message, read once from its envelope."""
+
+    account: str
+    sender: str         # the fairness key
+    urgent: bool        # a notice: null sender, or only to the admin
+
+
+class _Candidate(NamedTuple):
+    queue_id: str
+    src: str
+    meta: _Meta
+
+
 class QueueManager:
     """Schedules queued messages onto the smarthost pool; see the module docstring."""
 
@@ -77,16 +103,20 @@ class QueueManager:
                  template: str | None = None) -> None:
         self.cfg, self.spool, self.pool = cfg, spool, pool
         self.clock, self.sleep = clock, sleep
-        self.accounts = Accounts(cfg)
+        self.budget_file = BudgetFile(budget_path(spool.root))
+        self.budget_file.load()
+        self.accounts = Accounts(cfg, self.budget_file)
+        self._template = template
         self.deliverer = Deliverer(
             cfg, spool, pool, self.accounts,
             load_template(cfg) if template is None else template,
-            clock=clock, rng=rng or random.Random(),
+            clock=clock, rng=rng or random.Random(), sleep=sleep,
             on_deferred=self._deferred_until, on_new_mail=self._new_mail)
         self.pickup = Pickup(spool, cfg.message_size_limit, clock=clock)
         self._incoming: dict[str, None] = {}        # IDs in incoming/, in arrival order
         self._deferred: dict[str, float] = {}       # ID -> next attempt
-        self._account_of: dict[str, str] = {}       # ID -> account name, learned once
+        self._meta_of: dict[str, _Meta] = {}        # ID -> account, sender; learned once
+        self._pace_at = math.inf                    # next rate_delay start for waiting mail
         self._inflight: dict[str, asyncio.Task] = {}
         self._kick = asyncio.Event()
         self._want = {"incoming": True, "rescan": True, "flush": False}
@@ -109,6 +139,7 @@ class QueueManager:
                     await self._idle(self._idle_delay())
         finally:
             doorbell.close()
+            self._save_budgets(force=True)
             self._stopped.set()
 
     def wake(self) -> None:
@@ -142,13 +173,32 @@ class QueueManager:
         if self._running:
             await self._stopped.wait()
 
+    def reconfigure(self, cfg: Config) -> None:
+        """A reloaded, validated config: new relays, credentials, limits and queue settings;
+        budgets, counters and pauses stay; new credentials end an auth pause at once."""
+        self.cfg = self.deliverer.cfg = cfg
+        self.deliverer.bounce_limit.limit = cfg.queue.bounces_per_hour
+        if self._template is None:
+            self.deliverer.template = load_template(cfg)
+        self.pickup.size_limit = cfg.message_size_limit
+        resumed = self.accounts.reconfigure(cfg)
+        self._meta_of.clear()                       # routes may have changed
+        now = self.clock()
+        for queue_id in list(self._deferred):
+            meta = self._meta(queue_id, "deferred")
+            if meta is not None and meta.account in resumed:
+                self._deferred[queue_id] = now
+        for name in sorted(resumed):
+            log.info("account %s: credentials changed, login pause ended", name)
+        self.rescan()
+
     def idle(self) -> bool:
         """Running, nothing in flight, no wake-up waiting to be handled (tests, status)."""
         return self._running and not self._inflight and not self._kick.is_set()
 
     def snapshot(self) -> dict:
         """Per-account state and counters, plus totals (for status.py and the board)."""
-        accounts = self.accounts.snapshot()
+        accounts = self.accounts.snapshot(self.clock())
         totals = {key: sum(a[key] for a in accounts.values())
                   for key in ("sent", "deferred", "bounced")}
         totals.update(in_flight=len(self._inflight), incoming=len(self._incoming),
@@ -183,11 +233,16 @@ class QueueManager:
             nap.cancel()
 
     def _idle_delay(self) -> float:
-        """Until the next rescan or the next future retry; due-but-blocked work waits for a kick."""
+        """Until the next rescan, future retry, rate_delay start or budget save; work blocked
+        by busy slots waits for the kick of a delivery that ends."""
         now = self.clock()
-        wake_at = self._last_scan + RESCAN_INTERVAL_S
+        wake_at = [self._last_scan + RESCAN_INTERVAL_S, self._pace_at]
+        save_at = self.budget_file.due(self.accounts.budgets(), now)
         future = [t for q, t in self._deferred.items() if t > now and q not in self._inflight]
-        return max(0.0, min([wake_at, *future]) - now)
+        return max(0.0, min([*wake_at, *future, *([save_at] if save_at is not None else [])]) - now)
+
+    def _save_budgets(self, force: bool = False) -> None:
+        self.budget_file.save_if_due(self.accounts.budgets(), self.clock(), force)
 
     # ------------------------------------------------------------------ scheduling
     def _pass(self) -> None:
@@ -207,6 +262,7 @@ class QueueManager:
             self._deferred = dict.fromkeys(self._deferred, now)
             self.accounts.end_pauses(now)
         self._start_due(now)
+        self._save_budgets()
 
     def _pickup(self) -> None:
         """maildrop/ -> incoming/ before incoming/ is read; a backlog continues next pass."""
@@ -230,46 +286,96 @@ class QueueManager:
                 self._deferred[queue_id] = (self.spool.load_state(queue_id).next_attempt
                                             if when is None else when)
         live = self._incoming.keys() | self._deferred.keys() | self._inflight.keys()
-        self._account_of = {q: a for q, a in self._account_of.items() if q in live}
+        self._meta_of = {q: m for q, m in self._meta_of.items() if q in live}
 
     def _candidates(self, now: float) -> list[tuple[str, str]]:
         due = sorted((t, q) for q, t in self._deferred.items() if t <= now)
         return [(q, "incoming") for q in self._incoming] + [(q, "deferred") for _, q in due]
 
     def _start_due(self, now: float) -> None:
-        budget = MAX_ACTIVE_MESSAGES - len(self._inflight)
-        for queue_id, src in self._candidates(now):
-            if budget <= 0 or self._stopping:
+        room = MAX_ACTIVE_MESSAGES - len(self._inflight)
+        self._pace_at = math.inf
+        for name, waiting in self._by_account(now).items():
+            if room <= 0 or self._stopping:
                 return
+            account = self.accounts.get(name) if name else None
+            if account is None:          # unreadable: the delivery step quarantines or skips it
+                for item in waiting[:room]:
+                    self._start(item.queue_id, item.src, None)
+                room -= len(waiting[:room])
+                continue
+            room -= self._start_account(account, waiting, now, room)
+
+    def _by_account(self, now: float) -> dict[str, list[_Candidate]]:
+        """Due messages not in flight, grouped by account ("" for unreadable ones)."""
+        groups: dict[str, list[_Candidate]] = {}
+        for queue_id, src in self._candidates(now):
             if queue_id in self._inflight:
                 continue
-            account = self._account(queue_id, src)
-            if account is not None and account.busy():
-                continue
-            self._start(queue_id, src, account)
-            budget -= 1
+            meta = self._meta(queue_id, src) or _Meta("", "", False)
+            groups.setdefault(meta.account, []).append(_Candidate(queue_id, src, meta))
+        return groups
 
-    def _account(self, queue_id: str, src: str) -> Account | None:
-        """The message's account from its envelope (cheap read, cached); None if unreadable."""
-        name = self._account_of.get(queue_id)
-        if name is None:
+    def _start_account(self, account: Account, waiting: list[_Candidate], now: float, room: int) -> int:
+        """Start what the account may take now, fairly ordered; the number started."""
+        account.served.keep_only({item.meta.sender for item in waiting})
+        ordered = fair_order(waiting, lambda c: c.meta.sender, lambda c: c.meta.urgent,
+                             account.served.last)
+        budget, started = account.budget, 0
+        for i, item in enumerate(ordered):
+            if started >= room:
+                break
+            # A paused account defers its mail without an attempt; no budget involved.
+            counted = bool(budget.limits.windows()) and not account.paused(now)
+            if counted and budget.over(now) is not None:
+                return started + self._hold_back(account, ordered[i:i + room - started], now)
+            if not account.can_start(now):
+                break
+            # Reserved here, not in the delivery task, so that one pass never overdraws.
+            ticket = Ticket(budget, budget.take(now)) if counted else None
+            self._start(item.queue_id, item.src, account, ticket=ticket)
+            account.served.served(item.meta.sender)
+            started += 1
+        if started < len(ordered) and account.budget.pace_until() > now:
+            self._pace_at = min(self._pace_at, account.budget.pace_until())
+        return started
+
+    def _hold_back(self, account: Account, items: list[_Candidate], now: float) -> int:
+        """Over budget: each message deferred to the slot it would get in this order, so
+        they come due one by one, not all at once and again and again."""
+        why = account.budget.over(now)[0]
+        for item, slot in zip(items, account.budget.slots(now, len(items))):
+            self._start(item.queue_id, item.src, None, hold=(slot, why))
+        if account.budget.changed:      # it just ran out: `queue why` and a restart must know
+            self._save_budgets(force=True)
+        return len(items)
+
+    def _meta(self, queue_id: str, src: str) -> _Meta | None:
+        """Account and sender from the envelope (cheap read, cached); None if unreadable."""
+        meta = self._meta_of.get(queue_id)
+        if meta is None:
             try:
-                sender = self.spool.read(src, queue_id, verify=False).sender
+                entry = self.spool.read(src, queue_id, verify=False)
             except OSError:      # corrupt or gone: the delivery step quarantines or skips it
                 return None
-            name = self._account_of[queue_id] = self.accounts.for_route(route_for(self.cfg, sender)).name
-        return self.accounts.get(name)
+            account = self.accounts.for_route(route_of(self.cfg, entry)).name
+            urgent = (entry.is_bounce or not entry.sender
+                      or {lookup_key(r) for r in entry.recipients} == {self.cfg.admin_address})
+            meta = self._meta_of[queue_id] = _Meta(account, lookup_key(entry.sender), urgent)
+        return meta
 
-    def _start(self, queue_id: str, src: str, account: Account | None) -> None:
+    def _start(self, queue_id: str, src: str, account: Account | None,
+               hold: tuple[float, str] | None = None, ticket: Ticket | None = None) -> None:
         self._incoming.pop(queue_id, None)
         self._deferred.pop(queue_id, None)
         if account is not None:
             account.picked += 1
-        self._inflight[queue_id] = asyncio.create_task(self._run_one(queue_id, src, account))
+        self._inflight[queue_id] = asyncio.create_task(self._run_one(queue_id, src, account, hold, ticket))
 
-    async def _run_one(self, queue_id: str, src: str, account: Account | None) -> None:
+    async def _run_one(self, queue_id: str, src: str, account: Account | None,
+                       hold: tuple[float, str] | None, ticket: Ticket | None) -> None:
         try:
-            await self.deliverer.process(queue_id, src)
+            await self.deliverer.process(queue_id, src, hold, ticket)
         except (MtaLiteError, OSError) as exc:
             log.error("%s: spool error, message left for a later retry: %s", queue_id, exc)
             self._park(queue_id)
@@ -277,6 +383,8 @@ class QueueManager:
             log.exception("%s: unexpected error, message left for a later retry", queue_id)
             self._park(queue_id)
         finally:
+            if ticket is not None:
+                ticket.release()                # not used: gone, paused, failed early
             if account is not None:
                 account.picked -= 1
             self._inflight.pop(queue_id, None)

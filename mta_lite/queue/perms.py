@@ -13,6 +13,9 @@
                 mta-lite  mta-lite   0700  qmgr only
     public/     mta-lite  mta-smtpd  2750  the doorbell socket gets group mta-smtpd (qmgr makes
                                            it 0660), so smtpd may ring; the status file
+    postscreen/ mta-lite  mta-smtpd  2770  smtpd replaces its pass cache file here (atomic
+                                           write: a temporary file renamed over the old one);
+                                           nobody else needs it
     maildrop/   mta-lite  mta-lite   3733  any local user may create a file, nobody but qmgr
                                            may list; setgid: a file gets group mta-lite, so
                                            sendmail makes it 0640 and only its writer and
@@ -56,6 +59,7 @@ LAYOUT: dict[str, tuple[int, str]] = {
     "state": (0o700, OWNER),
     "public": (0o2750, SMTPD),
     MAILDROP: (0o3733, OWNER),
+    "postscreen": (0o2770, SMTPD),
 }
 # Directories whose root-owned files the queue manager must be able to read or replace.
 ADOPTED = (*STATES, "state")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -133,5 +134,12 @@ def _envelope(line: bytes, path: str) -> dict:
     if not data["recipients"] or not all(isinstance(r, str) and r for r in data["recipients"]):
         raise CorruptQueueFileError(f"{path}: envelope has no valid recipients")
     data["recipients"] = tuple(data["recipients"])
-    data["arrival"] = float(data["arrival"])
+    try:
+        # JSON has integers of any size and Python's json reads NaN and Infinity: a time
+        # must be a finite float, or the queue manager's arithmetic fails later.
+        data["arrival"] = float(data["arrival"])
+    except OverflowError:
+        data["arrival"] = math.nan
+    if not math.isfinite(data["arrival"]):
+        raise CorruptQueueFileError(f"{path}: envelope field arrival is not a finite time")
     return data

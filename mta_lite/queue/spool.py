@@ -9,6 +9,7 @@
     state/      ID.json per message: attempts, next attempt, last error, and the
                 per-recipient results already recorded (G3)
     public/     the queue manager's doorbell socket and the status file
+    postscreen/ smtpd's postscreen pass cache (not queue entries; only smtpd writes here)
     maildrop/   submissions by local users (sendmail); untrusted until qmgr's pickup
                 has validated and copied them into incoming/ (see qmgr/pickup.py)
 
@@ -40,7 +41,7 @@ log = logging.getLogger("mta_lite.queue")
 
 STATES = ("incoming", "active", "deferred", "hold")
 MAILDROP = "maildrop"
-DIRS = ("tmp", *STATES, "corrupt", "state", "public", MAILDROP)
+DIRS = ("tmp", *STATES, "corrupt", "state", "public", MAILDROP, "postscreen")
 WRITE_BUFFER_BYTES = 64 * 1024
 # Group-readable: files smtpd (user mta-smtpd) writes are read by qmgr (user mta-lite) through
 # its supplementary group mta-smtpd; with one user for both the group bit changes nothing.

@@ -1,7 +1,8 @@
 """client — SmarthostPool: relays queued mail to the smarthosts over pooled SMTP sessions.
 
 deliver(route, sender, recipients, content) relays one message as the route's account and
-returns a DeliveryResult with one status per recipient. A session serves one transaction
+returns a DeliveryResult with one status per recipient. probe(route, progress) opens and
+closes one session without a transaction (`mta-lite relay test`), naming each step. A session serves one transaction
 at a time; idle sessions are kept per account, probed with RSET before reuse (a dead one
 is replaced by a fresh connection, once) and sent QUIT after idle_timeout_s. Concurrent
 deliver() calls are safe: each takes its own session. How many run at once is the
@@ -166,6 +167,16 @@ class SmarthostPool:
             log.exception("smarthost client error while relaying via %s", route.relay.name)
             return DeliveryResult.transient(recipients, R451_INTERNAL)
 
+    async def probe(self, route: Route, progress: Callable[[str, str], None]) -> tuple[str, Reply] | None:
+        """Connect, TLS, EHLO and AUTH as `route` without sending mail; progress(step, what)
+        hears each step that passed. None if all did, else (the step that failed, why)."""
+        opener = _Opener(self, route, progress)
+        session = await opener.open()
+        if isinstance(session, _Failure):
+            return opener.step, session.reply
+        await session.quit()
+        return None
+
     async def close(self) -> None:
         """QUIT and close every pooled connection; sessions in use close when released."""
         if self._timer is not None:
@@ -274,11 +285,19 @@ class SmarthostPool:
 class _Opener:
     """Connect, greeting, EHLO, TLS and AUTH: a new session for one route, or why not."""
 
-    def __init__(self, pool: SmarthostPool, route: Route) -> None:
+    def __init__(self, pool: SmarthostPool, route: Route,
+                 progress: Callable[[str, str], None] | None = None) -> None:
         self.pool, self.route, self.relay = pool, route, route.relay
+        self.step, self.progress = "TLS", progress      # step: under way, named for probe()
+
+    def _passed(self, step: str, what: str, next_step: str) -> None:
+        if self.progress is not None:
+            self.progress(step, what)
+        self.step = next_step
 
     async def open(self) -> Session | _Failure:
         if self.route.username and self.relay.tls == "none":
+            self.step = "AUTH"
             return _Failure(transaction.auth_needs_tls(self.relay.host))
         context = self.pool.tls_context(self.relay.ca_file) if self.relay.tls != "none" else None
         if isinstance(context, Reply):
@@ -315,12 +334,15 @@ class _Opener:
 
     async def _connect_tcp(self) -> tuple[socket.socket, str] | Reply:
         relay = self.relay
+        self.step = "DNS"
         try:    # asyncio.timeout, not wait_for: see Session.run
             async with asyncio.timeout(relay.timeout_s):
                 addresses = await self.pool.resolve(relay.host, relay.port)
         except OSError as exc:                  # socket.gaierror and TimeoutError included
             return transaction.dns_failure(relay.host, exc)
         failure = transaction.dns_failure(relay.host, None)
+        if addresses:
+            self._passed("DNS", f"{relay.host} is {', '.join(str(a[1][0]) for a in addresses)}", "TCP")
         for family, sockaddr in addresses[:MAX_ADDRESSES_TRIED]:
             sock, connected = socket.socket(family, socket.SOCK_STREAM), False
             try:
@@ -334,14 +356,18 @@ class _Opener:
                 if not connected:
                     sock.close()
             if connected:
-                return sock, transaction.relay_label(relay.host, sockaddr[0], relay.port)
+                label = transaction.relay_label(relay.host, sockaddr[0], relay.port)
+                self._passed("TCP", f"connected to {label}", "TLS" if relay.tls == "implicit" else "greeting")
+                return sock, label
         return failure
 
     async def _handshake(self, s: Session) -> _Failure | None:
-        await s.run(s.smtp.connect())
+        greeting = await s.run(s.smtp.connect())
+        self._passed("greeting", transaction.clean_text(f"{greeting.code} {greeting.message}"), "EHLO")
         s.stage, s.where = "performing the EHLO handshake", "in reply to EHLO command"
         await s.run(s.smtp.ehlo())
         if self.relay.tls == "starttls":
+            self.step = "TLS"
             # Checked here rather than left to aiosmtplib, so the S3 decision stays visible.
             if not s.smtp.supports_extension("starttls"):
                 return _Failure(transaction.starttls_missing(s.relay), s.relay)
@@ -353,6 +379,9 @@ class _Opener:
             cipher = s.smtp.get_transport_info("cipher") or ("unknown", "unknown", 0)
             log.info("Verified TLS connection established to %s: %s with cipher %s",
                      s.relay, cipher[1], cipher[0])
+            self._passed("TLS", f"certificate verified for {self.relay.host}, {cipher[1]} {cipher[0]}", "EHLO")
+        offered = " ".join(sorted(s.smtp.esmtp_extensions)).upper()
+        self._passed("EHLO", transaction.clean_text(f"offers {offered}"), "AUTH")
         return await self._login(s) if self.route.username else None
 
     async def _login(self, s: Session) -> _Failure | None:
@@ -371,4 +400,5 @@ class _Opener:
         except SMTPAuthenticationError as exc:  # carries the server's reply, never our payload
             reply = transaction.auth_failed(exc.code, exc.message, s.relay, s.secrets)
             return _Failure(reply, s.relay, auth_failed=exc.code != 421)
+        self._passed("AUTH", f"logged in as {self.route.username}", "")
         return None

@@ -2,7 +2,9 @@
 
 A Listener accepts connections on one Listen entry, enforces the connection limits, runs
 an optional pre-greeting hook (postscreen), then drives a pure session.Session with one
-command line at a time and streams DATA through dotreader into the queue writer.
+command line at a time and streams DATA through dotreader into the queue writer. With
+tls = "implicit" the TLS handshake comes before anything else (port 465); with auth =
+"required" the credentials a session collects are checked by an auth.Authenticator.
 Guarantees: `250 ... queued as ID` is sent only after writer.commit() returned (G1); a
 failed write or commit aborts the queue file and answers 451 4.3.0. Messages are never
 held in memory: content goes to the queue file chunk by chunk (G5). Replies are flushed
@@ -21,7 +23,7 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -29,7 +31,9 @@ from ..config import Config, Listen
 from ..reply import (R250_OK, R354_DATA, R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT,
                      R421_TOO_MANY_CONNECTIONS, R451_INTERNAL, R451_LOCAL_ERROR, R552_LINE_TOO_LONG,
                      R552_TOO_BIG, R554_SYNC, Reply)
+from .auth import Authenticator
 from .dotreader import Content, DotReader, End, ProtocolError
+from .handoff import Handoff
 from .session import Session, SessionContext, line_error, printable, with_host
 from .stream import HANGUP_WAIT_S, MAX_PENDING_OUTPUT_BYTES, ConnectionLost, SmtpStream
 
@@ -38,7 +42,8 @@ log = logging.getLogger("mta_lite.smtpd")
 # close(): how long sessions in DATA may take to finish before they are cut off.
 DEFAULT_CLOSE_GRACE_S = 60.0
 
-PreGreet = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[bool]]
+# True: serve; False: the hook dealt with the client, close; a Handoff: serve, stricter.
+PreGreet = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable["bool | Handoff"]]
 
 
 def server_tls_context(listen: Listen) -> ssl.SSLContext | None:
@@ -124,6 +129,8 @@ class Listener:
         self.cfg, self.listen, self.spool, self.wakeup = cfg, listen, spool, wakeup
         self.clock, self.pre_greet = clock, pre_greet
         self.ssl_context = server_tls_context(listen)
+        # A submission listener checks logins (auth.py); its failure counts span sessions.
+        self.auth = Authenticator(cfg.users, clock) if listen.auth != "none" else None
         self.counters = ListenerCounters()
         self._server: asyncio.base_events.Server | None = None
         self._closing = False
@@ -132,11 +139,16 @@ class Listener:
 
     async def start(self, sock=None) -> None:
         """Listen on `listen`, or on an already bound socket handed over by the master."""
+        # Implicit TLS (port 465): the handshake is done before _accept() sees the client, so
+        # the ClientHello never lands in a plaintext buffer.
+        tls = ({"ssl": self.ssl_context, "ssl_handshake_timeout": self.cfg.smtpd.timeout_s}
+               if self.listen.tls == "implicit" else {})
         if sock is not None:
-            self._server = await asyncio.start_server(self._accept, sock=sock)
+            self._server = await asyncio.start_server(self._accept, sock=sock, **tls)
         else:
-            self._server = await asyncio.start_server(self._accept, self.listen.host, self.listen.port)
-        log.info("listening on %s:%d%s", *self.address, " (STARTTLS)" if self.ssl_context else "")
+            self._server = await asyncio.start_server(self._accept, self.listen.host, self.listen.port, **tls)
+        mode = (" (implicit TLS)" if tls else " (STARTTLS)") if self.ssl_context else ""
+        log.info("listening on %s:%d%s%s", *self.address, mode, ", AUTH required" if self.auth else "")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -144,6 +156,11 @@ class Listener:
             raise RuntimeError("Listener.address before start()")
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
+
+    @property
+    def active(self) -> int:
+        """Open connections, this listener's (postscreen's stress mode is measured on it)."""
+        return len(self._active)
 
     def snapshot(self) -> dict[str, Any]:
         host, port = self.listen.host, self.listen.port
@@ -191,6 +208,7 @@ class Listener:
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         refusal = self._admission(ip)
         conn = SmtpStream(reader, writer, self.cfg.smtpd.timeout_s)
+        conn.tls = self.listen.tls == "implicit"
         if refusal is not None:
             self.counters.refused += 1
             conn.queue(refusal)
@@ -212,8 +230,11 @@ class Listener:
         log.info("connect from [%s]", ip)
         try:
             async with asyncio.timeout(self.cfg.smtpd.session_limit_s):
-                if self.pre_greet is None or await self.pre_greet(conn.reader, conn.writer, ip):
-                    session = self._new_session(ip)
+                verdict = True if self.pre_greet is None else await self.pre_greet(conn.reader, conn.writer, ip)
+                if verdict:
+                    session = self._new_session(ip, verdict if isinstance(verdict, Handoff) else None)
+                    if isinstance(verdict, Handoff):
+                        conn.timeout_s, conn.command_deadline_s = verdict.timeout_s, verdict.command_deadline_s
                     await self._serve(conn, session, active)
         except TimeoutError:
             log.info("timeout after %s from [%s]", session.last_verb if session else "CONNECT", ip)
@@ -235,9 +256,11 @@ class Listener:
                 await conn.close()
             log.info("disconnect from [%s] %s", ip, session.command_stats() if session else "commands=0")
 
-    def _new_session(self, ip: str) -> Session:
+    def _new_session(self, ip: str, handoff: Handoff | None = None) -> Session:
         ctx = SessionContext.from_config(self.cfg, ip, self.spool.free_bytes,
-                                         starttls_available=self.ssl_context is not None)
+                                         starttls_available=self.ssl_context is not None, listen=self.listen)
+        if handoff is not None:
+            ctx = replace(ctx, hard_error_limit=min(ctx.hard_error_limit, handoff.hard_error_limit))
         return Session(ctx)
 
     # ------------------------------------------------------------ commands
@@ -267,6 +290,8 @@ class Listener:
             conn.queue(R554_SYNC)
             return
         reply = session.handle_line(line)
+        if session.auth.pending is not None and self.auth is not None:
+            reply = await self.auth.check(session)
         self._note_reply(session, reply)
         if session.in_data:
             await self._data(conn, session, active)

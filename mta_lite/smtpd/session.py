@@ -5,14 +5,17 @@ Reply to give; it never touches a socket, a file or a clock. The listener owns a
 it streams DATA, asks envelope() for the envelope to queue, and reports the outcome back
 with end_data(). A SessionContext carries everything the session may know about its
 world, including an injected free_bytes() for the storage check at MAIL FROM (G5).
-Guarantees: only clients in mynetworks get a recipient accepted (S1); every recipient
-that reaches envelope() went through envelope.parse_path(); unqualified recipients and
-those at localhost or at our own hostname are rewritten to the admin address; after
+Guarantees: only clients in mynetworks, or clients logged in on a submission listener
+(auth.py), get a recipient accepted (S1); a submission listener takes no MAIL before AUTH
+(530); a sender the client or login does not own is refused at MAIL FROM (policy.py, S4);
+every recipient that reaches envelope() went through envelope.parse_path(); unqualified
+recipients and those at localhost or at our own hostname are rewritten to the admin address; after
 hard_error_limit errors the only reply left is 421. received_header() builds a Received:
 line that contains no CR, LF or control character whatever the peer sent.
 SECURITY: faces untrusted input. Replies echo peer data only as parsed, validated
 addresses; log text made from peer data is passed through printable().
-Must never: accept a recipient from outside mynetworks, or write or read anything.
+Must never: accept a recipient from outside mynetworks (unless logged in), log an AUTH
+response, or write or read anything.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Callable
 
-from ..config import Config
+from ..config import Config, Listen
 from ..envelope import Envelope, domain_of, parse_esmtp_params, parse_path, split_path_and_params
 from ..errors import AddressError
 from ..reply import (R221_BYE, R221_FORBIDDEN, R220_STARTTLS, R250_OK, R250_RCPT_OK, R250_SENDER_OK,
@@ -30,10 +33,12 @@ from ..reply import (R221_BYE, R221_FORBIDDEN, R220_STARTTLS, R250_OK, R250_RCPT
                      R500_BAD_SYNTAX, R500_BAD_UTF8, R500_LINE_TOO_LONG, R500_UNKNOWN, R501_BAD_ADDRESS,
                      R501_BAD_CHARS, R501_BAD_RCPT, R501_BODY_SYNTAX, R501_EHLO_SYNTAX, R501_HELO_SYNTAX,
                      R501_MAIL_SYNTAX, R501_RCPT_SYNTAX, R501_SIZE_SYNTAX, R501_SYNTAX,
-                     R502_NOT_IMPLEMENTED, R503_AUTH_DISABLED, R503_IN_TRANSACTION, R503_NEED_HELO,
+                     R502_NOT_IMPLEMENTED, R503_IN_TRANSACTION, R503_NEED_HELO,
                      R503_NEED_MAIL, R503_NEED_RCPT, R503_NESTED_MAIL, R521_BARE_CR, R521_BARE_LF,
                      R521_NUL, R550_NO_LOCAL, R552_TOO_BIG, R554_NO_VALID_RCPT, R554_RELAY_DENIED,
-                     R554_TLS_ACTIVE, R555_PARAM, Reply)
+                     R554_TLS_ACTIVE, R555_PARAM, R530_AUTH_REQUIRED, Reply)
+from .auth import AUTH_PENDING, SessionAuth
+from .policy import SenderPolicy
 from .received import MAX_HELO_BYTES, received_header
 
 # G5: refuse MAIL FROM when free space < reserve + 1.5 x the message size limit, so one
@@ -78,16 +83,20 @@ class SessionContext:
     starttls_available: bool = False
     tls_active: bool = False
     smtputf8: bool = True
+    auth: str = "none"                  # "required": submission listener (AUTH before MAIL)
+    policy: SenderPolicy | None = None  # who may use which sender (S4); None: anyone
 
     @classmethod
     def from_config(cls, cfg: Config, client_ip: str, free_bytes: Callable[[], int],
-                    starttls_available: bool = False) -> "SessionContext":
+                    starttls_available: bool = False, listen: Listen | None = None) -> "SessionContext":
         return cls(hostname=cfg.hostname, client_ip=client_ip,
                    in_mynetworks=cfg.in_mynetworks(client_ip), admin_address=cfg.admin_address,
                    size_limit_bytes=cfg.message_size_limit,
                    recipient_limit=cfg.smtpd.recipient_limit,
                    hard_error_limit=cfg.smtpd.hard_error_limit, free_bytes=free_bytes,
-                   reserve_bytes=cfg.queue.reserve_bytes, starttls_available=starttls_available)
+                   reserve_bytes=cfg.queue.reserve_bytes, starttls_available=starttls_available,
+                   tls_active=listen is not None and listen.tls == "implicit",
+                   auth=listen.auth if listen is not None else "none", policy=SenderPolicy.from_config(cfg))
 
 
 @dataclass
@@ -137,6 +146,7 @@ class Session:
         self.closing = False           # the listener closes after sending the reply
         self.in_data = False           # 354 given; the listener streams the content
         self.starttls_pending = False  # 220 to STARTTLS given; the listener starts TLS
+        self.auth = SessionAuth()      # auth.pending set: the listener checks, then auth_done()
         self.last_verb = "CONNECT"
         self._stats: dict[str, list[int]] = {}
         self._log_from = ""
@@ -158,6 +168,10 @@ class Session:
         except UnicodeDecodeError:
             self.last_verb = "UNKNOWN"
             return self._record("unknown", R500_BAD_UTF8)
+        if self.auth.in_exchange:      # a response to a 334, not a command (never logged: S3)
+            self.last_verb = "AUTH"
+            reply = self.auth.respond(raw[:-2])
+            return reply if reply is AUTH_PENDING else self._record("auth", reply)
         return self.handle(text)
 
     def handle(self, line: str) -> Reply:
@@ -173,13 +187,14 @@ class Session:
         if verb not in COMMANDS:
             return self._record("unknown", R500_UNKNOWN)
         reply = getattr(self, f"cmd_{verb}")(arg)
-        if reply is R354_DATA:
-            return reply               # counted when the data ends: see end_data()
+        if reply is R354_DATA or reply is AUTH_PENDING:
+            return reply               # counted when the data ends or the check is done
         return self._record(verb.lower(), reply)
 
     def handle_overlong(self, tail: bytes) -> Reply:
         """A command line over the limit was discarded; `tail` is its last bytes."""
         self.last_verb = "UNKNOWN"
+        self.auth.cancel()
         if not tail.endswith(b"\r\n"):
             self.closing = True
             return R521_BARE_LF
@@ -225,6 +240,8 @@ class Session:
         lines = [host, "PIPELINING", f"SIZE {self.ctx.size_limit_bytes}"]
         if self.ctx.starttls_available and not self.ctx.tls_active:
             lines.append("STARTTLS")
+        if (mechanisms := self.auth.advertised(self.ctx)) is not None:
+            lines.append(mechanisms)
         lines += ["ENHANCEDSTATUSCODES", "8BITMIME"]
         if self.ctx.smtputf8:
             lines.append("SMTPUTF8")
@@ -235,6 +252,8 @@ class Session:
             return R503_NEED_HELO
         if self.tx is not None:
             return R503_NESTED_MAIL
+        if self.ctx.auth == "required" and self.auth.user is None:
+            return R530_AUTH_REQUIRED
         match = _FROM.match(arg)
         if not match:
             return R501_MAIL_SYNTAX
@@ -250,6 +269,9 @@ class Session:
         if sender and "@" not in sender:
             # Postfix append_at_myorigin: a relayed envelope sender needs a domain.
             sender = f"{sender}@{self.ctx.hostname.lower()}"
+        refusal = self.ctx.policy and self.ctx.policy.refusal(sender, self.ctx.client_ip, self.auth.user)
+        if refusal:
+            return refusal
         storage = self._storage_check()
         if storage is not None:
             return storage
@@ -306,7 +328,7 @@ class Session:
             return exc.reply or R501_BAD_RCPT
         if len(self.tx.recipients) >= self.ctx.recipient_limit:
             return R452_TOO_MANY_RCPTS
-        if not self.ctx.in_mynetworks:
+        if not (self.ctx.in_mynetworks or self.auth.user):
             return R554_RELAY_DENIED.prefixed(f"<{rcpt}>")
         target = self._rewrite_local(rcpt)
         if isinstance(target, Reply):
@@ -351,7 +373,15 @@ class Session:
         return R252_VRFY if arg.strip() else R501_SYNTAX
 
     def cmd_AUTH(self, arg: str) -> Reply:
-        return R503_AUTH_DISABLED
+        reply = self.auth.command(arg, self.ctx, self.helo is not None and self.esmtp, self.tx is not None)
+        self.closing = self.closing or reply.code == 421
+        return reply
+
+    def auth_done(self, user: str | None, blocked: bool = False) -> Reply:
+        """The listener checked auth.pending: `user` logged in, or None (failed)."""
+        reply = self.auth.settle(user, blocked, self.ctx.hostname)
+        self.closing = self.closing or reply.code == 421
+        return self._record("auth", reply)
 
     def cmd_STARTTLS(self, arg: str) -> Reply:
         if arg.strip():
@@ -375,6 +405,7 @@ class Session:
         """RFC 3207 section 4.2: after the handshake the client starts over with EHLO."""
         self.ctx = replace(self.ctx, tls_active=True)
         self.helo, self.esmtp, self.tx, self.starttls_pending = None, False, None, False
+        self.auth = SessionAuth()
 
     def envelope(self) -> Envelope:
         if self.tx is None:
@@ -392,7 +423,7 @@ class Session:
     @property
     def protocol(self) -> str:
         """RFC 3848 / RFC 6531 protocol name for the Received: line."""
-        tls = "S" if self.ctx.tls_active else ""
+        tls = ("S" if self.ctx.tls_active else "") + ("A" if self.auth.user else "")
         if self.tx is not None and self.tx.smtputf8:
             return "UTF8SMTP" + tls
         return "ESMTP" + tls if self.esmtp or tls else "SMTP"

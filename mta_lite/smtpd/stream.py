@@ -67,6 +67,10 @@ class SmtpStream:
         self.out: list[bytes] = []
         self.out_bytes = 0
         self.tls = False
+        # A whole command line must arrive within this (Postfix smtpd_per_request_deadline,
+        # on under stress): a client that sends one byte every few seconds never trips the
+        # per-read timeout. None: per-read timeouts only.
+        self.command_deadline_s: float | None = None
 
     def queue(self, reply: Reply) -> None:
         data = reply.to_bytes()
@@ -89,8 +93,13 @@ class SmtpStream:
         return not self.tls and kernel_pending(self.writer) > 0
 
     def preview(self) -> str:
-        """The start of unprocessed input, for a log line."""
-        return printable(bytes(self.buf[:100]).decode("ascii", "replace"), 100)
+        """The start of unprocessed input, for a log line; cut at AUTH, whose payload and
+        the responses after it must never be logged (S3)."""
+        data = bytes(self.buf[:100])
+        cut = data.upper().find(b"AUTH")
+        if cut >= 0:
+            data = data[:cut] + b"AUTH [not logged]"
+        return printable(data.decode("ascii", "replace"), 100)
 
     async def fill(self) -> None:
         if not reader_buffered(self.reader) or self.out_bytes > MAX_PENDING_OUTPUT_BYTES:
@@ -103,6 +112,12 @@ class SmtpStream:
 
     async def read_line(self) -> tuple[bytes, bool]:
         """(line up to and including LF, False), or (its last two bytes, True) when over-long."""
+        if self.command_deadline_s is None:
+            return await self._read_line()
+        async with asyncio.timeout(self.command_deadline_s):
+            return await self._read_line()
+
+    async def _read_line(self) -> tuple[bytes, bool]:
         while True:
             nl = self.buf.find(b"\n", 0, MAX_COMMAND_LINE_BYTES)
             if nl >= 0:

@@ -21,7 +21,8 @@ import pytest
 UNITS = pathlib.Path(__file__).resolve().parents[2] / "firmware" / "systemd"
 SPOOL = "/var/spool/mta-lite"
 SECRETS = "/etc/mta-lite/secrets"
-SPOOL_DIRS = ("tmp", "incoming", "active", "deferred", "hold", "corrupt", "state", "public", "maildrop")
+SPOOL_DIRS = ("tmp", "incoming", "active", "deferred", "hold", "corrupt", "state", "public", "maildrop",
+              "postscreen")
 SMTPD, QMGR, TARGET = "mta-lite-smtpd.service", "mta-lite-qmgr.service", "mta-lite.target"
 SERVICES = (SMTPD, QMGR)
 
@@ -251,9 +252,9 @@ def test_smtpd_cannot_reach_the_secrets(smtpd, qmgr):
     assert access(qmgr, SECRETS + "/gmail.pw") == "ro"
 
 
-def test_smtpd_writes_only_tmp_and_incoming(smtpd):
+def test_smtpd_writes_only_tmp_incoming_and_postscreen(smtpd):
     writable = {d for d in SPOOL_DIRS if access(smtpd, f"{SPOOL}/{d}/X") == "rw"}
-    assert writable == {"tmp", "incoming"}
+    assert writable == {"tmp", "incoming", "postscreen"}
     # The spool root is on the writable mount too (see the next test); its directory mode
     # (not writable by mta-smtpd) is what keeps smtpd from creating files there.
     assert paths(smtpd, "ReadWritePaths") == [SPOOL]

@@ -137,5 +137,8 @@ async def test_snapshot_lists_every_configured_account_with_totals():
         snap = h.mgr.snapshot()
         assert set(snap["accounts"]) == {"isp", WORK}
         assert snap["accounts"]["isp"] == {"state": "ok", "sent": 0, "deferred": 0, "bounced": 0,
-                                           "last_error": "", "paused_until": None, "concurrency": 2}
+                                           "last_error": "", "paused_until": None, "concurrency": 2,
+                                           "throttled_until": None, "unreachable_since": None,
+                                           "sent_last_hour": 0, "sent_last_day": 0,
+                                           "max_per_hour": 0, "max_per_day": 0, "rate_delay": 0.0}
         assert snap["totals"]["sent"] == 0 and snap["totals"]["in_flight"] == 0
