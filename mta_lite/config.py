@@ -9,13 +9,12 @@ Must never: print, log or put a secret into an error message.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .envelope import lookup_key
+from .envelope import client_ip, lookup_key
 from .identity import Identity
 
 DEFAULT_CONFIG_PATH = "/etc/mta-lite/mta-lite.toml"
@@ -171,13 +170,8 @@ class Config:
     users: dict = field(default_factory=dict)      # name -> User
 
     def in_mynetworks(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.mynetworks)
+        addr = client_ip(ip)
+        return addr is not None and any(addr in net for net in self.mynetworks)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ Must never: accept what it cannot classify. When in doubt, reject.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -154,3 +155,15 @@ def _closing_bracket(arg: str) -> int:
         elif ch == ">" and not quoted:
             return i
     return -1
+
+
+def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address as the kernel reports it ("%scope" dropped, IPv4-mapped IPv6 as
+    IPv4), or None for anything that is not an address."""
+    try:
+        addr = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr

@@ -19,12 +19,11 @@ Must never: do I/O, or accept a display name that could break a header line.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .envelope import lookup_key, parse_path
+from .envelope import client_ip, lookup_key, parse_path
 
 LOCAL_DOMAINS = ("localhost", "localhost.localdomain")
 # A display name from the config goes into a From: line: printable, no quotes, brackets or
@@ -92,13 +91,8 @@ def owns(patterns: Iterable[str], address: str) -> bool:
 
 def ip_in(ip: str, networks: Iterable) -> bool:
     """Is `ip` (maybe with a %scope, maybe IPv4-mapped IPv6) in one of `networks`?"""
-    try:
-        addr = ipaddress.ip_address(ip.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)
+    addr = client_ip(ip)
+    return addr is not None and any(addr in net for net in networks)
 
 
 def is_local_sender(sender: str, hostname: str) -> bool:

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+from ..envelope import client_ip as parse_client_ip
+
 # Postfix postscreen_dnsbl_min_ttl / postscreen_dnsbl_max_ttl (3.1+): a pass is cached at
 # least this long (fewer queries for chatty clients) and at most this long (a newly listed
 # zombie is caught within the hour).
@@ -154,12 +156,9 @@ def parse_site(text: str) -> DnsblSite:
 
 def query_name(client_ip: str, domain: str) -> str | None:
     """`2.0.0.127.zen.test` for 127.0.0.2; IPv6 as 32 nibbles; None for a non-address."""
-    try:
-        addr = ipaddress.ip_address(client_ip.split("%")[0])
-    except ValueError:
+    addr = parse_client_ip(client_ip)
+    if addr is None:
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
     if isinstance(addr, ipaddress.IPv4Address):
         labels = reversed(str(addr).split("."))
     else:

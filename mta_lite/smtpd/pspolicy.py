@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from ..envelope import client_ip
 from ..reply import Reply
 
 IGNORE, ENFORCE, DROP = "ignore", "enforce", "drop"
@@ -63,19 +64,9 @@ def parse_access(entry: str) -> AccessRule:
     return AccessRule(words[0], network)
 
 
-def _address(ip: str):
-    try:
-        addr = ipaddress.ip_address(ip.split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        return addr.ipv4_mapped
-    return addr
-
-
 def access(rules: tuple[AccessRule, ...], ip: str, in_mynetworks: bool) -> str:
     """permit, reject or dunno for a client; the first matching rule decides."""
-    addr = _address(ip)
+    addr = client_ip(ip)
     for rule in rules:
         if rule.network is None:
             if in_mynetworks:
