@@ -128,11 +128,22 @@ class Dialog:
             else:
                 self.steps.append((number, op, arg))
 
+    # Hooks for the dialog families (postscreen, submission): how to build the listener,
+    # how to connect, and how to show the listener still serves after the transcript.
+    def build_listener(self):
+        return build(self.tmp_path, self.settings, self.tls_setup)
+
+    async def connect(self, listener):
+        return await asyncio.open_connection(*listener.address)
+
+    async def still_up(self, listener) -> None:
+        await greets(listener)
+
     async def run(self, log: LogCapture) -> None:
-        listener, spool = build(self.tmp_path, self.settings, self.tls_setup)
+        listener, spool = self.build_listener()
         self.spool, self.log = spool, log
         await listener.start()
-        self.reader, self.writer = await asyncio.open_connection(*listener.address)
+        self.reader, self.writer = await self.connect(listener)
         try:
             for number, op, arg in self.steps:
                 try:
@@ -140,7 +151,7 @@ class Dialog:
                 except AssertionError as exc:
                     raise AssertionError(f"{self.path.name}:{number}: {op} {arg}: {exc}") from None
             self.writer.close()
-            await greets(listener)
+            await self.still_up(listener)
         finally:
             await listener.close(grace_s=READ_TIMEOUT_S)
         assert spool.tmp_files() == [], f"{self.path.name}: tmp files left behind"

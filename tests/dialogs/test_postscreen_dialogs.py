@@ -111,22 +111,12 @@ async def still_serves(listener: Listener) -> None:
 
 
 class ScreenedDialog(Dialog):
-    async def run(self, log: LogCapture) -> None:
+    def build_listener(self):
         listener, spool, self.service = build_screened(self.tmp_path, self.settings)
-        self.spool, self.log = spool, log
-        await listener.start()
-        self.reader, self.writer = await asyncio.open_connection(*listener.address)
-        try:
-            for number, op, arg in self.steps:
-                try:
-                    await self.step(op, arg)
-                except AssertionError as exc:
-                    raise AssertionError(f"{self.path.name}:{number}: {op} {arg}: {exc}") from None
-            self.writer.close()
-            await still_serves(listener)
-        finally:
-            await listener.close(grace_s=READ_TIMEOUT_S)
-        assert spool.tmp_files() == [], f"{self.path.name}: tmp files left behind"
+        return listener, spool
+
+    async def still_up(self, listener) -> None:
+        await still_serves(listener)
 
     async def check(self, op: str, arg: str) -> None:
         if op == "@counter":

@@ -84,24 +84,16 @@ class SubmissionDialog(Dialog):
         super().__init__(path, tmp_path, tls_setup)
         self.users = users
 
-    async def run(self, log: LogCapture) -> None:
-        listener, spool = build(self.tmp_path, self.settings, self.tls_setup, self.users)
-        self.spool, self.log = spool, log
-        await listener.start()
-        self.reader, self.writer = await connect(listener, self.tls_setup[2])
-        try:
-            for number, op, arg in self.steps:
-                try:
-                    await self.step(op, arg)
-                except AssertionError as exc:
-                    raise AssertionError(f"{self.path.name}:{number}: {op} {arg}: {exc}") from None
-            self.writer.close()
-            reader, writer = await connect(listener, self.tls_setup[2])
-            assert (await read_line(reader)).startswith(f"220 {HOSTNAME} ESMTP")
-            writer.close()
-        finally:
-            await listener.close(grace_s=READ_TIMEOUT_S)
-        assert spool.tmp_files() == [], f"{self.path.name}: tmp files left behind"
+    def build_listener(self):
+        return build(self.tmp_path, self.settings, self.tls_setup, self.users)
+
+    async def connect(self, listener):
+        return await connect(listener, self.tls_setup[2])
+
+    async def still_up(self, listener) -> None:
+        reader, writer = await connect(listener, self.tls_setup[2])
+        assert (await read_line(reader)).startswith(f"220 {HOSTNAME} ESMTP")
+        writer.close()
 
     async def check(self, op: str, arg: str) -> None:
         if op == "@sender":
