@@ -23,7 +23,6 @@ import os
 import re
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,14 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from tests import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
+from relay_bench import BenchError, MtaLiteRelay  # noqa: E402  (same directory)
 
 SERVERS = ("mta-lite", "postfix")
 GREET_WAIT = "60s"          # long enough that the idle connections stay in the pregreet test
 CONNECT_TIMEOUT_S = 30.0
-
-
-class BenchError(RuntimeError):
-    """A run that did not complete; the message says why."""
 
 
 def rss_pss_kib(pids: list[int]) -> tuple[int, int]:
@@ -61,16 +57,15 @@ def comm(pid: int) -> str:
         return ""
 
 
-class MtaLiteScreen:
-    """`mta-lite serve` with one screened listener; clients outside mynetworks are screened."""
+class MtaLiteScreen(MtaLiteRelay):
+    """`mta-lite serve` with one screened listener; clients outside mynetworks are screened.
+    Started, waited for and stopped exactly as relay_bench's MtaLiteRelay."""
 
     screener = "mta-smtpd"
 
     def __init__(self, workdir: Path, max_connections: int) -> None:
-        self.workdir, self.max_connections = workdir, max_connections
-        self.port = peers.free_port()
-        self.log = workdir / "mta-lite.log"
-        self.proc: subprocess.Popen | None = None
+        super().__init__(workdir, sink_port=9)
+        self.max_connections = max_connections
 
     def config_text(self) -> str:
         q = json.dumps
@@ -80,41 +75,8 @@ class MtaLiteScreen:
                 f"[postscreen]\ngreet_wait = \"{GREET_WAIT}\"\ngreet_action = \"enforce\"\n"
                 f"max_connections = {self.max_connections}\n"
                 f"max_connections_per_client = {self.max_connections}\n"
-                f"[relays.sink]\nhost = \"{peers.LOOPBACK}\"\nport = 9\ntls = \"none\"\n"
+                f"[relays.sink]\nhost = \"{peers.LOOPBACK}\"\nport = {self.sink_port}\ntls = \"none\"\n"
                 "[master]\nsmtpd_user = \"\"\nqmgr_user = \"\"\n")
-
-    def __enter__(self) -> "MtaLiteScreen":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "mta-lite.toml"
-        config.write_text(self.config_text())
-        exe = Path(sys.executable).parent / "mta-lite"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([str(exe), "-c", str(config), "serve"], cwd=self.workdir,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        try:
-            peers.poll_until(lambda: self.proc.poll() is not None
-                             or (peers.smtp_probe(self.port) or b"").startswith(b"220"),
-                             30.0, f"mta-lite greeting on port {self.port}")
-        except TimeoutError as exc:
-            self.__exit__()
-            raise BenchError(f"{exc}\n{self.log_tail()}") from None
-        if self.proc.poll() is not None:
-            raise BenchError(f"mta-lite exited with {self.proc.returncode}\n{self.log_tail()}")
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.proc is not None:
-            tree = self.pids()
-            if self.proc.poll() is None:
-                self.proc.terminate()
-            peers.stop_pids(tree, timeout=15.0, sig=0)
-            self.proc.wait(5.0)
-
-    def pids(self) -> list[int]:
-        return peers.process_tree(self.proc.pid) if self.proc and self.proc.poll() is None else []
-
-    def log_tail(self) -> str:
-        return peers.tail_file(self.log, 30)
 
 
 class PostfixScreen(peers._PostfixInstance):
