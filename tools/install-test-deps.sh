@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-test-deps.sh - install the real peers the integration tests and the bench run
 # (Postfix + smtp-sink/smtp-source, cyrus SASL tools, swaks, strace, faketime, socat, openssl,
-# dnsmasq as the DNSBL server of the postscreen tests; apt starts none of them as a service here).
+# dnsmasq as the DNSBL server of the postscreen tests, mtools and dosfstools for USB stick
+# images, chrony; apt starts none of them as a service here).
 #
 # Also creates the users of the privilege-separated layout (same as
 # firmware/sysusers.d/mta-lite.conf): system users mta-lite (queue manager, supplementary group
@@ -59,10 +60,11 @@ fi
 
 # libnet-ssleay-perl is only a Recommends of swaks, but `swaks --tls` needs it.
 PACKAGES=(postfix sasl2-bin libsasl2-modules swaks libnet-ssleay-perl strace faketime socat openssl
-          ca-certificates dnsmasq)
+          ca-certificates dnsmasq mtools dosfstools chrony)
 # Programs the tests call directly: a package can be "installed" yet broken (half-configured).
 PROGRAMS=(/usr/sbin/postfix /usr/sbin/smtp-sink /usr/sbin/smtp-source /usr/sbin/saslpasswd2
-          swaks strace faketime socat openssl /usr/sbin/dnsmasq)
+          swaks strace faketime socat openssl /usr/sbin/dnsmasq mtype mcopy
+          /usr/sbin/mkfs.vfat)
 
 missing_packages() {
     local p
