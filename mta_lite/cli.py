@@ -1,6 +1,7 @@
 """cli — the `mta-lite` command: parse arguments, load the config, run one subcommand.
 
-    mta-lite [-c FILE] serve | config check | config show | sendmail ... | queue ... |
+    mta-lite [-c FILE] serve | config check|show|public | config apply FILE|- |
+             config rollback [N] | config generations | sendmail ... | queue ... |
              status [--json] | relay test NAME | passwd NAME | demo
 
 The config file is -c/--config, else $MTA_LITE_CONFIG, else /etc/mta-lite/mta-lite.toml.
@@ -50,9 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the relay in the foreground (supervises smtpd and qmgr)")
     sub.add_parser("smtpd", help="run only the receiving half (systemd unit)")
     sub.add_parser("qmgr", help="run only the delivering half (systemd unit)")
-    cfg = sub.add_parser("config", help="check or show the configuration")
-    cfg.add_argument("action", choices=["check", "show", "public"],
-                     help="public: the config without secrets, as the receiving side sees it")
+    cfg = sub.add_parser("config", help="check, show, install or roll back the configuration")
+    cfg.add_argument("action", choices=["check", "show", "public", "apply", "rollback", "generations"],
+                     help="public: the config without secrets, as the receiving side sees it; "
+                          "apply FILE|-: validate and install a new config, keeping the old one; "
+                          "rollback [N]: install an earlier generation")
+    cfg.add_argument("arg", nargs="?", metavar="FILE|N")
     sub.add_parser("sendmail", help="submit a message from stdin (sendmail-compatible)")
     queue = sub.add_parser("queue", help="list and manage queued mail")
     queue.add_argument("action", choices=["list", "show", "why", "flush", "delete", "hold", "release"])
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from .master import serve     # the master never loads the secrets itself
         return serve(_config_path(args.config))
+    if args.command == "config" and args.action in ("apply", "rollback", "generations"):
+        return _generations(_config_path(args.config), args.action, args.arg)
     # `config public` feeds the receiving side: it must work where the secrets are hidden.
     secrets = not (args.command == "config" and args.action == "public")
     return _run(args.config, lambda cfg: _dispatch(cfg, args), 1, secrets)
@@ -126,6 +132,48 @@ def _run(config: str | None, action, fail_status: int, secrets: bool = True) -> 
     except (MtaLiteError, OSError) as exc:
         print(f"mta-lite: {exc}", file=sys.stderr)
         return fail_status
+
+
+def _generations(path: str, action: str, arg: str | None) -> int:
+    """config apply / rollback / generations: these work on the file, not on a loaded config
+    (the running one may be the broken one that a rollback repairs)."""
+    from . import configgen
+    try:
+        if action == "generations":
+            for gen in configgen.generations(path):
+                print(f"{gen.number:6d}  {gen.digest}  {gen.size:6d} bytes"
+                      f"{'  (current)' if gen.current else ''}")
+            return 0
+        if action == "apply":
+            if not arg:
+                print("mta-lite: config apply needs a FILE (or - for standard input)", file=sys.stderr)
+                return EX_USAGE
+            result = configgen.apply_config(path, _read_candidate(arg), arg if arg != "-" else "stdin")
+        else:
+            if arg is not None and not arg.isdigit():
+                print(f"mta-lite: config rollback: expected a generation number, got {arg!r}", file=sys.stderr)
+                return EX_USAGE
+            result = configgen.rollback(path, int(arg) if arg else None)
+    except ConfigError as exc:
+        print(f"mta-lite: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError as exc:
+        print(f"mta-lite: cannot install {path}: {exc.strerror}", file=sys.stderr)
+        return EX_TEMPFAIL
+    state = "installed" if result.changed else "already installed"
+    print(f"mta-lite: generation {result.generation} {state} (config {result.digest})")
+    return 0
+
+
+def _read_candidate(arg: str) -> bytes:
+    from .configgen import MAX_CONFIG_BYTES
+    if arg == "-":
+        return sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
+    try:
+        with open(arg, "rb") as handle:
+            return handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(arg, "", f"cannot read: {exc.strerror}") from None
 
 
 def _sendmail(cfg, argv: list[str]) -> int:

@@ -168,6 +168,7 @@ class Config:
     postscreen: PostscreenConfig = field(default_factory=PostscreenConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     users: dict = field(default_factory=dict)      # name -> User
+    digest: str = ""                # config_digest() of the file's bytes; "" if not from a file
 
     def in_mynetworks(self, ip: str) -> bool:
         addr = client_ip(ip)

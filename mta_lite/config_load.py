@@ -8,6 +8,7 @@ Must never: include a password in an error message or in the effective config.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -131,7 +132,8 @@ def load_config(path: str, secrets: bool = True) -> Config:
     """Read and validate the config file at `path`; secrets=False leaves credentials out."""
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read()
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, "", "file not found (set -c FILE or $MTA_LITE_CONFIG)") from None
     except OSError as exc:
@@ -140,7 +142,13 @@ def load_config(path: str, secrets: bool = True) -> Config:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:       # tomllib decodes the bytes before it parses
         raise ConfigError(path, "", f"not valid TOML: not UTF-8 at byte {exc.start}") from None
-    return parse_config(data, path, secrets)
+    return replace(parse_config(data, path, secrets), digest=config_digest(raw))
+
+
+def config_digest(raw: bytes) -> str:
+    """A short name for one version of the config file, shown by `status` and the console
+    so that an operator can tell which generation the running relay has loaded."""
+    return hashlib.sha256(raw).hexdigest()[:12]
 
 
 def parse_config(data: dict, path: str, secrets: bool = True) -> Config:

@@ -139,7 +139,8 @@ class QmgrService:
         data = self.qmgr.snapshot()
         smtpd = self.extra_counters() if self.extra_counters else data.get("smtpd", {})
         return StatusSnapshot(pid=os.getpid(), started=self.started, running=True,
-                              relays=data["accounts"], qmgr=data["totals"], smtpd=smtpd)
+                              relays=data["accounts"], qmgr=data["totals"], smtpd=smtpd,
+                              config=self.cfg.digest)
 
     async def _status_loop(self) -> None:
         while True:

@@ -22,8 +22,9 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` to `path` atomically and durably (see the module docstring)."""
+def atomic_write(path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Write `data` to `path` atomically and durably (see the module docstring); `owner`
+    (uid, gid) is set before the rename, so no reader sees the file with the wrong owner."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
@@ -31,6 +32,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if owner is not None and owner != _owner_of(tmp):
+            os.chown(tmp, *owner)
         os.chmod(tmp, mode)
         os.rename(tmp, path)
     except BaseException:
@@ -46,6 +49,11 @@ def durable_rename(src: str, dst: str) -> None:
     src_dir = os.path.dirname(os.path.abspath(src))
     if src_dir != os.path.dirname(os.path.abspath(dst)):
         fsync_dir(src_dir)
+
+
+def _owner_of(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_uid, info.st_gid
 
 
 def _unlink_quietly(path: str) -> None:

@@ -33,6 +33,7 @@ class StatusSnapshot:
     relays: dict[str, dict] = field(default_factory=dict)
     qmgr: dict[str, int] = field(default_factory=dict)
     smtpd: dict[str, int] = field(default_factory=dict)
+    config: str = ""                  # digest of the config file the queue manager runs
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -84,6 +85,8 @@ def format_status(snapshot: StatusSnapshot) -> str:
         lines.append(f"mta-lite: running (pid {snapshot.pid}, up {int(snapshot.written - snapshot.started)}s)")
     else:
         lines.append("mta-lite: not running")
+    if snapshot.config:
+        lines.append(f"config: {snapshot.config}")
     lines.append("queue: " + ", ".join(f"{k} {v}" for k, v in snapshot.queue.items()))
     for name, relay in sorted(snapshot.relays.items()):
         extra = f"  last_error: {relay['last_error']}" if relay.get("last_error") else ""
