@@ -7,7 +7,9 @@ the queue directories and the queue manager's doorbell socket.
     master (this)  never reads a secret: it gets the config without secrets from a short-
                    lived `config public` process, prepares the spool, binds the [[listen]]
                    ports, loads the code both children run, then forks them and restarts a
-                   child that dies (with backoff); it forwards SIGHUP and stops on SIGTERM.
+                   child that dies (with backoff); it stops on SIGTERM. On SIGHUP, or when
+                   the config file changes, it validates the new config, has qmgr reload
+                   and replaces smtpd (same sockets for unchanged ports).
     smtpd          a fork of the master: switches to `master.smtpd_user` and serves the
                    inherited sockets with the secret-free config.
     qmgr           a fork of the master: switches to `master.qmgr_user` (plus the smtpd
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tomli_w
 
@@ -50,6 +52,9 @@ LISTEN_BACKLOG = 128
 # A child that dies is restarted after 1 s, then 2, 4 ... up to a minute; a child that
 # stayed up for STABLE_AFTER_S starts again from 1 s.
 RESTART_MIN_S, RESTART_MAX_S, STABLE_AFTER_S = 1.0, 60.0, 60.0
+# How often the master looks at the config file's inode and mtime: a config installed by
+# `config apply`, the serial console or a USB stick is in use within this time.
+CONFIG_POLL_S = 2.0
 STOP_GRACE_S = 60.0
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -76,12 +81,40 @@ def load_public_config(path: str) -> Config:
     return parse_config(tomllib.loads(result.stdout.decode()), path, secrets=False)
 
 
-def bind_listeners(cfg: Config) -> list[socket.socket]:
+def bind_listeners(cfg: Config, bound: dict | None = None) -> list[socket.socket]:
+    """One listening socket per [[listen]], in order; those in `bound` ((host, port) ->
+    socket, from before a reload) are reused: a port that stays open is never closed."""
     socks = []
-    for item in cfg.listen:
-        family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
-        socks.append(socket.create_server((item.host, item.port), family=family, backlog=LISTEN_BACKLOG))
+    bound = bound or {}
+    try:
+        for item in cfg.listen:
+            sock = bound.get((item.host, item.port))
+            if sock is None:
+                family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
+                sock = socket.create_server((item.host, item.port), family=family, backlog=LISTEN_BACKLOG)
+            socks.append(sock)
+    except OSError:
+        for sock in socks:
+            if sock not in bound.values():
+                sock.close()
+        raise
     return socks
+
+
+def config_file_id(path: str) -> tuple | None:
+    """What changes when the config file is replaced or edited (a stat, not a read)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 PR_SET_PDEATHSIG = 1
@@ -127,6 +160,8 @@ class Master:
         self.socks: list[socket.socket] = []
         self.children: list[Child] = []
         self.pid = os.getpid()
+        self.config_id = config_file_id(cfg.path)
+        self.retired: set[int] = set()      # old smtpd processes finishing after a reload
 
     # ---------------------------------------------------------------- set-up
     def _ids(self, user: str, extra_group: str | None = None) -> tuple[int, int, list[int]]:
@@ -220,6 +255,7 @@ class Master:
                 return
             if pid == 0:
                 return
+            self.retired.discard(pid)
             for child in self.children:
                 if child.pid == pid:
                     self._died(child, status)
@@ -234,12 +270,8 @@ class Master:
         child.delay_s = min(child.delay_s * 2, RESTART_MAX_S)
 
     def _signal(self, sig: int) -> None:
-        for child in self.children:
-            if child.pid:
-                try:
-                    os.kill(child.pid, sig)
-                except ProcessLookupError:
-                    pass
+        for pid in [child.pid for child in self.children if child.pid] + list(self.retired):
+            _kill(pid, sig)
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> None:
@@ -255,9 +287,11 @@ class Master:
             if info is None or info.si_signo == signal.SIGCHLD:
                 self._reaped()
             elif info.si_signo == signal.SIGHUP:
-                self._signal(signal.SIGHUP)
+                self._reload("SIGHUP")
             else:
                 break
+            if config_file_id(self.cfg.path) != self.config_id:
+                self._reload("config file changed")
             for child in self.children:
                 if child.restart_at is not None and time.monotonic() >= child.restart_at:
                     self._fork(child, mask)
@@ -265,7 +299,43 @@ class Master:
 
     def _next_timeout(self) -> float:
         due = [c.restart_at - time.monotonic() for c in self.children if c.restart_at is not None]
-        return max(0.0, min(due)) if due else 60.0
+        return max(0.0, min(due + [CONFIG_POLL_S]))
+
+    # ---------------------------------------------------------------- reload
+    def _reload(self, why: str) -> None:
+        """Validate the new config completely (C1), then the qmgr re-reads it (SIGHUP) and
+        smtpd is replaced by one with the new config on the same sockets. On any error the
+        running config stays; spool_dir and [master] change only with a restart."""
+        self.config_id = config_file_id(self.cfg.path)
+        try:
+            cfg = load_public_config(self.cfg.path)
+        except ConfigError as exc:
+            log.error("reload (%s) failed, keeping the running configuration: %s", why, exc)
+            return
+        for key in ("spool_dir", "master"):
+            if getattr(cfg, key) != getattr(self.cfg, key):
+                log.warning("reload: %s changes only with a restart; keeping the running value", key)
+        cfg = replace(cfg, spool_dir=self.cfg.spool_dir, master=self.cfg.master)
+        bound = {(item.host, item.port): sock for item, sock in zip(self.cfg.listen, self.socks)}
+        try:
+            socks = bind_listeners(cfg, bound)
+        except OSError as exc:
+            log.error("reload (%s) failed, keeping the running configuration: cannot listen: %s", why, exc.strerror)
+            return
+        for key, sock in bound.items():
+            if sock not in socks:
+                sock.close()
+        self.cfg, self.socks = cfg, socks
+        log.info("reload (%s): configuration accepted, replacing smtpd", why)
+        for child in self.children:
+            if child.pid and child.name == "smtpd":
+                # The old smtpd stops accepting and finishes its sessions in DATA while the
+                # new one, forked at once, serves new connections on the same sockets.
+                self.retired.add(child.pid)
+                _kill(child.pid, signal.SIGTERM)
+                child.pid, child.restart_at = 0, time.monotonic()
+            elif child.pid:
+                _kill(child.pid, signal.SIGHUP)
 
     def _stop(self) -> None:
         log.info("terminating on signal")
@@ -273,7 +343,7 @@ class Master:
             child.restart_at = None
         self._signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        while any(c.pid for c in self.children) and time.monotonic() < deadline:
+        while (any(c.pid for c in self.children) or self.retired) and time.monotonic() < deadline:
             signal.sigtimedwait([signal.SIGCHLD], max(0.0, deadline - time.monotonic()))
             self._reap_quietly()
         self._signal(signal.SIGKILL)
@@ -281,6 +351,12 @@ class Master:
         log.info("master stopped")
 
     def _reap_quietly(self) -> None:
+        for pid in list(self.retired):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    self.retired.discard(pid)
+            except ChildProcessError:
+                self.retired.discard(pid)
         for child in self.children:
             try:
                 if child.pid and os.waitpid(child.pid, os.WNOHANG)[0] == child.pid:

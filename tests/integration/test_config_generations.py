@@ -1,0 +1,95 @@
+"""C1/C2 on the running relay: `config apply` installs a config that the relay takes up by itself,
+a config that breaks delivery is rolled back with `config rollback`, and a broken file never
+replaces the running configuration.
+
+Peer: Postfix 3.7 as ISP-like smarthost (tests/peers.py: PostfixSmarthost, STARTTLS + SASL);
+its Maildir shows what was delivered. The relay is the real `mta-lite serve` (tests/relay.py).
+"""
+
+import smtplib
+from email.utils import make_msgid
+
+import pytest
+import tomli_w
+
+from mta_lite.status import read_status
+from tests.integration.test_relay_health import isp_config
+from tests.peers import free_port, smtp_probe
+from tests.relay import PASSWORD, wait_for
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "isp:office@example.test"
+
+
+def send(port: int) -> str:
+    message_id = make_msgid(domain="lan.test")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.sendmail("printer@lan.test", ["someone@remote.example"],
+                        f"Message-ID: {message_id}\r\nSubject: generations\r\n\r\nhello\r\n")
+    return message_id
+
+
+def apply(relay, config: dict):
+    result = relay.cli("config", "apply", "-", stdin=tomli_w.dumps(config).encode())
+    return result.returncode, result.stdout.decode() + result.stderr.decode()
+
+
+def running_digest(relay) -> str:
+    """From the status file itself: `mta-lite status` needs a config that loads."""
+    return read_status(relay.spool).config
+
+
+def delivered(smarthost, message_id: str) -> bool:
+    return any(item.message_id == message_id for item in smarthost.delivered())
+
+
+def test_config_apply_on_running_relay_takes_effect_without_restart(smarthost, relay_factory):
+    relay = relay_factory(isp_config(smarthost))
+    master = relay.master_pid()
+    new_port = free_port()
+    config = {**relay.config, "listen": [{"address": f"127.0.0.1:{new_port}"}]}
+    status, out = apply(relay, config)
+    assert status == 0, out
+    digest = out.rsplit("config ", 1)[1].strip(")\n")
+    wait_for(lambda: smtp_probe(new_port), 20, what="the new listener")
+    wait_for(lambda: running_digest(relay) == digest, 20, what="the queue manager on the new config")
+    assert smtp_probe(relay.port) is None, "the old port must be closed after the reload"
+    message_id = send(new_port)
+    wait_for(lambda: delivered(smarthost, message_id), 60, what="delivery after the reload")
+    assert relay.master_pid() == master and relay.proc.poll() is None
+
+
+def test_config_rollback_after_wrong_password_resumes_delivery(smarthost, relay_factory):
+    """C2: the new config is valid but breaks delivery (wrong smarthost password); rolling
+    back to the previous generation brings the deferred mail out."""
+    relay = relay_factory(isp_config(smarthost))
+    good = running_digest(relay) or wait_for(lambda: running_digest(relay), 20, what="status")
+    broken = isp_config(smarthost, password=PASSWORD + "-typo")
+    status, out = apply(relay, {**relay.config, **broken})
+    assert status == 0, out
+    wait_for(lambda: running_digest(relay) not in ("", good), 20, what="the broken config in use")
+    message_id = send(relay.port)
+    wait_for(lambda: relay.status()["relays"].get(ACCOUNT, {}).get("state") == "auth_failed", 60,
+             what="the account paused after 535")
+    assert not delivered(smarthost, message_id)
+    result = relay.cli("config", "rollback")
+    assert result.returncode == 0, result.stderr.decode()
+    assert f"(config {good})" in result.stdout.decode()
+    wait_for(lambda: delivered(smarthost, message_id), 60, what="delivery after the rollback")
+    wait_for(lambda: running_digest(relay) == good, 20, what="status showing the rolled-back config")
+
+
+def test_config_broken_hand_edit_keeps_running_config(smarthost, relay_factory):
+    """C1: a file that does not validate is never used; mail keeps flowing on the old one."""
+    relay = relay_factory(isp_config(smarthost))
+    digest = wait_for(lambda: running_digest(relay), 20, what="status")
+    with open(relay.config_path, "ab") as handle:
+        handle.write(b'\n[relays.second]\nhost = "smtp.example.test"\nport = "587"\n')
+    wait_for(lambda: "reload (config file changed) failed, keeping the running configuration" in relay.log(),
+             20, what="the rejected reload")
+    assert "relays.second.port" in relay.log()
+    message_id = send(relay.port)
+    wait_for(lambda: delivered(smarthost, message_id), 60, what="delivery on the running config")
+    assert running_digest(relay) == digest
+    assert relay.proc.poll() is None
