@@ -5,9 +5,11 @@
     rollback(path, number=None)        the same with an earlier generation's bytes
     generations(path)                  what can be rolled back to, newest first
 
-Generations live beside the config file in `<dir>/generations/NNNNNN.toml` (mode 0600: a config
-may hold a password). Every installed config becomes a generation, and a hand-edited file is
-saved as one before it is replaced, so the history has no holes. The newest KEEP_GENERATIONS
+Generations live beside the config file in `<dir>/generations/NNNNNN.toml`, as they were given
+(mode 0600: they may hold passwords). The installed file never holds one: inline passwords go
+to `<dir>/secrets/` as password files (configsecrets), which smtpd cannot read (S7). Every
+installed config becomes a generation, and a hand-edited file is saved as one before it is
+replaced, so the history has no holes. The newest KEEP_GENERATIONS
 are kept. A running relay notices the new file by itself (the master watches it; under systemd
 a path unit reloads) and validates it again before it uses it.
 
@@ -25,9 +27,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import tomllib
 from dataclasses import dataclass
 
-from . import safeio
+from . import configsecrets, safeio
 from .config_load import config_digest, load_config
 from .errors import ConfigError
 
@@ -80,11 +83,20 @@ def generations(path: str) -> list[Generation]:
     result = []
     for name in names:
         full = os.path.join(directory, name)
-        data = _read(full) or b""
+        number, data = int(name[:6]), _read(full) or b""
+        installed = _installed_form(data, number)
         info = os.stat(full)
-        result.append(Generation(int(name[:6]), full, info.st_size, info.st_mtime,
-                                 config_digest(data), data == current))
+        result.append(Generation(number, full, info.st_size, info.st_mtime, config_digest(installed),
+                                 current in (data, installed)))
     return result
+
+
+def _installed_form(data: bytes, number: int) -> bytes:
+    """The bytes apply_config() installed for this generation (inline passwords moved out)."""
+    try:
+        return configsecrets.split(data, number)[0]
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return data         # a hand-edited file kept as it was
 
 
 def validate(path: str, data: bytes, source: str) -> str:
@@ -107,21 +119,27 @@ def validate(path: str, data: bytes, source: str) -> str:
 
 def apply_config(path: str, data: bytes, source: str) -> ApplyResult:
     """Validate, keep history, install (see the module docstring)."""
-    digest = validate(path, data, source)
-    existing = generations(path)
-    current = _read(path)
-    if current == data and existing and existing[0].current:
-        return ApplyResult(existing[0].number, digest, changed=False)
-    number = existing[0].number if existing else 0
+    validate(path, data, source)
+    kept = generations(path)
+    installed = _read(path)
+    if kept and kept[0].current and _read(kept[0].path) == data:
+        return ApplyResult(kept[0].number, kept[0].digest, changed=False)
+    number = kept[0].number if kept else 0
     os.makedirs(_gen_dir(path), mode=0o700, exist_ok=True)
-    if current is not None and not (existing and existing[0].current):
+    if installed is not None and not (kept and kept[0].current):
         number += 1         # a hand edit, or the first config: history must include it
-        safeio.atomic_write(_gen_path(path, number), current, mode=0o600)
-    if current == data:
-        return ApplyResult(number, digest, changed=False)
+        safeio.atomic_write(_gen_path(path, number), installed, mode=0o600)
     number += 1
+    config, secrets = configsecrets.split(data, number)
+    written = _write_secrets(path, secrets)
+    try:
+        digest = validate(path, config, source)     # as installed, with its password files
+    except ConfigError:
+        for name in written:
+            os.unlink(name)
+        raise
     safeio.atomic_write(_gen_path(path, number), data, mode=0o600)
-    _install(path, data)
+    _install(path, config)
     _prune(path)
     return ApplyResult(number, digest, changed=True)
 
@@ -158,7 +176,33 @@ def _install(path: str, data: bytes) -> None:
     safeio.atomic_write(path, data, mode=mode, owner=owner)
 
 
+def _write_secrets(path: str, secrets: dict[str, str]) -> list[str]:
+    """Each password into its own file beside the config (0640: the queue manager reads it
+    through the directory's group, smtpd cannot enter the directory)."""
+    written = []
+    base = os.path.dirname(os.path.abspath(path))
+    if secrets:
+        os.makedirs(os.path.join(base, configsecrets.SECRETS_DIR), mode=0o750, exist_ok=True)
+    for relative, password in secrets.items():
+        full = os.path.join(base, relative)
+        safeio.atomic_write(full, password.encode("utf-8"), mode=0o640)
+        written.append(full)
+    return written
+
+
 def _prune(path: str) -> None:
-    for old in generations(path)[KEEP_GENERATIONS:]:
+    """Drop generations beyond KEEP_GENERATIONS, and the password files only they used."""
+    kept = generations(path)
+    for old in kept[KEEP_GENERATIONS:]:
         if not old.current:
             os.unlink(old.path)
+    numbers = {g.number for g in kept[:KEEP_GENERATIONS]} | {g.number for g in kept if g.current}
+    directory = os.path.join(os.path.dirname(os.path.abspath(path)), configsecrets.SECRETS_DIR)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        owner = configsecrets.own_file_generation(name)
+        if owner is not None and owner not in numbers:
+            os.unlink(os.path.join(directory, name))

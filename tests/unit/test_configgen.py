@@ -3,6 +3,7 @@ changes) and C2 (earlier generations are kept and can be rolled back to)."""
 
 import os
 import stat
+import tomllib
 
 import pytest
 import tomli_w
@@ -12,16 +13,21 @@ from mta_lite.errors import ConfigError
 from tests.relay import PASSWORD
 
 
-def config_bytes(port: int = 2525, **relay) -> bytes:
+def config_bytes(port: int = 2525, inline: bool = False, **extra) -> bytes:
+    """A valid config; with `inline`, the smarthost password is written into it."""
+    relay = {"host": "smtp.isp.test", "username": "office@isp.test", "password_file": "isp.secret"}
+    if inline:
+        del relay["password_file"]
+        relay["password"] = PASSWORD
     return tomli_w.dumps({
         "admin_address": "admin@lan.test", "spool_dir": "/var/spool/mta-lite",
-        "listen": [{"address": f"127.0.0.1:{port}"}],
-        "relays": {"isp": {"host": "smtp.isp.test", "username": "office@isp.test", "password": PASSWORD, **relay}},
+        "listen": [{"address": f"127.0.0.1:{port}"}], "relays": {"isp": relay}, **extra,
     }).encode()
 
 
 @pytest.fixture
 def path(tmp_path):
+    (tmp_path / "isp.secret").write_text(PASSWORD + "\n")
     return str(tmp_path / "mta-lite.toml")
 
 
@@ -49,7 +55,7 @@ def test_apply_invalid_config_changes_nothing_and_names_source_key_value(path):
     configgen.apply_config(path, config_bytes(), "test")
     before = configgen.generations(path)
     with pytest.raises(ConfigError) as info:
-        configgen.apply_config(path, config_bytes(port=99999), "usb:MTACONFIG/mta-lite.toml")
+        configgen.apply_config(path, config_bytes(port=99999, inline=True), "usb:MTACONFIG/mta-lite.toml")
     message = str(info.value)
     assert message.startswith("usb:MTACONFIG/mta-lite.toml: listen[0].address: ") and "99999" in message
     assert PASSWORD not in message
@@ -72,8 +78,7 @@ def test_apply_oversized_config_is_refused_before_parsing(path):
 
 
 def test_apply_resolves_password_file_against_config_directory(path, tmp_path):
-    (tmp_path / "isp.secret").write_text(PASSWORD + "\n")
-    data = config_bytes().replace(f'password = "{PASSWORD}"'.encode(), b'password_file = "isp.secret"')
+    data = config_bytes()
     assert configgen.apply_config(path, data, "test").changed
     missing = data.replace(b"isp.secret", b"gone.secret")
     with pytest.raises(ConfigError, match=r"relays\.isp\.password_file: file not found"):
@@ -141,14 +146,13 @@ def test_rollback_without_history_is_an_error(path):
 
 
 def test_rollback_to_generation_that_no_longer_validates_changes_nothing(path, tmp_path):
-    (tmp_path / "isp.secret").write_text(PASSWORD)
-    old = config_bytes().replace(f'password = "{PASSWORD}"'.encode(), b'password_file = "isp.secret"')
-    configgen.apply_config(path, old, "test")
-    configgen.apply_config(path, config_bytes(port=2600), "test")
+    configgen.apply_config(path, config_bytes(), "test")
+    configgen.apply_config(path, config_bytes(port=2600, inline=True), "test")
     os.unlink(tmp_path / "isp.secret")
+    installed = read(path)
     with pytest.raises(ConfigError, match=r"^generation 1: relays\.isp\.password_file"):
         configgen.rollback(path)
-    assert read(path) == config_bytes(port=2600)
+    assert read(path) == installed
 
 
 def test_generations_are_pruned_to_the_newest_ones(path):
@@ -156,3 +160,46 @@ def test_generations_are_pruned_to_the_newest_ones(path):
         configgen.apply_config(path, config_bytes(port=port), "test")
     numbers = [g.number for g in configgen.generations(path)]
     assert numbers == list(range(configgen.KEEP_GENERATIONS + 3, 3, -1))
+
+
+def secret_files(tmp_path) -> list[str]:
+    return sorted(os.listdir(tmp_path / "secrets")) if (tmp_path / "secrets").exists() else []
+
+
+def test_apply_inline_password_moves_it_out_of_installed_file(path, tmp_path):
+    """S7: smtpd reads the installed config; an uploaded password must not be in it."""
+    result = configgen.apply_config(path, config_bytes(inline=True), "console upload")
+    installed = read(path)
+    assert PASSWORD.encode() not in installed
+    [name] = secret_files(tmp_path)
+    assert name == "g000001-relay0-isp.pw"
+    assert (tmp_path / "secrets" / name).read_text() == PASSWORD
+    assert stat.S_IMODE(os.stat(tmp_path / "secrets" / name).st_mode) == 0o640
+    assert configgen.generations(path)[0].current and configgen.generations(path)[0].digest == result.digest
+    assert read(configgen.generations(path)[0].path) == config_bytes(inline=True), "kept as given"
+
+
+def test_apply_inline_sender_password_moves_it_out(path, tmp_path):
+    sender = {"address": "alice@lan.test", "relay": "isp", "username": "alice@isp.test", "password": PASSWORD + "-a"}
+    configgen.apply_config(path, config_bytes(senders=[sender]), "test")
+    assert PASSWORD.encode() not in read(path)
+    assert secret_files(tmp_path) == ["g000001-sender0.pw"]
+
+
+def test_rollback_restores_the_earlier_generations_password(path, tmp_path):
+    configgen.apply_config(path, config_bytes(inline=True), "test")
+    configgen.apply_config(path, config_bytes(inline=True).replace(PASSWORD.encode(), b"other-password-1"), "test")
+    configgen.rollback(path)
+    relay_file = tomllib.loads(read(path).decode())["relays"]["isp"]["password_file"]
+    assert (tmp_path / relay_file).read_text() == PASSWORD
+
+
+def test_prune_removes_password_files_of_dropped_generations_only(path, tmp_path):
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "isp.pw").write_text("the admin's own")
+    for port in range(2600, 2600 + configgen.KEEP_GENERATIONS + 2):
+        configgen.apply_config(path, config_bytes(port=port, inline=True), "test")
+    numbers = {g.number for g in configgen.generations(path)}
+    own = [n for n in secret_files(tmp_path) if n.startswith("g")]
+    assert {int(n[1:7]) for n in own} == numbers
+    assert "isp.pw" in secret_files(tmp_path)
