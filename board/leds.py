@@ -84,7 +84,10 @@ class StatusLeds:
         return LedState(**{name: pattern for name, pattern in self._shown.items() if pattern is not None})
 
     def apply(self, state: LedState) -> bool:
-        """Show `state`; only LEDs whose pattern changed are touched. True if any changed."""
+        """Show `state`; only LEDs whose pattern changed are touched. True if any changed.
+        After close() nothing is touched."""
+        if not self._leds:
+            return False
         changed = False
         for name in LED_NAMES:
             pattern = getattr(state, name)

@@ -90,6 +90,8 @@ def test_status_leds_exit_turns_every_led_off_and_releases_the_pins(factory):
     with StatusLeds(pin_factory=factory) as leds:
         leds.apply(LedState(power=ON, mail=Blink(0.01, 0.01), alert=ON))
     assert [pin.state for pin in pins(factory)] == [False, False, False]
+    assert leds.apply(LedState(power=ON)) is False and leds.shown == DARK       # closed: no effect
+    leds.close()                                                                # idempotent
     for number in (POWER_PIN, MAIL_PIN, ALERT_PIN):
         LED(number, pin_factory=factory).close()             # free again: no GPIOPinInUse
 
