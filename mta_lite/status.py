@@ -20,6 +20,7 @@ from . import safeio
 STATUS_FILE = os.path.join("public", "status.json")
 # A snapshot older than this, or one whose writer is gone, means the daemon is not running.
 STALE_AFTER_S = 30.0
+PID_LIMIT = 2 ** 22         # Linux's pid_max ceiling
 QUEUE_DIRS = ("incoming", "active", "deferred", "hold", "corrupt")
 
 
@@ -74,6 +75,12 @@ def read_status(spool_dir: str, now: float | None = None) -> StatusSnapshot:
         snapshot = StatusSnapshot(**{k: data[k] for k in asdict(snapshot) if k in data})
     except (OSError, ValueError, TypeError):
         pass
+    # The file is the daemon's, but a reader must not trust its types: a pid of -1 would
+    # signal every process, a string would crash `status` and the LEDs.
+    if not (type(snapshot.pid) is int and 0 < snapshot.pid < PID_LIMIT):
+        snapshot.pid = 0
+    if type(snapshot.written) not in (int, float):
+        snapshot.written = 0.0
     snapshot.running = bool(snapshot.pid) and _alive(snapshot.pid) and now - snapshot.written < STALE_AFTER_S
     snapshot.queue = queue_counts(spool_dir)
     return snapshot
