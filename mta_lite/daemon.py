@@ -11,7 +11,8 @@ runs as its own unit. A service stops gracefully on SIGTERM: listeners finish or
 their sessions, in-flight deliveries finish or stay queued; nothing accepted is lost (G2).
 On SIGHUP the queue manager re-reads its config (C1: a config with any error is not used;
 the running one stays and one line names file, key and value); a service without reload()
-(smtpd) logs that it keeps its config: listeners change with a restart.
+(smtpd) logs that it keeps its config: the master (or systemd's mta-lite-config.service)
+replaces it with a new process instead.
 Must never: let the receiving side hold a secret (its config is loaded with secrets=False),
 or open a listener before its start-up clean-up is done.
 """
