@@ -1,0 +1,278 @@
+"""The serial console end to end: the real `mta-lite-board --serial` on a real pty pair.
+
+Peers: socat (`socat -d -d pty,raw,echo=0,link=DIR/ttyA pty,raw,echo=0,link=DIR/ttyB`, a pty
+pair, started per test and terminated in teardown), the real board daemon as a subprocess
+on ttyA (stopped with SIGTERM in teardown), and on ttyB tools/provision.py as a subprocess or
+a raw pyserial client. C1/C2 (apply, broken apply, rollback, on disk), C3 (64 KiB of line
+noise, then the console still works; the port going away and coming back), S3 (neither the
+daemon's log nor anything read from the port ever holds the password or its base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import serial
+import tomli_w
+
+from board.console_protocol import NOISE_ERR_INTERVAL_S
+from mta_lite import configgen
+from mta_lite.config_load import load_config
+from tests.relay import PASSWORD, secret_needles, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+PROVISION = ROOT / "tools" / "provision.py"
+NEEDLES = secret_needles({PASSWORD})
+NOISE_BYTES = 64 * 1024
+REPLY_LINE = re.compile(rb"[ -~]*\r\n")
+
+pytestmark = pytest.mark.integration
+
+
+def config_bytes(spool: str, port=587) -> bytes:
+    return tomli_w.dumps({
+        "hostname": "relay.lan.test", "spool_dir": spool, "admin_address": "admin@lan.test",
+        "listen": [{"address": "127.0.0.1:2525"}],
+        "relays": {"isp": {"host": "smtp.isp.example", "port": port, "tls": "starttls",
+                           "username": "office@isp.example", "password": PASSWORD}},
+        "master": {"smtpd_user": "", "qmgr_user": ""},
+    }).encode()
+
+
+class PtyPair:
+    """socat joining two ptys; ttyA for the box, ttyB for the laptop."""
+
+    def __init__(self, directory: Path) -> None:
+        self.a, self.b = str(directory / "ttyA"), str(directory / "ttyB")
+        self.log_path = directory / "socat.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={self.a}",
+                                          f"pty,raw,echo=0,link={self.b}"], stdout=log, stderr=log)
+        wait_for(lambda: os.path.exists(self.a) and os.path.exists(self.b), 10, what="socat's pty links")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+class Board:
+    """The real mta-lite-board daemon with its console on a pty."""
+
+    def __init__(self, directory: Path, device: str) -> None:
+        self.spool = str(directory / "spool")
+        self.config = str(directory / "mta-lite.toml")
+        self.log_path = directory / "board.log"
+        self.device = device
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "board.daemon", "--serial", self.device,
+                                          "--config", self.config, "--spool", self.spool],
+                                         stdout=log, stderr=log, cwd=ROOT, start_new_session=True)
+        wait_for(lambda: b"console: on " in self.log(), 10, what="the board daemon's console")
+
+    def log(self) -> bytes:
+        return self.log_path.read_bytes() if self.log_path.exists() else b""
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+class RawClient:
+    """The laptop side with plain pyserial; keeps every byte it read for the secret scan."""
+
+    def __init__(self, device: str, seen: list[bytes]) -> None:
+        # write_timeout: a box that floods the line while we write would block socat and us.
+        self.port = serial.serial_for_url(device, baudrate=115200, timeout=0.05, write_timeout=10)
+        self.seen = seen
+        self.buffer = b""
+
+    def close(self) -> None:
+        self.port.close()
+
+    def read_line(self, deadline: float) -> bytes | None:
+        while b"\n" not in self.buffer:
+            if time.monotonic() > deadline:
+                return None
+            chunk = self.port.read(4096)
+            self.seen.append(chunk)
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n"
+
+    def hello(self, timeout: float = 10) -> list[bytes]:
+        """HELLO until the box greets; every line read before the greeting."""
+        deadline, before = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            self.port.write(b"\r\nHELLO\r\n")
+            try_until = time.monotonic() + 0.5
+            while (line := self.read_line(try_until)) is not None:
+                if line.startswith(b"OK mta-lite console "):
+                    return before
+                before.append(line)
+        raise TimeoutError("no greeting")
+
+    def command(self, line: bytes) -> list[bytes]:
+        self.port.write(line + b"\r\n")
+        replies, deadline = [], time.monotonic() + 10
+        while (reply := self.read_line(deadline)) is not None:
+            replies.append(reply)
+            if reply.startswith((b"OK", b"ERR")) and not reply.startswith(b"OK mta-lite console "):
+                return replies
+        raise TimeoutError(f"no reply to {line[:20]!r}")
+
+
+@pytest.fixture
+def rig(tmp_path):
+    pty = PtyPair(tmp_path)
+    pty.start()
+    board = Board(tmp_path, pty.a)
+    Path(board.config).write_bytes(config_bytes(board.spool))
+    seen: list[bytes] = []
+    try:
+        yield pty, board, seen
+    finally:
+        board.stop()
+        pty.stop()
+    leaks = [n for n in NEEDLES if n in board.log() or n in b"".join(seen)]
+    if leaks:
+        pytest.fail("the password (or its base64) left the box: in the daemon's log or on the port")
+
+
+def provision(device: str, seen: list[bytes], *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(PROVISION), "--port", device, *args], capture_output=True,
+                            timeout=60, cwd=ROOT)
+    seen += [result.stdout, result.stderr]
+    return result
+
+
+def test_console_serial_provision_status_apply_broken_apply_rollback(rig, tmp_path):
+    pty, board, seen = rig
+    board.start()
+    status = provision(pty.b, seen, "status")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.decode().splitlines()[-2:] == [
+        "queue: incoming 0, active 0, deferred 0, hold 0, corrupt 0", "OK"]
+
+    good = tmp_path / "good.toml"
+    good.write_bytes(config_bytes(board.spool, port=465))
+    applied = provision(pty.b, seen, "apply", str(good))
+    kept = configgen.generations(board.config)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert applied.stdout.decode() == f"OK generation 2 installed (config {kept[0].digest})\n"
+    assert kept[0].current and Path(kept[0].path).read_bytes() == good.read_bytes()
+    assert load_config(board.config).relays["isp"].port == 465
+
+    broken = tmp_path / "broken.toml"
+    broken.write_bytes(config_bytes(board.spool).replace(b"port = 587", b'port = "x587"'))
+    installed = Path(board.config).read_bytes()
+    refused = provision(pty.b, seen, "apply", str(broken))
+    assert refused.returncode == 1
+    assert refused.stdout.decode() == "ERR console upload: relays.isp.port: expected int, got 'x587'\n"
+    assert Path(board.config).read_bytes() == installed and len(configgen.generations(board.config)) == 2
+
+    rolled = provision(pty.b, seen, "rollback")
+    assert rolled.returncode == 0 and rolled.stdout.startswith(b"OK generation 3 installed (config ")
+    assert load_config(board.config).relays["isp"].port == 587
+
+    shown = provision(pty.b, seen, "show")
+    assert shown.returncode == 0 and b'password = "********"' in shown.stdout
+    listed = provision(pty.b, seen, "generations")
+    assert [line.split()[0] for line in listed.stdout.decode().splitlines()] == ["3", "2", "1", "OK"]
+    assert board.stop() == 0 and b"stopped" in board.log()
+
+
+def test_console_serial_line_noise_then_hello_and_upload_work(rig):
+    pty, board, seen = rig
+    board.start()
+    client = RawClient(pty.b, seen)
+    try:
+        client.hello()
+        rng = random.Random(20240525)
+        noise = bytearray(rng.randbytes(NOISE_BYTES))
+        for _ in range(256):                    # more line ends and 0xff than chance gives
+            noise[rng.randrange(NOISE_BYTES)] = rng.choice(b"\r\n\xff")
+        started = time.monotonic()
+        client.port.write(noise)
+        before = client.hello()
+        elapsed = time.monotonic() - started
+        assert all(REPLY_LINE.fullmatch(line) for line in before), before
+        errs = [line for line in before if line.startswith(b"ERR")]
+        assert 1 <= len(errs) <= 2 + elapsed / NOISE_ERR_INTERVAL_S, (len(errs), elapsed)
+
+        new = config_bytes(board.spool, port=2525)
+        assert client.command(b"CONFIG BEGIN %d" % len(new)) == [b"OK send %d bytes as base64 lines\r\n" % len(new)]
+        assert client.command(b"DATA " + base64.b64encode(new)) == [b"OK %d of %d bytes\r\n" % (len(new), len(new))]
+        reply = client.command(b"CONFIG COMMIT " + hashlib.sha256(new).hexdigest().encode())
+        assert reply[-1].startswith(b"OK generation 2 installed (config ")
+    finally:
+        client.close()
+    assert load_config(board.config).relays["isp"].port == 2525
+    assert board.proc.poll() is None, "the daemon died of line noise"
+
+
+def test_console_serial_port_gone_and_back_daemon_survives(rig):
+    pty, board, seen = rig
+    board.start()
+    assert provision(pty.b, seen, "status").returncode == 0
+    pty.stop()
+    wait_for(lambda: b"gone" in board.log(), 10, what="the daemon to notice the port is gone")
+    # The port stays away through several reopen attempts (REOPEN_MIN_S doubling): the
+    # daemon must stay up, and log the outage once, not once per attempt.
+    away_until = time.monotonic() + 1.0
+    while time.monotonic() < away_until:
+        assert board.proc.poll() is None, board.log().decode()
+        time.sleep(0.05)
+    pty.start()
+    status = provision(pty.b, seen, "status")
+    assert status.returncode == 0, status.stderr
+    wait_for(lambda: b"back" in board.log(), 10, what="the daemon to log the port back")
+    log = board.log().decode()
+    assert len(re.findall(r"console: \S+ gone: .*; retrying", log)) == 1, log
+    assert board.proc.poll() is None
+
+
+def test_console_serial_broken_config_at_start_can_be_replaced(rig, tmp_path):
+    pty, board, seen = rig
+    Path(board.config).write_bytes(b"hostname = \n")
+    board.start()
+    wait_for(lambda: b"not valid TOML" in board.log(), 10, what="the config error in the log")
+    assert provision(pty.b, seen, "show").returncode == 1
+    good = tmp_path / "good.toml"
+    good.write_bytes(config_bytes(board.spool))
+    applied = provision(pty.b, seen, "apply", str(good))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert load_config(board.config).relays["isp"].port == 587
+
+
+def test_provision_without_a_port_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, str(PROVISION), "--port", str(tmp_path / "nothing"), "status"],
+                            capture_output=True, timeout=30)
+    assert result.returncode == 2 and b"provision: " in result.stderr
+    usage = subprocess.run([sys.executable, str(PROVISION), "--port", "x", "frobnicate"], capture_output=True, timeout=30)
+    assert usage.returncode == 2
