@@ -124,6 +124,13 @@ def _secret(table: _Table, base: str, secrets: bool) -> Secret | None:
                 password = handle.read().rstrip("\r\n")
         except OSError as exc:
             raise ConfigError(table.path, table.key("password_file"), f"cannot read {full}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(table.path, table.key("password_file"), f"{full}: not UTF-8 at byte {exc.start}") from None
+    if password is not None and not password.isprintable():
+        # The value is never shown. A control character is a paste accident, not a password:
+        # a password file loses its trailing newline, so CR/LF would not even survive a move.
+        key = "password_file" if password_file is not None else "password"
+        raise ConfigError(table.path, table.key(key), "the password contains a control character (CR, LF, tab, NUL...)")
     return Secret(password) if password is not None else None
 
 

@@ -203,3 +203,16 @@ def test_prune_removes_password_files_of_dropped_generations_only(path, tmp_path
     own = [n for n in secret_files(tmp_path) if n.startswith("g")]
     assert {int(n[1:7]) for n in own} == numbers
     assert "isp.pw" in secret_files(tmp_path)
+
+
+def test_apply_password_with_control_character_is_refused_without_showing_it(path):
+    data = config_bytes(inline=True).replace(PASSWORD.encode(), (PASSWORD + "\\r\\n").encode())
+    with pytest.raises(ConfigError, match=r"relays\.isp\.password: the password contains a control character") as info:
+        configgen.apply_config(path, data, "test")
+    assert PASSWORD not in str(info.value)
+
+
+def test_apply_password_file_not_utf8_is_a_config_error(path, tmp_path):
+    (tmp_path / "isp.secret").write_bytes(b"\xffpw")
+    with pytest.raises(ConfigError, match=r"relays\.isp\.password_file: .*not UTF-8 at byte 0"):
+        configgen.apply_config(path, config_bytes(), "test")
