@@ -2,7 +2,8 @@
 
 smtpd (network input) runs as mta-smtpd with CAP_NET_BIND_SERVICE only and no view of the
 secrets; qmgr (credentials, delivery) runs as mta-lite with no capability and no listening
-socket. The units are parsed with a small reader that keeps repeated keys (systemd allows them,
+socket. The board daemon (the serial console, C3) runs as mta-config with no network, the UART
+as its only device and the config directory as its only writable path. The units are parsed with a small reader that keeps repeated keys (systemd allows them,
 and an empty assignment resets a list), and a small model of the mount namespace that
 ProtectSystem=strict, ProtectHome=, PrivateTmp= and the *Paths= settings give each service.
 If systemd-analyze is installed, `verify` and `security --offline` check them for real.
@@ -25,6 +26,8 @@ SPOOL_DIRS = ("tmp", "incoming", "active", "deferred", "hold", "corrupt", "state
               "postscreen")
 SMTPD, QMGR, TARGET = "mta-lite-smtpd.service", "mta-lite-qmgr.service", "mta-lite.target"
 SERVICES = (SMTPD, QMGR)
+BOARD = "mta-lite-board.service"
+CONFIG_DIR = "/etc/mta-lite"
 
 
 # ---------------------------------------------------------------------------- reading units
@@ -134,9 +137,10 @@ def access(unit, path: str) -> str:
 
 # ------------------------------------------------------------------------------ the layout
 
-def test_the_units_are_the_two_halves_and_a_target():
+def test_the_units_are_the_two_halves_a_target_and_the_board():
     names = {p.name for p in UNITS.iterdir() if p.suffix in (".service", ".target", ".socket")}
-    assert names == {SMTPD, QMGR, TARGET}, "the single-process mta-lite.service is replaced"
+    assert {SMTPD, QMGR, TARGET, BOARD} <= names
+    assert "mta-lite.service" not in names, "the single-process mta-lite.service is replaced"
 
 
 def test_each_half_runs_its_own_command(smtpd, qmgr):
@@ -341,9 +345,11 @@ needs_systemd_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="syst
 @pytest.fixture
 def unit_dir(tmp_path):
     """A copy of the units whose commands point at a stub, so verify can check them here."""
+    for name in ("mta-lite", "mta-lite-board"):
+        stub = tmp_path / name
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
     stub = tmp_path / "mta-lite"
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
     units = tmp_path / "units"
     units.mkdir()
     for path in UNITS.iterdir():
@@ -359,14 +365,14 @@ def _analyze(unit_dir, *args):
 
 @needs_systemd_analyze
 def test_systemd_analyze_verify(unit_dir):
-    result = _analyze(unit_dir, "verify", "--man=no", TARGET, *SERVICES)
+    result = _analyze(unit_dir, "verify", "--man=no", TARGET, *SERVICES, BOARD)
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if "mta-lite" in line]
     assert result.returncode == 0, result.stdout + result.stderr
     assert complaints == [], "\n".join(complaints)
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", SERVICES + (BOARD,))
 def test_systemd_analyze_security_exposure(unit_dir, name):
     if "--offline" not in _analyze(unit_dir, "security", "--help").stdout:
         pytest.skip("systemd-analyze security --offline needs systemd >= 250")
@@ -374,3 +380,92 @@ def test_systemd_analyze_security_exposure(unit_dir, name):
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0, result.stdout
+
+
+# ------------------------------------------------------------------------------ the board daemon
+
+@pytest.fixture(scope="module")
+def board():
+    return load(BOARD)
+
+
+def test_board_runs_the_serial_console_on_the_uart(board):
+    assert one(board, "Service", "ExecStart").split() == ["/usr/bin/mta-lite-board", "--serial", "/dev/ttyS0"]
+    assert words(board, "Service", "Environment") == ["MTA_LITE_CONFIG=/etc/mta-lite/mta-lite.toml"]
+    # The console is how a broken config gets replaced: nothing may keep it from starting.
+    assert "ExecStartPre" not in board["Service"] and "ExecCondition" not in board["Service"]
+    for key in ("EnvironmentFile", "LoadCredential", "SetCredential"):
+        assert key not in board["Service"]
+
+
+def test_board_runs_as_mta_config_with_the_uart_group(board):
+    assert one(board, "Service", "User") == "mta-config"
+    assert words(board, "Service", "SupplementaryGroups") == ["dialout"]
+    assert "DynamicUser" not in board["Service"]
+
+
+def test_board_has_no_capability_and_no_network(board):
+    assert "CapabilityBoundingSet" in board["Service"]
+    assert words(board, "Service", "CapabilityBoundingSet") == []
+    assert words(board, "Service", "AmbientCapabilities") == []
+    assert words(board, "Service", "RestrictAddressFamilies") == ["AF_UNIX"]
+    assert one(board, "Service", "PrivateNetwork") == "yes"
+    assert one(board, "Service", "IPAddressDeny") == "any"
+
+
+def test_board_sees_the_uart_and_no_other_device(board):
+    assert one(board, "Service", "DevicePolicy") == "closed"
+    assert words(board, "Service", "DeviceAllow") == ["/dev/ttyS0", "rw"]
+    # PrivateDevices=yes would hide /dev/ttyS0 behind a private /dev.
+    assert board["Service"].get("PrivateDevices", ["no"])[-1] in ("no", "false")
+
+
+@pytest.mark.parametrize("key, value", sorted((k, v) for k, v in HARDENING.items() if k != "PrivateDevices"))
+def test_board_is_hardened(board, key, value):
+    assert one(board, "Service", key) == value
+
+
+def test_board_syscall_filter_is_system_service_minus_privileged(board):
+    filters = board["Service"]["SystemCallFilter"]
+    assert filters[0] == "@system-service" and all(f.startswith("~") for f in filters[1:])
+    assert {"@privileged", "@resources"} <= {w for f in filters[1:] for w in f[1:].split()}
+
+
+def test_board_writes_only_the_config_directory(board):
+    assert paths(board, "ReadWritePaths") == [CONFIG_DIR]
+    for path in ("/etc/mta-lite/mta-lite.toml", "/etc/mta-lite/generations/000001.toml", "/etc/mta-lite/secrets/x.pw"):
+        assert access(board, path) == "rw", path
+    assert access(board, f"{SPOOL}/public/status.json") == "ro"
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/usr/lib/x", "/var/lib/x", "/var/log/x", f"{SPOOL}/incoming/x",
+                                  "/home/pi/x", "/root/x", "/boot/config.txt", "/tmp/x"])
+def test_board_writes_nothing_else(board, path):
+    assert access(board, path) in ("ro", "none", "private")
+
+
+def test_board_is_independent_of_the_relay(board):
+    # If the console dies mail still flows, and restarting the relay leaves the console alone.
+    for key in ("Requires", "Requisite", "BindsTo", "PartOf", "After", "Before", "Wants", "Conflicts"):
+        assert not {SMTPD, QMGR, TARGET} & set(words(board, "Unit", key)), key
+    assert words(board, "Install", "WantedBy") == ["multi-user.target"]
+    assert BOARD not in words(load(TARGET), "Unit", "Wants")
+    assert one(board, "Service", "Restart") == "always"
+    assert one(board, "Unit", "StartLimitIntervalSec") == "0"
+
+
+FIRMWARE = UNITS.parent
+
+
+def test_mta_config_user_owns_the_config_directory_and_is_in_group_mta_lite():
+    sysusers = [line.split() for line in (FIRMWARE / "sysusers.d" / "mta-lite.conf").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert any(fields[:2] == ["u", "mta-config"] for fields in sysusers)
+    assert ["m", "mta-config", "mta-lite"] in sysusers
+    tmpfiles = [line.split() for line in (FIRMWARE / "tmpfiles.d" / "mta-lite.conf").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    entry = next(fields for fields in tmpfiles if fields[1] == CONFIG_DIR)
+    assert entry[0] == "d" and entry[3:5] == ["mta-config", "mta-lite"]
+    mode = int(entry[2], 8)
+    assert mode & 0o2000, "setgid: files mta-config writes get group mta-lite, which the relay reads"
+    assert mode & 0o070 == 0o050 and mode & 0o007 in (0, 0o001), "group reads, others at most traverse"
