@@ -1,11 +1,14 @@
 """The serial console end to end: the real `mta-lite-board --serial` on a real pty pair.
 
 Peers: socat (`socat -d -d pty,raw,echo=0,link=DIR/ttyA pty,raw,echo=0,link=DIR/ttyB`, a pty
-pair, started per test and terminated in teardown), the real board daemon as a subprocess
-on ttyA (stopped with SIGTERM in teardown), and on ttyB tools/provision.py as a subprocess or
-a raw pyserial client. C1/C2 (apply, broken apply, rollback, on disk), C3 (64 KiB of line
-noise, then the console still works; the port going away and coming back), S3 (neither the
-daemon's log nor anything read from the port ever holds the password or its base64).
+pair, started per test and terminated in teardown), the real board daemon as a subprocess on
+ttyA (stopped with SIGTERM in teardown), and on ttyB tools/provision.py as a subprocess or a
+raw pyserial client; for the I/O edge alone (board.console.SerialConsole in this process), a
+bare kernel pty from os.openpty(), closed at the end of its test.
+C1/C2: apply, broken apply, rollback, checked on disk. C3: 64 KiB of line noise, then the
+console still works; the port going away and coming back; a console nobody reads caps its
+replies and never blocks the event loop. S3: neither the daemon's log nor anything read from
+the port ever holds the password or its base64.
 """
 
 from __future__ import annotations
@@ -276,3 +279,121 @@ def test_provision_without_a_port_exits_2(tmp_path):
     assert result.returncode == 2 and b"provision: " in result.stderr
     usage = subprocess.run([sys.executable, str(PROVISION), "--port", "x", "frobnicate"], capture_output=True, timeout=30)
     assert usage.returncode == 2
+
+
+# ------------------------------------------------------------------ the I/O edge on a bare pty
+
+def board_log(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "board")
+
+
+def memory_protocol(directory: Path):
+    from board.console import FileActions
+    from board.console_protocol import ConsoleProtocol
+    Path(directory / "mta-lite.toml").write_bytes(config_bytes(str(directory / "spool")))
+    return lambda: ConsoleProtocol(FileActions(str(directory / "mta-lite.toml"), str(directory / "spool")))
+
+
+async def read_until(fd: int, needle: bytes, timeout: float = 10) -> bytes:
+    import asyncio
+    got = b""
+    deadline = time.monotonic() + timeout
+    while needle not in got:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {needle!r} in {got[-200:]!r}")
+        try:
+            got += os.read(fd, 65536)
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+    return got
+
+
+def open_pty() -> tuple[int, str, int]:
+    master, slave = os.openpty()
+    os.set_blocking(master, False)
+    return master, os.ttyname(slave), slave
+
+
+def test_serial_console_on_a_pty_replies_and_never_blocks_when_nobody_reads(tmp_path, caplog):
+    import asyncio
+    from board.console import MAX_PENDING_OUTPUT_BYTES, SerialConsole
+    caplog.set_level("INFO", logger="board")
+    master, name, slave = open_pty()
+
+    async def scenario():
+        task = asyncio.create_task(SerialConsole(name, memory_protocol(tmp_path)).run())
+        try:
+            await read_until(master, b"OK mta-lite console 1\r\n")
+            os.write(master, b"HELLO\r\n")
+            await read_until(master, b"OK mta-lite console 1\r\n")
+            # Ask for far more than the pty and the output buffer hold, and read nothing: the
+            # loop must go on (this coroutine runs on it) and the replies be capped, not queued.
+            for _ in range(MAX_PENDING_OUTPUT_BYTES // 700 + 200):
+                os.write(master, b"HELP\r\n")
+                await asyncio.sleep(0)
+            deadline = time.monotonic() + 10
+            while "nobody reads the port" not in board_log(caplog):
+                assert time.monotonic() < deadline, "the replies were never capped"
+                await asyncio.sleep(0.01)
+            assert not task.done()
+            await read_until(master, b"| HELP ", timeout=5)
+            # Once the line is read again the console answers again (HELLO until it does, as
+            # the clients do: a greeting that met a full buffer was dropped).
+            deadline = time.monotonic() + 10
+            while True:
+                os.write(master, b"\r\nHELLO\r\n")
+                try:
+                    await read_until(master, b"OK mta-lite console 1\r\n", timeout=0.5)
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline, "no answer after the flood"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_serial_console_port_that_fails_to_open_logs_once_then_comes_back(tmp_path, caplog, monkeypatch):
+    import asyncio
+    import board.console as console
+    caplog.set_level("INFO", logger="board")
+    monkeypatch.setattr(console, "REOPEN_MIN_S", 0.01)
+    monkeypatch.setattr(console, "REOPEN_MAX_S", 0.02)
+    master, name, slave = open_pty()
+    attempts = []
+
+    def opener(port: str):
+        attempts.append(port)
+        if len(attempts) <= 5:
+            raise serial.SerialException(2, f"could not open port {port}")
+        if len(attempts) == 6:
+            return serial.serial_for_url("loop://")      # no file descriptor: refused too
+        return console.open_port(port)
+
+    async def scenario():
+        task = asyncio.create_task(console.SerialConsole(name, memory_protocol(tmp_path), opener).run())
+        try:
+            await read_until(master, b"OK mta-lite console 1\r\n")
+            os.write(master, b"HELLO\r\n")
+            await read_until(master, b"OK mta-lite console 1\r\n")
+            deadline = time.monotonic() + 5
+            while "back" not in board_log(caplog):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        os.close(master)
+        os.close(slave)
+    text = board_log(caplog)
+    assert len(attempts) == 7
+    assert text.count("retrying") == 1 and "cannot open" in text and f"console: {name} back" in text
