@@ -92,6 +92,15 @@ def test_provision_valid_config_installs_new_generation_and_says_ok(tmp_path, bo
     assert_no_secret(*stick_logs())
 
 
+def test_provision_fat32_stick_installs(tmp_path, box):
+    """Most sticks come formatted FAT32 (its top folder is a cluster chain, not a fixed area)."""
+    image = make_stick(tmp_path / "stick.img", {"mta-lite.toml": config_bytes(hostname="fat32.lan.test")},
+                       size="40M", mkfs_args=("-F", "32"))
+    result = provision_from_stick(image, box)
+    assert result.outcome is Outcome.APPLIED, result.message
+    assert load_config(box).hostname == "fat32.lan.test" and result_lines(image)[0].startswith("OK generation 2")
+
+
 def test_provision_same_stick_twice_installs_once(tmp_path, box, stick_logs):
     image = make_stick(tmp_path / "stick.img", {"mta-lite.toml": config_bytes(hostname="new.lan.test")})
     first = provision_from_stick(image, box)
