@@ -147,6 +147,8 @@ def load_config(path: str, secrets: bool = True) -> Config:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except RecursionError:      # tomllib recurses per nesting level: [[[[...]]]]
+        raise ConfigError(path, "", "not valid TOML: nested too deeply") from None
     except UnicodeDecodeError as exc:       # tomllib decodes the bytes before it parses
         raise ConfigError(path, "", f"not valid TOML: not UTF-8 at byte {exc.start}") from None
     return replace(parse_config(data, path, secrets), digest=config_digest(raw))

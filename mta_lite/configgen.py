@@ -134,12 +134,12 @@ def apply_config(path: str, data: bytes, source: str) -> ApplyResult:
     written = _write_secrets(path, secrets)
     try:
         digest = validate(path, config, source)     # as installed, with its password files
-    except ConfigError:
-        for name in written:
-            os.unlink(name)
+        safeio.atomic_write(_gen_path(path, number), data, mode=0o600)
+        _install(path, config)
+    except (ConfigError, OSError):
+        for name in written + [_gen_path(path, number)]:
+            _unlink_quietly(name)
         raise
-    safeio.atomic_write(_gen_path(path, number), data, mode=0o600)
-    _install(path, config)
     _prune(path)
     return ApplyResult(number, digest, changed=True)
 
@@ -188,6 +188,13 @@ def _write_secrets(path: str, secrets: dict[str, str]) -> list[str]:
         safeio.atomic_write(full, password.encode("utf-8"), mode=0o640)
         written.append(full)
     return written
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _prune(path: str) -> None:

@@ -216,3 +216,22 @@ def test_apply_password_file_not_utf8_is_a_config_error(path, tmp_path):
     (tmp_path / "isp.secret").write_bytes(b"\xffpw")
     with pytest.raises(ConfigError, match=r"relays\.isp\.password_file: .*not UTF-8 at byte 0"):
         configgen.apply_config(path, config_bytes(), "test")
+
+
+def test_apply_deeply_nested_toml_is_a_config_error(path):
+    data = b"a = " + b"[" * 30000 + b"]" * 30000 + b"\n"
+    with pytest.raises(ConfigError, match="^test: not valid TOML"):
+        configgen.apply_config(path, data, "test")
+
+
+def test_apply_install_failure_leaves_no_new_generation_or_password_file(path, tmp_path, monkeypatch):
+    configgen.apply_config(path, config_bytes(), "test")
+
+    def failing_install(*_):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(configgen, "_install", failing_install)
+    with pytest.raises(OSError):
+        configgen.apply_config(path, config_bytes(port=2600, inline=True), "test")
+    assert [g.number for g in configgen.generations(path)] == [1]
+    assert secret_files(tmp_path) == []
+    assert read(path) == config_bytes()
