@@ -1,10 +1,11 @@
 """daemon — mta-lite-board: the box's hardware side as one process of asyncio tasks.
 
-    mta-lite-board [--config FILE] [--serial DEVICE] [--spool DIR]
+    mta-lite-board [--config FILE] [--serial DEVICE] [--spool DIR] [--no-leds]
 
 --config defaults to $MTA_LITE_CONFIG, else /etc/mta-lite/mta-lite.toml; --spool to the
 config's spool_dir (read without secrets, each time it is needed). With --serial the serial
-console (board.console) runs on DEVICE. Each board part is a named task factory given to
+console (board.console) runs on DEVICE; the status LEDs (board.leds) show the status file
+of the spool unless --no-leds (no GPIO: no LEDs, one log line). Each board part is a named task factory given to
 run(); a part that fails is logged and restarted with backoff, the others go on; one that
 returns is done (LEDs on a board without GPIO). SIGTERM or SIGINT stops every part and the
 process exits 0.
@@ -33,7 +34,10 @@ from mta_lite.config_load import load_config
 from mta_lite.errors import ConfigError
 from mta_lite.maillog import setup_logging
 
+from mta_lite.status import read_status
+
 from .console import FileActions, SerialConsole
+from .leds import serve_leds
 from .console_protocol import ConsoleProtocol, error_location
 
 # A part that keeps failing is restarted at most this often: a bug must not become a busy loop.
@@ -91,12 +95,19 @@ def console_part(config_path: str, device: str, spool_dir: str | None) -> Part:
     return "console", SerialConsole(device, protocol).run
 
 
+def leds_part(spool_dir: str) -> Part:
+    """The status LEDs, from the status file the queue manager writes (board.leds)."""
+    return "leds", lambda: serve_leds(lambda: read_status(spool_dir))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mta-lite-board", description="mta-lite's hardware side: serial console")
+    parser = argparse.ArgumentParser(prog="mta-lite-board",
+                                     description="mta-lite's hardware side: serial console and status LEDs")
     parser.add_argument("--config", default=os.environ.get("MTA_LITE_CONFIG") or DEFAULT_CONFIG_PATH,
                         help="the relay's config file (default: $MTA_LITE_CONFIG or %(default)s)")
     parser.add_argument("--serial", metavar="DEVICE", help="run the serial console on DEVICE (e.g. /dev/ttyS0)")
     parser.add_argument("--spool", metavar="DIR", help="the relay's spool (default: spool_dir of the config)")
+    parser.add_argument("--no-leds", action="store_true", help="leave the GPIO pins alone")
     return parser.parse_args(argv)
 
 
@@ -115,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(console_part(args.config, args.serial, args.spool))
     else:
         log.info("no --serial DEVICE: the console is off")
+    spool_dir = args.spool or (cfg.spool_dir if cfg else None)
+    if args.no_leds:
+        log.info("--no-leds: the LEDs are off")
+    elif spool_dir:
+        parts.append(leds_part(spool_dir))
+    else:
+        log.warning("no spool directory known (no config, no --spool): the LEDs are off")
     return asyncio.run(run(parts))
 
 

@@ -40,7 +40,9 @@ MAX_CONFIG_BYTES = 64 * 1024
 KEEP_GENERATIONS = 10
 GENERATIONS_DIR = "generations"
 _GENERATION = re.compile(r"(\d{6})\.toml\Z")
-DEFAULT_MODE = 0o640
+# The installed config holds no password (configsecrets moves them out), and smtpd, whose
+# user is in none of the config's groups, must read it.
+DEFAULT_MODE = 0o644
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from .queue import Spool
 from .smarthost.client import SmarthostPool
 from .smtpd.listener import Listener
 from .smtpd.postscreen import PostscreenService
-from .status import StatusSnapshot, write_status
+from .status import StatusSnapshot, queue_counts, write_status
 
 log = logging.getLogger("mta_lite.master")
 STATUS_INTERVAL_S = 2.0
@@ -140,6 +140,7 @@ class QmgrService:
         data = self.qmgr.snapshot()
         smtpd = self.extra_counters() if self.extra_counters else data.get("smtpd", {})
         return StatusSnapshot(pid=os.getpid(), started=self.started, running=True,
+                              queue=queue_counts(self.cfg.spool_dir),
                               relays=data["accounts"], qmgr=data["totals"], smtpd=smtpd,
                               config=self.cfg.digest)
 

@@ -1,8 +1,9 @@
 """status — StatusSnapshot: what the daemon is doing, for `mta-lite status`, board/ and tools.
 
 The daemon writes the snapshot atomically to spool/public/status.json every few seconds;
-readers never see a half-written file. Queue counts are always taken live from the spool
-directories, so `status` is right even while the daemon is stopped.
+readers never see a half-written file. Queue counts are taken live from the spool
+directories the reader may list, so `status` is right even while the daemon is stopped; for
+those it may not (the board), the queue manager's counts in the snapshot stand.
 Guarantees: the snapshot holds counters and states only — never an address book, a
 password, or message content. board/ reads it through read_status() and nothing else.
 Must never: block the daemon on a slow reader (the file is replaced, not locked).
@@ -41,12 +42,16 @@ class StatusSnapshot:
 
 
 def queue_counts(spool_dir: str) -> dict[str, int]:
+    """Live counts of the queue directories this process may list; a directory it may not
+    (the board's user) is left out, and the queue manager's figure from the file stands."""
     counts = {}
     for name in QUEUE_DIRS:
         try:
             counts[name] = sum(1 for n in os.listdir(os.path.join(spool_dir, name)) if not n.startswith("."))
         except FileNotFoundError:
             counts[name] = 0
+        except PermissionError:
+            continue
     return counts
 
 
@@ -82,7 +87,9 @@ def read_status(spool_dir: str, now: float | None = None) -> StatusSnapshot:
     if type(snapshot.written) not in (int, float):
         snapshot.written = 0.0
     snapshot.running = bool(snapshot.pid) and _alive(snapshot.pid) and now - snapshot.written < STALE_AFTER_S
-    snapshot.queue = queue_counts(spool_dir)
+    written = snapshot.queue if isinstance(snapshot.queue, dict) else {}
+    snapshot.queue = {name: written.get(name, 0) for name in QUEUE_DIRS
+                      if type(written.get(name, 0)) is int} | queue_counts(spool_dir)
     return snapshot
 
 

@@ -11,7 +11,7 @@
                                            files, qmgr (the owner) may move any
     active/ deferred/ hold/ corrupt/ state/
                 mta-lite  mta-lite   0700  qmgr only
-    public/     mta-lite  mta-smtpd  2750  the doorbell socket gets group mta-smtpd (qmgr makes
+    public/     mta-lite  mta-smtpd  2751  the doorbell socket gets group mta-smtpd (qmgr makes
                                            it 0660), so smtpd may ring; the status file
     postscreen/ mta-lite  mta-smtpd  2770  smtpd replaces its pass cache file here (atomic
                                            write: a temporary file renamed over the old one);
@@ -57,7 +57,7 @@ LAYOUT: dict[str, tuple[int, str]] = {
     "hold": (0o700, OWNER),
     "corrupt": (0o700, OWNER),
     "state": (0o700, OWNER),
-    "public": (0o2750, SMTPD),
+    "public": (0o2751, SMTPD),
     MAILDROP: (0o3733, OWNER),
     "postscreen": (0o2770, SMTPD),
 }

@@ -21,7 +21,7 @@ from mta_lite.queue.spool import DIRS, MAILDROP, MessageState
 
 EXPECTED_MODES = {
     ".": 0o751, "tmp": 0o3770, "incoming": 0o3770, "active": 0o700, "deferred": 0o700,
-    "hold": 0o700, "corrupt": 0o700, "state": 0o700, "public": 0o2750, MAILDROP: 0o3733,
+    "hold": 0o700, "corrupt": 0o700, "state": 0o700, "public": 0o2751, MAILDROP: 0o3733,
     "postscreen": 0o2770,
 }
 SMTPD_GROUP = {".", "tmp", "incoming", "public", "postscreen"}

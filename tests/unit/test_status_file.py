@@ -15,3 +15,39 @@ def test_read_status_with_bad_types_reports_not_running(tmp_path, pid, written):
     (tmp_path / STATUS_FILE).write_text(json.dumps({"pid": pid, "written": written}))
     snapshot = read_status(str(tmp_path))
     assert snapshot.running is False
+
+
+@pytest.fixture
+def world_tmp():
+    """A directory another user can reach (pytest's tmp_path is under a 0700 directory)."""
+    import pathlib
+    import shutil
+    import tempfile
+    path = pathlib.Path(tempfile.mkdtemp(prefix="mta-status-"))
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3.11"),
+                    reason="needs root to switch to mta-test-user (tools/install-test-deps.sh)")
+def test_read_status_as_other_user_keeps_queue_managers_count_for_unlistable_dir(world_tmp):
+    """The board's user may not list active/: the count the queue manager wrote stands."""
+    import subprocess
+    tmp_path = world_tmp
+    spool = tmp_path / "spool"
+    (spool / "public").mkdir(parents=True)
+    (spool / "active").mkdir(mode=0o700)
+    (spool / "active" / "A1").write_bytes(b"")
+    (spool / "deferred").mkdir(mode=0o755)
+    (spool / "deferred" / "D1").write_bytes(b"")
+    (spool / STATUS_FILE).write_text(json.dumps({"pid": 1, "written": 0, "queue": {"active": 7, "deferred": 9}}))
+    for path in (tmp_path, spool, spool / "public", spool / STATUS_FILE):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    code = "from mta_lite.status import read_status; import json, sys; print(json.dumps(read_status(sys.argv[1]).queue))"
+    result = subprocess.run(["setpriv", "--reuid=mta-test-user", "--regid=mta-test-user", "--clear-groups",
+                             "/usr/bin/python3.11", "-c", code, str(spool)], capture_output=True, cwd="/",
+                            env={"PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))})
+    assert result.returncode == 0, result.stderr.decode()
+    queue = json.loads(result.stdout)
+    assert queue["active"] == 7, "not listable: the queue manager's figure"
+    assert queue["deferred"] == 1, "listable: the live count"
