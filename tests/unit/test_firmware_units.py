@@ -391,16 +391,18 @@ def board():
 
 def test_board_runs_the_serial_console_on_the_uart(board):
     assert one(board, "Service", "ExecStart").split() == ["/usr/bin/mta-lite-board", "--serial", "/dev/ttyS0"]
-    assert words(board, "Service", "Environment") == ["MTA_LITE_CONFIG=/etc/mta-lite/mta-lite.toml"]
+    assert words(board, "Service", "Environment") == [
+        "MTA_LITE_CONFIG=/etc/mta-lite/mta-lite.toml", "GPIOZERO_PIN_FACTORY=lgpio", "LG_WD=/run/mta-lite-board"]
+    assert one(board, "Service", "WorkingDirectory") == "/run/mta-lite-board"   # lgpio writes there
     # The console is how a broken config gets replaced: nothing may keep it from starting.
     assert "ExecStartPre" not in board["Service"] and "ExecCondition" not in board["Service"]
     for key in ("EnvironmentFile", "LoadCredential", "SetCredential"):
         assert key not in board["Service"]
 
 
-def test_board_runs_as_mta_config_with_the_uart_group(board):
+def test_board_runs_as_mta_config_with_the_uart_and_gpio_groups(board):
     assert one(board, "Service", "User") == "mta-config"
-    assert words(board, "Service", "SupplementaryGroups") == ["dialout"]
+    assert words(board, "Service", "SupplementaryGroups") == ["dialout", "gpio"]
     assert "DynamicUser" not in board["Service"]
 
 
@@ -413,9 +415,9 @@ def test_board_has_no_capability_and_no_network(board):
     assert one(board, "Service", "IPAddressDeny") == "any"
 
 
-def test_board_sees_the_uart_and_no_other_device(board):
+def test_board_sees_the_uart_and_gpio_chips_and_no_other_device(board):
     assert one(board, "Service", "DevicePolicy") == "closed"
-    assert words(board, "Service", "DeviceAllow") == ["/dev/ttyS0", "rw"]
+    assert board["Service"]["DeviceAllow"] == ["/dev/ttyS0 rw", "char-gpiochip rw"]
     # PrivateDevices=yes would hide /dev/ttyS0 behind a private /dev.
     assert board["Service"].get("PrivateDevices", ["no"])[-1] in ("no", "false")
 
