@@ -312,48 +312,64 @@ def open_pty() -> tuple[int, str, int]:
     return master, os.ttyname(slave), slave
 
 
-def test_serial_console_on_a_pty_replies_and_never_blocks_when_nobody_reads(tmp_path, caplog):
+def run_console_on_pty(make_console, scenario) -> str:
+    """make_console(name) on a fresh pty, scenario(master, task) beside it on one loop, both
+    cancelled and the pty closed at the end; the pty's name."""
     import asyncio
-    from board.console import MAX_PENDING_OUTPUT_BYTES, SerialConsole
-    caplog.set_level("INFO", logger="board")
     master, name, slave = open_pty()
 
-    async def scenario():
-        task = asyncio.create_task(SerialConsole(name, memory_protocol(tmp_path)).run())
+    async def main():
+        task = asyncio.create_task(make_console(name).run())
         try:
-            await read_until(master, b"OK mta-lite console 1\r\n")
-            os.write(master, b"HELLO\r\n")
-            await read_until(master, b"OK mta-lite console 1\r\n")
-            # Ask for far more than the pty and the output buffer hold, and read nothing: the
-            # loop must go on (this coroutine runs on it) and the replies be capped, not queued.
-            for _ in range(MAX_PENDING_OUTPUT_BYTES // 700 + 200):
-                os.write(master, b"HELP\r\n")
-                await asyncio.sleep(0)
-            deadline = time.monotonic() + 10
-            while "nobody reads the port" not in board_log(caplog):
-                assert time.monotonic() < deadline, "the replies were never capped"
-                await asyncio.sleep(0.01)
-            assert not task.done()
-            await read_until(master, b"| HELP ", timeout=5)
-            # Once the line is read again the console answers again (HELLO until it does, as
-            # the clients do: a greeting that met a full buffer was dropped).
-            deadline = time.monotonic() + 10
-            while True:
-                os.write(master, b"\r\nHELLO\r\n")
-                try:
-                    await read_until(master, b"OK mta-lite console 1\r\n", timeout=0.5)
-                    break
-                except TimeoutError:
-                    assert time.monotonic() < deadline, "no answer after the flood"
+            await scenario(master, task)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
     try:
-        asyncio.run(asyncio.wait_for(scenario(), 30))
+        asyncio.run(asyncio.wait_for(main(), 30))
     finally:
         os.close(master)
         os.close(slave)
+    return name
+
+
+async def greeted(master: int) -> None:
+    await read_until(master, b"OK mta-lite console 1\r\n")
+    os.write(master, b"HELLO\r\n")
+    await read_until(master, b"OK mta-lite console 1\r\n")
+
+
+def test_serial_console_on_a_pty_replies_and_never_blocks_when_nobody_reads(tmp_path, caplog):
+    import asyncio
+    from board.console import MAX_PENDING_OUTPUT_BYTES, SerialConsole
+    caplog.set_level("INFO", logger="board")
+
+    async def scenario(master, task):
+        await greeted(master)
+        # Ask for far more than the pty and the output buffer hold, and read nothing: the
+        # loop must go on (this coroutine runs on it) and the replies be capped, not queued.
+        for _ in range(MAX_PENDING_OUTPUT_BYTES // 700 + 200):
+            os.write(master, b"HELP\r\n")
+            await asyncio.sleep(0)
+        deadline = time.monotonic() + 10
+        while "nobody reads the port" not in board_log(caplog):
+            assert time.monotonic() < deadline, "the replies were never capped"
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        await read_until(master, b"| HELP ", timeout=5)
+        # Once the line is read again the console answers again (HELLO until it does, as
+        # the clients do: a greeting that met a full buffer was dropped).
+        deadline = time.monotonic() + 10
+        while True:
+            os.write(master, b"\r\nHELLO\r\n")
+            try:
+                await read_until(master, b"OK mta-lite console 1\r\n", timeout=0.5)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, "no answer after the flood"
+
+    run_console_on_pty(lambda name: SerialConsole(name, memory_protocol(tmp_path)), scenario)
 
 
 def test_serial_console_port_that_fails_to_open_logs_once_then_comes_back(tmp_path, caplog, monkeypatch):
@@ -362,7 +378,6 @@ def test_serial_console_port_that_fails_to_open_logs_once_then_comes_back(tmp_pa
     caplog.set_level("INFO", logger="board")
     monkeypatch.setattr(console, "REOPEN_MIN_S", 0.01)
     monkeypatch.setattr(console, "REOPEN_MAX_S", 0.02)
-    master, name, slave = open_pty()
     attempts = []
 
     def opener(port: str):
@@ -373,25 +388,14 @@ def test_serial_console_port_that_fails_to_open_logs_once_then_comes_back(tmp_pa
             return serial.serial_for_url("loop://")      # no file descriptor: refused too
         return console.open_port(port)
 
-    async def scenario():
-        task = asyncio.create_task(console.SerialConsole(name, memory_protocol(tmp_path), opener).run())
-        try:
-            await read_until(master, b"OK mta-lite console 1\r\n")
-            os.write(master, b"HELLO\r\n")
-            await read_until(master, b"OK mta-lite console 1\r\n")
-            deadline = time.monotonic() + 5
-            while "back" not in board_log(caplog):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async def scenario(master, task):
+        await greeted(master)
+        deadline = time.monotonic() + 5
+        while "back" not in board_log(caplog):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
 
-    try:
-        asyncio.run(asyncio.wait_for(scenario(), 30))
-    finally:
-        os.close(master)
-        os.close(slave)
+    name = run_console_on_pty(lambda name: console.SerialConsole(name, memory_protocol(tmp_path), opener), scenario)
     text = board_log(caplog)
     assert len(attempts) == 7
     assert text.count("retrying") == 1 and "cannot open" in text and f"console: {name} back" in text

@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import shutil
-import subprocess
 
 import pytest
 
 from board import usbstick
 from board.mtools import MTOOLS_TIMEOUT_S
-from tests.unit.test_firmware_units import access, one, parse_unit, paths, words
+from tests.unit.test_firmware_units import (_analyze, access, exposure_level, needs_systemd_analyze, one,
+                                            parse_unit, paths, words)
 
 FIRMWARE = pathlib.Path(__file__).resolve().parents[2] / "firmware"
 RULES = FIRMWARE / "udev" / "99-mta-lite-usbstick.rules"
@@ -159,10 +158,6 @@ def test_usbstick_unit_time_limit_covers_three_mtools_commands(unit):
 
 # ------------------------------------------------------------------ systemd itself
 
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-needs_systemd_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
-
-
 @pytest.fixture
 def unit_dir(tmp_path):
     stub = tmp_path / "python3"
@@ -175,11 +170,6 @@ def unit_dir(tmp_path):
     return units
 
 
-def _analyze(unit_dir, *args):
-    env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:", SYSTEMD_LOG_COLOR="0", SYSTEMD_PAGER="")
-    return subprocess.run([SYSTEMD_ANALYZE, *args], cwd=unit_dir, env=env, capture_output=True, text=True, timeout=60)
-
-
 @needs_systemd_analyze
 def test_usbstick_unit_systemd_analyze_verify(unit_dir):
     result = _analyze(unit_dir, "verify", "--man=no", INSTANCE)
@@ -189,9 +179,4 @@ def test_usbstick_unit_systemd_analyze_verify(unit_dir):
 
 @needs_systemd_analyze
 def test_usbstick_unit_systemd_analyze_security_exposure(unit_dir):
-    if "--offline" not in _analyze(unit_dir, "security", "--help").stdout:
-        pytest.skip("systemd-analyze security --offline needs systemd >= 250")
-    result = _analyze(unit_dir, "security", "--offline=yes", "--threshold=20", "--no-pager", INSTANCE)
-    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
-    assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= 1.0, result.stdout
+    assert exposure_level(unit_dir, INSTANCE) <= 1.0
