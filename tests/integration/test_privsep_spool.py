@@ -306,6 +306,31 @@ def test_sendmail_works_when_the_config_names_an_unreadable_password_file(box):
 
 
 def test_prepared_spool_gives_others_only_traversal_and_maildrop_creation(box):
+    """Others may traverse the root and public/ (the board reads status.json by name) and
+    create in maildrop/; they may list nothing."""
     for name in (".", *DIRS):
         other = stat.S_IMODE(os.stat(box.path(name)).st_mode) & 0o007
-        assert other == {".": 0o001, MAILDROP: 0o003}.get(name, 0), name
+        assert other == {".": 0o001, "public": 0o001, MAILDROP: 0o003}.get(name, 0), name
+
+
+READ_STATUS = """
+import json, sys
+from mta_lite.status import read_status
+print(json.dumps(read_status(sys.argv[1]).queue))
+"""
+
+
+def test_board_user_reads_the_status_file_and_the_queue_managers_counts(box):
+    """The board (user mta-config on the box; any other user here) shows the status on its
+    LEDs and console: it reads public/status.json by name, lists nothing, and gets the queue
+    counts the queue manager wrote for the directories it may not list."""
+    from mta_lite.status import StatusSnapshot, write_status
+    write_status(box.spool, StatusSnapshot(pid=1, queue={"deferred": 4, "active": 2}))
+    status_file = box.path("public", "status.json")
+    os.chown(status_file, pwd.getpwnam(QMGR_USER).pw_uid, -1)
+    got = box.probe(TEST_USER, [("read", status_file), ("list", box.path("public"))])
+    assert got == {f"read {status_file}": "ok", f"list {box.path('public')}": "EACCES"}
+    result = box.run_as(TEST_USER, ["-c", READ_STATUS, box.spool])
+    assert result.returncode == 0, result.stderr.decode()
+    queue = json.loads(result.stdout)
+    assert queue["deferred"] == 4 and queue["active"] == 2
