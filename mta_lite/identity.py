@@ -120,6 +120,27 @@ def rewrite_for(rewrite, hostname: str, sender: str, client_ip: str) -> Rewrite 
     return None
 
 
+def leaves_as(rewrite, hostname: str, sender: str, client_ip: str) -> tuple[str, ...]:
+    """The address as given and, if [rewrite] changes it, the address it leaves with."""
+    if not sender:
+        return ()
+    rewritten = rewrite_for(rewrite, hostname, sender, client_ip)
+    if rewritten is None or rewritten.identity.address == sender:
+        return (sender,)
+    return (sender, rewritten.identity.address)
+
+
+def bound_to_other_clients(cfg, sender: str, client_ip: str) -> bool:
+    """S4: True when `sender`, as given or as it leaves after [rewrite], routes through a
+    [[senders]] entry whose `clients` leave `client_ip` out. Used for SMTP clients and for
+    local submissions (client 127.0.0.1), so that sendmail is no way around a binding."""
+    for address in leaves_as(cfg.rewrite, cfg.hostname, sender, client_ip):
+        rule = rule_for(cfg.senders, address)
+        if rule is not None and rule.clients and not ip_in(client_ip, rule.clients):
+            return True
+    return False
+
+
 def rule_for(rules: Iterable, address: str):
     """The [[senders]] entry that routes `address` (exact, then @domain), as config.route_for."""
     by_address = {rule.address: rule for rule in rules}

@@ -11,7 +11,9 @@ fsync() of the directory where we may read it, else syncfs() (see queue/dirsync.
 Guarantees: exit status 0 only once the message is durably in maildrop/ (G1), also while
 the daemon is stopped (it is picked up when the daemon starts); 75 (EX_TEMPFAIL) when it
 could not be stored, with nothing left behind; 64 (EX_USAGE) for a bad address or no
-recipients; 78 for a bad config. The body is streamed to the file, never held whole in
+recipients; 77 (EX_NOPERM) for a sender whose [[senders]] entry is bound to other clients
+(S4: a local submission counts as client 127.0.0.1, as it does for [rewrite.clients]);
+78 for a bad config. The body is streamed to the file, never held whole in
 memory. Line endings are normalised to CRLF; a bare CR is dropped, so nothing we relay
 carries one (S2).
 Must never: exit 0 before the file and its directory entry are on stable storage; write
@@ -31,10 +33,13 @@ from email.policy import compat32
 from .config import Config
 from .envelope import Envelope, parse_path
 from .errors import AddressError, SpoolError
+from .identity import bound_to_other_clients
 from .queue import Spool
 from .queue.spool import MAILDROP
+from .reply import sender_not_owned
 
-EX_OK, EX_USAGE, EX_TEMPFAIL = 0, 64, 75
+EX_OK, EX_USAGE, EX_NOPERM, EX_TEMPFAIL = 0, 64, 77, 75
+LOCAL_CLIENT = "127.0.0.1"      # what a local submission counts as, for bindings and [rewrite]
 # Owner (the submitting user) and group read. maildrop/ is set-gid to the queue manager's
 # group, so qmgr can read the file and other local users cannot, even knowing its name.
 MAILDROP_FILE_MODE = 0o640
@@ -157,9 +162,12 @@ def submit(cfg: Config, argv: list[str], stdin=None, user: str | None = None) ->
     if not recipients:
         print("sendmail: no recipient addresses given (use RCPT arguments or -t)", file=sys.stderr)
         return EX_USAGE
+    if bound_to_other_clients(cfg, sender, LOCAL_CLIENT):     # S4; pickup checks it again
+        print(f"sendmail: {sender_not_owned(sender, f'client [{LOCAL_CLIENT}]')}", file=sys.stderr)
+        return EX_NOPERM
     if inv.from_headers:
         headers = _strip_bcc(headers)
-    return _queue(cfg, Envelope(sender, recipients, "127.0.0.1", "localhost", smtputf8=True, body="8BITMIME"),
+    return _queue(cfg, Envelope(sender, recipients, LOCAL_CLIENT, "localhost", smtputf8=True, body="8BITMIME"),
                   _added_headers(headers, cfg, sender, inv.full_name) + _crlf(headers), stdin, ended, inv.dot_ends)
 
 

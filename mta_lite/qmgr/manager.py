@@ -37,13 +37,14 @@ from typing import NamedTuple
 from ..config import Config
 from ..envelope import lookup_key
 from ..errors import MtaLiteError
+from ..identity import bound_to_other_clients
 from ..queue import Spool
 from . import wakeup
 from .accounts import Account, Accounts
 from .budget import BudgetFile, Ticket, budget_path
 from .delivery import Deliverer
 from .fairness import fair_order
-from .pickup import Pickup
+from .pickup import LOCAL_ADDRESS, Pickup
 from .rewrite import route_of
 
 log = logging.getLogger("mta_lite.qmgr")
@@ -112,7 +113,7 @@ class QueueManager:
             load_template(cfg) if template is None else template,
             clock=clock, rng=rng or random.Random(), sleep=sleep,
             on_deferred=self._deferred_until, on_new_mail=self._new_mail)
-        self.pickup = Pickup(spool, cfg.message_size_limit, clock=clock)
+        self.pickup = Pickup(spool, cfg.message_size_limit, clock=clock, sender_bound=self._locally_bound)
         self._incoming: dict[str, None] = {}        # IDs in incoming/, in arrival order
         self._deferred: dict[str, float] = {}       # ID -> next attempt
         self._meta_of: dict[str, _Meta] = {}        # ID -> account, sender; learned once
@@ -172,6 +173,10 @@ class QueueManager:
                 await asyncio.gather(*late, return_exceptions=True)
         if self._running:
             await self._stopped.wait()
+
+    def _locally_bound(self, sender: str) -> bool:
+        """pickup's S4 check, on the config in use now (a reload changes bindings)."""
+        return bound_to_other_clients(self.cfg, sender, LOCAL_ADDRESS)
 
     def reconfigure(self, cfg: Config) -> None:
         """A reloaded, validated config: new relays, credentials, limits and queue settings;

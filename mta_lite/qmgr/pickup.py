@@ -3,7 +3,8 @@
     maildrop/ID         a queue file written by `sendmail` as some local user: UNTRUSTED
       open O_NOFOLLOW|O_NONBLOCK, fstat: a regular file of plausible size
       validate: version, envelope, end marker, checksum (queuefile), then the envelope
-                again as if it came from the network (envelope.parse_path)
+                again as if it came from the network (envelope.parse_path), and the
+                sender's [[senders]] client binding for client 127.0.0.1 (S4)
       copy      into a new queue file of our own (spool.begin/write/commit): new queue ID,
                 arrival now, client 127.0.0.1/localhost; only then unlink maildrop/ID
     maildrop/.tmp-ID    a submission being written; removed once older than STALE_TMP_S
@@ -91,8 +92,11 @@ class Pickup:
     """pickup runs for one spool; remembers entries it can neither queue nor remove."""
 
     def __init__(self, spool: Spool, size_limit: int, clock=time.time,
-                 limit: int = MAX_FILES_PER_RUN) -> None:
+                 limit: int = MAX_FILES_PER_RUN, sender_bound=None) -> None:
         self.spool, self.size_limit, self.clock, self.limit = spool, size_limit, clock, limit
+        # sender_bound(sender) -> True when a [[senders]] binding refuses a local submission
+        # (identity.bound_to_other_clients with client 127.0.0.1); None: no bindings.
+        self.sender_bound = sender_bound
         self._stuck: set[str] = set()
 
     def run(self) -> PickupRun:
@@ -112,7 +116,7 @@ class Pickup:
             if name.startswith(TMP_PREFIX):
                 outcome = _drop_if_stale(self.spool, name, self.clock())
             else:
-                outcome = pickup_one(self.spool, name, self.size_limit, self.clock())
+                outcome = pickup_one(self.spool, name, self.size_limit, self.clock(), self.sender_bound)
             run.stale += outcome == STALE
             run.picked += outcome in (PICKED, KEPT)
             run.rejected += outcome == REJECTED
@@ -122,12 +126,12 @@ class Pickup:
         return run
 
 
-def pickup_one(spool: Spool, name: str, size_limit: int, now: float) -> str:
+def pickup_one(spool: Spool, name: str, size_limit: int, now: float, sender_bound=None) -> str:
     """PICKED, KEPT (queued, not removed), REJECTED (set aside), GONE, LATER (an I/O error;
     retried) or STUCK (neither queued nor removable)."""
     path = os.path.join(spool.root, MAILDROP, name)
     try:
-        queue_id, st, sender = _copy_in(spool, path, size_limit, now)
+        queue_id, st, sender = _copy_in(spool, path, size_limit, now, sender_bound)
     except NotAFileError as exc:
         return REJECTED if _remove_special(path, name, exc.strerror) else STUCK
     except RejectedError as exc:
@@ -163,7 +167,8 @@ def _unlink_copied(path: str, name: str, copied: os.stat_result, queue_id: str) 
     return True
 
 
-def _copy_in(spool: Spool, path: str, size_limit: int, now: float) -> tuple[str, os.stat_result, str]:
+def _copy_in(spool: Spool, path: str, size_limit: int, now: float,
+             sender_bound=None) -> tuple[str, os.stat_result, str]:
     """Validate the submission at `path` and queue a copy; (queue ID, its fstat, sender)."""
     _require_regular(os.lstat(path).st_mode)
     try:
@@ -181,6 +186,9 @@ def _copy_in(spool: Spool, path: str, size_limit: int, now: float) -> tuple[str,
             raise RejectedError(0, f"file of {st.st_size} bytes exceeds the message size limit")
         entry = _validated(handle, path, size_limit)
         envelope = checked_envelope(entry)
+        if sender_bound is not None and sender_bound(envelope.sender):
+            raise RejectedError(0, f"sender <{envelope.sender}> is bound to other clients "
+                                f"than the local client [{LOCAL_ADDRESS}] (S4)")
         return _copy(spool, handle, entry, envelope, now), st, envelope.sender
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import Config, RewriteConfig, SenderRule, User
-from ..identity import ip_in, owns, rewrite_for, rule_for
+from ..identity import bound_to_other_clients, owns
 from ..reply import Reply, sender_not_owned
 
 
@@ -48,17 +48,6 @@ class SenderPolicy:
             if login is None or not owns(login.senders, sender):
                 return sender_not_owned(sender, f"user {user}")
             return None
-        for address in self.leaves_as(sender, client_ip):
-            rule = rule_for(self.senders, address)
-            if rule is not None and rule.clients and not ip_in(client_ip, rule.clients):
-                return sender_not_owned(sender, f"client [{client_ip}]")
+        if bound_to_other_clients(self, sender, client_ip):
+            return sender_not_owned(sender, f"client [{client_ip}]")
         return None
-
-    def leaves_as(self, sender: str, client_ip: str) -> tuple[str, ...]:
-        """The address as given and, if [rewrite] changes it, the address it leaves with."""
-        if not sender:
-            return ()
-        rewrite = rewrite_for(self.rewrite, self.hostname, sender, client_ip)
-        if rewrite is None or rewrite.identity.address == sender:
-            return (sender,)
-        return (sender, rewrite.identity.address)

@@ -98,6 +98,15 @@ def test_bound_sender_from_foreign_client_is_refused(sink_factory, relay_factory
     assert dump_envelope(dump)["X-Mail-Args"][0].startswith("<printer@example.com>")
     assert sink.count() == 1
     assert "NOQUEUE: reject: MAIL from [127.0.0.3]: 553 5.7.1 <printer@example.com>" in relay.log()
+    # Local sendmail counts as client 127.0.0.1: no way around the binding either.
+    result = relay.cli("sendmail", "-f", "printer@example.com", "ops@remote.example",
+                       stdin=b"Subject: local borrow\r\n\r\nx\r\n")
+    assert result.returncode == 77, result.stderr.decode()
+    assert b"Sender address rejected: not owned by client [127.0.0.1]" in result.stderr
+    assert relay.cli("sendmail", "-f", "cron@example.com", "ops@remote.example",
+                     stdin=b"Subject: local own\r\nMessage-ID: <own-2@lan>\r\n\r\nx\r\n").returncode == 0
+    by_message_id(sink, b"<own-2@lan>")
+    assert sink.count() == 2
 
 
 # ---------------------------------------------------------------- against a real Postfix smarthost

@@ -105,3 +105,40 @@ def test_sendmail_interrupted_leaves_no_tmp_file(cfg):
     with pytest.raises(KeyboardInterrupt):
         sendmail.submit(cfg, ["ops@remote.example"], stdin=Interrupting(MESSAGE))
     assert _drop(cfg) == []
+
+
+def bound_config(tmp_path, clients):
+    """alice@work.example uses her own smarthost login, bound to the given clients (S4)."""
+    sender = {"address": "alice@work.example", "relay": "work", "username": "alice@work.example",
+              "password": "pw-a", "clients": clients}
+    return make_config(str(tmp_path / "spool"), senders=[sender])
+
+
+def test_sendmail_sender_bound_to_other_clients_exits_77_and_writes_nothing(tmp_path, capsys):
+    """S4: sendmail is no way around a [[senders]] client binding (local = 127.0.0.1)."""
+    cfg = bound_config(tmp_path, ["192.168.1.20"])
+    status = sendmail.submit(cfg, ["-f", "alice@work.example", "ops@remote.example"], stdin=io.BytesIO(MESSAGE))
+    assert status == sendmail.EX_NOPERM == 77
+    assert capsys.readouterr().err == ("sendmail: 553 5.7.1 <alice@work.example>: Sender address rejected: "
+                                       "not owned by client [127.0.0.1]\n")
+    assert _drop(cfg) == []
+
+
+def test_sendmail_sender_bound_to_local_client_is_queued(tmp_path):
+    cfg = bound_config(tmp_path, ["192.168.1.20", "127.0.0.1"])
+    status = sendmail.submit(cfg, ["-f", "alice@work.example", "ops@remote.example"], stdin=io.BytesIO(MESSAGE))
+    assert status == sendmail.EX_OK and len(_drop(cfg)) == 1
+
+
+def test_pickup_forged_submission_with_bound_sender_goes_to_corrupt(tmp_path, caplog):
+    """A local user may write maildrop/ without sendmail: pickup checks the binding again."""
+    open_cfg = bound_config(tmp_path, ["192.168.1.20", "127.0.0.1"])
+    sendmail.submit(open_cfg, ["-f", "alice@work.example", "ops@remote.example"], stdin=io.BytesIO(MESSAGE))
+    cfg = bound_config(tmp_path, ["192.168.1.20"])
+    spool = Spool(cfg.spool_dir)
+    from mta_lite.identity import bound_to_other_clients
+    run = Pickup(spool, cfg.message_size_limit,
+                 sender_bound=lambda s: bound_to_other_clients(cfg, s, "127.0.0.1")).run()
+    assert (run.picked, run.rejected) == (0, 1)
+    assert spool.list("incoming") == [] and len(os.listdir(os.path.join(cfg.spool_dir, "corrupt"))) == 1
+    assert "sender <alice@work.example> is bound to other clients" in caplog.text
