@@ -54,7 +54,8 @@ def test_transient_failures_defer_and_never_bounce(sink_factory, relay_factory, 
 
 
 @pytest.mark.parametrize("flags", [("-f", "RCPT", "-B", "550 5.1.1 No such user"),
-                                   ("-f", ".", "-B", "552 5.3.4 Message too big")])
+                                   ("-f", ".", "-B", "552 5.3.4 Message too big"),
+                                   ("-f", "MAIL", "-B", "554 5.7.1 Rejected by policy")])
 def test_permanent_failure_bounces_without_looping(sink_factory, relay_factory, flags):
     sink = sink_factory(*flags)
     relay = relay_factory(sink_config(sink))
