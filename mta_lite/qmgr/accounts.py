@@ -6,7 +6,10 @@ its smarthost never slows another (S5).
 
 Guarantees: after a refused login (535) the account is paused for auth_pause_s() (hours,
 doubling per consecutive refusal); while paused nothing is attempted for it; when the pause
-ends exactly one delivery (the probe) goes through, the others wait for its outcome. A
+ends exactly one delivery (the probe) goes through, the others wait for its outcome. The
+same holds after a delivery that got no answer at all (connect refused, timeout, 421): the
+account pauses for min_backoff, then one probe, so a smarthost that is down sees one
+connection per pause, not one per queued message (Postfix's dead destination). A
 refusal seen by several deliveries that were already in flight together doubles the pause
 once, not once per delivery. flush() ends a pause early but still lets only one probe through.
 A reloaded config whose credentials for the account differ (a keyed hash of host, port,
@@ -58,6 +61,11 @@ class Account:
         self.last_error = ""
         self.auth_failures = 0               # consecutive refused logins; 0 once one succeeds
         self.paused_until = 0.0
+        # The smarthost gave no answer (connect refused, timeout, 421): like Postfix's dead
+        # destination, the account pauses for min_backoff and then sends one probe, instead
+        # of one connection attempt per queued message against a host that is down.
+        self.site_down = False
+        self.last_reply = None               # the reply behind last_error
         self._deferring = False
         self._probe: asyncio.Event | None = None
 
@@ -88,7 +96,7 @@ class Account:
         while True:
             if self.paused(clock()):
                 return PAUSED
-            if not self.auth_failures:
+            if not (self.auth_failures or self.site_down):
                 return GO
             if self._probe is None:
                 self._probe = asyncio.Event()
@@ -106,7 +114,7 @@ class Account:
             self.counts[rcpt.status] = self.counts.get(rcpt.status, 0) + 1
         deferred = result.with_status(DEFER)
         if deferred:
-            self.last_error = str(deferred[0].reply)
+            self.last_error, self.last_reply = str(deferred[0].reply), deferred[0].reply
         if result.auth_failed:
             # A sibling that failed first already paused the account: do not double again.
             if not self.paused(now):
@@ -121,8 +129,13 @@ class Account:
         self._deferring = bool(deferred) and not result.with_status(SENT)
         if deferred and len(deferred) == len(result.recipients) and all(_no_answer(r.reply) for r in deferred):
             self.unreachable_since = self.unreachable_since or now
+            if not self.paused(now):        # siblings in flight together pause it once
+                self.site_down, self.paused_until = True, now + queue.min_backoff_s
         else:
             self.unreachable_since = 0.0
+            if self.site_down and not self.auth_failures:
+                self.paused_until = 0.0     # it answered: the site is up again
+            self.site_down = False
 
     def count_deferred(self, n: int) -> None:
         """Recipients deferred without an attempt (paused); last_error keeps the smarthost's words."""
@@ -151,6 +164,7 @@ class Account:
         return {"state": self.state(now), "sent": self.counts[SENT], "deferred": self.counts[DEFER],
                 "bounced": self.counts[BOUNCE], "last_error": self.last_error,
                 "paused_until": self.paused_until or None, "concurrency": self.concurrency,
+                "site_down": self.site_down,
                 "throttled_until": over[1] if over else None,
                 "unreachable_since": self.unreachable_since or None,
                 "sent_last_hour": self.budget.used(now, HOUR_S), "sent_last_day": self.budget.used(now, DAY_S),

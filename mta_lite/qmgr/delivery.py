@@ -143,10 +143,14 @@ class Deliverer:
 
     def _paused(self, account: Account, pending) -> Attempt:
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(account.paused_until))
-        why = (f"delivery temporarily suspended: the smarthost refused the login of account "
-               f"{account.name}; next try after {until} ({account.last_error})")
+        last = account.last_reply
+        if account.auth_failures or last is None:
+            reply = Reply(451, "4.7.0", f"delivery temporarily suspended: the smarthost refused the login of "
+                                        f"account {account.name}; next try after {until} ({account.last_error})")
+        else:       # Postfix's words for a dead destination, with the smarthost's last failure
+            reply = Reply(last.code, last.enhanced, f"delivery temporarily suspended: {last.text}")
         account.count_deferred(len(pending))
-        result = DeliveryResult.transient(pending, Reply(451, "4.7.0", why))
+        result = DeliveryResult.transient(pending, reply)
         return Attempt(result, attempted=False, not_before=account.paused_until)
 
     def _held(self, account: Account, pending, until: float, why: str) -> Attempt:

@@ -48,6 +48,10 @@ def _holds(route, account: dict, state: MessageState, book: BudgetFile, now: flo
         reasons.append(f"account {name} paused until {when(paused_until, now)}: the smarthost "
                        "refused its login (fix the credentials and reload to resume at once)")
         next_at = max(next_at, paused_until)
+    elif account.get("site_down") and paused_until > now:
+        reasons.append(f"account {name} paused until {when(paused_until, now)}: its smarthost did not "
+                       "answer (one probe then; `queue flush` probes now)")
+        next_at = max(next_at, paused_until)
     book.load()
     over = Budget.from_dict(book.saved.get(name, {}), Limits.of(route.relay)).over(now)
     if over is not None:

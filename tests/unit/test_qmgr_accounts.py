@@ -4,6 +4,9 @@ the pause doubles; concurrency per account; snapshot()."""
 import asyncio
 
 from mta_lite.qmgr.backoff import AUTH_PAUSE_MIN_S
+from mta_lite.qmgr.why import explain
+from mta_lite.reply import Reply
+from mta_lite.status import StatusSnapshot
 from mta_lite.smarthost.result import DeliveryResult
 
 from .test_qmgr_support import R535, T0, async_test, result_for, running, until
@@ -137,8 +140,52 @@ async def test_snapshot_lists_every_configured_account_with_totals():
         snap = h.mgr.snapshot()
         assert set(snap["accounts"]) == {"isp", WORK}
         assert snap["accounts"]["isp"] == {"state": "ok", "sent": 0, "deferred": 0, "bounced": 0,
-                                           "last_error": "", "paused_until": None, "concurrency": 2,
+                                           "last_error": "", "paused_until": None, "concurrency": 2, "site_down": False,
                                            "throttled_until": None, "unreachable_since": None,
                                            "sent_last_hour": 0, "sent_last_day": 0,
                                            "max_per_hour": 0, "max_per_day": 0, "rate_delay": 0.0}
         assert snap["totals"]["sent"] == 0 and snap["totals"]["in_flight"] == 0
+
+
+R_REFUSED = Reply(451, "4.4.1", "connect to smtp.work.example[192.0.2.9]:587: Connection refused")
+
+
+def _work_down(call):
+    if call.account == WORK:
+        return DeliveryResult.transient(call.recipients, R_REFUSED)
+    return result_for(call.recipients, {})
+
+
+@async_test
+async def test_smarthost_not_answering_gets_one_probe_per_pause_not_one_connection_per_message():
+    """Postfix's dead destination: a smarthost that is down is not hammered by the backlog."""
+    async with running(relays=RELAYS_3) as h:
+        h.pool.respond = _work_down
+        ids = [h.queue(sender=f"u{i}@work.example") for i in range(8)]
+        other = h.queue(sender="alice@example.com")
+        await h.start()
+        await h.settle()
+        tried = len(_work_calls(h))
+        assert 1 <= tried <= 3, "only the deliveries already in flight together connected"
+        assert h.where(other) is None                           # another account is not affected
+        states = [h.spool.load_state(q) for q in ids]
+        suspended = [s for s in states if s.attempts == 0]
+        assert len(suspended) == 8 - tried
+        assert all(s.last_error == "451 4.4.1 delivery temporarily suspended: connect to "
+                   "smtp.work.example[192.0.2.9]:587: Connection refused" for s in suspended)
+        account = h.mgr.snapshot()["accounts"][WORK]
+        min_backoff = h.mgr.cfg.queue.min_backoff_s
+        assert account["site_down"] and account["paused_until"] == T0 + min_backoff
+        waiting = next(q for q, s in zip(ids, states) if s.attempts == 0)
+        line = explain(h.cfg, h.spool, waiting, h.clock(), StatusSnapshot(running=True, relays={WORK: account}))
+        assert f"account {WORK} paused until " in line and "its smarthost did not answer" in line
+        h.clock.advance(2 * min_backoff)                        # past every retry time (jitter)
+        h.mgr.rescan()
+        await h.settle()
+        assert len(_work_calls(h)) == tried + 1, "one probe while the smarthost is still down"
+        h.clock.advance(2 * min_backoff)
+        h.pool.respond = lambda call: result_for(call.recipients, {})
+        h.mgr.rescan()
+        await h.settle()
+        assert all(h.where(q) is None for q in ids)             # the probe got through, the rest followed
+        assert not h.mgr.snapshot()["accounts"][WORK]["site_down"]
