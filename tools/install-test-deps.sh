@@ -6,7 +6,8 @@
 #
 # Also creates the users of the privilege-separated layout (same as
 # firmware/sysusers.d/mta-lite.conf): system users mta-lite (queue manager, supplementary group
-# mta-smtpd) and mta-smtpd (SMTP server), and the unprivileged mta-test-user that the tests use
+# mta-smtpd), mta-smtpd (SMTP server) and mta-config (config installer, group mta-lite), and the
+# unprivileged mta-test-user that the tests use
 # as "any local user" running sendmail.
 #
 # Guarantees: idempotent; when everything is already installed it only runs `dpkg -s`/`command -v`
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 NOLOGIN=/usr/sbin/nologin
-SYSTEM_USERS=(mta-smtpd mta-lite)      # mta-smtpd first: mta-lite joins its group
+SYSTEM_USERS=(mta-smtpd mta-lite mta-config)   # in this order: each joins a group made before
 TEST_USER=mta-test-user
 
 missing_users() {
@@ -27,6 +28,9 @@ missing_users() {
     done
     if getent passwd mta-lite >/dev/null && ! id -nG mta-lite | tr ' ' '\n' | grep -qx mta-smtpd; then
         echo "mta-lite-in-group-mta-smtpd"
+    fi
+    if getent passwd mta-config >/dev/null && ! id -nG mta-config | tr ' ' '\n' | grep -qx mta-lite; then
+        echo "mta-config-in-group-mta-lite"
     fi
 }
 
@@ -44,6 +48,8 @@ create_users() {
     getent passwd mta-smtpd >/dev/null || add_user mta-smtpd --system --comment "mta-lite SMTP server"
     getent passwd mta-lite >/dev/null || add_user mta-lite --system --comment "mta-lite queue manager"
     usermod --append --groups mta-smtpd mta-lite
+    getent passwd mta-config >/dev/null || add_user mta-config --system --comment "mta-lite config installer"
+    usermod --append --groups mta-lite mta-config
     getent passwd "$TEST_USER" >/dev/null || add_user "$TEST_USER" --comment "mta-lite tests, any local user"
 }
 
