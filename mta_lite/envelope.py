@@ -45,6 +45,7 @@ class Envelope:
     client_helo: str = ""
     smtputf8: bool = False
     body: str = "7BIT"
+    sasl_username: str = ""         # the submission login, as Postfix records it; "" if none
 
 
 def _reject(text: str, reply: Reply, address: str) -> AddressError:

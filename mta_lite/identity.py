@@ -103,16 +103,19 @@ def is_local_sender(sender: str, hostname: str) -> bool:
     return domain in LOCAL_DOMAINS or domain == hostname.lower() or "." not in domain
 
 
-def rewrite_for(rewrite, hostname: str, sender: str, client_ip: str) -> Rewrite | None:
+def rewrite_for(rewrite, hostname: str, sender: str, client_ip: str,
+                authenticated: bool = False) -> Rewrite | None:
     """The identity `sender` from `client_ip` leaves with, or None (it leaves as it is).
     `rewrite` is a config.RewriteConfig: senders (dict), clients ((network, Identity), ...)
-    ordered most specific first, and local_sender (Identity or None)."""
+    ordered most specific first, and local_sender (Identity or None). A message whose
+    client logged in (submission) is never rewritten by its client address: the login, not
+    the network it came from, says who sent it."""
     if not sender:
         return None
     for key in (lookup_key(sender), domain_key(sender)):
         if key and key in rewrite.senders:
             return Rewrite(rewrite.senders[key], f"rewrite.senders {key}")
-    for network, identity in rewrite.clients:
+    for network, identity in () if authenticated else rewrite.clients:
         if ip_in(client_ip, (network,)):
             return Rewrite(identity, f"rewrite.clients {network}")
     if rewrite.local_sender is not None and is_local_sender(sender, hostname):

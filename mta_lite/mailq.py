@@ -95,7 +95,8 @@ def show(spool: Spool, queue_id: str) -> bytes:
         f"*** ENVELOPE RECORDS {queue_id} ***",
         f"state: {_SHOWN_STATE[state]}",
         f"arrival: {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(entry.arrival))}",
-        f"client: [{entry.client_address}] helo={entry.client_helo}",
+        f"client: [{entry.client_address}] helo={entry.client_helo}"
+        + (f" sasl_username={entry.sasl_username}" if entry.sasl_username else ""),
         f"sender: {entry.sender}",
         *[f"recipient: {r}" + (f" ({st.done[r]})" if r in st.done else "") for r in entry.recipients],
         f"attempts: {st.attempts}",

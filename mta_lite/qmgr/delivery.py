@@ -99,7 +99,7 @@ class Deliverer:
             self._finish(entry, state, [], complete=True)
             return
         # [rewrite]: the message leaves as `out.sender`, through that sender's route (S4).
-        out = outgoing(self.cfg, entry.sender, entry.client_address)
+        out = outgoing(self.cfg, entry.sender, entry.client_address, entry.sasl_username)
         route = route_for(self.cfg, out.sender)
         account = self.accounts.for_route(route)
         if hold is not None:

@@ -55,16 +55,17 @@ class Outgoing:
         return rewrite_message(raw, self.rewrite.identity) if self.rewrite else raw
 
 
-def outgoing(cfg, sender: str, client_address: str) -> Outgoing:
-    """The Outgoing of a queued message from `sender` received from `client_address`."""
-    rewrite = rewrite_for(cfg.rewrite, cfg.hostname, sender, client_address)
+def outgoing(cfg, sender: str, client_address: str, sasl_username: str = "") -> Outgoing:
+    """The Outgoing of a queued message from `sender` received from `client_address`
+    (logged in as `sasl_username`, if any: then [rewrite.clients] does not apply)."""
+    rewrite = rewrite_for(cfg.rewrite, cfg.hostname, sender, client_address, bool(sasl_username))
     return Outgoing(rewrite.identity.address, rewrite) if rewrite else Outgoing(sender)
 
 
 def route_of(cfg, entry) -> Route:
     """The route of a queued message: chosen for the sender it leaves with, so the scheduler,
     its budgets, `queue why` and the delivery all agree on the account."""
-    return route_for(cfg, outgoing(cfg, entry.sender, entry.client_address).sender)
+    return route_for(cfg, outgoing(cfg, entry.sender, entry.client_address, entry.sasl_username).sender)
 
 
 def header_fields(content: bytes) -> tuple[list[tuple[int, int]], int]:

@@ -47,6 +47,7 @@ class QueueEntry:
     size: int
     content_offset: int
     digest: str = ""            # the trailer's sha256: lets a copier check what it copied
+    sasl_username: str = ""     # the submission login; absent in files from before it existed
 
     def read_content(self) -> bytes:
         with open(self.path, "rb") as handle:
@@ -119,6 +120,8 @@ _FIELDS = {
     "sender": str, "recipients": list, "arrival": (int, float), "client_address": str,
     "client_helo": str, "smtputf8": bool, "body": str, "is_bounce": bool,
 }
+# Fields added later: a file without them (written by an earlier version) is still valid.
+_OPTIONAL = {"sasl_username": str}
 
 
 def _envelope(line: bytes, path: str) -> dict:
@@ -126,9 +129,11 @@ def _envelope(line: bytes, path: str) -> dict:
         data = json.loads(line)
     except (ValueError, RecursionError):   # RecursionError: "[[[[...": nesting, not an envelope
         raise CorruptQueueFileError(f"{path}: envelope is not valid JSON") from None
-    if not isinstance(data, dict) or set(data) != set(_FIELDS):
+    if not isinstance(data, dict) or not set(_FIELDS) <= set(data) <= set(_FIELDS) | set(_OPTIONAL):
         raise CorruptQueueFileError(f"{path}: envelope fields missing or unknown")
-    for name, kind in _FIELDS.items():
+    for name, kind in (_FIELDS | _OPTIONAL).items():
+        if name not in data:
+            continue
         if not isinstance(data[name], kind) or (kind is not bool and isinstance(data[name], bool)):
             raise CorruptQueueFileError(f"{path}: envelope field {name} has the wrong type")
     if not data["recipients"] or not all(isinstance(r, str) and r for r in data["recipients"]):

@@ -98,7 +98,7 @@ class QueueWriter:
             "sender": envelope.sender, "recipients": list(envelope.recipients),
             "arrival": now, "client_address": envelope.client_address,
             "client_helo": envelope.client_helo, "smtputf8": envelope.smtputf8,
-            "body": envelope.body, "is_bounce": is_bounce,
+            "body": envelope.body, "is_bounce": is_bounce, "sasl_username": envelope.sasl_username,
         })
         self._file = self._create(mode)     # sets queue_id and path
         self._put(header)

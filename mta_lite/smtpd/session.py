@@ -412,7 +412,7 @@ class Session:
             raise ValueError("envelope() outside a mail transaction")
         return Envelope(sender=self.tx.sender, recipients=list(self.tx.recipients),
                         client_address=self.ctx.client_ip, client_helo=self.helo or "",
-                        smtputf8=self.tx.smtputf8, body=self.tx.body)
+                        smtputf8=self.tx.smtputf8, body=self.tx.body, sasl_username=self.auth.user or "")
 
     def end_data(self, reply: Reply, close: bool = False) -> Reply:
         """Record the outcome of DATA (queued or not) and end the transaction."""

@@ -154,7 +154,10 @@ def test_swaks_submission_with_auth_relays_with_the_users_sender_account(smartho
         smarthost, mynetworks=["192.0.2.0/24"],                 # 127.0.0.1 is outside: S1 holds
         listen=[{"address": f"127.0.0.1:{port}"}, {"address": f"127.0.0.1:{submission}", **tls},
                 {"address": f"127.0.0.1:{implicit}", "tls": "implicit", **tls}],
-        users={"alice": {"password_hash": hash_password(SUBMIT_PASSWORD.encode()), "senders": ["alice@example.com"]}}),
+        users={"alice": {"password_hash": hash_password(SUBMIT_PASSWORD.encode()), "senders": ["alice@example.com"]}},
+        # The laptop's address is mapped for the LAN's devices; a login is never rewritten by
+        # it, or alice's mail would leave as the scanner, through the office account.
+        rewrite={"clients": {"127.0.0.0/8": "Office Scanner <scanner@example.com>"}}),
         start=False)
     relay.port = port
     relay.start()

@@ -137,8 +137,21 @@ def test_route_of_uses_the_rewritten_senders_account(tmp_path):
     cfg = make_config(str(tmp_path), rewrite={"senders": {"root@printer.lan": "scan@work.example"}})
 
     class Entry:
-        sender, client_address = "root@printer.lan", "192.0.2.7"
+        sender, client_address, sasl_username = "root@printer.lan", "192.0.2.7", ""
     assert route_of(cfg, Entry).account == "work:alice@work.example"
+
+
+def test_client_rewrite_skips_a_logged_in_submission(tmp_path):
+    """A laptop whose user logged in from a LAN address mapped by [rewrite.clients] keeps
+    the user's own sender: the login says who sent it, not the network."""
+    cfg = make_config(str(tmp_path), rewrite={"clients": {"192.0.2.0/24": "scan@work.example"}})
+
+    class Entry:
+        sender, client_address, sasl_username = "me@example.com", "192.0.2.7", ""
+    assert route_of(cfg, Entry).account == "work:alice@work.example"      # the scanner's identity
+    Entry.sasl_username = "alice"
+    assert route_of(cfg, Entry).account == "isp"
+    assert outgoing(cfg, "me@example.com", "192.0.2.7", "alice").sender == "me@example.com"
 
 
 @async_test

@@ -114,3 +114,30 @@ def test_state_round_trip_and_remove_drops_it(spool):
 def test_require_unknown_id_names_it(spool):
     with pytest.raises(QueueIdError, match="0123456789ABCDEF"):
         spool.require("0123456789ABCDEF")
+
+
+def test_queue_file_keeps_the_submission_login_and_reads_files_without_it(tmp_path):
+    """sasl_username (Postfix's name) was added later: old files without it stay valid."""
+    import hashlib
+    from mta_lite.queue.queuefile import encode_header, encode_trailer
+    spool = Spool(str(tmp_path))
+    spool.ensure()
+    writer = spool.begin(Envelope("me@example.com", ["you@example.org"], "192.0.2.7", "laptop",
+                                  sasl_username="alice"))
+    writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    queue_id = writer.commit()
+    assert spool.read("incoming", queue_id).sasl_username == "alice"
+    old_envelope = {"sender": "me@example.com", "recipients": ["you@example.org"], "arrival": 1.0,
+                    "client_address": "192.0.2.7", "client_helo": "laptop", "smtputf8": False,
+                    "body": "7BIT", "is_bounce": False}
+    content = b"Subject: x\r\n\r\nbody\r\n"
+    head = encode_header(old_envelope) + content
+    path = str(tmp_path / "old-file")
+    with open(path, "wb") as handle:
+        handle.write(head + encode_trailer(len(content), hashlib.sha256(head).hexdigest()))
+    assert read_queue_file(path).sasl_username == ""
+    with open(path, "wb") as handle:            # an unknown field is still corrupt
+        head = encode_header({**old_envelope, "sasl_user": "x"}) + content
+        handle.write(head + encode_trailer(len(content), hashlib.sha256(head).hexdigest()))
+    with pytest.raises(CorruptQueueFileError, match="fields missing or unknown"):
+        read_queue_file(path)
