@@ -291,8 +291,8 @@ class ConsoleProtocol:
     def _installed(self, result: ApplyResult, source: str) -> list[str]:
         if not result.changed:
             return [f"OK generation {result.generation} already installed"]
-        self._log(f"console: {source}: generation {result.generation} installed (config {result.digest})")
-        return [f"OK generation {result.generation} installed (config {result.digest})"]
+        self._log(f"console: {source}: {result.describe()}")
+        return [f"OK {result.describe()}"]
 
 
 def _verb(words: list[str]) -> tuple[str, list[str]]:

@@ -194,7 +194,7 @@ def format_result(result: StickResult, when: float) -> bytes:
 def _applied(applied: configgen.ApplyResult, note: str = "") -> StickResult:
     outcome = Outcome.APPLIED if applied.changed else Outcome.UNCHANGED
     suffix = note if applied.changed else ", no change"
-    return StickResult(outcome, f"OK generation {applied.generation} installed (config {applied.digest}){suffix}",
+    return StickResult(outcome, f"OK {applied.describe()}{suffix}",
                        applied.generation, applied.digest)
 
 

@@ -160,8 +160,10 @@ def _generations(path: str, action: str, arg: str | None) -> int:
     except OSError as exc:
         print(f"mta-lite: cannot install {path}: {exc.strerror}", file=sys.stderr)
         return EX_TEMPFAIL
-    state = "installed" if result.changed else "already installed"
-    print(f"mta-lite: generation {result.generation} {state} (config {result.digest})")
+    if result.changed:
+        print(f"mta-lite: {result.describe()}")
+    else:
+        print(f"mta-lite: generation {result.generation} already installed (config {result.digest})")
     return 0
 
 

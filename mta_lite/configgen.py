@@ -61,6 +61,10 @@ class ApplyResult:
     digest: str             # config_digest() of it; `status` shows it once the relay loaded it
     changed: bool           # False: the bytes were already installed
 
+    def describe(self) -> str:
+        """`generation N installed (config DIGEST)`: the line every installer reports."""
+        return f"generation {self.generation} installed (config {self.digest})"
+
 
 def _gen_dir(path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(path)), GENERATIONS_DIR)
@@ -140,7 +144,7 @@ def apply_config(path: str, data: bytes, source: str) -> ApplyResult:
         _install(path, config)
     except (ConfigError, OSError):
         for name in written + [_gen_path(path, number)]:
-            _unlink_quietly(name)
+            safeio.unlink_quietly(name)
         raise
     _prune(path)
     return ApplyResult(number, digest, changed=True)
@@ -158,9 +162,7 @@ def rollback(path: str, number: int | None = None) -> ApplyResult:
         if target is None:
             numbers = ", ".join(str(g.number) for g in kept) or "none"
             raise ConfigError(path, "", f"no generation {number} (kept: {numbers})")
-    with open(target.path, "rb") as handle:
-        data = handle.read(MAX_CONFIG_BYTES + 1)
-    return apply_config(path, data, f"generation {target.number}")
+    return apply_config(path, _read(target.path) or b"", f"generation {target.number}")
 
 
 def _gen_path(path: str, number: int) -> str:
@@ -190,13 +192,6 @@ def _write_secrets(path: str, secrets: dict[str, str]) -> list[str]:
         safeio.atomic_write(full, password.encode("utf-8"), mode=0o640)
         written.append(full)
     return written
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _prune(path: str) -> None:

@@ -37,7 +37,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, owner: tuple[int, in
         os.chmod(tmp, mode)
         os.rename(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     fsync_dir(directory)
 
@@ -56,7 +56,7 @@ def _owner_of(path: str) -> tuple[int, int]:
     return info.st_uid, info.st_gid
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:

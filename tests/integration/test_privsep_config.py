@@ -54,10 +54,16 @@ def etc():
     shutil.rmtree(base)
 
 
-def run_as(python, user: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+def python_as(python, user: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """`python ARGS` as `user` with that user's groups, as its systemd unit would run it."""
     interpreter, env = python
-    return subprocess.run([interpreter, "-m", "mta_lite.cli", *args], input=stdin, capture_output=True,
+    return subprocess.run([interpreter, *args], input=stdin, capture_output=True,
                           user=user, group=user, extra_groups=_groups(user), env=env, cwd="/", timeout=60)
+
+
+def run_as(python, user: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """`mta-lite ARGS` as `user`."""
+    return python_as(python, user, "-m", "mta_lite.cli", *args, stdin=stdin)
 
 
 def provisioned() -> bytes:
@@ -87,10 +93,8 @@ def test_config_installed_by_mta_config_keeps_the_password_from_smtpd_only(pytho
     check = run_as(python, SMTPD_USER, "-c", config, "config", "check")
     assert check.returncode == 78 and b"relays.isp.password_file: " in check.stderr
     assert PASSWORD.encode() not in check.stdout + check.stderr
-    interpreter, env = python
-    peek = subprocess.run([interpreter, "-c", "import sys; open(sys.argv[1]).read()",
-                           os.path.join(etc, "secrets", secret)], capture_output=True, env=env, cwd="/",
-                          user=SMTPD_USER, group=SMTPD_USER, extra_groups=_groups(SMTPD_USER))
+    peek = python_as(python, SMTPD_USER, "-c", "import sys; open(sys.argv[1]).read()",
+                     os.path.join(etc, "secrets", secret))
     assert peek.returncode != 0 and b"PermissionError" in peek.stderr
     listing = run_as(python, SMTPD_USER, "-c", config, "config", "generations")
     assert listing.returncode != 0 or listing.stdout == b""
@@ -108,7 +112,5 @@ def test_config_rollback_by_mta_config_restores_the_earlier_password(python, etc
     assert show.returncode == 0 and PASSWORD.encode() not in show.stdout     # masked, as always
     probe = ("import sys; from mta_lite.config_load import load_config; "
              "print(load_config(sys.argv[1]).relays['isp'].password.reveal() == sys.argv[2])")
-    interpreter, env = python
-    check = subprocess.run([interpreter, "-c", probe, config, PASSWORD], capture_output=True, env=env,
-                           user=QMGR_USER, group=QMGR_USER, extra_groups=_groups(QMGR_USER), cwd="/")
+    check = python_as(python, QMGR_USER, "-c", probe, config, PASSWORD)
     assert check.stdout.strip() == b"True", check.stderr.decode()
