@@ -10,7 +10,7 @@ Must never: leave a partially written file under its final name.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 
 
 def fsync_dir(path: str) -> None:
@@ -22,11 +22,18 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def parent_dir(path: str) -> str:
+    """The directory holding `path`, as given: a relative path stays relative. The relay's
+    children reach the spool through their working directory (privsep.enter_spool), and
+    may not be allowed to enter the directories an absolute path would go through."""
+    return os.path.dirname(path) or "."
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
     """Write `data` to `path` atomically and durably (see the module docstring); `owner`
     (uid, gid) is set before the rename, so no reader sees the file with the wrong owner."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    directory = parent_dir(path)
+    fd, tmp = _create_tmp(directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -42,12 +49,23 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, owner: tuple[int, in
     fsync_dir(directory)
 
 
+def _create_tmp(directory: str) -> tuple[int, str]:
+    """A new, empty, private file in `directory` under a name nobody else can have chosen
+    (tempfile.mkstemp would make the path absolute; see parent_dir)."""
+    while True:
+        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            continue
+
+
 def durable_rename(src: str, dst: str) -> None:
     """rename(src, dst) and fsync the directories involved."""
     os.rename(src, dst)
-    fsync_dir(os.path.dirname(os.path.abspath(dst)))
-    src_dir = os.path.dirname(os.path.abspath(src))
-    if src_dir != os.path.dirname(os.path.abspath(dst)):
+    fsync_dir(parent_dir(dst))
+    src_dir = parent_dir(src)
+    if os.path.abspath(src_dir) != os.path.abspath(parent_dir(dst)):
         fsync_dir(src_dir)
 
 
