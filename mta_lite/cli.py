@@ -1,6 +1,6 @@
 """cli — the `mta-lite` command: parse arguments, load the config, run one subcommand.
 
-    mta-lite [-c FILE] serve | config check|show|public | config apply FILE|- |
+    mta-lite [-c FILE] serve | check [--fix] | config check|show|public | config apply FILE|- |
              config rollback [N] | config generations | sendmail ... | queue ... |
              status [--json] | relay test NAME | passwd NAME | demo
 
@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the relay in the foreground (supervises smtpd and qmgr)")
     sub.add_parser("smtpd", help="run only the receiving half (systemd unit)")
     sub.add_parser("qmgr", help="run only the delivering half (systemd unit)")
+    check = sub.add_parser("check", help="as root: what the service users could not reach or must not read, "
+                                         "with the command that fixes each (serve runs it before it listens)")
+    check.add_argument("--fix", action="store_true", help="apply the spool's own owners and modes first "
+                                                          "(never touches anything outside the spool)")
     cfg = sub.add_parser("config", help="check, show, install or roll back the configuration")
     cfg.add_argument("action", choices=["check", "show", "public", "apply", "rollback", "generations"],
                      help="public: the config without secrets, as the receiving side sees it; "
@@ -107,7 +111,7 @@ def _smtpd(args) -> int:
     from a short-lived `config public` process, so no secret ever enters it (S7)."""
     from .daemon import SmtpdService, run_service
     from .maillog import setup_logging
-    from .master import load_public_config
+    from .secretfree import load_public_config
     try:
         cfg = load_public_config(_config_path(args.config))
     except ConfigError as exc:
@@ -193,9 +197,11 @@ def _dispatch(cfg, args) -> int:
         if args.action == "show":
             sys.stdout.write(tomli_w.dumps(effective_dict(cfg)))
         elif args.action == "public":
-            from .master import public_config_toml
+            from .secretfree import public_config_toml
             sys.stdout.buffer.write(public_config_toml(cfg))
         return 0
+    if args.command == "check":
+        return _check(cfg, args.fix)
     if args.command == "relay":
         from .smarthost.probe import relay_test
         return relay_test(cfg, args.name)
@@ -205,6 +211,18 @@ def _dispatch(cfg, args) -> int:
         print(snapshot.to_json() if args.json else format_status(snapshot))
         return 0
     return _queue_command(cfg, args)
+
+
+def _check(cfg, fix: bool) -> int:
+    """`mta-lite check`: one line per problem on stderr; exit 78 if any is fatal."""
+    from .preflight import run_checks
+    problems = run_checks(cfg, fix)
+    for problem in problems:
+        print(f"mta-lite: check: {problem.line()}", file=sys.stderr)
+    if any(problem.fatal for problem in problems):
+        return EX_CONFIG
+    print(f"mta-lite: check: {cfg.path}: ok" + (f" ({len(problems)} warnings)" if problems else ""))
+    return 0
 
 
 def _queue_command(cfg, args) -> int:

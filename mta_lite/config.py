@@ -27,10 +27,11 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 class Secret:
     """A password that never shows itself by accident."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "source")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, source: str = "") -> None:
         self._value = value
+        self.source = source        # the password file it came from; "" when inline
 
     def reveal(self) -> str:
         return self._value

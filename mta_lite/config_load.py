@@ -117,6 +117,7 @@ def _secret(table: _Table, base: str, secrets: bool) -> Secret | None:
         return None         # the smtpd side: never read a password file
     if password is not None and password_file is not None:
         raise ConfigError(table.path, table.key("password"), "give password or password_file, not both")
+    full = ""
     if password_file is not None:
         full = _file(password_file, base, table.path, table.key("password_file"))
         try:
@@ -131,7 +132,7 @@ def _secret(table: _Table, base: str, secrets: bool) -> Secret | None:
         # a password file loses its trailing newline, so CR/LF would not even survive a move.
         key = "password_file" if password_file is not None else "password"
         raise ConfigError(table.path, table.key(key), "the password contains a control character (CR, LF, tab, NUL...)")
-    return Secret(password) if password is not None else None
+    return Secret(password, full) if password is not None else None
 
 
 
