@@ -14,11 +14,15 @@ it) to a LedState: one pattern per LED, each Off(), On() or Blink(on_s, off_s).
                                       (`mta-lite queue list`); wins over "on"
     alert (red)    off                every smarthost account is fine (or the relay is not
                                       running: then its accounts' state is unknown)
+                   fast blink         a part of the relay cannot start because of its
+                                      configuration (config error: `mta-lite status` names the
+                                      file and key); shown even while the relay is down
                    on                 an account's login was refused (535, auth_failed): fix
                                       its username or password (S5)
                    slow blink         a smarthost has not answered for 10 minutes (unreachable)
                    short flash        an account is throttled by its own sending budget
-    Priority on the alert LED, over all accounts: auth_failed, then unreachable, then throttled.
+    Priority on the alert LED: config error, then over all accounts auth_failed, then
+    unreachable, then throttled.
 
 Guarantees: pattern_for is total: any snapshot, even one built from a garbled status file
 (wrong types anywhere), gives a LedState and never raises. The snapshot holds counters and
@@ -50,6 +54,8 @@ FLASH_OFF_S = 1.9
 STATE_AUTH_FAILED = "auth_failed"
 STATE_UNREACHABLE = "unreachable"
 STATE_THROTTLED = "throttled"
+# The master's state for a child that exits with a config error (mta_lite.spawn).
+STATE_CONFIG_ERROR = "config_error"
 # Queue directories whose messages are still to go out (hold included: they are in the box).
 WAITING_DIRS = ("incoming", "active", "deferred", "hold")
 CORRUPT_DIR = "corrupt"
@@ -100,9 +106,17 @@ LED_NAMES = ("power", "mail", "alert")
 def pattern_for(snapshot: StatusSnapshot, now: float) -> LedState:
     """The LEDs for this snapshot at time `now` (seconds since the epoch)."""
     running = relay_running(snapshot, now)
-    return LedState(power=ON if running else SLOW_BLINK,
-                    mail=mail_pattern(snapshot),
-                    alert=alert_pattern(snapshot) if running else OFF)
+    if config_error(snapshot):
+        alert = FAST_BLINK
+    else:
+        alert = alert_pattern(snapshot) if running else OFF
+    return LedState(power=ON if running else SLOW_BLINK, mail=mail_pattern(snapshot), alert=alert)
+
+
+def config_error(snapshot: StatusSnapshot) -> bool:
+    """The master reports a child that cannot start because of its configuration."""
+    processes = _mapping(getattr(snapshot, "processes", None))
+    return any(_mapping(entry).get("state") == STATE_CONFIG_ERROR for entry in processes.values())
 
 
 def relay_running(snapshot: StatusSnapshot, now: float) -> bool:

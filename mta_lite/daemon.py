@@ -117,10 +117,15 @@ class SmtpdService:
 class QmgrService:
     """The delivering half; `purge_tmp` only when no receiver can be writing (in-process)."""
 
-    def __init__(self, cfg: Config, purge_tmp: bool = False) -> None:
+    def __init__(self, cfg: Config, purge_tmp: bool = False, spool_name: str = "") -> None:
         self.cfg = cfg
         self.spool = Spool(cfg.spool_dir)
+        self.spool_name = spool_name or cfg.spool_dir     # for the log: cfg's may be "."
         self.pool = SmarthostPool(helo_name=cfg.hostname)
+        for relay in cfg.relays.values():
+            if relay.tls != "none":
+                # Now, while a master's child is still root: the CA file may be root's alone.
+                self.pool.tls_context(relay.ca_file)
         self.qmgr = QueueManager(cfg, self.spool, self.pool)
         self.started = time.time()
         self.extra_counters = None          # in-process smtpd counters (Daemon)
@@ -132,7 +137,7 @@ class QmgrService:
         if not self._purge_tmp:
             counts["purged"] = self.spool.purge_tmp(older_than_s=self.cfg.smtpd.session_limit_s)
         log.info("daemon started -- version %s, spool %s (recovered: %s)", VERSION,
-                 self.cfg.spool_dir, ", ".join(f"{k} {v}" for k, v in counts.items()))
+                 self.spool_name, ", ".join(f"{k} {v}" for k, v in counts.items()))
         self.task = asyncio.create_task(self.qmgr.run(), name="qmgr")
         self._status_task = asyncio.create_task(self._status_loop(), name="status")
 

@@ -25,6 +25,14 @@ def _one_line(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
+class PreflightError(MtaLiteError, ValueError):
+    """`mta-lite check` found problems; each line names path, user and fix."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("; ".join(lines))
+
+
 class AddressError(MtaLiteError, ValueError):
     """An envelope address is malformed or not acceptable; carries the SMTP reply to give."""
 

@@ -8,12 +8,22 @@ the queue directories and the queue manager's doorbell socket.
                    lived `config public` process, prepares the spool, binds the [[listen]]
                    ports, loads the code both children run, then forks them and restarts a
                    child that dies (with backoff); it stops on SIGTERM. On SIGHUP, or when
-                   the config file changes, it validates the new config, has qmgr reload
-                   and replaces smtpd (same sockets for unchanged ports).
-    smtpd          a fork of the master: switches to `master.smtpd_user` and serves the
-                   inherited sockets with the secret-free config.
-    qmgr           a fork of the master: switches to `master.qmgr_user` (plus the smtpd
-                   group, to read what smtpd queued), then reads the full config itself.
+                   the config file changes, it validates the new config, replaces qmgr (or,
+                   running as one user, has it reload) and replaces smtpd (same sockets for
+                   unchanged ports).
+    smtpd          a fork of the master: loads the listeners' certificates and keys while
+                   still root, changes into the spool, drops to `master.smtpd_user` and
+                   serves the inherited sockets with the secret-free config.
+    qmgr           a fork of the master: reads the full config (the passwords) while still
+                   root, changes into the spool, then drops to `master.qmgr_user` (plus the
+                   smtpd group, to read what smtpd queued). A reload restarts it, so it reads
+                   the new config as root again (Postfix's `postfix reload` does the same).
+
+Before it binds a port, and before it accepts a reloaded config, the master runs `mta-lite
+check` (preflight.py): a problem the service users would meet is one line naming path,
+user and fix, and exit 78, never a crash loop. While smtpd is down (crashed, or unable to
+start), the master answers its ports itself with `421 4.3.2` at once, so clients do not
+wait in a backlog nobody reads; the queue manager goes on delivering.
 
 Forking from a master that already imported everything lets the three processes share
 those pages (gc.freeze() keeps the collector from touching them): about one interpreter's
@@ -27,58 +37,37 @@ Must never: read the config file itself, or restart a crashing child in a tight 
 
 from __future__ import annotations
 
+import errno
 import gc
-import grp
 import logging
 import os
-import pwd
+import select
 import signal
 import socket
-import subprocess
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import tomli_w
-
+from . import privsep, spawn
 from .config import Config
-from .config_load import effective_dict, parse_config
-from .errors import ConfigError, MtaLiteError
+from .secretfree import load_public_config, preflight
+from .errors import ConfigError, MtaLiteError, PreflightError
+from .spawn import Child
+from .status import write_processes
 
 log = logging.getLogger("mta_lite.master")
 
 LISTEN_BACKLOG = 128
-# A child that dies is restarted after 1 s, then 2, 4 ... up to a minute; a child that
-# stayed up for STABLE_AFTER_S starts again from 1 s.
-RESTART_MIN_S, RESTART_MAX_S, STABLE_AFTER_S = 1.0, 60.0, 60.0
 # How often the master looks at the config file's inode and mtime: a config installed by
 # `config apply`, the serial console or a USB stick is in use within this time.
 CONFIG_POLL_S = 2.0
 STOP_GRACE_S = 60.0
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def public_config_toml(cfg: Config) -> bytes:
-    """The config without secrets (and without files the receiving side has no use for).
-    Submission users' password hashes stay: the smtpd checks the logins (they are no
-    smarthost secret); so do the senders' client bindings and the rewrite maps (S4)."""
-    data = effective_dict(cfg, hashes=True)
-    data.pop("bounce_template", None)
-    for table in [*data["relays"].values(), *data["senders"]]:
-        for key in ("password", "password_file", "ca_file"):
-            table.pop(key, None)
-    return tomli_w.dumps(data).encode()
-
-
-def load_public_config(path: str) -> Config:
-    """Ask a short-lived process for the secret-free config, so no secret enters this one."""
-    result = subprocess.run([sys.executable, "-m", "mta_lite.cli", "-c", path, "config", "public"],
-                            capture_output=True, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise ConfigError(path, "", result.stderr.decode(errors="replace").strip().removeprefix("mta-lite: ")
-                          .removeprefix(f"{path}: "))
-    return parse_config(tomllib.loads(result.stdout.decode()), path, secrets=False)
+# While smtpd is down the master looks for waiting clients this often: a client is turned
+# away within a tenth of a second, at ten cheap wake-ups a second only while smtpd is down.
+TURN_AWAY_POLL_S = 0.1
+TURN_AWAY_PER_ROUND = 64
+R421_DOWN = b"421 4.3.2 Service currently unavailable\r\n"
 
 
 def bind_listeners(cfg: Config, bound: dict | None = None) -> list[socket.socket]:
@@ -92,6 +81,7 @@ def bind_listeners(cfg: Config, bound: dict | None = None) -> list[socket.socket
             if sock is None:
                 family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
                 sock = socket.create_server((item.host, item.port), family=family, backlog=LISTEN_BACKLOG)
+                sock.setblocking(False)     # smtpd's event loop wants it so; turn_away() too
             socks.append(sock)
     except OSError:
         for sock in socks:
@@ -110,47 +100,37 @@ def config_file_id(path: str) -> tuple | None:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
+def turn_away(socks: list[socket.socket], plain: list[bool]) -> int:
+    """Answer clients waiting on the listening sockets with 421 (close only on implicit-TLS
+    ports, where plain text would be garbage to the client); how many were turned away."""
+    ready, _, _ = select.select(socks, [], [], 0)
+    count = 0
+    for sock in ready:
+        for _ in range(TURN_AWAY_PER_ROUND):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:      # ECONNABORTED and the like: that client is gone
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    return count
+                continue
+            with conn:
+                conn.setblocking(False)
+                if plain[socks.index(sock)]:
+                    try:
+                        conn.send(R421_DOWN)
+                    except OSError:
+                        pass
+            count += 1
+    return count
+
+
 def _kill(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_master(master_pid: int) -> bool:
-    """Have the kernel send SIGTERM to this child when the master dies (kill -9, OOM killer);
-    False if the master is already gone. Without it an orphaned smtpd keeps the listening
-    port and an orphaned qmgr the queue, so a restarted master could not bind, or would run
-    a second queue manager. Called after the user switch, which clears the setting."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass    # not Linux: systemd's control group (or the admin) cleans up instead
-    return os.getppid() == master_pid
-
-
-def _set_process_name(name: str) -> None:
-    """Name the child in ps/top and /proc/PID/comm (Linux prctl PR_SET_NAME); best effort."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass
-class Child:
-    name: str
-    run: object                 # callable, runs in the forked child, returns an exit status
-    pid: int = 0
-    started: float = 0.0
-    delay_s: float = RESTART_MIN_S
-    restart_at: float | None = None
 
 
 class Master:
@@ -162,51 +142,50 @@ class Master:
         self.pid = os.getpid()
         self.config_id = config_file_id(cfg.path)
         self.retired: set[int] = set()      # old smtpd processes finishing after a reload
+        self.turned_away = 0                # clients answered 421 while smtpd was down
 
     # ---------------------------------------------------------------- set-up
-    def _ids(self, user: str, extra_group: str | None = None) -> tuple[int, int, list[int]]:
-        try:
-            entry = pwd.getpwnam(user)
-            groups = [grp.getgrnam(extra_group).gr_gid] if extra_group else []
-        except KeyError:
-            raise MtaLiteError(f"started as root, but user or group {user!r}/{extra_group!r} does not exist; "
-                               "create them (firmware/sysusers.d/mta-lite.conf)") from None
-        return entry.pw_uid, entry.pw_gid, groups
+    def _user(self, name: str, extra_group: str | None = None) -> privsep.ServiceUser:
+        return privsep.ServiceUser.lookup(name, extra_group)
 
     def prepare(self) -> None:
         from .queue.perms import prepare_spool
         if self.switch:
-            owner_uid = self._ids(self.cfg.master.qmgr_user)[0] if self.cfg.master.qmgr_user else 0
-            prepare_spool(self.cfg.spool_dir, owner_uid, self._ids(self.cfg.master.smtpd_user)[1])
+            owner_uid = self._user(self.cfg.master.qmgr_user).uid if self.cfg.master.qmgr_user else 0
+            prepare_spool(self.cfg.spool_dir, owner_uid, self._user(self.cfg.master.smtpd_user).gid)
         else:
             prepare_spool(self.cfg.spool_dir, None, None)
+        for line in preflight(self.cfg.path):
+            log.warning("%s", line)
         self.socks = bind_listeners(self.cfg)
         # Load the children's code here, once: shared between the three processes, and
         # already in memory when a child has dropped to a user who may not be able to read
-        # the interpreter's directory. The codecs are otherwise imported on first use.
+        # the interpreter's directory.
         from . import daemon   # noqa: F401
-        import concurrent.futures.thread  # noqa: F401  (asyncio.to_thread)
-        import encodings.ascii  # noqa: F401
-        import encodings.idna  # noqa: F401  (host names in getaddrinfo)
+        privsep.preload()
         if self.cfg.postscreen.dnsbl_sites and any(item.postscreen for item in self.cfg.listen):
             from .smtpd.dnsblclient import preload
             preload()           # dnspython imports its record types on first use
         self.children = [Child("qmgr", self._run_qmgr), Child("smtpd", self._run_smtpd)]
 
-    def _drop(self, user: str, extra_group: str | None = None) -> None:
-        if not (self.switch and user):
-            return
-        uid, gid, groups = self._ids(user, extra_group)
-        os.setgroups(groups)
-        os.setgid(gid)
-        os.setuid(uid)
+    def _become(self, name: str, user: str, extra_group: str | None = None) -> None:
+        """Change into the spool, then (started as root) drop to `user` for good."""
+        privsep.enter_spool(self.cfg.spool_dir)
+        if self.switch and user:
+            privsep.drop_to(self._user(user, extra_group))
+        privsep.LateImportWatch(name).install()
 
     def _run_smtpd(self) -> int:
         from .daemon import SmtpdService, run_service
-        self._drop(self.cfg.master.smtpd_user)
-        if not _die_with_master(self.pid):
+        try:
+            # As root: the listeners' keys may be readable by root alone (/etc/ssl/private).
+            service = SmtpdService(replace(self.cfg, spool_dir="."), socks=self.socks)
+        except ConfigError as exc:
+            return spawn.REPORT.config_error(str(exc))
+        self._become("smtpd", self.cfg.master.smtpd_user)
+        if not spawn.die_with_master(self.pid):
             return 0
-        return run_service(SmtpdService(self.cfg, socks=self.socks))
+        return run_service(service)
 
     def _run_qmgr(self) -> int:
         from .config_load import load_config
@@ -214,38 +193,29 @@ class Master:
         from .maillog import setup_logging
         for sock in self.socks:
             sock.close()        # the delivering side never listens
-        self._drop(self.cfg.master.qmgr_user, self.cfg.master.smtpd_user or None)
-        if not _die_with_master(self.pid):
-            return 0
         try:
+            # As root: password files may be root's alone (an admin's `chmod 600`).
             cfg = load_config(self.cfg.path)
         except ConfigError as exc:
-            log.error("fatal: %s", exc)
-            return 78
+            return spawn.REPORT.config_error(str(exc))
+        cfg = replace(cfg, spool_dir=".", master=self.cfg.master)
         setup_logging(cfg)
-        return run_service(QmgrService(cfg))
+        service = QmgrService(cfg, spool_name=self.cfg.spool_dir)
+        self._become("qmgr", self.cfg.master.qmgr_user, self.cfg.master.smtpd_user or None)
+        if not spawn.die_with_master(self.pid):
+            return 0
+        return run_service(service)
 
     # ---------------------------------------------------------------- children
     def _fork(self, child: Child, mask: set) -> None:
-        pid = os.fork()
-        if pid == 0:
-            status = 70
-            try:
-                for sig in SIGNALS:
-                    # SIGHUP ignored until the child's own handler is in place: a reload
-                    # sent during start-up must not kill it.
-                    signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                gc.unfreeze()
-                _set_process_name(f"mta-{child.name}")
-                status = child.run()
-            except BaseException:       # the child must never return into the master's loop
-                log.exception("%s: fatal error", child.name)
-            finally:
-                logging.shutdown()
-                os._exit(status)
-        child.pid, child.started, child.restart_at = pid, time.monotonic(), None
-        log.info("%s started, pid %d", child.name, pid)
+        spawn.fork_child(child, mask, self.children)
+        self._write_processes()
+
+    def _write_processes(self) -> None:
+        try:
+            write_processes(self.cfg.spool_dir, spawn.processes_record(self.pid, self.children))
+        except OSError as exc:
+            log.warning("cannot write the process status: %s", exc.strerror)
 
     def _reaped(self) -> None:
         while True:
@@ -258,20 +228,15 @@ class Master:
             self.retired.discard(pid)
             for child in self.children:
                 if child.pid == pid:
-                    self._died(child, status)
-
-    def _died(self, child: Child, status: int) -> None:
-        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
-               else f"exit status {os.waitstatus_to_exitcode(status)}")
-        if time.monotonic() - child.started > STABLE_AFTER_S:
-            child.delay_s = RESTART_MIN_S
-        log.warning("warning: process %s pid %d %s; restarting in %.0fs", child.name, child.pid, how, child.delay_s)
-        child.pid, child.restart_at = 0, time.monotonic() + child.delay_s
-        child.delay_s = min(child.delay_s * 2, RESTART_MAX_S)
+                    child.died(status)
+                    self._write_processes()
 
     def _signal(self, sig: int) -> None:
         for pid in [child.pid for child in self.children if child.pid] + list(self.retired):
             _kill(pid, sig)
+
+    def _smtpd_down(self) -> bool:
+        return any(child.name == "smtpd" and not child.pid for child in self.children)
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> None:
@@ -295,20 +260,41 @@ class Master:
             for child in self.children:
                 if child.restart_at is not None and time.monotonic() >= child.restart_at:
                     self._fork(child, mask)
+                elif child.settled():
+                    log.info("%s pid %d runs again: configuration error cleared", child.name, child.pid)
+                    self._write_processes()
+            self._turn_away()
         self._stop()
 
     def _next_timeout(self) -> float:
         due = [c.restart_at - time.monotonic() for c in self.children if c.restart_at is not None]
-        return max(0.0, min(due + [CONFIG_POLL_S]))
+        due += [spawn.CONFIG_OK_AFTER_S for c in self.children if c.state == spawn.STATE_CONFIG_ERROR]
+        poll = TURN_AWAY_POLL_S if self._smtpd_down() else CONFIG_POLL_S
+        return max(0.0, min(due + [poll]))
+
+    def _turn_away(self) -> None:
+        if not self._smtpd_down():
+            if self.turned_away:
+                log.info("smtpd is back; %d connections were answered 421 while it was down", self.turned_away)
+                self.turned_away = 0
+            return
+        self.turned_away += turn_away(self.socks, [item.tls != "implicit" for item in self.cfg.listen])
 
     # ---------------------------------------------------------------- reload
     def _reload(self, why: str) -> None:
-        """Validate the new config completely (C1), then the qmgr re-reads it (SIGHUP) and
-        smtpd is replaced by one with the new config on the same sockets. On any error the
-        running config stays; spool_dir and [master] change only with a restart."""
+        """Validate the new config completely (C1) and run the preflight on it, then replace
+        qmgr (as one user: it re-reads the file on SIGHUP) and smtpd, which gets the new
+        config on the same sockets. On any error the running config stays; spool_dir and
+        [master] change only with a restart."""
         self.config_id = config_file_id(self.cfg.path)
         try:
+            for line in preflight(self.cfg.path):
+                log.warning("%s", line)
             cfg = load_public_config(self.cfg.path)
+        except PreflightError as exc:
+            for line in exc.lines:
+                log.error("reload (%s) failed, keeping the running configuration: %s", why, line)
+            return
         except ConfigError as exc:
             log.error("reload (%s) failed, keeping the running configuration: %s", why, exc)
             return
@@ -326,7 +312,7 @@ class Master:
             if sock not in socks:
                 sock.close()
         self.cfg, self.socks = cfg, socks
-        log.info("reload (%s): configuration accepted, replacing smtpd", why)
+        log.info("reload (%s): configuration accepted, replacing smtpd%s", why, " and qmgr" if self.switch else "")
         for child in self.children:
             if child.pid and child.name == "smtpd":
                 # The old smtpd stops accepting and finishes its sessions in DATA while the
@@ -334,8 +320,15 @@ class Master:
                 self.retired.add(child.pid)
                 _kill(child.pid, signal.SIGTERM)
                 child.pid, child.restart_at = 0, time.monotonic()
+            elif child.pid and self.switch:
+                # Dropped to its user, qmgr may no longer read what root wrote: it finishes
+                # its deliveries and a new one reads the config as root (child.died()).
+                child.replace = True
+                _kill(child.pid, signal.SIGTERM)
             elif child.pid:
                 _kill(child.pid, signal.SIGHUP)
+            if child.state == spawn.STATE_CONFIG_ERROR:
+                child.restart_at = time.monotonic()     # the fix may be this very reload
 
     def _stop(self) -> None:
         log.info("terminating on signal")
@@ -384,6 +377,13 @@ def serve(path: str) -> int:
         Master(cfg).run()
     except ConfigError as exc:
         print(f"mta-lite: {exc}", file=sys.stderr)
+        return 78
+    except PreflightError as exc:
+        for line in exc.lines:
+            print(f"mta-lite: {line}", file=sys.stderr)
+        return 78
+    except privsep.PrivilegeError as exc:
+        print(f"mta-lite: {path}: master: {exc}", file=sys.stderr)
         return 78
     except (MtaLiteError, OSError) as exc:
         log.error("fatal: %s", exc)

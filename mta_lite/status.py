@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass, field
 from . import safeio
 
 STATUS_FILE = os.path.join("public", "status.json")
+# The master's view of its children (running, restarting, config_error and why), written by
+# the master whenever one starts or dies: it is there even while the queue manager is down.
+PROCESSES_FILE = os.path.join("public", "master.json")
 # A snapshot older than this, or one whose writer is gone, means the daemon is not running.
 STALE_AFTER_S = 30.0
 PID_LIMIT = 2 ** 22         # Linux's pid_max ceiling
@@ -36,6 +39,7 @@ class StatusSnapshot:
     qmgr: dict[str, int] = field(default_factory=dict)
     smtpd: dict[str, int] = field(default_factory=dict)
     config: str = ""                  # digest of the config file the queue manager runs
+    processes: dict[str, dict] = field(default_factory=dict)   # from the master, while it runs
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -58,6 +62,24 @@ def queue_counts(spool_dir: str) -> dict[str, int]:
 def write_status(spool_dir: str, snapshot: StatusSnapshot) -> None:
     snapshot.written = time.time()
     safeio.atomic_write(os.path.join(spool_dir, STATUS_FILE), snapshot.to_json().encode(), mode=0o644)
+
+
+def write_processes(spool_dir: str, record: dict) -> None:
+    safeio.atomic_write(os.path.join(spool_dir, PROCESSES_FILE), json.dumps(record, sort_keys=True).encode(),
+                        mode=0o644)
+
+
+def read_processes(spool_dir: str) -> dict[str, dict]:
+    """The master's children and their states; {} when no master runs (or the file is bad)."""
+    try:
+        with open(os.path.join(spool_dir, PROCESSES_FILE), encoding="utf-8") as handle:
+            data = json.load(handle)
+        pid, processes = data["pid"], data["processes"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+    if not (type(pid) is int and 0 < pid < PID_LIMIT and _alive(pid) and isinstance(processes, dict)):
+        return {}
+    return {str(name): entry for name, entry in processes.items() if isinstance(entry, dict)}
 
 
 def _alive(pid: int) -> bool:
@@ -90,6 +112,7 @@ def read_status(spool_dir: str, now: float | None = None) -> StatusSnapshot:
     written = snapshot.queue if isinstance(snapshot.queue, dict) else {}
     snapshot.queue = {name: written.get(name, 0) for name in QUEUE_DIRS
                       if type(written.get(name, 0)) is int} | queue_counts(spool_dir)
+    snapshot.processes = read_processes(spool_dir)
     return snapshot
 
 
@@ -101,6 +124,10 @@ def format_status(snapshot: StatusSnapshot) -> str:
         lines.append("mta-lite: not running")
     if snapshot.config:
         lines.append(f"config: {snapshot.config}")
+    for name, entry in sorted(snapshot.processes.items()):
+        if entry.get("state") not in (None, "running"):
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(_number(entry.get("since"))))
+            lines.append(f"{name}: {str(entry.get('state')).replace('_', ' ')} since {since}: {entry.get('reason', '')}")
     lines.append("queue: " + ", ".join(f"{k} {v}" for k, v in snapshot.queue.items()))
     for name, relay in sorted(snapshot.relays.items()):
         extra = f"  last_error: {relay['last_error']}" if relay.get("last_error") else ""
@@ -109,6 +136,10 @@ def format_status(snapshot: StatusSnapshot) -> str:
     if snapshot.smtpd:
         lines.append("smtpd: " + ", ".join(f"{k}={v}" for k, v in sorted(snapshot.smtpd.items())))
     return "\n".join(lines)
+
+
+def _number(value) -> float:
+    return float(value) if type(value) in (int, float) else 0.0
 
 
 def _state(relay: dict) -> str:

@@ -264,13 +264,21 @@ class SmarthostPool:
         self._arm_timer()
 
     def tls_context(self, ca_file: str) -> ssl.SSLContext | Reply:
-        """A verifying client context per CA file, rebuilt when the file changes on disk."""
+        """A verifying client context per CA file, rebuilt when the file changes on disk.
+        One loaded before the privilege drop stays in use if the file can no longer be
+        looked at (an admin's root-only CA file): a reload, which starts a new queue
+        manager as root, picks up a change then."""
+        cached = self._contexts.get(ca_file)
         try:
             stamp = None
             if ca_file:
-                st = os.stat(ca_file)
+                try:
+                    st = os.stat(ca_file)
+                except PermissionError:
+                    if cached is not None:
+                        return cached[1]
+                    raise
                 stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            cached = self._contexts.get(ca_file)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
             context = ssl.create_default_context(cafile=ca_file or None)

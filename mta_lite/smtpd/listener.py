@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from ..config import Config, Listen
+from ..errors import ConfigError
 from ..reply import (R250_OK, R354_DATA, R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT,
                      R421_TOO_MANY_CONNECTIONS, R451_INTERNAL, R451_LOCAL_ERROR, R552_LINE_TOO_LONG,
                      R552_TOO_BIG, R554_SYNC, Reply)
@@ -46,13 +47,18 @@ DEFAULT_CLOSE_GRACE_S = 60.0
 PreGreet = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable["bool | Handoff"]]
 
 
-def server_tls_context(listen: Listen) -> ssl.SSLContext | None:
+def server_tls_context(listen: Listen, config_path: str = "") -> ssl.SSLContext | None:
     """TLS for STARTTLS from listen.tls_cert/tls_key; None when not configured."""
     if not (listen.tls_cert and listen.tls_key):
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(listen.tls_cert, listen.tls_key)
+    try:
+        context.load_cert_chain(listen.tls_cert, listen.tls_key)
+    except OSError as exc:          # ssl.SSLError included: wrong key, encrypted, not PEM
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise ConfigError(config_path, f"listen {listen.host}:{listen.port}",
+                          f"cannot use tls_cert {listen.tls_cert} with tls_key {listen.tls_key}: {reason}") from None
     return context
 
 
@@ -128,7 +134,7 @@ class Listener:
                  clock: Callable[[], float] = time.time, pre_greet: PreGreet | None = None) -> None:
         self.cfg, self.listen, self.spool, self.wakeup = cfg, listen, spool, wakeup
         self.clock, self.pre_greet = clock, pre_greet
-        self.ssl_context = server_tls_context(listen)
+        self.ssl_context = server_tls_context(listen, cfg.path)
         # A submission listener checks logins (auth.py); its failure counts span sessions.
         self.auth = Authenticator(cfg.users, clock) if listen.auth != "none" else None
         self.counters = ListenerCounters()

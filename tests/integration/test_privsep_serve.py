@@ -79,7 +79,9 @@ def test_serve_as_root_runs_each_half_as_its_own_user_and_relays(box):
     relay, sink, qmgr_uid, smtpd_uid, password_file = box
     relay.start()
     pids = wait_for(lambda: children(relay), 15, what="smtpd and qmgr processes")
-    assert (_uid(pids["smtpd"]), _uid(pids["qmgr"])) == (smtpd_uid, qmgr_uid)
+    # Each child reads its config and keys as root first, then drops for good.
+    wait_for(lambda: (_uid(pids["smtpd"]), _uid(pids["qmgr"])) == (smtpd_uid, qmgr_uid), 15,
+             what="both halves to run as their own users")
     with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
         client.sendmail("scanner@lan.test", ["ops@remote.example"], "Message-ID: <privsep@lan.test>\r\n\r\nscan\r\n")
     wait_for(lambda: "<privsep@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
