@@ -117,7 +117,8 @@ class SmtpdService:
 class QmgrService:
     """The delivering half; `purge_tmp` only when no receiver can be writing (in-process)."""
 
-    def __init__(self, cfg: Config, purge_tmp: bool = False, spool_name: str = "") -> None:
+    def __init__(self, cfg: Config, purge_tmp: bool = False, spool_name: str = "",
+                 after_reload: bool = False) -> None:
         self.cfg = cfg
         self.spool = Spool(cfg.spool_dir)
         self.spool_name = spool_name or cfg.spool_dir     # for the log: cfg's may be "."
@@ -126,7 +127,7 @@ class QmgrService:
             if relay.tls != "none":
                 # Now, while a master's child is still root: the CA file may be root's alone.
                 self.pool.tls_context(relay.ca_file)
-        self.qmgr = QueueManager(cfg, self.spool, self.pool)
+        self.qmgr = QueueManager(cfg, self.spool, self.pool, after_reload=after_reload)
         self.started = time.time()
         self.extra_counters = None          # in-process smtpd counters (Daemon)
         self._purge_tmp = purge_tmp

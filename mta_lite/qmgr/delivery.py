@@ -32,7 +32,7 @@ from .. import maillog
 from ..config import Config, route_for
 from ..envelope import Envelope
 from ..errors import CorruptQueueFileError
-from ..queue import MessageState, QueueEntry, Spool
+from ..queue import WAIT_AUTH, WAIT_BUDGET, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
 from ..reply import Reply
 from ..smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
 from . import bounce
@@ -56,6 +56,7 @@ class Attempt:
     attempted: bool = True        # False: nothing was tried (account paused or over budget)
     not_before: float = 0.0       # earliest next attempt (the account's pause or budget slot)
     exact: bool = False           # not_before is the next attempt itself (a budget slot)
+    wait: str = ""                # spool.WAIT_*: what holds the message back, if not a backoff
 
 
 def held_reply(account: str, why: str, until: float, now: float) -> Reply:
@@ -151,13 +152,14 @@ class Deliverer:
             reply = Reply(last.code, last.enhanced, f"delivery temporarily suspended: {last.text}")
         account.count_deferred(len(pending))
         result = DeliveryResult.transient(pending, reply)
-        return Attempt(result, attempted=False, not_before=account.paused_until)
+        wait = WAIT_AUTH if account.auth_failures or last is None else WAIT_UNREACHABLE
+        return Attempt(result, attempted=False, not_before=account.paused_until, wait=wait)
 
     def _held(self, account: Account, pending, until: float, why: str) -> Attempt:
         """Over budget: deferred to the slot, nothing tried, no backoff on top."""
         reply = held_reply(account.name, why, until, self.clock())
         return Attempt(DeliveryResult.transient(pending, reply), attempted=False,
-                       not_before=until, exact=True)
+                       not_before=until, exact=True, wait=WAIT_BUDGET)
 
     async def _deliver(self, account: Account, route, entry: QueueEntry, pending,
                        ticket: Ticket | None = None, out: Outgoing | None = None) -> Attempt | None:
@@ -226,6 +228,7 @@ class Deliverer:
             delay = retry_delay_s(max(state.attempts, 1), self.cfg.queue, self.rng)
             state.next_attempt = attempt.not_before if attempt.exact else max(now + delay, attempt.not_before)
             state.last_error = last_error
+            state.wait = attempt.wait or (WAIT_AUTH if attempt.result.auth_failed else "")
         self._finish(entry, state, failed, complete=not still)
 
     def _record(self, entry: QueueEntry, state: MessageState, pending, result: DeliveryResult,
@@ -354,7 +357,7 @@ def _combined(results: list[DeliveryResult], last: Attempt, attempted: bool = Tr
                             any(r.auth_failed for r in parts))
     # Exact only if every other recipient is done: a transient failure adds its backoff.
     exact = last.exact and not any(r.with_status(DEFER) for r in results)
-    return Attempt(merged, attempted=attempted, not_before=last.not_before, exact=exact)
+    return Attempt(merged, attempted=attempted, not_before=last.not_before, exact=exact, wait=last.wait)
 
 
 def _qid(entry: QueueEntry) -> str:

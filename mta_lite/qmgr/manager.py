@@ -38,7 +38,7 @@ from ..config import Config
 from ..envelope import lookup_key
 from ..errors import MtaLiteError
 from ..identity import bound_to_other_clients
-from ..queue import Spool
+from ..queue import WAIT_AUTH, Spool
 from . import wakeup
 from .accounts import Account, Accounts
 from .budget import BudgetFile, Ticket, budget_path
@@ -101,7 +101,7 @@ class QueueManager:
 
     def __init__(self, cfg: Config, spool: Spool, pool, *, clock=time.time,
                  rng: random.Random | None = None, sleep=asyncio.sleep,
-                 template: str | None = None) -> None:
+                 template: str | None = None, after_reload: bool = False) -> None:
         self.cfg, self.spool, self.pool = cfg, spool, pool
         self.clock, self.sleep = clock, sleep
         self.budget_file = BudgetFile(budget_path(spool.root))
@@ -125,6 +125,10 @@ class QueueManager:
         self._stopping = False
         self._running = False
         self._stopped = asyncio.Event()
+        # Started for a reload (the master replaces a queue manager that dropped root): the
+        # config may carry new credentials, so mail held by a refused login is tried again
+        # at once, as reconfigure() does in place. One login per account tells.
+        self._resume_auth = after_reload
         self.smtpd_stats: dict[str, int] = {}       # counters the smtpd process sends
 
     # ------------------------------------------------------------------ public
@@ -285,11 +289,19 @@ class QueueManager:
 
     def _scan_deferred(self) -> None:
         known, self._deferred = self._deferred, {}
+        resumed = 0
         for queue_id in self.spool.list("deferred"):
             if queue_id not in self._inflight:
                 when = known.get(queue_id)
-                self._deferred[queue_id] = (self.spool.load_state(queue_id).next_attempt
-                                            if when is None else when)
+                if when is None:
+                    state = self.spool.load_state(queue_id)
+                    when = state.next_attempt
+                    if self._resume_auth and state.wait == WAIT_AUTH:
+                        when, resumed = 0.0, resumed + 1     # due at once
+                self._deferred[queue_id] = when
+        if self._resume_auth and resumed:
+            log.info("reload: %d message%s held by a refused login tried again", resumed, "s" if resumed != 1 else "")
+        self._resume_auth = False
         live = self._incoming.keys() | self._deferred.keys() | self._inflight.keys()
         self._meta_of = {q: m for q, m in self._meta_of.items() if q in live}
 

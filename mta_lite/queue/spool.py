@@ -54,6 +54,12 @@ ID_ATTEMPTS = 5
 STAGING = {"incoming": ("tmp", ""), MAILDROP: (MAILDROP, ".tmp-")}
 
 
+# Why a deferred message waits, beyond the ordinary backoff after a failure.
+WAIT_AUTH = "auth"                  # its account's login was refused (paused, S5)
+WAIT_UNREACHABLE = "unreachable"    # its smarthost did not answer (paused, probe first)
+WAIT_BUDGET = "budget"              # its account's hourly or daily budget is used up
+
+
 @dataclass
 class MessageState:
     """What the queue manager knows about a message beyond its immutable file."""
@@ -63,6 +69,7 @@ class MessageState:
     next_attempt: float = 0.0
     last_error: str = ""
     done: dict[str, str] = field(default_factory=dict)   # recipient -> "sent" | "bounced"
+    wait: str = ""      # what holds it back, as data: WAIT_AUTH, WAIT_UNREACHABLE, WAIT_BUDGET, "" backoff
 
     def pending(self, recipients) -> list[str]:
         return [r for r in recipients if r not in self.done]
@@ -307,7 +314,8 @@ class Spool:
                 data = json.load(handle)
             return MessageState(queue_id=queue_id, attempts=int(data["attempts"]),
                                 next_attempt=float(data["next_attempt"]),
-                                last_error=str(data["last_error"]), done=dict(data["done"]))
+                                last_error=str(data["last_error"]), done=dict(data["done"]),
+                                wait=str(data.get("wait", "")))       # files from before it: ""
         except FileNotFoundError:
             return MessageState(queue_id)
         except (OSError, ValueError, KeyError, TypeError) as exc:
