@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config" and args.action in ("apply", "rollback", "generations"):
         return _generations(_config_path(args.config), args.action, args.arg)
     # `config public` feeds the receiving side: it must work where the secrets are hidden.
-    secrets = not (args.command == "config" and args.action == "public")
+    # `status` and `queue` need none, and must work when a password file is what is broken.
+    secrets = not (args.command in ("status", "queue") or (args.command == "config" and args.action == "public"))
     return _run(args.config, lambda cfg: _dispatch(cfg, args), 1, secrets)
 
 
@@ -114,11 +115,12 @@ def _smtpd(args) -> int:
     from .secretfree import load_public_config
     try:
         cfg = load_public_config(_config_path(args.config))
+        service = SmtpdService(cfg)         # loads the listeners' certificates and keys
     except ConfigError as exc:
         print(f"mta-lite: {exc}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(cfg)
-    return run_service(SmtpdService(cfg))
+    return run_service(service)
 
 
 def _run(config: str | None, action, fail_status: int, secrets: bool = True) -> int:

@@ -143,6 +143,7 @@ class Master:
         self.config_id = config_file_id(cfg.path)
         self.retired: set[int] = set()      # old smtpd processes finishing after a reload
         self.turned_away = 0                # clients answered 421 while smtpd was down
+        self.qmgr_reload = False            # the next qmgr replaces one stopped for a reload
 
     # ---------------------------------------------------------------- set-up
     def _user(self, name: str, extra_group: str | None = None) -> privsep.ServiceUser:
@@ -168,21 +169,21 @@ class Master:
             preload()           # dnspython imports its record types on first use
         self.children = [Child("qmgr", self._run_qmgr), Child("smtpd", self._run_smtpd)]
 
-    def _become(self, name: str, user: str, extra_group: str | None = None) -> None:
-        """Change into the spool, then (started as root) drop to `user` for good."""
-        privsep.enter_spool(self.cfg.spool_dir)
+    def _drop(self, name: str, user: str, extra_group: str | None = None) -> None:
+        """Started as root: become `user` for good. Then watch for late imports."""
         if self.switch and user:
             privsep.drop_to(self._user(user, extra_group))
         privsep.LateImportWatch(name).install()
 
     def _run_smtpd(self) -> int:
         from .daemon import SmtpdService, run_service
+        privsep.enter_spool(self.cfg.spool_dir)
         try:
             # As root: the listeners' keys may be readable by root alone (/etc/ssl/private).
             service = SmtpdService(replace(self.cfg, spool_dir="."), socks=self.socks)
         except ConfigError as exc:
             return spawn.REPORT.config_error(str(exc))
-        self._become("smtpd", self.cfg.master.smtpd_user)
+        self._drop("smtpd", self.cfg.master.smtpd_user)
         if not spawn.die_with_master(self.pid):
             return 0
         return run_service(service)
@@ -198,10 +199,12 @@ class Master:
             cfg = load_config(self.cfg.path)
         except ConfigError as exc:
             return spawn.REPORT.config_error(str(exc))
-        cfg = replace(cfg, spool_dir=".", master=self.cfg.master)
         setup_logging(cfg)
-        service = QmgrService(cfg, spool_name=self.cfg.spool_dir)
-        self._become("qmgr", self.cfg.master.qmgr_user, self.cfg.master.smtpd_user or None)
+        # The spool from here on is the working directory (its parents may be root's alone).
+        privsep.enter_spool(self.cfg.spool_dir)
+        cfg = replace(cfg, spool_dir=".", master=self.cfg.master)
+        service = QmgrService(cfg, spool_name=self.cfg.spool_dir, after_reload=self.qmgr_reload)
+        self._drop("qmgr", self.cfg.master.qmgr_user, self.cfg.master.smtpd_user or None)
         if not spawn.die_with_master(self.pid):
             return 0
         return run_service(service)
@@ -209,6 +212,8 @@ class Master:
     # ---------------------------------------------------------------- children
     def _fork(self, child: Child, mask: set) -> None:
         spawn.fork_child(child, mask, self.children)
+        if child.name == "qmgr":
+            self.qmgr_reload = False
         self._write_processes()
 
     def _write_processes(self) -> None:
@@ -323,7 +328,7 @@ class Master:
             elif child.pid and self.switch:
                 # Dropped to its user, qmgr may no longer read what root wrote: it finishes
                 # its deliveries and a new one reads the config as root (child.died()).
-                child.replace = True
+                child.replace, self.qmgr_reload = True, True
                 _kill(child.pid, signal.SIGTERM)
             elif child.pid:
                 _kill(child.pid, signal.SIGHUP)

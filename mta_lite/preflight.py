@@ -18,7 +18,8 @@ under a 0700 directory, just works. What can still be wrong, per path and servic
     password file,    mta-smtpd can read it (S7: the process facing the  chmod o-rwx / g-rwx /
     inline password   network never holds a smarthost secret)            chown root
     TLS key and cert  unusable (wrong key, encrypted, not PEM)           the loader's reason
-    spool directory   owner or mode differs from queue/perms.py          mta-lite check --fix
+    spool directory   owner or mode differs from queue/perms.py (a       mta-lite check --fix
+                      missing one is no problem: serve creates it)
     interpreter       (warning) a service user cannot read Python's or   a Python outside the
                       mta-lite's files: serve preloads its modules, so   directory named
                       the relay works; tracebacks lose their source
@@ -215,9 +216,8 @@ def layout_problems(root: str, owner: ServiceUser, smtpd: ServiceUser,
     problems = []
     for path, want in wanted.items():
         have = found.get(path)
-        if have != want:
-            what = ("is missing" if have is None else
-                    f"is {have[0]}:{have[1]} mode {have[2]:04o}, the spool layout wants {want[0]}:{want[1]} "
+        if have is not None and have != want:      # a missing one: serve (or --fix) creates it
+            what = (f"is {have[0]}:{have[1]} mode {have[2]:04o}, the spool layout wants {want[0]}:{want[1]} "
                     f"mode {want[2]:04o}")
             problems.append(Problem(path, "", what, "mta-lite check --fix"))
     return problems

@@ -78,7 +78,9 @@ def preload() -> None:
     import dns.rdtypes.ANY.CNAME  # noqa: F401
     import dns.rdtypes.ANY.SOA  # noqa: F401
     import dns.rdtypes.IN.A  # noqa: F401
-    dns.asyncbackend.get_backend("asyncio")
+    # Name the backend: otherwise dnspython tries to import sniffio on every query to find
+    # out, a search of the interpreter's path each time (and after the drop, one that fails).
+    dns.asyncbackend.set_default_backend("asyncio")
 
 
 class DnsPythonLookup:
