@@ -5,6 +5,13 @@ Python as the tests (optionally behind a command prefix such as `faketime`), wai
 listener answers 220, and stops it with SIGTERM (or SIGKILL for crash tests). Its stderr log
 is kept in the work directory for assertions.
 
+deployed=True runs it the way the box does: started as root, dropping to mta-smtpd and
+mta-lite, with every file written the way an admin writes one by hand: the config, each
+password (moved out of the config into a password file), TLS key, certificate and CA file
+root-owned 0600 in a 0700 directory; the spool under a 0700 directory; and an interpreter
+the service users cannot read (the venv reached through a 0700 directory, see
+locked_python()). Such a relay fails its test if its log shows a late import or a traceback.
+
 Guarantees: each daemon runs in its own session and process group (the master, its smtpd and
 qmgr children, their helpers), so kill9() kills all of it at once, as a power cut would, and
 stop() leaves no process of the group behind, even when the master died first. Every
@@ -21,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import tomli_w
@@ -28,6 +36,56 @@ import tomli_w
 PASSWORD = "Tr0ub4dor-zebra-7c1"     # distinctive: tests grep logs and files for it
 # Every RelayProcess ever created in this test session, for the secret scan (tests/conftest.py).
 INSTANCES: list["RelayProcess"] = []
+SERVICE_USERS = {"smtpd_user": "mta-smtpd", "qmgr_user": "mta-lite"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What a deployed relay's log must never show: a module its children could not preload
+# (mta_lite/privsep.py), or a crash.
+DEPLOYED_LOG_DEFECTS = ("imported after the privilege drop", "Traceback (most recent call last)")
+_LOCKED: dict[str, tuple[str, dict]] = {}
+
+
+def locked_python() -> tuple[str, dict]:
+    """This venv's interpreter and the repository, reached through a root-only directory
+    (as a Python under /root is): after the drop, the service users cannot read a file of
+    it. Made once per test run."""
+    if not _LOCKED:
+        top = tempfile.mkdtemp(prefix="mta-lite-python-", dir="/tmp")
+        os.chmod(top, 0o700)
+        os.symlink(sys.prefix, os.path.join(top, "venv"))
+        os.symlink(REPO, os.path.join(top, "src"))
+        python = os.path.join(top, "venv", "bin", os.path.basename(sys.executable))
+        _LOCKED["python"] = (python, {**os.environ, "PYTHONPATH": os.path.join(top, "src")})
+    return _LOCKED["python"]
+
+
+def deployed_config(config: dict, etc: str) -> dict:
+    """`config` as an admin would lay it out in `etc` (0700, root): passwords in files, and
+    the key, certificate, CA and template files copied in; every file root-owned 0600."""
+    config = json.loads(json.dumps(config))     # a deep copy
+    config["master"] = dict(SERVICE_USERS)
+    tables = [*config.get("relays", {}).values(), *config.get("senders", []), *config.get("listen", [])]
+    for number, table in enumerate(tables):
+        if "password" in table:
+            table["password_file"] = _admin_file(etc, f"password{number}.pw", table.pop("password").encode() + b"\n")
+        for key in ("tls_cert", "tls_key", "ca_file"):
+            if table.get(key):
+                table[key] = _admin_copy(etc, table[key], f"{number}-")
+    if config.get("bounce_template"):
+        config["bounce_template"] = _admin_copy(etc, config["bounce_template"], "")
+    return config
+
+
+def _admin_file(etc: str, name: str, data: bytes) -> str:
+    path = os.path.join(etc, name)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+    return path
+
+
+def _admin_copy(etc: str, source: str, prefix: str) -> str:
+    with open(source, "rb") as handle:
+        return _admin_file(etc, prefix + os.path.basename(source), handle.read())
 
 
 def free_port() -> int:
@@ -112,8 +170,12 @@ class RelayProcess:
     """The daemon under test. `config` is the TOML data; spool and listen are filled in."""
 
     def __init__(self, workdir: str, config: dict, python: str = sys.executable, env: dict | None = None,
-                 prefix: tuple[str, ...] = ()) -> None:
+                 prefix: tuple[str, ...] = (), deployed: bool = False) -> None:
         self.workdir = workdir
+        self.deployed = deployed
+        if deployed:
+            python, env = locked_python()
+            os.chmod(workdir, 0o700)
         self.python, self.env, self.prefix = python, env, tuple(prefix)
         self.secret_findings: list[str] | None = None     # set by scan_secrets()
         INSTANCES.append(self)
@@ -129,11 +191,24 @@ class RelayProcess:
         config.setdefault("master", {"smtpd_user": "", "qmgr_user": ""})
         self.config = config
         self.spool = config["spool_dir"]
-        self.config_path = os.path.join(workdir, "mta-lite.toml")
-        with open(self.config_path, "wb") as handle:
-            tomli_w.dump(config, handle)
+        self.etc = os.path.join(workdir, "etc") if deployed else workdir
+        os.makedirs(self.etc, mode=0o700, exist_ok=True)
+        self.config_path = os.path.join(self.etc, "mta-lite.toml")
+        self.write_config()
         self.log_path = os.path.join(workdir, "mta-lite.log")
         self.proc: subprocess.Popen | None = None
+
+    def write_config(self) -> None:
+        """Write self.config to the config file (laid out as an admin would when deployed)."""
+        data = deployed_config(self.config, self.etc) if self.deployed else self.config
+        with open(self.config_path, "wb") as handle:
+            tomli_w.dump(data, handle)
+        if self.deployed:
+            os.chmod(self.config_path, 0o600)
+
+    def deployed_defects(self) -> list[str]:
+        """Log lines that show a deployed relay breaking: a late import, a traceback."""
+        return [line for line in self.log().splitlines() if any(d in line for d in DEPLOYED_LOG_DEFECTS)]
 
     def cli(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "mta_lite.cli", "-c", self.config_path, *args],

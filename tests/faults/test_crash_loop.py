@@ -56,6 +56,7 @@ def _complete_ids(sink) -> list[str]:
     return [dump_message_id(dump) for dump in sink.messages() if END_MARK.encode() in dump]
 
 
+@pytest.mark.deployed
 @pytest.mark.slow
 def test_daemon_killed_20_times_under_load_loses_no_acknowledged_message(sink_factory, relay_factory):
     rng = random.Random(SEED)

@@ -33,14 +33,15 @@ def sink_factory(tmp_path):
 
 
 @pytest.fixture
-def relay_factory(tmp_path):
-    """The real `mta-lite serve` daemon with a given config; stopped at the end of the test."""
+def relay_factory(tmp_path, deployed):
+    """The real `mta-lite serve` daemon with a given config; stopped at the end of the test.
+    In a test marked `deployed`, its deployed run starts the daemon the way the box does."""
     relays = []
 
     def make(config: dict, start: bool = True) -> RelayProcess:
         workdir = tmp_path / f"relay{len(relays)}"
         workdir.mkdir()
-        relay = RelayProcess(str(workdir), config)
+        relay = RelayProcess(str(workdir), config, deployed=deployed)
         relays.append(relay)
         return relay.start() if start else relay
 

@@ -19,7 +19,6 @@ import socket
 import time
 
 import pytest
-import tomli_w
 
 from mta_lite.smtpd.dnsbl import ERROR, NXDOMAIN, OK, parse_site
 from mta_lite.smtpd.dnsblclient import DnsblCheck, DnsPythonLookup
@@ -72,8 +71,7 @@ def screened(relay_factory, config: dict, **postscreen):
     relay = relay_factory(config, start=False)
     relay.config["listen"] = [{"address": f"127.0.0.1:{relay.port}", "postscreen": True}]
     relay.config["postscreen"] = {"greet_wait": f"{int(GREET_WAIT_S * 1000)}ms", **postscreen}
-    with open(relay.config_path, "wb") as handle:
-        tomli_w.dump(relay.config, handle)
+    relay.write_config()
     return relay.start()
 
 
@@ -82,14 +80,18 @@ def dnsbl_postscreen(dnsmasq) -> dict:
             "dnsbl_timeout": "1s", "resolver": f"127.0.0.1:{dnsmasq.port}"}
 
 
-@pytest.fixture(scope="module")
-def outsider_relay(tmp_path_factory, dnsmasq):
-    """Clients are outside mynetworks (10/8): relay access is denied after postscreen."""
+@pytest.fixture(scope="module", params=[False, True], ids=["one-user", "deployed"])
+def outsider_relay(request, tmp_path_factory, dnsmasq):
+    """Clients are outside mynetworks (10/8): relay access is denied after postscreen. Every
+    test with it runs twice: as one user, and deployed (root dropping to the service users,
+    an unreadable interpreter: the pregreet log line needs a codec loaded before the drop)."""
     made = []
+    if request.param and os.geteuid() != 0:
+        pytest.skip("the deployed mode starts the daemon as root")
 
     def factory(config, start=True):
         from tests.relay import RelayProcess
-        relay = RelayProcess(str(tmp_path_factory.mktemp("relay")), config)
+        relay = RelayProcess(str(tmp_path_factory.mktemp("relay")), config, deployed=request.param)
         made.append(relay)
         return relay.start() if start else relay
     config = {"mynetworks": ["10.0.0.0/8"], "default_relay": "x",
@@ -222,6 +224,7 @@ def test_postscreen_counters_reach_status_json(outsider_relay):
         assert isinstance(smtpd[f"postscreen_{key}"], int), key
 
 
+@pytest.mark.deployed
 def test_postscreen_screened_lan_client_relays_and_cached_pass_survives_restart(relay_factory, sink_factory,
                                                                                   dnsmasq):
     """access = [] screens even mynetworks: a good client passes, relays to the sink, and is

@@ -57,6 +57,7 @@ def send(port: int, message_id: str) -> None:
         client.sendmail("nas@lan.test", ["ops@remote.example"], f"Message-ID: {message_id}\r\n\r\nx\r\n")
 
 
+@pytest.mark.deployed
 def test_smtpd_holds_no_secret_in_memory_environment_or_files(sink_factory, relay_factory):
     relay = relay_factory(secret_config(sink_factory()))
     send(relay.port, "<before-scan@lan.test>")         # the smtpd has done real work
@@ -75,6 +76,7 @@ def test_smtpd_holds_no_secret_in_memory_environment_or_files(sink_factory, rela
     assert memgrep(pids["qmgr"], PASSWORD) > 0
 
 
+@pytest.mark.deployed
 def test_kill9_smtpd_keeps_delivery_going(sink_factory, relay_factory):
     sink = sink_factory()
     relay = relay_factory(sink_config(sink))

@@ -48,6 +48,7 @@ def by_message_id(smarthost, message_ids, timeout=60):
     return wait_for(found, timeout, what=f"smarthost delivery of {message_ids}")
 
 
+@pytest.mark.deployed
 def test_two_senders_are_relayed_with_their_own_accounts(smarthost, relay_factory):
     relay = relay_factory(relay_config(smarthost))
     alice = send(relay.port, "alice@example.com", "friend@remote.example", "from alice")

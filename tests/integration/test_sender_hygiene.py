@@ -147,6 +147,7 @@ def submission_cert(tmp_path_factory):
     return str(base / "cert.pem"), str(base / "key.pem")
 
 
+@pytest.mark.deployed
 def test_swaks_submission_with_auth_relays_with_the_users_sender_account(smarthost, relay_factory, submission_cert):
     port, submission, implicit = free_port(), free_port(), free_port()
     tls = {"tls_cert": submission_cert[0], "tls_key": submission_cert[1], "auth": "required"}
