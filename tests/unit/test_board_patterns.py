@@ -121,3 +121,20 @@ def test_pattern_for_garbled_relay_next_to_auth_failed_still_shows_alert():
 def test_blink_patterns_have_positive_timings():
     for pattern in (SLOW_BLINK, FAST_BLINK, FLASH):
         assert isinstance(pattern, Blink) and pattern.on_s > 0 and pattern.off_s > 0
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_pattern_for_child_in_config_error_fast_blinks_alert_even_while_relay_is_down(running):
+    """A part that cannot start because of its config (the master's processes record) is
+    shown even when the queue manager is the part that is down (no fresh snapshot)."""
+    state = snapshot("auth_failed", running=running)
+    state.processes = {"qmgr": {"state": "config_error", "reason": "x.toml: relays.isp.password_file: ..."},
+                       "smtpd": {"state": "running"}}
+    assert pattern_for(state, NOW).alert == FAST_BLINK
+
+
+def test_pattern_for_garbled_processes_record_never_raises():
+    state = snapshot("ok")
+    for garbage in (None, [], {"smtpd": "config_error"}, {"smtpd": {"state": 7}}):
+        state.processes = garbage
+        assert pattern_for(state, NOW).alert == OFF

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mta_lite.status import STATUS_FILE, read_status
+from mta_lite.status import PID_LIMIT, STATUS_FILE, read_status, write_processes
 
 
 @pytest.mark.parametrize("pid, written", [(-1, 0), ("1", 0), (2 ** 70, 0), (True, 0), (os.getpid(), "now")])
@@ -51,3 +51,20 @@ def test_read_status_as_other_user_keeps_queue_managers_count_for_unlistable_dir
     queue = json.loads(result.stdout)
     assert queue["active"] == 7, "not listable: the queue manager's figure"
     assert queue["deferred"] == 1, "listable: the live count"
+
+
+def test_read_status_shows_the_masters_processes_only_while_the_master_lives(tmp_path):
+    (tmp_path / "public").mkdir()
+    record = {"state": "config_error", "pid": 0, "since": 1.0, "reason": "a.toml: listen: bad key", "restarts": 2}
+    write_processes(str(tmp_path), {"pid": os.getpid(), "processes": {"smtpd": record}})
+    assert read_status(str(tmp_path)).processes == {"smtpd": record}
+    write_processes(str(tmp_path), {"pid": PID_LIMIT - 1, "processes": {"smtpd": record}})     # gone
+    assert read_status(str(tmp_path)).processes == {}
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"pid": "1", "processes": {}}', '{"pid": 1}',
+                                  '{"pid": -1, "processes": {"smtpd": {}}}'])
+def test_read_status_with_a_bad_processes_file_shows_none(tmp_path, text):
+    (tmp_path / "public").mkdir()
+    (tmp_path / "public" / "master.json").write_text(text)
+    assert read_status(str(tmp_path)).processes == {}
