@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test,demo]'
+	$(PIP) install --quiet -e '.[test,demo,flash]'
 	touch $(STAMP)
 
 run: $(STAMP)
