@@ -7,8 +7,11 @@ loop device and real device nodes are in tests/integration/test_flash_loop.py.""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from mta_lite_tools.flash import cli
 from mta_lite_tools.flash.devices import (Target, candidates, confirmation, describe, inspect_target, parse_mountinfo,
                                           read_system, refusal, root_disks)
 from tests.flashpeer import FakeDisk, fake_sys
@@ -157,3 +160,24 @@ def test_parse_mountinfo_reads_device_point_and_source():
             "95 27 8:17 / /media/me/My\\040Card rw,nosuid shared:52 master:1 - vfat /dev/sdb1 rw\n"
             "garbage line\n")
     assert parse_mountinfo(text) == [("254:0", "/", "/dev/vda"), ("8:17", "/media/me/My Card", "/dev/sdb1")]
+
+
+def test_cli_without_device_lists_candidates_and_writes_nothing(tmp_path):
+    roots = fake_sys(tmp_path, [ROOT_DISK, FakeDisk(), FakeDisk(name="sdc", dev="8:32", partitions={"sdc1": "8:33"},
+                                                                model="Flash Drive", vendor="SanDisk")],
+                     ROOT_MOUNTS + [("8:33", "/media/stick", "/dev/sdc1")])
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["nothing.img"], roots=roots, streams=cli.Streams(io.StringIO(), out, err)) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "removable disks (give the one that is your card as DEVICE):"
+    assert lines[1].split() == [f"{roots.dev}/sdb", "31.9", "GB", "usb", "Generic-", "SD/MMC"]
+    assert "sdc" in lines[2] and "SanDisk Flash Drive" in lines[2] and "(refused:" in lines[2]
+    assert "mounted on /media/stick" in lines[2]
+    assert len(lines) == 3 and err.getvalue() == ""
+
+
+def test_cli_without_device_and_no_removable_disk_says_so(tmp_path):
+    out = io.StringIO()
+    assert cli.main(["x.img"], roots=fake_sys(tmp_path, [ROOT_DISK], ROOT_MOUNTS),
+                    streams=cli.Streams(io.StringIO(), out, io.StringIO())) == 0
+    assert out.getvalue().startswith("no removable disk found")
