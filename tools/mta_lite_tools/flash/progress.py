@@ -5,7 +5,8 @@
 
 The bars are tqdm's (bytes done, total, rate and time left), drawn on standard error only
 when it is a terminal: piped or logged output gets the one-line results and nothing else.
-Must never: write to standard output (results and the device list go there).
+Must never: write to standard output (results and the device list go there), or start a
+thread (see bar()).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ def bar(desc: str, total: int, stream: TextIO):
     """A byte-counting bar; disabled (every call a no-op) when `stream` is not a terminal."""
     from tqdm import tqdm               # imported here: the cli checks for it first, with a hint
 
+    # tqdm starts a monitor thread with its first bar, even a disabled one. A Ctrl-C that the
+    # kernel hands to that thread does not interrupt a read the main thread is blocked in (an
+    # image coming slowly through a pipe): the tool would stop only when more data came. The
+    # monitor only retunes the refresh rate of slow loops; keep to one thread.
+    tqdm.monitor_interval = 0
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=stream,
                 disable=not _isatty(stream), mininterval=REFRESH_S, dynamic_ncols=True, leave=True)
 
