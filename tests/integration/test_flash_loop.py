@@ -84,13 +84,25 @@ def test_flash_loop_with_bmap_holds_the_image(image, loop):
 def test_flash_loop_config_read_by_mtype_and_accepted_by_the_box(image, loop, tmp_path):
     config = tmp_path / "mta-lite.toml"
     config.write_bytes(config_bytes())
-    done = subprocess.run([FLASH, image + "", loop.path, "--yes", "--config", str(config)],
+    done = subprocess.run([FLASH, image, loop.path, "--yes", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     on_card = run(["mtype", "-i", f"{loop.path}@@{BOOT_OFFSET}", "::/mta-lite.toml"], env=MTOOLS_ENV)
     assert on_card == config.read_bytes()
     (tmp_path / "box").mkdir()
     configgen.apply_config(str(tmp_path / "box" / "mta-lite.toml"), on_card, "boot:mta-lite.toml")
+
+
+def test_flash_loop_broken_config_exits_78_and_the_card_stays_untouched(image, loop, tmp_path):
+    config = tmp_path / "mta-lite.toml"
+    config.write_bytes(config_bytes(admin_address="not an address"))
+    done = subprocess.run([FLASH, image, loop.path, "--yes", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 78
+    assert done.stderr == (f"mta-lite-flash: {config}: admin_address: expected an address like "
+                           "user@example.com, got 'not an address'\n")
+    assert done.stdout == ""
+    assert _head(loop.backing, 16 * MIB) == bytes(16 * MIB)
 
 
 def test_flash_loop_byte_changed_on_the_card_found_by_verify(image, loop):

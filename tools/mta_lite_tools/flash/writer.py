@@ -80,7 +80,11 @@ class Card:
     def open(cls, target: Target, image_size: int) -> "Card":
         if target.kind != "block":
             fd = _open(target.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
-            os.ftruncate(fd, image_size)
+            try:
+                os.ftruncate(fd, image_size)    # sparse: what the bmap leaves out reads as zeros
+            except OSError as exc:
+                os.close(fd)
+                raise TargetRefusedError(f"cannot make {target.path} {image_size} bytes long: {exc.strerror}") from None
             return cls(target.path, fd, False)
         # O_EXCL on a block device is the kernel's own guard: it fails with EBUSY while any
         # file system on the disk is mounted or anything else holds it (dm, md, swap).
