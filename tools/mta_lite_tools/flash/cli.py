@@ -63,6 +63,7 @@ CONSEQUENCE = {
     "verify": "the card is written but not verified: write it again to be sure of it",
     "config": (f"the card is written and verified, but {bootconfig.CONFIG_NAME} is not on it: write it again, "
                "or copy the file onto its boot partition"),
+    "done": "the card was written completely",
 }
 VERIFY_FAILED = "do not use this card as it is: write it again, or try another card"
 PASSWORD_HINT = ("; a freshly written box has no such file: write the password inline (password = \"...\"), "
