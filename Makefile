@@ -3,18 +3,21 @@
 #   make test   install everything needed, run every test
 #   make bench  smtp-source -> relay -> smtp-sink, mta-lite against Postfix; then postscreen:
 #               1,000 idle connections held, new connections per second, against Postfix's
+#   make flash IMAGE=FILE [DEVICE=/dev/sdX] [CONFIG=mta-lite.toml] [FLASH_ARGS=--yes]
+#               write an image to an SD card, verified, with the config on its boot partition;
+#               without DEVICE it lists the removable disks (docs/flash.md)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration test-faults fuzz bench deps clean
+.PHONY: run test test-unit test-integration test-faults fuzz bench flash deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test,demo]'
+	$(PIP) install --quiet -e '.[test,demo,flash]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -45,6 +48,10 @@ fuzz: $(STAMP)
 bench: $(STAMP) deps
 	$(PY) tools/bench/relay_bench.py
 	$(PY) tools/bench/postscreen_bench.py
+
+flash: $(STAMP)
+	@test -n "$(IMAGE)" || { echo "usage: make flash IMAGE=FILE [DEVICE=/dev/sdX] [CONFIG=mta-lite.toml] [FLASH_ARGS=--yes]" >&2; exit 64; }
+	$(VENV)/bin/mta-lite-flash '$(IMAGE)' $(if $(DEVICE),'$(DEVICE)') $(if $(CONFIG),--config '$(CONFIG)') $(FLASH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
