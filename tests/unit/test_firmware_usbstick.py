@@ -25,7 +25,7 @@ FIRMWARE = pathlib.Path(__file__).resolve().parents[2] / "firmware"
 RULES = FIRMWARE / "udev" / "99-mta-lite-usbstick.rules"
 TEMPLATE = "mta-lite-usbstick@.service"
 INSTANCE = "mta-lite-usbstick@sda1.service"
-PYTHON = "/usr/bin/python3"
+PYTHON = "/usr/lib/mta-lite/venv/bin/python3"   # the image's venv (firmware/image/layout.py)
 
 
 # ------------------------------------------------------------------ the udev rule
@@ -93,10 +93,14 @@ def test_usbstick_unit_runs_the_provisioner_once_on_the_instance_device(unit):
     assert "Install" not in unit, "started by udev only, never enabled"
 
 
-def test_usbstick_unit_interpreter_follows_the_relay_units():
-    """Same convention as the relay's units: programs from the image's /usr/bin."""
-    relay = parse_unit((FIRMWARE / "systemd" / "mta-lite-qmgr.service").read_text())
-    assert os.path.dirname(one(relay, "Service", "ExecStart").split()[0]) == os.path.dirname(PYTHON)
+def test_usbstick_unit_interpreter_is_the_venv_the_relay_commands_link_into():
+    """The image installs mta-lite into one venv; /usr/bin/mta-lite links into it, and the
+    stick's module runs with that venv's Python (the system's python3 has no mta-lite)."""
+    from firmware.image import layout
+    assert PYTHON == f"{layout.VENV}/bin/python3"
+    relay = parse_unit((FIRMWARE / "systemd" / "mta-lite.service").read_text())
+    assert one(relay, "Service", "ExecStart").split()[0] == "/usr/bin/mta-lite"
+    assert "mta-lite" in layout.COMMANDS
 
 
 def test_usbstick_unit_runs_as_mta_config_without_capabilities(unit):
