@@ -137,10 +137,11 @@ def access(unit, path: str) -> str:
 
 # ------------------------------------------------------------------------------ the layout
 
-def test_the_units_are_the_two_halves_a_target_and_the_board():
+def test_the_units_are_the_two_halves_a_target_the_board_and_the_serve_unit():
+    # mta-lite.service (`serve` as root, dropping its children) is what the SD-card image
+    # runs; the two halves and the target stay for systems that want systemd to split them.
     names = {p.name for p in UNITS.iterdir() if p.suffix in (".service", ".target", ".socket")}
-    assert {SMTPD, QMGR, TARGET, BOARD} <= names
-    assert "mta-lite.service" not in names, "the single-process mta-lite.service is replaced"
+    assert {SMTPD, QMGR, TARGET, BOARD, "mta-lite.service"} <= names
 
 
 def test_each_half_runs_its_own_command(smtpd, qmgr):
@@ -395,7 +396,8 @@ def board():
 
 
 def test_board_runs_the_serial_console_on_the_uart(board):
-    assert one(board, "Service", "ExecStart").split() == ["/usr/bin/mta-lite-board", "--serial", "/dev/ttyS0"]
+    assert one(board, "Service", "ExecStart").split() == ["/usr/bin/mta-lite-board", "--serial", "/dev/serial0",
+                                                           "--spool", SPOOL]
     assert words(board, "Service", "Environment") == [
         "MTA_LITE_CONFIG=/etc/mta-lite/mta-lite.toml", "GPIOZERO_PIN_FACTORY=lgpio", "LG_WD=/run/mta-lite-board"]
     assert one(board, "Service", "WorkingDirectory") == "/run/mta-lite-board"   # lgpio writes there
@@ -420,9 +422,16 @@ def test_board_has_no_capability_and_no_network(board):
     assert one(board, "Service", "IPAddressDeny") == "any"
 
 
+def test_board_waits_for_the_uart_link_udev_makes(board):
+    assert words(board, "Unit", "Wants") == ["dev-serial0.device"]
+    assert words(board, "Unit", "After") == ["dev-serial0.device"]
+    rules = (FIRMWARE / "udev" / "90-mta-lite-board.rules").read_text()
+    assert 'SYMLINK+="serial0"' in rules and 'GROUP="gpio"' in rules
+
+
 def test_board_sees_the_uart_and_gpio_chips_and_no_other_device(board):
     assert one(board, "Service", "DevicePolicy") == "closed"
-    assert board["Service"]["DeviceAllow"] == ["/dev/ttyS0 rw", "char-gpiochip rw"]
+    assert board["Service"]["DeviceAllow"] == ["/dev/serial0 rw", "char-gpiochip rw"]
     # PrivateDevices=yes would hide /dev/ttyS0 behind a private /dev.
     assert board["Service"].get("PrivateDevices", ["no"])[-1] in ("no", "false")
 
