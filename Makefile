@@ -6,13 +6,18 @@
 #   make flash IMAGE=FILE [DEVICE=/dev/sdX] [CONFIG=mta-lite.toml] [FLASH_ARGS=--yes]
 #               write an image to an SD card, verified, with the config on its boot partition;
 #               without DEVICE it lists the removable disks (docs/flash.md)
+#   make image  the SD-card image into dist/ (root; firmware/README.md): .img.xz, .bmap,
+#               .sha256, .manifest. The Debian root file system is cached in
+#               /var/cache/mta-lite-image: ~15 min the first time, then about a minute + xz
+#   make image-test  build the image (no xz), inspect it, boot it twice under qemu and relay
+#               mail through it (tests/image; ~15 min more, not part of `make test`)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration test-faults fuzz bench flash deps clean
+.PHONY: run test test-unit test-integration test-faults fuzz bench flash image image-test image-deps deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,5 +58,17 @@ flash: $(STAMP)
 	@test -n "$(IMAGE)" || { echo "usage: make flash IMAGE=FILE [DEVICE=/dev/sdX] [CONFIG=mta-lite.toml] [FLASH_ARGS=--yes]" >&2; exit 64; }
 	$(VENV)/bin/mta-lite-flash '$(IMAGE)' $(if $(DEVICE),'$(DEVICE)') $(if $(CONFIG),--config '$(CONFIG)') $(FLASH_ARGS)
 
+# The image is built with the system's python3 (standard library only) as root, niced: it
+# shares the machine with test runs. IMAGE_ARGS passes options (--no-xz, --cache DIR).
+image: image-deps
+	nice -n 10 python3 -m firmware.image.build $(IMAGE_ARGS)
+
+image-test: $(STAMP) deps image-deps
+	nice -n 10 python3 -m firmware.image.build --no-xz $(IMAGE_ARGS)
+	MTA_LITE_IMAGE=$(CURDIR)/build/image/disk.img nice -n 10 $(PY) -m pytest -q -s tests/image
+
+image-deps:
+	bash firmware/image/install-deps.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""firmware.image — the SD-card image recipe (`make image`); see firmware/README.md."""

@@ -1,0 +1,1 @@
+"""Tests of the real SD-card image (`make image-test`); skipped without MTA_LITE_IMAGE."""
