@@ -22,7 +22,7 @@ MAILLOG = "mta-lite-maillog.service"
 PATH_UNIT = "mta-lite.path"
 CONFIG = "/etc/mta-lite/mta-lite.toml"
 # What `serve` needs before its children drop (docs/deployed.md), and not one more.
-SERVE_CAPS = {"CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_FOWNER",
+SERVE_CAPS = {"CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_FOWNER", "CAP_FSETID",
               "CAP_DAC_READ_SEARCH", "CAP_DAC_OVERRIDE", "CAP_KILL"}
 
 
