@@ -35,7 +35,9 @@ FIRMWARE = REPO / "firmware"
 HERE = FIRMWARE / "image"
 # Units whose timers or jobs write to the root file system: nothing to do on a read-only one.
 MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
-                "systemd-machine-id-commit.service")
+                "systemd-machine-id-commit.service", "systemd-networkd-persistent-storage.service",
+                # User sessions and lingering (state in /var/lib): the box has no logins.
+                "systemd-logind.service")
 # xz level 6 (its default) with two threads: ~2.5 minutes for the release image here.
 XZ_ARGS = ("xz", "-6", "-T2", "--keep", "--force")
 T0 = time.monotonic()
@@ -123,6 +125,13 @@ def install_firmware(root: pathlib.Path) -> None:
     write_file(root, "/etc/fstab", layout.fstab())
     write_file(root, f"{layout.LIBEXEC}/image.conf", layout.image_conf())
     write_file(root, "/etc/machine-id", "")     # a fresh id at every boot, kept in RAM
+    dbus_id = root / "var/lib/dbus/machine-id"
+    dbus_id.parent.mkdir(parents=True, exist_ok=True)
+    dbus_id.unlink(missing_ok=True)
+    dbus_id.symlink_to("/etc/machine-id")
+    # Mount points: a read-only root cannot get them at boot.
+    for path in (layout.DATA_MOUNT, *(target for _, target in layout.DATA_BINDS)):
+        (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
 
 
 def install_python(root: pathlib.Path, wheel_files: list[pathlib.Path]) -> None:
@@ -136,9 +145,13 @@ def install_python(root: pathlib.Path, wheel_files: list[pathlib.Path]) -> None:
     env = dict(os.environ, PYTHONHASHSEED="0", PIP_DISABLE_PIP_VERSION_CHECK="1")
     run(["chroot", str(root), f"{venv}/bin/pip", "install", "--quiet", "--no-index", "--no-deps",
          "--no-cache-dir", "--no-compile", *names], env=env)
-    run(["chroot", str(root), f"{venv}/bin/pip", "check"], env=env, stdout=subprocess.DEVNULL)
+    # Only what was just installed: the rest of the venv was compiled with the cached root.
+    site = next((root / venv.lstrip("/")).glob("lib/python3*/site-packages"))
+    fresh = [f"/{p.relative_to(root)}" for p in sorted(site.iterdir())
+             if p.name in ("mta_lite", "board", "mta_lite_tools") or p.name.startswith("lgpio")
+             and p.suffix in (".py", "")]
     run(["chroot", str(root), f"{venv}/bin/python3", "-m", "compileall", "-q", "-f",
-         "--invalidation-mode", "unchecked-hash", f"{venv}/lib"], env=env)
+         "--invalidation-mode", "unchecked-hash", *fresh], env=env)
     shutil.rmtree(inbox)
     for command in layout.COMMANDS:
         link = root / "usr/bin" / command
@@ -155,7 +168,7 @@ def enable_units(root: pathlib.Path, units: tuple[str, ...], masked: tuple[str, 
 
 def configure_system(root: pathlib.Path, sde: int) -> None:
     """Users (the root file system is read-only at run time), enabled and masked units, clock."""
-    run(["chroot", str(root), "systemd-sysusers"], stdout=subprocess.DEVNULL)
+    run(["chroot", str(root), "systemd-sysusers"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     enable_units(root, layout.ENABLED_UNITS, MASKED_UNITS)
     epoch = root / "usr/lib/clock-epoch"
     epoch.touch()
