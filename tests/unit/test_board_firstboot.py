@@ -20,7 +20,7 @@ import pytest
 from board import firstboot
 from board.usbstick import Outcome
 from tests.relay import PASSWORD
-from tests.stickpeer import box_state, config_bytes, make_stick, put_file, stick_file
+from tests.stickpeer import box_state, config_bytes, make_stick, stick_file
 
 pytestmark = pytest.mark.skipif(not shutil.which("mcopy") or not shutil.which("mkfs.vfat"),
                                 reason="mtools and dosfstools needed: bash tools/install-test-deps.sh")
