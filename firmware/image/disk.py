@@ -74,8 +74,10 @@ def set_times(path: pathlib.Path, tree: pathlib.Path, sde: int) -> None:
     last read, mke2fs's own read included): both become the epoch (debugfs, one session)."""
     commands = [f'sif "{_debugfs_path(p, tree)}" {field} @{sde}'
                 for p in [tree, *sorted(tree.rglob("*"))] for field in ("ctime", "atime")]
+    # debugfs stamps the superblock's last-write time when it closes: the epoch, not the clock.
     subprocess.run(["debugfs", "-w", "-f", "-", str(path)], input="\n".join(commands).encode(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=dict(os.environ, E2FSPROGS_FAKE_TIME=str(sde)))
 
 
 def _debugfs_path(path: pathlib.Path, tree: pathlib.Path) -> str:
