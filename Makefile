@@ -9,8 +9,8 @@
 #   make image  the SD-card image into dist/ (root; firmware/README.md): .img.xz, .bmap,
 #               .sha256, .manifest. The Debian root file system is cached in
 #               /var/cache/mta-lite-image: ~15 min the first time, then about a minute + xz
-#   make image-test  build the image (no xz), inspect it, boot it twice under qemu and relay
-#               mail through it (tests/image; ~15 min more, not part of `make test`)
+#   make image-test  build the image (no xz: dist/ untouched), inspect it, boot it twice under
+#               qemu and relay mail through it (tests/image; ~4 min warm, not part of `make test`)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

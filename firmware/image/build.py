@@ -264,7 +264,10 @@ def build(args: argparse.Namespace) -> pathlib.Path:
     img = work / "disk.img"
     say(f"disk: {img} (boot {layout.BOOT_MIB} MiB FAT32, root {layout.ROOT_MIB} MiB ext4, read-only)")
     disk.make_disk(img, boot, root, layout.partition_plan(), sde)
-    for output in publish(img, root, args.dist, facts, not args.no_xz):
+    # Without xz there is no release: its bmap and manifest stay beside the raw image, and a
+    # release already in dist/ is left as it was (never a new bmap beside an old .img.xz).
+    dist = work / "dist" if args.no_xz else args.dist
+    for output in publish(img, root, dist, facts, not args.no_xz):
         say(f"done: {output}")
     return img
 
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dist", type=pathlib.Path, default=REPO / "dist")
     parser.add_argument("--work", type=pathlib.Path, default=REPO / "build" / "image")
     parser.add_argument("--cache", type=pathlib.Path, default=rootfs.DEFAULT_CACHE)
-    parser.add_argument("--no-xz", action="store_true", help="skip the .img.xz (the raw image is in --work)")
+    parser.add_argument("--no-xz", action="store_true",
+                        help="no release: the raw image, its bmap and manifest stay in --work, dist/ is untouched")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make image: run as root (mmdebstrap, chroot, exact owners in the image)", file=sys.stderr)
