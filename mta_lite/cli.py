@@ -20,9 +20,9 @@ import sys
 
 import tomli_w
 
-from .config import DEFAULT_CONFIG_PATH
-from .config_load import effective_dict, load_config
-from .errors import ConfigError, MtaLiteError, QueueIdError
+from mta_lite.config.schema import DEFAULT_CONFIG_PATH
+from mta_lite.config.load import effective_dict, load_config
+from mta_lite.errors import ConfigError, MtaLiteError, QueueIdError
 
 EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 64, 75, 78
 
@@ -89,15 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         rest = ["queue", "list"]
     args = _parser().parse_args((["-c", config] if config else []) + rest)
     if args.command == "demo":
-        from .demo import run_demo
+        from mta_lite.process.demo import run_demo
         return run_demo()
     if args.command == "passwd":      # needs no config: its output goes into one
-        from .passwd import passwd_main
+        from mta_lite.commands.passwd import passwd_main
         return passwd_main(args.name)
     if args.command == "smtpd":
         return _smtpd(args)
     if args.command == "serve":
-        from .master import serve     # the master never loads the secrets itself
+        from mta_lite.process.master import serve     # the master never loads the secrets itself
         return serve(_config_path(args.config))
     if args.command == "config" and args.action in ("apply", "rollback", "generations"):
         return _generations(_config_path(args.config), args.action, args.arg)
@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 def _smtpd(args) -> int:
     """The receiving half on its own (a systemd unit). Like the master, it takes its config
     from a short-lived `config public` process, so no secret ever enters it (S7)."""
-    from .daemon import SmtpdService, run_service
-    from .maillog import setup_logging
-    from .secretfree import load_public_config
+    from mta_lite.process.services import SmtpdService, run_service
+    from mta_lite.maillog import setup_logging
+    from mta_lite.config.public import load_public_config
     try:
         cfg = load_public_config(_config_path(args.config))
         service = SmtpdService(cfg)         # loads the listeners' certificates and keys
@@ -143,7 +143,7 @@ def _run(config: str | None, action, fail_status: int, secrets: bool = True) -> 
 def _generations(path: str, action: str, arg: str | None) -> int:
     """config apply / rollback / generations: these work on the file, not on a loaded config
     (the running one may be the broken one that a rollback repairs)."""
-    from . import configgen
+    from mta_lite.config import generations as configgen
     try:
         if action == "generations":
             for gen in configgen.generations(path):
@@ -174,7 +174,7 @@ def _generations(path: str, action: str, arg: str | None) -> int:
 
 
 def _read_candidate(arg: str) -> bytes:
-    from .configgen import MAX_CONFIG_BYTES
+    from mta_lite.config.generations import MAX_CONFIG_BYTES
     if arg == "-":
         return sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
     try:
@@ -185,30 +185,30 @@ def _read_candidate(arg: str) -> bytes:
 
 
 def _sendmail(cfg, argv: list[str]) -> int:
-    from .sendmail import submit
+    from mta_lite.commands.sendmail import submit
     return submit(cfg, argv)
 
 
 def _dispatch(cfg, args) -> int:
     if args.command == "qmgr":
-        from .daemon import QmgrService, run_service
-        from .maillog import setup_logging
+        from mta_lite.process.services import QmgrService, run_service
+        from mta_lite.maillog import setup_logging
         setup_logging(cfg)
         return run_service(QmgrService(cfg))
     if args.command == "config":
         if args.action == "show":
             sys.stdout.write(tomli_w.dumps(effective_dict(cfg)))
         elif args.action == "public":
-            from .secretfree import public_config_toml
+            from mta_lite.config.public import public_config_toml
             sys.stdout.buffer.write(public_config_toml(cfg))
         return 0
     if args.command == "check":
         return _check(cfg, args.fix)
     if args.command == "relay":
-        from .smarthost.probe import relay_test
+        from mta_lite.commands.relaytest import relay_test
         return relay_test(cfg, args.name)
     if args.command == "status":
-        from .status import format_status, read_status
+        from mta_lite.status import format_status, read_status
         snapshot = read_status(cfg.spool_dir)
         print(snapshot.to_json() if args.json else format_status(snapshot))
         return 0
@@ -217,7 +217,7 @@ def _dispatch(cfg, args) -> int:
 
 def _check(cfg, fix: bool) -> int:
     """`mta-lite check`: one line per problem on stderr; exit 78 if any is fatal."""
-    from .preflight import run_checks
+    from mta_lite.commands.check import run_checks
     problems = run_checks(cfg, fix)
     for problem in problems:
         print(f"mta-lite: check: {problem.line()}", file=sys.stderr)
@@ -228,8 +228,8 @@ def _check(cfg, fix: bool) -> int:
 
 
 def _queue_command(cfg, args) -> int:
-    from . import mailq
-    from .queue import Spool
+    from mta_lite.commands import mailq
+    from mta_lite.queue import Spool
     spool = Spool(cfg.spool_dir)
     if args.action in ("show", "why", "delete", "hold", "release") and not args.ids:
         print(f"mta-lite: queue {args.action} needs at least one queue ID", file=sys.stderr)
@@ -241,8 +241,8 @@ def _queue_command(cfg, args) -> int:
             sys.stdout.buffer.write(mailq.show(spool, queue_id))
     elif args.action == "why":
         import time
-        from .qmgr.why import explain
-        from .status import read_status
+        from mta_lite.commands.why import explain
+        from mta_lite.status import read_status
         status = read_status(cfg.spool_dir)
         for queue_id in args.ids:
             print(explain(cfg, spool, queue_id, time.time(), status))

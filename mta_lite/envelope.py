@@ -14,8 +14,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from .errors import AddressError
-from .reply import R501_BAD_CHARS, R553_BAD_RCPT, R553_BAD_SENDER, Reply
+from mta_lite.errors import AddressError
+from mta_lite.reply import R501_BAD_CHARS, R553_BAD_RCPT, R553_BAD_SENDER, Reply
 
 # RFC 5321 section 4.5.3.1: local part 64 octets, domain 255, path 256 including brackets.
 MAX_LOCAL_BYTES = 64

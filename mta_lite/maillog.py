@@ -18,7 +18,7 @@ import base64
 import logging
 import sys
 
-from .config import MASK, Config
+from mta_lite.config.schema import MASK, Config
 
 smtp_log = logging.getLogger("mta_lite.smtp")
 qmgr_log = logging.getLogger("mta_lite.qmgr")

@@ -39,7 +39,7 @@ INSTANCES: list["RelayProcess"] = []
 SERVICE_USERS = {"smtpd_user": "mta-smtpd", "qmgr_user": "mta-lite"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What a deployed relay's log must never show: a module its children could not preload
-# (mta_lite/privsep.py), or a crash.
+# (mta_lite/process/privsep.py), or a crash.
 DEPLOYED_LOG_DEFECTS = ("imported after the privilege drop", "Traceback (most recent call last)")
 _LOCKED: dict[str, tuple[str, dict]] = {}
 

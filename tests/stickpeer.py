@@ -19,7 +19,7 @@ import tempfile
 
 import tomli_w
 
-from board.mtools import MTOOLS_ENV, Completed, MtoolsRunner
+from mta_lite_board.mtools import MTOOLS_ENV, Completed, MtoolsRunner
 from tests.relay import PASSWORD
 
 # A config the box accepts, with an inline password (configgen moves it to secrets/).

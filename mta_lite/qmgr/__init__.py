@@ -13,7 +13,7 @@
     wakeup     the doorbell socket spool/public/qmgr and poke() for other processes
 """
 
-from .manager import QueueManager
-from .wakeup import FLUSH, RESCAN, WAKE, poke
+from mta_lite.qmgr.manager import QueueManager
+from mta_lite.queue.doorbell import FLUSH, RESCAN, WAKE, poke
 
 __all__ = ["QueueManager", "poke", "WAKE", "FLUSH", "RESCAN"]

@@ -25,11 +25,11 @@ import asyncio
 import hashlib
 import os
 
-from ..config import Config, QueueConfig, Route
-from ..smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult
-from .backoff import auth_pause_s
-from .budget import DAY_S, HOUR_S, Budget, BudgetFile, Limits
-from .fairness import ServedLog
+from mta_lite.config.schema import Config, QueueConfig, Route
+from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult
+from mta_lite.qmgr.backoff import auth_pause_s
+from mta_lite.qmgr.budget import DAY_S, HOUR_S, Budget, BudgetFile, Limits
+from mta_lite.qmgr.fairness import ServedLog
 
 GO, PROBE, PAUSED = "go", "probe", "paused"
 STATE_OK, STATE_DEFERRING, STATE_AUTH_FAILED = "ok", "deferring", "auth_failed"

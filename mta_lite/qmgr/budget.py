@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from .. import safeio
+from mta_lite import safeio
 
 log = logging.getLogger("mta_lite.qmgr")
 

@@ -28,19 +28,19 @@ import random
 import time
 from dataclasses import dataclass
 
-from .. import maillog
-from ..config import Config, route_for
-from ..envelope import Envelope
-from ..errors import CorruptQueueFileError
-from ..queue import WAIT_AUTH, WAIT_BUDGET, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
-from ..reply import Reply
-from ..smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
-from . import bounce
-from .accounts import PAUSED, PROBE, Account, Accounts
-from .backoff import expired, retry_delay_s
-from .budget import Ticket, when
-from .ratelimit import SlidingWindowLimit
-from .rewrite import Outgoing, outgoing
+from mta_lite import maillog
+from mta_lite.config.schema import Config, route_for
+from mta_lite.envelope import Envelope
+from mta_lite.errors import CorruptQueueFileError
+from mta_lite.queue import WAIT_AUTH, WAIT_BUDGET, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
+from mta_lite.reply import Reply
+from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
+from mta_lite.qmgr import bounce
+from mta_lite.qmgr.accounts import PAUSED, PROBE, Account, Accounts
+from mta_lite.qmgr.backoff import expired, retry_delay_s
+from mta_lite.qmgr.budget import Ticket, when
+from mta_lite.qmgr.ratelimit import SlidingWindowLimit
+from mta_lite.qmgr.rewrite import Outgoing, outgoing
 
 log = logging.getLogger("mta_lite.qmgr")
 

@@ -34,18 +34,18 @@ import random
 import time
 from typing import NamedTuple
 
-from ..config import Config
-from ..envelope import lookup_key
-from ..errors import MtaLiteError
-from ..identity import bound_to_other_clients
-from ..queue import WAIT_AUTH, Spool
-from . import wakeup
-from .accounts import Account, Accounts
-from .budget import BudgetFile, Ticket, budget_path
-from .delivery import Deliverer
-from .fairness import fair_order
-from .pickup import LOCAL_ADDRESS, Pickup
-from .rewrite import route_of
+from mta_lite.config.schema import Config
+from mta_lite.envelope import lookup_key
+from mta_lite.errors import MtaLiteError
+from mta_lite.identity import bound_to_other_clients
+from mta_lite.queue import WAIT_AUTH, Spool
+from mta_lite.queue import doorbell as wakeup
+from mta_lite.qmgr.accounts import Account, Accounts
+from mta_lite.qmgr.budget import BudgetFile, Ticket, budget_path
+from mta_lite.qmgr.delivery import Deliverer
+from mta_lite.qmgr.fairness import fair_order
+from mta_lite.qmgr.pickup import LOCAL_ADDRESS, Pickup
+from mta_lite.qmgr.rewrite import route_of
 
 log = logging.getLogger("mta_lite.qmgr")
 

@@ -35,12 +35,12 @@ import stat
 import time
 from dataclasses import dataclass
 
-from .. import safeio
-from ..envelope import Envelope, parse_path
-from ..errors import CorruptQueueFileError, SpoolError
-from ..queue import QueueEntry, Spool
-from ..queue.queuefile import MAGIC, MAX_ENVELOPE_BYTES, MAX_TRAILER_BYTES, parse_open
-from ..queue.spool import MAILDROP, STAGING, new_queue_id
+from mta_lite import safeio
+from mta_lite.envelope import Envelope, parse_path
+from mta_lite.errors import CorruptQueueFileError, SpoolError
+from mta_lite.queue import QueueEntry, Spool
+from mta_lite.queue.queuefile import MAGIC, MAX_ENVELOPE_BYTES, MAX_TRAILER_BYTES, parse_open
+from mta_lite.queue.spool import MAILDROP, STAGING, new_queue_id
 
 log = logging.getLogger("mta_lite.pickup")
 

@@ -27,8 +27,8 @@ import base64
 import re
 from dataclasses import dataclass
 
-from ..config import Route, route_for
-from ..identity import Identity, Rewrite, rewrite_for
+from mta_lite.config.schema import Route, route_for
+from mta_lite.identity import Identity, Rewrite, rewrite_for
 
 # RFC 5322 section 2.1.1: a line is at most 998 octets plus CRLF.
 MAX_HEADER_LINE_BYTES = 998

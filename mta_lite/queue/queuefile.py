@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..errors import CorruptQueueFileError
+from mta_lite.errors import CorruptQueueFileError
 
 MAGIC = b"MTA-LITE-QUEUE 1\n"
 # The envelope line holds up to recipient_limit addresses of 256 bytes each, plus fields.

@@ -31,11 +31,11 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 
-from .. import maillog, safeio
-from ..envelope import Envelope
-from ..errors import CorruptQueueFileError, QueueIdError, SpoolError
-from . import dirsync
-from .queuefile import QueueEntry, encode_header, encode_trailer, read_queue_file
+from mta_lite import maillog, safeio
+from mta_lite.envelope import Envelope
+from mta_lite.errors import CorruptQueueFileError, QueueIdError, SpoolError
+from mta_lite.queue import dirsync
+from mta_lite.queue.queuefile import QueueEntry, encode_header, encode_trailer, read_queue_file
 
 log = logging.getLogger("mta_lite.queue")
 

@@ -41,12 +41,12 @@ from typing import Awaitable, Callable, NamedTuple, TypeVar
 from aiosmtplib import SMTP
 from aiosmtplib.errors import SMTPAuthenticationError, SMTPException, SMTPResponseException
 
-from ..config import Route
-from ..maillog import secret_forms
-from ..reply import Reply
-from . import transaction
-from .result import DeliveryResult
-from .transaction import Transaction, refusal
+from mta_lite.config.schema import Route
+from mta_lite.maillog import secret_forms
+from mta_lite.reply import Reply
+from mta_lite.smarthost import transaction
+from mta_lite.smarthost.result import DeliveryResult
+from mta_lite.smarthost.transaction import Transaction, refusal
 
 log = logging.getLogger("mta_lite.smtp")
 

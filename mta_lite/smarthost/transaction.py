@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING
 
 from aiosmtplib.errors import SMTPDataError, SMTPResponseException
 
-from ..config import MASK
-from ..reply import Reply
-from .result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
+from mta_lite.config.schema import MASK
+from mta_lite.reply import Reply
+from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
 
 if TYPE_CHECKING:
-    from .client import Session
+    from mta_lite.smarthost.client import Session
 
 # A hostile or chatty smarthost must not fill log lines, queue files and DSNs with its text;
 # Postfix also truncates server replies it records. 400 characters keep every real reply.

@@ -25,8 +25,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..passwd import parse_hash, verify
-from ..reply import (R235_AUTH_OK, R421_AUTH_FAILURES, R501_AUTH_ABORTED, R501_AUTH_BASE64,
+from mta_lite.passhash import parse_hash, verify
+from mta_lite.reply import (R235_AUTH_OK, R421_AUTH_FAILURES, R501_AUTH_ABORTED, R501_AUTH_BASE64,
                      R501_AUTH_SYNTAX, R503_AUTH_DISABLED, R503_AUTH_DONE, R503_IN_TRANSACTION,
                      R503_NEED_HELO, R504_AUTH_MECHANISM, R535_AUTH_FAILED, R538_ENCRYPTION_REQUIRED,
                      Reply)

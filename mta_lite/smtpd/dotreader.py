@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..reply import R521_BARE_CR, R521_BARE_LF, R521_NUL, Reply
+from mta_lite.reply import R521_BARE_CR, R521_BARE_LF, R521_NUL, Reply
 
 # RFC 5321 section 4.5.3.1.6 limits a text line to 1000 octets including CRLF. Real senders
 # (HTML mailers, scanners base64-ing without wrapping) exceed that, and the smarthost, not

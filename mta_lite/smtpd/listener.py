@@ -27,16 +27,16 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from ..config import Config, Listen
-from ..errors import ConfigError
-from ..reply import (R250_OK, R354_DATA, R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT,
+from mta_lite.config.schema import Config, Listen
+from mta_lite.errors import ConfigError
+from mta_lite.reply import (R250_OK, R354_DATA, R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT,
                      R421_TOO_MANY_CONNECTIONS, R451_INTERNAL, R451_LOCAL_ERROR, R552_LINE_TOO_LONG,
                      R552_TOO_BIG, R554_SYNC, Reply)
-from .auth import Authenticator
-from .dotreader import Content, DotReader, End, ProtocolError
-from .handoff import Handoff
-from .session import Session, SessionContext, line_error, printable, with_host
-from .stream import HANGUP_WAIT_S, MAX_PENDING_OUTPUT_BYTES, ConnectionLost, SmtpStream
+from mta_lite.smtpd.auth import Authenticator
+from mta_lite.smtpd.dotreader import Content, DotReader, End, ProtocolError
+from mta_lite.smtpd.handoff import Handoff
+from mta_lite.smtpd.session import Session, SessionContext, line_error, printable, with_host
+from mta_lite.smtpd.stream import HANGUP_WAIT_S, MAX_PENDING_OUTPUT_BYTES, ConnectionLost, SmtpStream
 
 log = logging.getLogger("mta_lite.smtpd")
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Callable
 
-from ..config import Config, Listen
-from ..envelope import Envelope, domain_of, parse_esmtp_params, parse_path, split_path_and_params
-from ..errors import AddressError
-from ..reply import (R221_BYE, R221_FORBIDDEN, R220_STARTTLS, R250_OK, R250_RCPT_OK, R250_SENDER_OK,
+from mta_lite.config.schema import Config, Listen
+from mta_lite.envelope import Envelope, domain_of, parse_esmtp_params, parse_path, split_path_and_params
+from mta_lite.errors import AddressError
+from mta_lite.reply import (R221_BYE, R221_FORBIDDEN, R220_STARTTLS, R250_OK, R250_RCPT_OK, R250_SENDER_OK,
                      R252_VRFY, R354_DATA, R421_TOO_MANY_ERRORS, R452_STORAGE, R452_TOO_MANY_RCPTS,
                      R500_BAD_SYNTAX, R500_BAD_UTF8, R500_LINE_TOO_LONG, R500_UNKNOWN, R501_BAD_ADDRESS,
                      R501_BAD_CHARS, R501_BAD_RCPT, R501_BODY_SYNTAX, R501_EHLO_SYNTAX, R501_HELO_SYNTAX,
@@ -37,9 +37,9 @@ from ..reply import (R221_BYE, R221_FORBIDDEN, R220_STARTTLS, R250_OK, R250_RCPT
                      R503_NEED_MAIL, R503_NEED_RCPT, R503_NESTED_MAIL, R521_BARE_CR, R521_BARE_LF,
                      R521_NUL, R550_NO_LOCAL, R552_TOO_BIG, R554_NO_VALID_RCPT, R554_RELAY_DENIED,
                      R554_TLS_ACTIVE, R555_PARAM, R530_AUTH_REQUIRED, Reply)
-from .auth import AUTH_PENDING, SessionAuth
-from .policy import SenderPolicy
-from .received import MAX_HELO_BYTES, received_header
+from mta_lite.smtpd.auth import AUTH_PENDING, SessionAuth
+from mta_lite.smtpd.policy import SenderPolicy
+from mta_lite.smtpd.received import MAX_HELO_BYTES, received_header
 
 # G5: refuse MAIL FROM when free space < reserve + 1.5 x the message size limit, so one
 # more maximal message plus its queue file overhead always fits.

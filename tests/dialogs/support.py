@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mta_lite.config import Config, Listen, QueueConfig, SmtpdConfig
+from mta_lite.config.schema import Config, Listen, QueueConfig, SmtpdConfig
 from mta_lite.envelope import Envelope
 from mta_lite.errors import SpoolError
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from mta_lite.config import Listen
+from mta_lite.config.schema import Listen
 from mta_lite.smtpd.dotreader import MAX_DATA_LINE_BYTES
 from mta_lite.smtpd.listener import Listener
 from mta_lite.smtpd.stream import READ_CHUNK_BYTES, SmtpStream

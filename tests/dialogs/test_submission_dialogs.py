@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from mta_lite.config import Listen, RewriteConfig, SenderRule, User
-from mta_lite.config_senders import networks
+from mta_lite.config.schema import Listen, RewriteConfig, SenderRule, User
+from mta_lite.config.senders import networks
 from mta_lite.identity import parse_identity
-from mta_lite.passwd import hash_password
+from mta_lite.passhash import hash_password
 from mta_lite.smtpd.listener import Listener
 
 from .support import ADMIN, HOSTNAME, FakeSpool, make_config

@@ -11,7 +11,7 @@ import smtplib
 
 import pytest
 
-from mta_lite.config import Listen
+from mta_lite.config.schema import Listen
 from mta_lite.envelope import Envelope
 from mta_lite.errors import SpoolError
 from mta_lite.queue import Spool

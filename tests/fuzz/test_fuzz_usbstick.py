@@ -19,9 +19,9 @@ import tempfile
 import pytest
 from hypothesis import example, given, strategies as st
 
-from board.mtools import Entry, ListingError, MtoolsRunner, parse_entry, parse_mdir
-from board.usbstick import Outcome, provision_from_stick
-from mta_lite.config_load import load_config
+from mta_lite_board.mtools import Entry, ListingError, MtoolsRunner, parse_entry, parse_mdir
+from mta_lite_board.usbstick import Outcome, provision_from_stick
+from mta_lite.config.load import load_config
 from tests.fuzz.profiles import fuzz_settings
 from tests.relay import PASSWORD, secret_needles
 from tests.stickpeer import Recorder, box_state, config_bytes, make_stick
@@ -130,7 +130,7 @@ def test_provision_damaged_image_never_raises_never_installs_garbage(base_image,
     damaged = bytearray(blob)
     for offset, mask in flips:
         damaged[offset] ^= mask
-    lines, logger = _Lines(), logging.getLogger("board.usbstick")
+    lines, logger = _Lines(), logging.getLogger("mta_lite_board.usbstick")
     with tempfile.TemporaryDirectory(prefix="mta-fuzz-stick-") as directory:
         image, config = os.path.join(directory, "stick.img"), os.path.join(directory, "etc", "mta-lite.toml")
         with open(image, "wb") as handle:

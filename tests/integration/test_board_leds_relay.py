@@ -11,8 +11,8 @@ import smtplib
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, update_leds
-from board.patterns import OFF, ON, SLOW_BLINK, LedState
+from mta_lite_board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, update_leds
+from mta_lite_board.patterns import OFF, ON, SLOW_BLINK, LedState
 from mta_lite.status import read_status
 from tests.relay import PASSWORD, wait_for
 

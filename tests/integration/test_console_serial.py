@@ -28,9 +28,9 @@ import pytest
 import serial
 import tomli_w
 
-from board.console_protocol import NOISE_ERR_INTERVAL_S
-from mta_lite import configgen
-from mta_lite.config_load import load_config
+from mta_lite_board.console_protocol import NOISE_ERR_INTERVAL_S
+from mta_lite.config import generations as configgen
+from mta_lite.config.load import load_config
 from tests.relay import PASSWORD, secret_needles, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,13 +79,13 @@ class Board:
     def __init__(self, directory: Path, device: str) -> None:
         self.spool = str(directory / "spool")
         self.config = str(directory / "mta-lite.toml")
-        self.log_path = directory / "board.log"
+        self.log_path = directory / "mta_lite_board.log"
         self.device = device
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "board.daemon", "--serial", self.device,
+            self.proc = subprocess.Popen([sys.executable, "-m", "mta_lite_board.daemon", "--serial", self.device,
                                           "--config", self.config, "--spool", self.spool],
                                          stdout=log, stderr=log, cwd=ROOT, start_new_session=True)
         wait_for(lambda: b"console: on " in self.log(), 10, what="the board daemon's console")
@@ -286,8 +286,8 @@ def board_log(caplog) -> str:
 
 
 def memory_protocol(directory: Path):
-    from board.console import FileActions
-    from board.console_protocol import ConsoleProtocol
+    from mta_lite_board.console import FileActions
+    from mta_lite_board.console_protocol import ConsoleProtocol
     Path(directory / "mta-lite.toml").write_bytes(config_bytes(str(directory / "spool")))
     return lambda: ConsoleProtocol(FileActions(str(directory / "mta-lite.toml"), str(directory / "spool")))
 
@@ -342,7 +342,7 @@ async def greeted(master: int) -> None:
 
 def test_serial_console_on_a_pty_replies_and_never_blocks_when_nobody_reads(tmp_path, caplog):
     import asyncio
-    from board.console import MAX_PENDING_OUTPUT_BYTES, SerialConsole
+    from mta_lite_board.console import MAX_PENDING_OUTPUT_BYTES, SerialConsole
     caplog.set_level("INFO", logger="board")
 
     async def scenario(master, task):
@@ -374,7 +374,7 @@ def test_serial_console_on_a_pty_replies_and_never_blocks_when_nobody_reads(tmp_
 
 def test_serial_console_port_that_fails_to_open_logs_once_then_comes_back(tmp_path, caplog, monkeypatch):
     import asyncio
-    import board.console as console
+    import mta_lite_board.console as console
     caplog.set_level("INFO", logger="board")
     monkeypatch.setattr(console, "REOPEN_MIN_S", 0.01)
     monkeypatch.setattr(console, "REOPEN_MAX_S", 0.02)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from board.patterns import FAST_BLINK, pattern_for
+from mta_lite_board.patterns import FAST_BLINK, pattern_for
 from mta_lite.status import read_status
 from tests.integration.conftest import sink_config
 from tests.integration.test_privsep import children

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mta_lite import configgen
-from mta_lite.config_load import load_config
+from mta_lite.config import generations as configgen
+from mta_lite.config.load import load_config
 from tests.flashpeer import (BOOT_OFFSET, MTOOLS_ENV, bmap_xml, digest, have, make_bmap, make_card_image, pack,
                              rechecksum, run)
 from tests.relay import PASSWORD

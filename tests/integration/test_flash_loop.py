@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from mta_lite import configgen
+from mta_lite.config import generations as configgen
 from mta_lite_tools.flash import cli
 from mta_lite_tools.flash.devices import Roots, inspect_target, read_system, refusal, root_disks
 from mta_lite_tools.flash.errors import TargetRefusedError

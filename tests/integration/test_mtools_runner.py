@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from board.mtools import MAX_STDERR_BYTES, MTOOLS_ENV, MtoolsRunner, StickReadError, StickTimeoutError
+from mta_lite_board.mtools import MAX_STDERR_BYTES, MTOOLS_ENV, MtoolsRunner, StickReadError, StickTimeoutError
 from tests.relay import wait_for
 
 pytestmark = pytest.mark.integration

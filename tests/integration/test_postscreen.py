@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from mta_lite.smtpd.dnsbl import ERROR, NXDOMAIN, OK, parse_site
-from mta_lite.smtpd.dnsblclient import DnsblCheck, DnsPythonLookup
+from mta_lite.postscreen.dnsbl import ERROR, NXDOMAIN, OK, parse_site
+from mta_lite.postscreen.dnsblclient import DnsblCheck, DnsPythonLookup
 from tests.dnspeers import Dnsmasq, bad_dns_server
 from tests.integration.conftest import sink_config
 from tests.relay import wait_for

@@ -39,7 +39,7 @@ def _interpreter() -> tuple[str, dict]:
     so use the system's 3.11 with the repository and the venv's packages on the path."""
     python = "/usr/bin/python3.11" if os.path.exists("/usr/bin/python3.11") else sys.executable
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *site.getsitepackages()])}
-    probe = subprocess.run([python, "-c", "import mta_lite.daemon, aiosmtplib, tomli_w"], env=env,
+    probe = subprocess.run([python, "-c", "import mta_lite.process.services, aiosmtplib, tomli_w"], env=env,
                            user="mta-smtpd", capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"the dropped users cannot load mta-lite from here: {probe.stderr.decode()[-200:]}")

@@ -97,7 +97,7 @@ print(entry.read_content().decode(), spool.move(sys.argv[2], "incoming", "active
 
 DOORBELL_AS_QMGR = """
 import asyncio, sys
-from mta_lite.qmgr import wakeup
+from mta_lite.queue import doorbell as wakeup
 async def main():
     got = asyncio.Event()
     bell = await wakeup.listen(sys.argv[1], lambda what: got.set())

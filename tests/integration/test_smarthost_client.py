@@ -27,7 +27,7 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP, AuthResult, LoginPassword
 
-from mta_lite.config import Relay, Route, Secret
+from mta_lite.config.schema import Relay, Route, Secret
 from mta_lite.smarthost.client import SmarthostPool
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT
 

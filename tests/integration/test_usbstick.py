@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from board import usbstick
-from board.mtools import MtoolsRunner
-from board.usbstick import Outcome, provision_from_stick
-from mta_lite import configgen
-from mta_lite.config_load import load_config
+from mta_lite_board import usbstick
+from mta_lite_board.mtools import MtoolsRunner
+from mta_lite_board.usbstick import Outcome, provision_from_stick
+from mta_lite.config import generations as configgen
+from mta_lite.config.load import load_config
 from tests.relay import PASSWORD, secret_needles
 from tests.stickpeer import Recorder, box_state, config_bytes, digest, make_dir, make_stick, put_many, stick_file
 
@@ -51,10 +51,10 @@ def box(tmp_path):
 
 @pytest.fixture
 def stick_logs(caplog):
-    caplog.set_level(logging.INFO, logger="board.usbstick")
+    caplog.set_level(logging.INFO, logger="mta_lite_board.usbstick")
 
     def lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "board.usbstick"]
+        return [r.getMessage() for r in caplog.records if r.name == "mta_lite_board.usbstick"]
     return lines
 
 
@@ -493,7 +493,7 @@ def run_cli(*args, env_config: str | None = None):
     env = {k: v for k, v in os.environ.items() if k != "MTA_LITE_CONFIG"}
     if env_config:
         env["MTA_LITE_CONFIG"] = env_config
-    return subprocess.run([sys.executable, "-m", "board.usbstick", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "mta_lite_board.usbstick", *args], cwd=REPO, env=env,
                           capture_output=True, timeout=60)
 
 
@@ -507,6 +507,6 @@ def test_cli_exit_status_applied_rejected_unreadable(tmp_path, box):
     assert load_config(box).hostname == "cli.lan.test"
     for done in (applied, rejected, unreadable):
         assert done.stdout == b"" and len(done.stderr.splitlines()) == 1, done.stderr
-        assert b"mta-lite/board.usbstick[" in done.stderr
+        assert b"mta-lite/usbstick[" in done.stderr
         assert_no_secret(done.stderr)
     assert b"usb:MTACONFIG/mta-lite.toml: hostname:" in rejected.stderr

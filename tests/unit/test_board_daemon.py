@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 
-from board import daemon
+from mta_lite_board import daemon
 from tests.relay import PASSWORD
 
 

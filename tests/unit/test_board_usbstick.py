@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from board.mtools import Entry, Listing, ListingError, parse_label, parse_mdir, shown
-from board.usbstick import (EX_CANTCREAT, EX_CONFIG, EX_OK, EX_TEMPFAIL, MAX_RESULT_LINE_CHARS, Action, Outcome,
+from mta_lite_board.mtools import Entry, Listing, ListingError, parse_label, parse_mdir, shown
+from mta_lite_board.usbstick import (EX_CANTCREAT, EX_CONFIG, EX_OK, EX_TEMPFAIL, MAX_RESULT_LINE_CHARS, Action, Outcome,
                             StickResult, decode_config, format_result, generation_number, plan)
-from mta_lite import configgen
+from mta_lite.config import generations as configgen
 from mta_lite.errors import ConfigError
 
 CONFIG = Entry("MTA-LI~1.TOM", "mta-lite.toml", 300, False)

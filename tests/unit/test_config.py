@@ -6,8 +6,8 @@ import sys
 import pytest
 import tomli_w
 
-from mta_lite.config import parse_duration, route_for
-from mta_lite.config_load import effective_dict, load_config, parse_config
+from mta_lite.config.schema import parse_duration, route_for
+from mta_lite.config.load import effective_dict, load_config, parse_config
 from mta_lite.errors import ConfigError
 
 BASE = {

@@ -9,11 +9,11 @@ import tomllib
 import pytest
 import tomli_w
 
-from mta_lite.config_load import effective_dict, parse_config
+from mta_lite.config.load import effective_dict, parse_config
 from mta_lite.errors import ConfigError
 from mta_lite.identity import Identity
-from mta_lite.secretfree import public_config_toml
-from mta_lite.passwd import hash_password
+from mta_lite.config.public import public_config_toml
+from mta_lite.passhash import hash_password
 
 HASH = hash_password(b"alice-pw", salt=b"0123456789abcdef")
 

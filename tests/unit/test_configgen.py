@@ -8,7 +8,7 @@ import tomllib
 import pytest
 import tomli_w
 
-from mta_lite import configgen
+from mta_lite.config import generations as configgen
 from mta_lite.errors import ConfigError
 from tests.relay import PASSWORD
 

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from mta_lite import sendmail
+from mta_lite.commands import sendmail
 from mta_lite.qmgr.pickup import Pickup
 from mta_lite.queue import Spool, dirsync, read_queue_file
 from mta_lite.queue.spool import MAILDROP

@@ -6,13 +6,13 @@ import os
 
 import pytest
 
-from mta_lite.config_load import effective_dict, parse_config
+from mta_lite.config.load import effective_dict, parse_config
 from mta_lite.errors import ConfigError
 from mta_lite.reply import R521_PROTOCOL_ERROR, R550_PROTOCOL_ERROR, dnsbl_reply
-from mta_lite.smtpd import pscache
-from mta_lite.smtpd.pscache import DNSBL, PREGREET, PREGREET_TTL_S, PassCache, cache_path, decode
-from mta_lite.smtpd.psengine import COMMAND_LIMIT, EnforceSession
-from mta_lite.smtpd.pspolicy import (DROP, DUNNO, ENFORCE, IGNORE, PERMIT, REJECT, Verdict, access,
+from mta_lite.postscreen import cache as pscache
+from mta_lite.postscreen.cache import DNSBL, PREGREET, PREGREET_TTL_S, PassCache, cache_path, decode
+from mta_lite.postscreen.engine import COMMAND_LIMIT, EnforceSession
+from mta_lite.postscreen.policy import (DROP, DUNNO, ENFORCE, IGNORE, PERMIT, REJECT, Verdict, access,
                                      parse_access, under_stress)
 
 

@@ -4,7 +4,7 @@ the pause doubles; concurrency per account; snapshot()."""
 import asyncio
 
 from mta_lite.qmgr.backoff import AUTH_PAUSE_MIN_S
-from mta_lite.qmgr.why import explain
+from mta_lite.commands.why import explain
 from mta_lite.reply import Reply
 from mta_lite.status import StatusSnapshot
 from mta_lite.smarthost.result import DeliveryResult

@@ -6,7 +6,8 @@ import logging
 import os
 
 from mta_lite.errors import SpoolError
-from mta_lite.qmgr import poke, wakeup
+from mta_lite.qmgr import poke
+from mta_lite.queue import doorbell as wakeup
 from mta_lite.qmgr.manager import RESCAN_INTERVAL_S
 from mta_lite.smarthost.result import DeliveryResult
 

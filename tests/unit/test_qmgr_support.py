@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from mta_lite.config import Route
-from mta_lite.config_load import parse_config
+from mta_lite.config.schema import Route
+from mta_lite.config.load import parse_config
 from mta_lite.envelope import Envelope
 from mta_lite.qmgr import QueueManager
 from mta_lite.queue import Spool

@@ -9,13 +9,13 @@ import os
 
 import tomli_w
 
-from mta_lite.config_load import parse_config
-from mta_lite.daemon import QmgrService
+from mta_lite.config.load import parse_config
+from mta_lite.process.services import QmgrService
 from mta_lite.maillog import SecretFilter, config_secrets
 from mta_lite.qmgr.accounts import UNREACHABLE_AFTER_S
 from mta_lite.qmgr.backoff import AUTH_PAUSE_MIN_S
 from mta_lite.qmgr.budget import HOUR_S
-from mta_lite.qmgr.why import explain
+from mta_lite.commands.why import explain
 from mta_lite.reply import Reply
 from mta_lite.smarthost.result import DeliveryResult
 from mta_lite.status import StatusSnapshot

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from mta_lite.errors import SpoolError
-from mta_lite.qmgr import wakeup
+from mta_lite.queue import doorbell as wakeup
 
 from .test_qmgr_support import async_test, until
 

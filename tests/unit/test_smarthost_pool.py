@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from mta_lite.config import Relay, Route, Secret
+from mta_lite.config.schema import Relay, Route, Secret
 from mta_lite.smarthost.client import SmarthostPool
 from mta_lite.smarthost.result import DEFER
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from aiosmtplib.errors import SMTPDataError, SMTPReadTimeoutError, SMTPServerDisconnected
 from aiosmtplib.response import SMTPResponse
-from mta_lite.config import MASK, Relay, Route, Secret
+from mta_lite.config.schema import MASK, Relay, Route, Secret
 from mta_lite.maillog import secret_forms
 from mta_lite.reply import Reply
 from mta_lite.smarthost import transaction as tx

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mta_lite.config import User
-from mta_lite.passwd import hash_password
+from mta_lite.config.schema import User
+from mta_lite.passhash import hash_password
 from mta_lite.reply import Reply
 from mta_lite.smtpd.auth import (AUTH_PENDING, MAX_AUTH_FAILURES, Authenticator, Credentials, FailureLimit,
                                  decode_base64, decode_plain)

@@ -1,0 +1,154 @@
+"""mailq — the administrator's view of the queue: list, show, flush, delete, hold, release.
+
+These work directly on the spool directories, with or without a running daemon, and poke
+the queue manager afterwards so it notices at once. A message being delivered right now
+(active/) can be deleted or held; its delivery attempt may still complete (as in Postfix),
+and the per-recipient results are kept so a released message never goes twice.
+Guarantees: every change is one durable rename or unlink; unknown IDs are named in the error.
+Must never: print message content for `list`, or a secret anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from mta_lite.errors import CorruptQueueFileError, QueueIdError
+from mta_lite.queue import Spool
+from mta_lite.queue.spool import MAILDROP, STATES
+
+# incoming/ is "waiting for the queue manager": to the admin that is active mail.
+# maildrop/ holds local submissions not yet picked up (Postfix's mailq lists them too).
+_SHOWN_STATE = {"incoming": "active", "active": "active", "deferred": "deferred", "hold": "hold",
+                MAILDROP: MAILDROP}
+
+
+def notify_qmgr(spool: Spool, what: bytes) -> None:
+    """Tell a running daemon; without one (or without access) its periodic rescan finds the change."""
+    from mta_lite.queue.doorbell import poke
+    try:
+        poke(spool.wakeup_socket, what)
+    except OSError:
+        pass
+
+
+def entries(spool: Spool) -> list[dict]:
+    out = []
+    for state in (MAILDROP, *STATES):
+        for queue_id in spool.list(state):
+            try:
+                entry = spool.read(state, queue_id, verify=False)
+            except (CorruptQueueFileError, FileNotFoundError):
+                continue
+            if state == MAILDROP and not _acceptable_submission(entry):
+                continue
+            st = spool.load_state(queue_id)
+            out.append({
+                "id": queue_id, "sender": entry.sender,
+                "recipients": st.pending(entry.recipients), "size": entry.size,
+                "state": _SHOWN_STATE[state], "arrival": entry.arrival,
+                "attempts": st.attempts, "next_attempt": st.next_attempt or None,
+                "last_error": st.last_error,
+            })
+    return sorted(out, key=lambda e: e["id"])
+
+
+def _acceptable_submission(entry) -> bool:
+    """A maildrop/ file is any local user's input until pickup has checked it: list it only
+    if pickup would take it, so no control character reaches the administrator's terminal."""
+    from mta_lite.qmgr.pickup import RejectedError, checked_envelope
+    try:
+        checked_envelope(entry)
+    except RejectedError:
+        return False
+    return True
+
+
+def format_list(items: list[dict]) -> str:
+    """Postfix mailq layout: ID (with * active, ! hold), size, arrival, sender; reason; recipients."""
+    if not items:
+        return "Mail queue is empty"
+    lines = ["-Queue ID-        --Size-- ----Arrival Time---- -Sender/Recipient-------"]
+    for item in items:
+        mark = {"active": "*", "hold": "!"}.get(item["state"], " ")
+        arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(item["arrival"]))
+        lines.append(f"{item['id']}{mark} {item['size']:>8} {arrival}  {item['sender'] or 'MAILER-DAEMON'}")
+        if item["last_error"]:
+            lines.append(f"    ({item['last_error']})")
+        lines.extend(f"                                         {r}" for r in item["recipients"])
+        lines.append("")
+    total = sum(i["size"] for i in items)
+    lines.append(f"-- {total // 1024} Kbytes in {len(items)} Request{'s' if len(items) != 1 else ''}.")
+    return "\n".join(lines)
+
+
+def list_json(spool: Spool) -> str:
+    return json.dumps(entries(spool), indent=2)
+
+
+def show(spool: Spool, queue_id: str) -> bytes:
+    """Envelope, state and content of one message (like postcat -q)."""
+    state = spool.require(queue_id)
+    entry = spool.read(state, queue_id)
+    st = spool.load_state(queue_id)
+    head = [
+        f"*** ENVELOPE RECORDS {queue_id} ***",
+        f"state: {_SHOWN_STATE[state]}",
+        f"arrival: {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(entry.arrival))}",
+        f"client: [{entry.client_address}] helo={entry.client_helo}"
+        + (f" sasl_username={entry.sasl_username}" if entry.sasl_username else ""),
+        f"sender: {entry.sender}",
+        *[f"recipient: {r}" + (f" ({st.done[r]})" if r in st.done else "") for r in entry.recipients],
+        f"attempts: {st.attempts}",
+        *( [f"last_error: {st.last_error}"] if st.last_error else []),
+        f"*** MESSAGE CONTENTS {queue_id} ***",
+    ]
+    return ("\n".join(head) + "\n").encode() + entry.read_content()
+
+
+def flush(spool: Spool) -> int:
+    """Make every deferred message due now; the daemon retries them at once."""
+    count = 0
+    for queue_id in spool.list("deferred"):
+        st = spool.load_state(queue_id)
+        st.next_attempt = 0.0
+        spool.save_state(st)
+        count += 1
+    notify_qmgr(spool, b"F")
+    return count
+
+
+def _each(spool: Spool, ids: list[str]) -> list[tuple[str, str]]:
+    """Resolve IDs first so that a typo changes nothing."""
+    return [(queue_id, spool.require(queue_id)) for queue_id in ids]
+
+
+def delete(spool: Spool, ids: list[str]) -> int:
+    if ids == ["ALL"]:
+        targets = [(q, s) for s in STATES for q in spool.list(s)]
+    else:
+        targets = _each(spool, ids)
+    count = sum(1 for queue_id, state in targets if spool.remove(queue_id, state))
+    notify_qmgr(spool, b"R")
+    return count
+
+
+def hold(spool: Spool, ids: list[str]) -> int:
+    count = sum(1 for queue_id, state in _each(spool, ids)
+                if state != "hold" and spool.move(queue_id, state, "hold"))
+    notify_qmgr(spool, b"R")
+    return count
+
+
+def release(spool: Spool, ids: list[str]) -> int:
+    count = 0
+    for queue_id, state in _each(spool, ids):
+        if state != "hold":
+            raise QueueIdError(f"{queue_id}: not on hold (it is {_SHOWN_STATE[state]})")
+    for queue_id, _ in _each(spool, ids):
+        st = spool.load_state(queue_id)
+        st.next_attempt = 0.0
+        spool.save_state(st)
+        count += spool.move(queue_id, "hold", "deferred")
+    notify_qmgr(spool, b"F")
+    return count
