@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import sysconfig
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ from mta_lite.smtpd.listener import server_tls_context
 
 # What a probe child may send back: a few hundred paths at most, a line each.
 MAX_PROBE_REPLY_BYTES = 1 << 20
+EX_CONFIG = 78
 LOCAL_USER = "nobody"       # stands in for "any local user" running sendmail
 SMTPD_INPUTS = ("config file", "TLS certificate", "TLS key")
 
@@ -326,3 +328,14 @@ def _local_user_problems(cfg: Config, spool: str) -> list[Problem]:
              os.path.join(spool, "maildrop"): ("maildrop directory", "write")}
     return reach_problems(paths, LOCAL_USER, probe_as(nobody, list(paths)),
                           "`sendmail` as a local user (cron, scripts) will fail")
+
+
+def check_main(cfg: Config, fix: bool) -> int:
+    """`mta-lite check`: one line per problem on stderr; exit 78 if any is fatal."""
+    problems = run_checks(cfg, fix)
+    for problem in problems:
+        print(f"mta-lite: check: {problem.line()}", file=sys.stderr)
+    if any(problem.fatal for problem in problems):
+        return EX_CONFIG
+    print(f"mta-lite: check: {cfg.path}: ok" + (f" ({len(problems)} warnings)" if problems else ""))
+    return 0

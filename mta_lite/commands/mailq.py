@@ -1,4 +1,5 @@
-"""mailq — the administrator's view of the queue: list, show, flush, delete, hold, release.
+"""mailq — the administrator's view of the queue: list, show, flush, delete, hold, release
+(`mta-lite queue ACTION`, and `mailq`).
 
 These work directly on the spool directories, with or without a running daemon, and poke
 the queue manager afterwards so it notices at once. A message being delivered right now
@@ -11,11 +12,16 @@ Must never: print message content for `list`, or a secret anywhere.
 from __future__ import annotations
 
 import json
+import sys
 import time
 
+from mta_lite.config.schema import Config
 from mta_lite.errors import CorruptQueueFileError, QueueIdError
 from mta_lite.queue import Spool
 from mta_lite.queue.spool import MAILDROP, STATES
+from mta_lite.status import read_status
+
+EX_USAGE = 64
 
 # incoming/ is "waiting for the queue manager": to the admin that is active mail.
 # maildrop/ holds local submissions not yet picked up (Postfix's mailq lists them too).
@@ -152,3 +158,26 @@ def release(spool: Spool, ids: list[str]) -> int:
         count += spool.move(queue_id, "hold", "deferred")
     notify_qmgr(spool, b"F")
     return count
+
+
+def queue_main(cfg: Config, action: str, ids: list[str], as_json: bool) -> int:
+    """`mta-lite queue ACTION [ID...]` and `mailq`: exit 0, or 64 without a needed ID."""
+    spool = Spool(cfg.spool_dir)
+    if action in ("show", "why", "delete", "hold", "release") and not ids:
+        print(f"mta-lite: queue {action} needs at least one queue ID", file=sys.stderr)
+        return EX_USAGE
+    if action == "list":
+        print(list_json(spool) if as_json else format_list(entries(spool)))
+    elif action == "show":
+        for queue_id in ids:
+            sys.stdout.buffer.write(show(spool, queue_id))
+    elif action == "why":
+        from mta_lite.commands.why import explain
+        status = read_status(cfg.spool_dir)
+        for queue_id in ids:
+            print(explain(cfg, spool, queue_id, time.time(), status))
+    else:
+        change = {"flush": flush, "delete": delete, "hold": hold, "release": release}[action]
+        count = change(spool, *([ids] if action != "flush" else []))
+        print(f"mta-lite: {action}: {count} message{'s' if count != 1 else ''}")
+    return 0

@@ -48,6 +48,7 @@ import sys
 import time
 from dataclasses import replace
 
+from mta_lite import __version__
 from mta_lite.process import privsep
 
 from mta_lite.process import spawn
@@ -366,13 +367,13 @@ class Master:
 
     def _log_start(self) -> None:
         if self.switch:
-            log.info("master started -- version 0.1.0, smtpd as %s, qmgr as %s",
+            log.info("master started -- version %s, smtpd as %s, qmgr as %s", __version__,
                      self.cfg.master.smtpd_user, self.cfg.master.qmgr_user or "root")
         elif os.geteuid() == 0:
             log.warning("warning: master started as root with master.smtpd_user empty: "
                         "privilege separation is OFF, the network-facing process runs as root")
         else:
-            log.info("master started -- version 0.1.0, both halves as uid %d", os.geteuid())
+            log.info("master started -- version %s, both halves as uid %d", __version__, os.geteuid())
 
 
 def serve(path: str) -> int:

@@ -25,10 +25,12 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 
+from mta_lite import __version__
 from mta_lite.config.schema import Config
-from mta_lite.errors import MtaLiteError
+from mta_lite.errors import ConfigError, MtaLiteError
 from mta_lite.qmgr.manager import QueueManager
 from mta_lite.queue.doorbell import Bell
 from mta_lite.queue import Spool
@@ -38,8 +40,8 @@ from mta_lite.postscreen.service import PostscreenService
 from mta_lite.status import StatusSnapshot, queue_counts, write_status
 
 log = logging.getLogger("mta_lite.master")
+EX_CONFIG = 78
 STATUS_INTERVAL_S = 2.0
-VERSION = "0.1.0"
 
 
 def _sum_counters(listeners: list[Listener]) -> dict[str, int]:
@@ -137,7 +139,7 @@ class QmgrService:
         counts = self.spool.recover(purge_tmp=self._purge_tmp)
         if not self._purge_tmp:
             counts["purged"] = self.spool.purge_tmp(older_than_s=self.cfg.smtpd.session_limit_s)
-        log.info("daemon started -- version %s, spool %s (recovered: %s)", VERSION,
+        log.info("daemon started -- version %s, spool %s (recovered: %s)", __version__,
                  self.spool_name, ", ".join(f"{k} {v}" for k, v in counts.items()))
         self.task = asyncio.create_task(self.qmgr.run(), name="qmgr")
         self._status_task = asyncio.create_task(self._status_loop(), name="status")
@@ -229,3 +231,25 @@ def run_service(service) -> int:
         log.error("fatal: %s", exc)
         return 71       # EX_OSERR: cannot bind, spool not writable, ...
     return 0
+
+
+def run_smtpd_unit(config_path: str) -> int:
+    """`mta-lite smtpd`, the receiving half on its own (a systemd unit). Like the master, it
+    takes its config from a short-lived `config public` process, so no secret enters it (S7)."""
+    from mta_lite.config.public import load_public_config
+    from mta_lite.maillog import setup_logging
+    try:
+        cfg = load_public_config(config_path)
+        service = SmtpdService(cfg)         # loads the listeners' certificates and keys
+    except ConfigError as exc:
+        print(f"mta-lite: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(cfg)
+    return run_service(service)
+
+
+def run_qmgr_unit(cfg: Config) -> int:
+    """`mta-lite qmgr`, the delivering half on its own (a systemd unit)."""
+    from mta_lite.maillog import setup_logging
+    setup_logging(cfg)
+    return run_service(QmgrService(cfg))

@@ -2,7 +2,7 @@
 
 Peers: socat (`socat -d -d pty,raw,echo=0,link=DIR/ttyA pty,raw,echo=0,link=DIR/ttyB`, a pty
 pair, started per test and terminated in teardown), the real board daemon as a subprocess on
-ttyA (stopped with SIGTERM in teardown), and on ttyB tools/provision.py as a subprocess or a
+ttyA (stopped with SIGTERM in teardown), and on ttyB the laptop client (mta_lite_tools.provision) as a subprocess or a
 raw pyserial client; for the I/O edge alone (board.console.SerialConsole in this process), a
 bare kernel pty from os.openpty(), closed at the end of its test.
 C1/C2: apply, broken apply, rollback, checked on disk. C3: 64 KiB of line noise, then the
@@ -34,7 +34,7 @@ from mta_lite.config.load import load_config
 from tests.relay import PASSWORD, secret_needles, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-PROVISION = ROOT / "tools" / "provision.py"
+PROVISION = ["-m", "mta_lite_tools.provision"]     # the laptop client, as `mta-lite-provision` runs it
 NEEDLES = secret_needles({PASSWORD})
 NOISE_BYTES = 64 * 1024
 REPLY_LINE = re.compile(rb"[ -~]*\r\n")
@@ -168,7 +168,7 @@ def rig(tmp_path):
 
 
 def provision(device: str, seen: list[bytes], *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(PROVISION), "--port", device, *args], capture_output=True,
+    result = subprocess.run([sys.executable, *PROVISION, "--port", device, *args], capture_output=True,
                             timeout=60, cwd=ROOT)
     seen += [result.stdout, result.stderr]
     return result
@@ -272,10 +272,10 @@ def test_console_serial_broken_config_at_start_can_be_replaced(rig, tmp_path):
 
 
 def test_provision_without_a_port_exits_2(tmp_path):
-    result = subprocess.run([sys.executable, str(PROVISION), "--port", str(tmp_path / "nothing"), "status"],
+    result = subprocess.run([sys.executable, *PROVISION, "--port", str(tmp_path / "nothing"), "status"],
                             capture_output=True, timeout=30)
     assert result.returncode == 2 and b"provision: " in result.stderr
-    usage = subprocess.run([sys.executable, str(PROVISION), "--port", "x", "frobnicate"], capture_output=True, timeout=30)
+    usage = subprocess.run([sys.executable, *PROVISION, "--port", "x", "frobnicate"], capture_output=True, timeout=30)
     assert usage.returncode == 2
 
 

@@ -1,7 +1,7 @@
 """S7, the air gap: smtpd holds no secret, and either half can die without stopping the other.
 
 Peers: the real daemon (`mta-lite serve`, master + smtpd + qmgr processes), Postfix's smtp-sink
-as smarthost, stdlib smtplib clients; tools/memgrep.py reads a live process's memory.
+as smarthost, stdlib smtplib clients; tests/memgrep.py reads a live process's memory.
 """
 
 import base64
@@ -20,7 +20,7 @@ from tests.peers import dump_message_id
 from tests.relay import PASSWORD, wait_for
 
 pytestmark = pytest.mark.integration
-MEMGREP = Path(__file__).resolve().parents[2] / "tools" / "memgrep.py"
+MEMGREP = Path(__file__).resolve().parents[1] / "memgrep.py"
 
 
 def children(relay) -> dict[str, int]:

@@ -1,10 +1,10 @@
 """provision — talk to the relay box's serial console from a laptop.
 
-    python tools/provision.py --port /dev/ttyUSB0 status
-    python tools/provision.py --port /dev/ttyUSB0 show
-    python tools/provision.py --port /dev/ttyUSB0 generations
-    python tools/provision.py --port /dev/ttyUSB0 apply mta-lite.toml
-    python tools/provision.py --port /dev/ttyUSB0 rollback [N]
+    mta-lite-provision --port /dev/ttyUSB0 status
+    mta-lite-provision --port /dev/ttyUSB0 show
+    mta-lite-provision --port /dev/ttyUSB0 generations
+    mta-lite-provision --port /dev/ttyUSB0 apply mta-lite.toml
+    mta-lite-provision --port /dev/ttyUSB0 rollback [N]
 
 It opens the port (115200 8N1), says HELLO until the box answers (a USB serial adapter or a
 pty that was opened after the box wrote its greeting has lost it), runs one command and
@@ -14,7 +14,7 @@ its SHA-256; the box installs it only if size and checksum match and the config 
 Exit status: 0 on OK, 1 on ERR, 2 on a usage error, a port that cannot be opened, or a box
 that does not answer.
 
-Guarantees: needs pyserial only (no mta-lite on the laptop). It never prints the file it
+Guarantees: needs pyserial only (it imports nothing of the relay). It never prints the file it
 uploads: the box's replies are all it shows, and the box never replies with a secret.
 Must never: send a command before the box has answered HELLO, or wait without a deadline.
 """
