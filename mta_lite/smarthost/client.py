@@ -12,7 +12,7 @@ Guarantees:
   G3  a recipient is "sent" only after a 2xx reply to end of DATA. A timeout or a lost
       connection once DATA has started is transient ("message may be sent more than
       once"), never permanent; so is every failure before MAIL FROM (DNS, connect,
-      greeting, EHLO, TLS, AUTH). What each reply means is decided in transaction.py.
+      greeting, EHLO, TLS, AUTH). What each reply means is decided in replies.py.
   S3  certificates are always verified, against relay.host, with relay.ca_file or the
       system store. With tls = "starttls", STARTTLS is required: a smarthost that stops
       offering it gets no AUTH and the mail is deferred (4.7.5). AUTH is only ever sent
@@ -21,7 +21,7 @@ Guarantees:
       LOGIN) is tried once per connection, so a wrong password costs one failed login per
       attempt (aiosmtplib's login() would try every mechanism in turn).
 SECURITY: faces smarthosts over the network. Their reply texts go through
-transaction.clean_text (one line, capped, password forms masked) before they reach a Reply.
+replies.clean_text (one line, capped, password forms masked) before they reach a Reply.
 Must never: log, return or put into an exception the password or an AUTH payload; send
 AUTH in clear; bounce a recipient whose fate is unknown; run two transactions at once on
 one connection.
@@ -44,7 +44,7 @@ from aiosmtplib.errors import SMTPAuthenticationError, SMTPException, SMTPRespon
 from mta_lite.config.schema import Route
 from mta_lite.maillog import secret_forms
 from mta_lite.reply import Reply
-from mta_lite.smarthost import transaction
+from mta_lite.smarthost import replies
 from mta_lite.smarthost.result import DeliveryResult
 from mta_lite.smarthost.transaction import Transaction, refusal
 
@@ -283,7 +283,7 @@ class SmarthostPool:
                 return cached[1]
             context = ssl.create_default_context(cafile=ca_file or None)
         except OSError as exc:      # ssl.SSLError is an OSError too
-            return transaction.ca_file_unusable(ca_file, exc)
+            return replies.ca_file_unusable(ca_file, exc)
         context.check_hostname = True           # the defaults, stated: S3 rests on them
         context.verify_mode = ssl.CERT_REQUIRED
         self._contexts[ca_file] = (stamp, context)
@@ -306,7 +306,7 @@ class _Opener:
     async def open(self) -> Session | _Failure:
         if self.route.username and self.relay.tls == "none":
             self.step = "AUTH"
-            return _Failure(transaction.auth_needs_tls(self.relay.host))
+            return _Failure(replies.auth_needs_tls(self.relay.host))
         context = self.pool.tls_context(self.relay.ca_file) if self.relay.tls != "none" else None
         if isinstance(context, Reply):
             return _Failure(context)
@@ -322,9 +322,9 @@ class _Opener:
         try:
             failure = await self._handshake(session)
         except SMTPResponseException as exc:    # before OSError: some are both
-            failure = _Failure(transaction.soften(refusal(session, exc)), label)
+            failure = _Failure(replies.soften(refusal(session, exc)), label)
         except OSError as exc:                  # aiosmtplib's timeouts and disconnects too
-            failure = _Failure(transaction.failure_reply(exc, label, session.stage), label)
+            failure = _Failure(replies.failure_reply(exc, label, session.stage), label)
         finally:
             if failure is not None:
                 self._discard(session, sock, polite=failure.reply is not R451_INTERNAL)
@@ -347,8 +347,8 @@ class _Opener:
             async with asyncio.timeout(relay.timeout_s):
                 addresses = await self.pool.resolve(relay.host, relay.port)
         except OSError as exc:                  # socket.gaierror and TimeoutError included
-            return transaction.dns_failure(relay.host, exc)
-        failure = transaction.dns_failure(relay.host, None)
+            return replies.dns_failure(relay.host, exc)
+        failure = replies.dns_failure(relay.host, None)
         if addresses:
             self._passed("DNS", f"{relay.host} is {', '.join(str(a[1][0]) for a in addresses)}", "TCP")
         for family, sockaddr in addresses[:MAX_ADDRESSES_TRIED]:
@@ -359,26 +359,26 @@ class _Opener:
                     await asyncio.get_running_loop().sock_connect(sock, sockaddr)
                 connected = True
             except OSError as exc:
-                failure = transaction.connect_failure(relay.host, sockaddr[0], relay.port, exc)
+                failure = replies.connect_failure(relay.host, sockaddr[0], relay.port, exc)
             finally:
                 if not connected:
                     sock.close()
             if connected:
-                label = transaction.relay_label(relay.host, sockaddr[0], relay.port)
+                label = replies.relay_label(relay.host, sockaddr[0], relay.port)
                 self._passed("TCP", f"connected to {label}", "TLS" if relay.tls == "implicit" else "greeting")
                 return sock, label
         return failure
 
     async def _handshake(self, s: Session) -> _Failure | None:
         greeting = await s.run(s.smtp.connect())
-        self._passed("greeting", transaction.clean_text(f"{greeting.code} {greeting.message}"), "EHLO")
+        self._passed("greeting", replies.clean_text(f"{greeting.code} {greeting.message}"), "EHLO")
         s.stage, s.where = "performing the EHLO handshake", "in reply to EHLO command"
         await s.run(s.smtp.ehlo())
         if self.relay.tls == "starttls":
             self.step = "TLS"
             # Checked here rather than left to aiosmtplib, so the S3 decision stays visible.
             if not s.smtp.supports_extension("starttls"):
-                return _Failure(transaction.starttls_missing(s.relay), s.relay)
+                return _Failure(replies.starttls_missing(s.relay), s.relay)
             s.stage, s.where = "performing the STARTTLS handshake", "in reply to STARTTLS command"
             await s.run(s.smtp.starttls())
             s.stage, s.where = "performing the EHLO handshake", "in reply to EHLO command"
@@ -389,12 +389,12 @@ class _Opener:
                      s.relay, cipher[1], cipher[0])
             self._passed("TLS", f"certificate verified for {self.relay.host}, {cipher[1]} {cipher[0]}", "EHLO")
         offered = " ".join(sorted(s.smtp.esmtp_extensions)).upper()
-        self._passed("EHLO", transaction.clean_text(f"offers {offered}"), "AUTH")
+        self._passed("EHLO", replies.clean_text(f"offers {offered}"), "AUTH")
         return await self._login(s) if self.route.username else None
 
     async def _login(self, s: Session) -> _Failure | None:
         if s.smtp.get_transport_info("sslcontext") is None:
-            return _Failure(transaction.auth_needs_tls(s.relay), s.relay)
+            return _Failure(replies.auth_needs_tls(s.relay), s.relay)
         mechanisms = s.smtp.server_auth_methods
         s.stage, s.where = "performing SASL authentication", "in reply to AUTH command"
         if "plain" in mechanisms:
@@ -402,11 +402,11 @@ class _Opener:
         elif "login" in mechanisms:
             login = s.smtp.auth_login
         else:
-            return _Failure(transaction.no_sasl_mechanism(s.relay, mechanisms), s.relay)
+            return _Failure(replies.no_sasl_mechanism(s.relay, mechanisms), s.relay)
         try:
             await s.run(login(self.route.username, self.route.password.reveal() if self.route.password else ""))
         except SMTPAuthenticationError as exc:  # carries the server's reply, never our payload
-            reply = transaction.auth_failed(exc.code, exc.message, s.relay, s.secrets)
+            reply = replies.auth_failed(exc.code, exc.message, s.relay, s.secrets)
             return _Failure(reply, s.relay, auth_failed=exc.code != 421)
         self._passed("AUTH", f"logged in as {self.route.username}", "")
         return None
