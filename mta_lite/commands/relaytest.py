@@ -1,6 +1,6 @@
 """probe — `mta-lite relay test NAME`: can this relay account log in? Checked without sending mail.
 
-Runs the smarthost client's own session set-up (SmarthostPool.probe: DNS, TCP, greeting,
+Runs the smarthost client's own connection set-up (SmarthostPool.probe: DNS, TCP, greeting,
 EHLO, TLS with a verified certificate, AUTH) and prints one line per step; the step that
 failed gets the reason in plain words and what to change, e.g.
 `TLS: certificate verify failed: self-signed certificate — set ca_file or fix the server`.
@@ -18,7 +18,7 @@ import dataclasses
 
 from mta_lite.config.schema import Config, Route
 from mta_lite.reply import Reply
-from mta_lite.smarthost.client import SmarthostPool
+from mta_lite.smarthost.pool import SmarthostPool
 
 EX_OK, EX_USAGE, EX_UNAVAILABLE = 0, 64, 69
 # A person is waiting at the terminal: a smarthost that has not answered a step in this

@@ -1,12 +1,15 @@
 """replies — what a smarthost's answer, or the lack of one, means: our Reply, log line and DSN text.
 
-Pure: no I/O, no clock, no configuration read; every function here can be tested with plain values.
+Pure: no I/O, no clock, no configuration read; every function can be tested with plain values.
 A reply the server gave is kept as it said it (550, 5.1.1, "<bob@example.org>: User unknown
 (in reply to RCPT TO command)": str(reply) is Postfix's `host X said:` text) and maps to a
 status (sent, deferred, bounced). A failure without a reply (DNS, connect, TLS, timeout,
 lost connection) gets a transient Reply worded like Postfix's smtp(8) ("connect to
 host[ip]:port: Connection refused"). Reply.enhanced is the dsn=; our own verdicts use code
-451 (transient) or 55x (permanent).
+451 (transient) or 55x (permanent). A Step names one step of the conversation both ways
+Postfix does: "while receiving the initial server greeting" for a failure without a reply,
+"(at the initial greeting)" or "(in reply to EHLO command)" for a refusal; callers pass
+the step under way explicitly.
 
 Guarantees: a recipient is sent only on a 2xx; only a 5xx is permanent (status_of). Every
 failure without a reply is transient: a timeout or a lost connection after the final dot is
@@ -25,6 +28,7 @@ import os
 import re
 import socket
 import ssl
+from typing import NamedTuple
 
 from mta_lite.config.schema import MASK
 from mta_lite.reply import Reply
@@ -41,6 +45,23 @@ LOCAL_TRANSIENT_CODE = 451      # our own "try again later" verdicts
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _WHITESPACE = re.compile(r"\s+")
+
+
+class Step(NamedTuple):
+    """One step of the conversation, named for a failure without a reply and for a refusal."""
+
+    doing: str      # Postfix's "... timed out while <doing>"
+    where: str      # Postfix's "... (<where>)" after a server's refusal
+
+
+GREETING = Step("receiving the initial server greeting", "at the initial greeting")
+EHLO = Step("performing the EHLO handshake", "in reply to EHLO command")
+STARTTLS = Step("performing the STARTTLS handshake", "in reply to STARTTLS command")
+AUTH = Step("performing SASL authentication", "in reply to AUTH command")
+MAIL = Step("sending MAIL FROM", "in reply to MAIL FROM command")
+RCPT = Step("sending RCPT TO", "in reply to RCPT TO command")
+# Once the content is on its way the outcome of a failure is unknown: the words say so (G3).
+DATA = Step("sending message content -- message may be sent more than once", "in reply to end of DATA command")
 
 
 # ---------------------------------------------------------------- the server's text
@@ -196,8 +217,8 @@ def connect_failure(host: str, ip: str, port: int, exc: BaseException | None) ->
 
 
 def failure_reply(exc: BaseException, relay: str, doing: str) -> Reply:
-    """A conversation that failed without a usable reply while `doing` (Postfix's words for
-    the step under way): TLS, timeout or lost connection. Always transient."""
+    """A conversation that failed without a usable reply while `doing` (a Step's doing, Postfix's
+    words for the step under way): TLS, timeout or lost connection. Always transient."""
     verify = find_cause(exc, ssl.SSLCertVerificationError)
     if verify is not None:
         reason = clean_text(getattr(verify, "verify_message", "") or "verification failed")

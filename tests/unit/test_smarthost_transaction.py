@@ -13,7 +13,7 @@ from aiosmtplib.response import SMTPResponse
 from mta_lite.config.schema import Relay, Route, Secret
 from mta_lite.reply import Reply
 from mta_lite.smarthost import transaction as tx
-from mta_lite.smarthost.client import Session
+from mta_lite.smarthost.connection import Connection
 from mta_lite.smarthost.replies import status_of
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT
 
@@ -58,8 +58,8 @@ class FakeSMTP:
         self.is_connected = False
 
 
-class RecordingSession(Session):
-    """The real Session, noting the deadline of every step it runs."""
+class RecordingConnection(Connection):
+    """The real Connection, noting the deadline of every step it runs."""
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
@@ -72,9 +72,9 @@ class RecordingSession(Session):
 
 def transact(smtp: FakeSMTP, recipients: list[str], content: bytes = b"Subject: x\r\n\r\nx\r\n"):
     route = Route(Relay(name="isp", host="smtp.isp.example", timeout_s=10.0), "alice", Secret(PASSWORD))
-    session = RecordingSession(smtp, route, RELAY)
-    result = asyncio.run(tx.Transaction(session, "a@lan.test", recipients, content, False).run())
-    return result, session
+    conn = RecordingConnection(smtp, route, RELAY)
+    result = asyncio.run(tx.Transaction(conn, "a@lan.test", recipients, content, False).run())
+    return result, conn
 
 
 def verbs(smtp: FakeSMTP) -> list[bytes]:
@@ -83,41 +83,41 @@ def verbs(smtp: FakeSMTP) -> list[bytes]:
 
 def test_transaction_all_accepted_all_sent():
     smtp = FakeSMTP()
-    result, session = transact(smtp, ["b@x.org", "c@x.org"])
+    result, conn = transact(smtp, ["b@x.org", "c@x.org"])
     assert [r.status for r in result.recipients] == [SENT, SENT]
     assert verbs(smtp) == [b"MAIL", b"RCPT", b"RCPT", b"DATA"]
     assert smtp.sent[0] == b"MAIL FROM:<a@lan.test> SIZE=17"
-    assert session.alive and result.relay == RELAY
+    assert conn.alive and result.relay == RELAY
 
 
 def test_transaction_no_recipient_accepted_sends_rset_not_data():
     smtp = FakeSMTP({b"RCPT": [(550, "5.1.1 no"), (450, "4.2.0 later")]})
-    result, session = transact(smtp, ["b@x.org", "c@x.org"])
+    result, conn = transact(smtp, ["b@x.org", "c@x.org"])
     assert [r.status for r in result.recipients] == [BOUNCE, DEFER]
     assert verbs(smtp) == [b"MAIL", b"RCPT", b"RCPT", b"RSET"]
-    assert session.alive
+    assert conn.alive
 
 
 def test_transaction_421_at_rcpt_defers_everyone_still_pending():
     smtp = FakeSMTP({b"RCPT": [(250, "ok"), (421, "4.3.2 shutting down"), (250, "ok")]})
-    result, session = transact(smtp, ["b@x.org", "c@x.org", "d@x.org"])
+    result, conn = transact(smtp, ["b@x.org", "c@x.org", "d@x.org"])
     assert [r.status for r in result.recipients] == [DEFER, DEFER, DEFER]
     assert all(r.reply.code == 421 for r in result.recipients)
-    assert verbs(smtp) == [b"MAIL", b"RCPT", b"RCPT"] and not session.alive
+    assert verbs(smtp) == [b"MAIL", b"RCPT", b"RCPT"] and not conn.alive
 
 
 def test_transaction_3xx_at_rcpt_is_a_protocol_error_never_sent():
     smtp = FakeSMTP({b"RCPT": [(354, "go ahead")]})
-    result, session = transact(smtp, ["b@x.org"])
+    result, conn = transact(smtp, ["b@x.org"])
     assert [r.status for r in result.recipients] == [DEFER]
     assert result.recipients[0].reply.enhanced == "4.5.0"
-    assert b"DATA" not in smtp.sent and not session.alive
+    assert b"DATA" not in smtp.sent and not conn.alive
 
 
 def test_transaction_250_instead_of_354_is_not_a_delivery():
     smtp = FakeSMTP(data=SMTPDataError(250, "2.0.0 Ok"))   # aiosmtplib raises when DATA gets no 354
-    result, session = transact(smtp, ["b@x.org"])
-    assert [r.status for r in result.recipients] == [DEFER] and not session.alive
+    result, conn = transact(smtp, ["b@x.org"])
+    assert [r.status for r in result.recipients] == [DEFER] and not conn.alive
 
 
 def test_transaction_unsafe_recipient_bounces_without_going_on_the_wire():
@@ -130,8 +130,8 @@ def test_transaction_unsafe_recipient_bounces_without_going_on_the_wire():
 
 def test_transaction_data_timeout_grows_with_the_message():
     content = b"x" * 100_000 + b"\r\n"
-    _, session = transact(FakeSMTP(), ["b@x.org"], content)
-    assert session.timeouts == [None, None, pytest.approx(10.0 + len(content) / tx.MIN_UPLOAD_BYTES_PER_S)]
+    _, conn = transact(FakeSMTP(), ["b@x.org"], content)
+    assert conn.timeouts == [None, None, pytest.approx(10.0 + len(content) / tx.MIN_UPLOAD_BYTES_PER_S)]
 
 
 _RCPT = st.sampled_from([(250, "ok"), (251, "ok"), (450, "4.2.0 busy"), (452, "4.5.3 many"),
