@@ -8,7 +8,7 @@
                  EHLO, STARTTLS with a verified certificate, AUTH
     transaction  MAIL FROM, RCPT TO, DATA on an open connection, a result per recipient
     pool         SmarthostPool: connections kept per account, idle expiry, TLS contexts;
-                 deliver() for qmgr, probe() for `mta-lite relay test`
+                 deliver() for qmgr, check_route() for `mta-lite relay test`
 
 Each module imports only modules listed above it, so there is no import cycle.
 Guarantees are in each module (G3 in transaction, S3 and S5 in connection).

@@ -1,8 +1,8 @@
 """pool — SmarthostPool: relays queued mail to the smarthosts over connections kept per account.
 
 deliver(route, sender, recipients, content) relays one message as the route's account and
-returns a DeliveryResult with one status per recipient. probe(route, progress) opens and
-closes one connection without a transaction (`mta-lite relay test`), naming each step.
+returns a DeliveryResult with one status per recipient. check_route(route, progress) opens
+and closes one connection without a transaction (`mta-lite relay test`), naming each step.
 A connection serves one transaction at a time; idle ones are kept per account, checked with
 RSET before reuse (a dead one is replaced by a fresh connection, once) and sent QUIT after
 idle_timeout_s. Concurrent deliver() calls are safe: each takes its own connection. How many
@@ -123,12 +123,12 @@ class SmarthostPool:
             log.exception("smarthost client error while relaying via %s", route.relay.name)
             return DeliveryResult.transient(recipients, R451_INTERNAL)
 
-    async def probe(self, route: Route, progress: Progress) -> tuple[str, Reply] | None:
+    async def check_route(self, route: Route, progress: Progress) -> Failure | None:
         """Connect, TLS, EHLO and AUTH as `route` without sending mail; progress(step, what)
-        hears each step that passed. None if all did, else (the step that failed, why)."""
+        hears each step that passed. None if all did, else the Failure (its step failed)."""
         opened = await self._opener.open(route, progress)
         if isinstance(opened, Failure):
-            return opened.step, opened.reply
+            return opened
         await opened.quit()
         return None
 
