@@ -1,8 +1,8 @@
-"""probe — `mta-lite relay test NAME`: can this relay account log in? Checked without sending mail.
+"""relaytest — `mta-lite relay test NAME`: can this relay account log in? Checked without sending mail.
 
-Runs the smarthost client's own session set-up (SmarthostPool.probe: DNS, TCP, greeting,
-EHLO, TLS with a verified certificate, AUTH) and prints one line per step; the step that
-failed gets the reason in plain words and what to change, e.g.
+Runs the smarthost client's own connection set-up (SmarthostPool.check_route: DNS, TCP,
+greeting, EHLO, TLS with a verified certificate, AUTH) and prints one line per step; the
+step that failed gets the reason in plain words and what to change, e.g.
 `TLS: certificate verify failed: self-signed certificate — set ca_file or fix the server`.
 Exit status 0 when every step passed, 69 (EX_UNAVAILABLE) otherwise.
 SECURITY: talks to the configured smarthost only; the password goes to it inside verified
@@ -18,12 +18,12 @@ import dataclasses
 
 from mta_lite.config.schema import Config, Route
 from mta_lite.reply import Reply
-from mta_lite.smarthost.client import SmarthostPool
+from mta_lite.smarthost.pool import SmarthostPool
 
 EX_OK, EX_USAGE, EX_UNAVAILABLE = 0, 64, 69
 # A person is waiting at the terminal: a smarthost that has not answered a step in this
 # long is as broken for them as one that never answers (deliveries keep relay.timeout).
-PROBE_STEP_TIMEOUT_S = 20.0
+CHECK_STEP_TIMEOUT_S = 20.0
 
 
 def advice(step: str, reply: Reply, route: Route) -> str:
@@ -53,19 +53,18 @@ def advice(step: str, reply: Reply, route: Route) -> str:
     return f"{reply} — the smarthost does not let us in"
 
 
-async def probe(route: Route, helo_name: str, out) -> bool:
+async def check_route(route: Route, helo_name: str, out) -> bool:
     """Run the checks for one route, writing a line per step to `out`; True if all passed."""
-    relay = dataclasses.replace(route.relay, timeout_s=min(route.relay.timeout_s, PROBE_STEP_TIMEOUT_S))
+    relay = dataclasses.replace(route.relay, timeout_s=min(route.relay.timeout_s, CHECK_STEP_TIMEOUT_S))
     route = dataclasses.replace(route, relay=relay)
     pool = SmarthostPool(helo_name=helo_name)
     try:
-        failed = await pool.probe(route, lambda step, what: out(f"{step}: ok, {what}"))
+        failed = await pool.check_route(route, lambda step, what: out(f"{step}: ok, {what}"))
     finally:
         await pool.close()
     if failed is not None:
-        step, reply = failed
-        out(f"{step}: {advice(step, reply, route)}")
-        out(f"relay {relay.name}: FAILED at {step}")
+        out(f"{failed.step}: {advice(failed.step, failed.reply, route)}")
+        out(f"relay {relay.name}: FAILED at {failed.step}")
         return False
     if not route.username:
         out("AUTH: skipped, no username configured for this relay")
@@ -80,5 +79,5 @@ def relay_test(cfg: Config, name: str, out=print) -> int:
     if relay is None:
         out(f"mta-lite: no relay named {name!r}; configured: {', '.join(sorted(cfg.relays))}")
         return EX_USAGE
-    ok = asyncio.run(probe(Route(relay, relay.username, relay.password), cfg.hostname, out))
+    ok = asyncio.run(check_route(Route(relay, relay.username, relay.password), cfg.hostname, out))
     return EX_OK if ok else EX_UNAVAILABLE

@@ -34,7 +34,7 @@ from mta_lite.errors import ConfigError, MtaLiteError
 from mta_lite.qmgr.manager import QueueManager
 from mta_lite.queue.doorbell import Bell
 from mta_lite.queue import Spool
-from mta_lite.smarthost.client import SmarthostPool
+from mta_lite.smarthost.pool import SmarthostPool
 from mta_lite.smtpd.listener import Listener
 from mta_lite.postscreen.service import PostscreenService
 from mta_lite.status import StatusSnapshot, queue_counts, write_status

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from mta_lite.config.schema import Relay, Route, Secret
-from mta_lite.smarthost.client import SmarthostPool
+from mta_lite.smarthost.pool import SmarthostPool
 from mta_lite.smarthost.result import DEFER
 
 PASSWORD = "pool-Secret-99"
