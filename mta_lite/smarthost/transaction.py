@@ -27,7 +27,7 @@ from aiosmtplib.errors import SMTPDataError, SMTPResponseException
 from mta_lite.reply import Reply
 from mta_lite.smarthost.connection import Connection
 from mta_lite.smarthost.esmtp import plan_mail, unsafe_address, unsafe_recipient
-from mta_lite.smarthost.replies import (AUTH, DATA, EHLO, MAIL, RCPT, Step, failure_reply, is_valid_code,
+from mta_lite.smarthost.replies import (DATA, MAIL, RCPT, Step, failure_reply, is_valid_code,
                                         protocol_error, reply_for, status_of)
 from mta_lite.smarthost.result import SENT, DeliveryResult, RecipientResult
 
@@ -137,10 +137,7 @@ class Transaction:
     def _no_usable_reply(self, step: Step, exc: BaseException) -> Reply:
         """A reply aiosmtplib could not read (malformed, oversized), a timeout, a lost connection."""
         if isinstance(exc, SMTPResponseException):      # before OSError: some are both
-            # Worded "in reply to" the last command of the handshake, not `step`: how the
-            # smarthost client has always said it (left as it is while it is reshaped).
-            opened_by = AUTH if self.conn.route.username else EHLO
-            return reply_for(exc.code, exc.message, opened_by.where, self.conn.secrets)
+            return reply_for(exc.code, exc.message, step.where, self.conn.secrets)
         return failure_reply(exc, self.conn.relay, step.doing)
 
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from aiosmtplib.errors import SMTPDataError, SMTPReadTimeoutError, SMTPServerDisconnected
+from aiosmtplib.errors import SMTPDataError, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected
 from aiosmtplib.response import SMTPResponse
 from mta_lite.config.schema import Relay, Route, Secret
 from mta_lite.reply import Reply
@@ -104,6 +104,17 @@ def test_transaction_421_at_rcpt_defers_everyone_still_pending():
     assert [r.status for r in result.recipients] == [DEFER, DEFER, DEFER]
     assert all(r.reply.code == 421 for r in result.recipients)
     assert verbs(smtp) == [b"MAIL", b"RCPT", b"RCPT"] and not conn.alive
+
+
+@pytest.mark.parametrize("verb, where", [(b"MAIL", "in reply to MAIL FROM command"),
+                                          (b"RCPT", "in reply to RCPT TO command")])
+def test_transaction_unreadable_reply_is_worded_for_the_command_it_answered(verb, where):
+    """A reply aiosmtplib cannot parse, during the transaction, names that command (it used
+    to say "in reply to AUTH command", the end of the handshake)."""
+    smtp = FakeSMTP({verb: [SMTPResponseException(-1, "Malformed SMTP response line: b'2x0 ok'")]})
+    result, conn = transact(smtp, ["b@x.org"])
+    assert [r.status for r in result.recipients] == [DEFER] and not conn.alive
+    assert where in result.recipients[0].reply.text and "AUTH" not in result.recipients[0].reply.text
 
 
 def test_transaction_3xx_at_rcpt_is_a_protocol_error_never_sent():
