@@ -9,7 +9,7 @@ Guarantees: never answers 2xx to RCPT or 354 to DATA; after `hard_error_limit` e
 COMMAND_LIMIT commands the only reply left is 421 and the session closes; bare CR/LF, NUL
 and HTTP verbs end the session as in the SMTP engine (S2).
 SECURITY: faces untrusted input; replies echo nothing the client sent; log fields go
-through printable().
+through text.printable().
 Must never: accept a message, or write or read anything.
 """
 
@@ -20,7 +20,8 @@ import re
 from mta_lite.reply import (R221_BYE, R221_FORBIDDEN, R250_OK, R250_SENDER_OK, R421_TOO_MANY_COMMANDS,
                      R421_TOO_MANY_ERRORS, R500_BAD_SYNTAX, R500_UNKNOWN, R501_SYNTAX, R502_NOT_IMPLEMENTED,
                      R503_AUTH_DISABLED, R503_NEED_HELO, R503_NEED_MAIL, R554_NO_VALID_RCPT, Reply)
-from mta_lite.smtpd.session import FORBIDDEN_VERBS, MultilineReply, line_error, printable, with_host
+from mta_lite.smtpd.session import FORBIDDEN_VERBS, MultilineReply, line_error, with_host
+from mta_lite.text import printable
 
 # Postfix postscreen_command_count_limit = 20: a blocked client has seen enough by then.
 COMMAND_LIMIT = 20

@@ -20,7 +20,7 @@ per-command deadline, hard error limit 1, for the tests and for the engine after
 Guarantees: a DNS failure never blocks a client (S6); every wait has a deadline; the cache
 survives restarts (pscache) but never makes a client pass a test it did not pass.
 SECURITY: faces the network before any authentication; peer bytes reach the log only
-escaped and through printable(); peers get SMTP replies only.
+escaped, through text.printable(); peers get SMTP replies only.
 Must never: hand a blocked client to the SMTP engine, or hold a client past its deadlines.
 """
 
@@ -40,8 +40,8 @@ from mta_lite.smtpd.handoff import Handoff
 from mta_lite.postscreen.engine import EnforceSession
 from mta_lite.postscreen.cache import DNSBL, PREGREET, PREGREET_TTL_S, PassCache, cache_path
 from mta_lite.postscreen.policy import PERMIT, REJECT, StressLimits, Verdict, access, parse_access, under_stress
-from mta_lite.smtpd.session import printable
 from mta_lite.smtpd.stream import READ_CHUNK_BYTES, SmtpStream
+from mta_lite.text import printable
 
 log = logging.getLogger("mta_lite.smtpd.postscreen")
 
@@ -238,8 +238,8 @@ class Postscreen:
 
     def _pregreeted(self, ip: str, data: bytes, after_s: float, verdict: Verdict) -> None:
         self.counters.pregreet += 1
-        shown = data[:PREGREET_LOG_BYTES].decode("latin-1").encode("unicode_escape").decode("ascii")
-        log.info("PREGREET %d after %.2f from [%s]: %s", len(data), after_s, ip, printable(shown))
+        shown = printable(data[:PREGREET_LOG_BYTES].decode("latin-1"), escape=True)
+        log.info("PREGREET %d after %.2f from [%s]: %s", len(data), after_s, ip, shown)
         verdict.fail(PREGREET, self.ps.greet_action, R550_PROTOCOL_ERROR, R521_PROTOCOL_ERROR)
 
     def _judge_dnsbl(self, ip: str, check: DnsblCheck, verdict: Verdict, allowlist: bool) -> bool:

@@ -13,7 +13,7 @@ before PIPELINING was advertised gets 554 5.5.0 and a hang-up; input buffered be
 STARTTLS handshake is discarded (CVE-2011-0411 class). One client's bad luck, timeout or
 our own bug ends that session only: the listener keeps serving everyone else.
 SECURITY: faces the network. Peers get SMTP replies only, never exception text; peer
-bytes reach the log only through session.printable().
+bytes reach the log only through text.printable().
 Must never: send 250 for a message that is not durably queued, or die from one client.
 """
 
@@ -35,8 +35,9 @@ from mta_lite.reply import (R250_OK, R354_DATA, R421_PORTS_BUSY, R421_SHUTDOWN, 
 from mta_lite.smtpd.auth import Authenticator
 from mta_lite.smtpd.dotreader import Content, DotReader, End, ProtocolError
 from mta_lite.smtpd.handoff import Handoff
-from mta_lite.smtpd.session import Session, SessionContext, line_error, printable, with_host
+from mta_lite.smtpd.session import Session, SessionContext, line_error, with_host
 from mta_lite.smtpd.stream import HANGUP_WAIT_S, MAX_PENDING_OUTPUT_BYTES, ConnectionLost, SmtpStream
+from mta_lite.text import printable
 
 log = logging.getLogger("mta_lite.smtpd")
 

@@ -13,7 +13,7 @@ recipients and those at localhost or at our own hostname are rewritten to the ad
 hard_error_limit errors the only reply left is 421. received_header() builds a Received:
 line that contains no CR, LF or control character whatever the peer sent.
 SECURITY: faces untrusted input. Replies echo peer data only as parsed, validated
-addresses; log text made from peer data is passed through printable().
+addresses; log text made from peer data is passed through text.printable().
 Must never: accept a recipient from outside mynetworks (unless logged in), log an AUTH
 response, or write or read anything.
 """
@@ -40,12 +40,11 @@ from mta_lite.reply import (R221_BYE, R221_FORBIDDEN, R220_STARTTLS, R250_OK, R2
 from mta_lite.smtpd.auth import AUTH_PENDING, SessionAuth
 from mta_lite.smtpd.policy import SenderPolicy
 from mta_lite.smtpd.received import MAX_HELO_BYTES, received_header
+from mta_lite.text import printable
 
 # G5: refuse MAIL FROM when free space < reserve + 1.5 x the message size limit, so one
 # more maximal message plus its queue file overhead always fits.
 FREE_SPACE_FACTOR = 1.5
-# Longest piece of peer text we put into one log field.
-MAX_LOG_FIELD_CHARS = 200
 # Postfix smtpd_forbidden_commands: HTTP verbs mean a cross-protocol attack; hang up.
 FORBIDDEN_VERBS = frozenset({"CONNECT", "GET", "POST"})
 COMMANDS = ("HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "QUIT")
@@ -116,11 +115,6 @@ class _Params:
 def with_host(reply: Reply, hostname: str) -> Reply:
     """`421 4.4.2 host Error: ...`: 421 replies name the server (RFC 5321 section 3.8)."""
     return reply.with_text(f"{hostname} {reply.text}")
-
-
-def printable(text: str, limit: int = MAX_LOG_FIELD_CHARS) -> str:
-    """Peer text made safe for one log field: no control or line-breaking characters."""
-    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 def line_error(raw: bytes) -> Reply | None:
