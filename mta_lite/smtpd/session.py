@@ -28,6 +28,7 @@ from typing import Callable
 from mta_lite.config.schema import Config, Listen
 from mta_lite.envelope import Envelope, domain_of, parse_esmtp_params, parse_path, split_path_and_params
 from mta_lite.errors import AddressError
+from mta_lite.identity import LOCAL_DOMAINS
 from mta_lite.reply import (R221_BYE, R221_FORBIDDEN, R220_STARTTLS, R250_OK, R250_RCPT_OK, R250_SENDER_OK,
                      R252_VRFY, R354_DATA, R421_TOO_MANY_ERRORS, R452_STORAGE, R452_TOO_MANY_RCPTS,
                      R500_BAD_SYNTAX, R500_BAD_UTF8, R500_LINE_TOO_LONG, R500_UNKNOWN, R501_BAD_ADDRESS,
@@ -49,7 +50,6 @@ FREE_SPACE_FACTOR = 1.5
 FORBIDDEN_VERBS = frozenset({"CONNECT", "GET", "POST"})
 COMMANDS = ("HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "QUIT")
 _STATS_ORDER = tuple(c.lower() for c in COMMANDS) + ("unknown",)
-_LOCAL_DOMAINS = ("localhost", "localhost.localdomain")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _FROM = re.compile(r"FROM:\s*(.*)\Z", re.IGNORECASE | re.DOTALL)
 _TO = re.compile(r"TO:\s*(.*)\Z", re.IGNORECASE | re.DOTALL)
@@ -333,7 +333,7 @@ class Session:
 
     def _rewrite_local(self, rcpt: str) -> str | Reply:
         """This box delivers nothing locally: mail for root, root@localhost, ... goes to the admin."""
-        local_domains = _LOCAL_DOMAINS + (self.ctx.hostname.lower(),)
+        local_domains = LOCAL_DOMAINS + (self.ctx.hostname.lower(),)
         if "@" in rcpt and domain_of(rcpt) not in local_domains:
             return rcpt
         if not self.ctx.admin_address:
