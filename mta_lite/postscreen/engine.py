@@ -20,7 +20,7 @@ import re
 from mta_lite.reply import (R221_BYE, R221_FORBIDDEN, R250_OK, R250_SENDER_OK, R421_TOO_MANY_COMMANDS,
                      R421_TOO_MANY_ERRORS, R500_BAD_SYNTAX, R500_UNKNOWN, R501_SYNTAX, R502_NOT_IMPLEMENTED,
                      R503_AUTH_DISABLED, R503_NEED_HELO, R503_NEED_MAIL, R554_NO_VALID_RCPT, Reply)
-from mta_lite.smtpd.session import FORBIDDEN_VERBS, MultilineReply, line_error, with_host
+from mta_lite.smtpd.conversation import FORBIDDEN_VERBS, MultilineReply, line_error, with_host
 from mta_lite.text import printable
 
 # Postfix postscreen_command_count_limit = 20: a blocked client has seen enough by then.

@@ -35,7 +35,8 @@ from mta_lite.reply import (R250_OK, R354_DATA, R421_PORTS_BUSY, R421_SHUTDOWN, 
 from mta_lite.smtpd.auth import Authenticator
 from mta_lite.smtpd.dotreader import Content, DotReader, End, ProtocolError
 from mta_lite.smtpd.handoff import Handoff
-from mta_lite.smtpd.session import Session, SessionContext, line_error, with_host
+from mta_lite.smtpd.conversation import line_error, with_host
+from mta_lite.smtpd.session import Session, SessionContext
 from mta_lite.smtpd.stream import HANGUP_WAIT_S, MAX_PENDING_OUTPUT_BYTES, ConnectionLost, SmtpStream
 from mta_lite.text import printable
 
