@@ -32,7 +32,7 @@ from mta_lite.errors import ConfigError
 from mta_lite.reply import (R250_OK, R354_DATA, R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT,
                      R421_TOO_MANY_CONNECTIONS, R451_INTERNAL, R451_LOCAL_ERROR, R552_LINE_TOO_LONG,
                      R552_TOO_BIG, R554_SYNC, Reply)
-from mta_lite.smtpd.auth import Authenticator
+from mta_lite.smtpd.auth import Authenticator, AuthRequest
 from mta_lite.smtpd.dotreader import Content, DotReader, End, ProtocolError
 from mta_lite.smtpd.handoff import Handoff
 from mta_lite.smtpd.conversation import line_error, with_host
@@ -297,9 +297,8 @@ class Listener:
             session.closing = True
             conn.queue(R554_SYNC)
             return
-        reply = session.handle_line(line)
-        if session.auth.pending is not None and self.auth is not None:
-            reply = await self.auth.check(session)
+        outcome = session.handle_line(line)
+        reply = await self._check_login(session, outcome) if isinstance(outcome, AuthRequest) else outcome
         self._note_reply(session, reply)
         if session.in_data:
             await self._data(conn, session, active)
@@ -310,6 +309,12 @@ class Listener:
             conn.queue(reply)
             if conn.out_bytes > MAX_PENDING_OUTPUT_BYTES:
                 await conn.flush()
+
+    async def _check_login(self, session: Session, request: AuthRequest) -> Reply:
+        """AUTH: the Authenticator checks the credentials, the session gives the reply."""
+        if self.auth is None:       # cannot happen: a session answers AUTH with 503 here
+            raise RuntimeError("AUTH request on a listener without authentication")
+        return session.auth_checked(await self.auth.check(request))
 
     def _note_reply(self, session: Session, reply: Reply) -> None:
         if reply.code < 400 or session.last_verb not in ("MAIL", "RCPT", "DATA"):

@@ -36,7 +36,7 @@ from mta_lite.reply import (R220_STARTTLS, R250_RCPT_OK, R250_SENDER_OK, R252_VR
                             R502_NOT_IMPLEMENTED, R503_IN_TRANSACTION, R503_NEED_HELO, R503_NEED_MAIL,
                             R503_NEED_RCPT, R503_NESTED_MAIL, R521_BARE_LF, R530_AUTH_REQUIRED, R550_NO_LOCAL,
                             R554_NO_VALID_RCPT, R554_RELAY_DENIED, R554_TLS_ACTIVE, R555_PARAM, Reply)
-from mta_lite.smtpd.auth import AUTH_PENDING, SessionAuth
+from mta_lite.smtpd.auth import AuthRequest, AuthResult, SessionAuth
 from mta_lite.smtpd.conversation import FORBIDDEN_VERBS, Conversation, MultilineReply
 from mta_lite.smtpd.policy import SenderPolicy
 from mta_lite.smtpd.received import received_header
@@ -101,15 +101,16 @@ class Session(Conversation):
         self.tx: _Transaction | None = None
         self.in_data = False           # 354 given; the listener streams the content
         self.starttls_pending = False  # 220 to STARTTLS given; the listener starts TLS
-        self.auth = SessionAuth()      # auth.pending set: the listener checks, then auth_done()
+        self.auth = SessionAuth(ctx.client_ip)
         self._stats: dict[str, list[int]] = {}
         self._log_from = ""
         self._log_to = ""
 
     # ------------------------------------------------------------ input
 
-    def handle_line(self, raw: bytes) -> Reply:
-        """One command line as received, CRLF included."""
+    def handle_line(self, raw: bytes) -> Reply | AuthRequest:
+        """One command line as received, CRLF included. An AuthRequest instead of a Reply:
+        the client sent its credentials; the listener checks them, then auth_checked()."""
         bad = self.refuse_line(raw)
         if bad is not None:
             self.last_verb = "UNKNOWN"
@@ -121,11 +122,11 @@ class Session(Conversation):
             return self._record("unknown", R500_BAD_UTF8)
         if self.auth.in_exchange:      # a response to a 334, not a command (never logged: S3)
             self.last_verb = "AUTH"
-            reply = self.auth.respond(raw[:-2])
-            return reply if reply is AUTH_PENDING else self._record("auth", reply)
+            outcome = self.auth.respond(raw[:-2])
+            return outcome if isinstance(outcome, AuthRequest) else self._record("auth", outcome)
         return self.handle(text)
 
-    def handle(self, line: str) -> Reply:
+    def handle(self, line: str) -> Reply | AuthRequest:
         """One decoded command line without its CRLF."""
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
@@ -136,10 +137,10 @@ class Session(Conversation):
             return self.forbidden()
         if verb not in COMMANDS:
             return self._record("unknown", R500_UNKNOWN)
-        reply = getattr(self, f"cmd_{verb}")(arg)
-        if reply is R354_DATA or reply is AUTH_PENDING:
-            return reply               # counted when the data ends or the check is done
-        return self._record(verb.lower(), reply)
+        outcome = getattr(self, f"cmd_{verb}")(arg)
+        if outcome is R354_DATA or isinstance(outcome, AuthRequest):
+            return outcome             # counted when the data ends or the check is done
+        return self._record(verb.lower(), outcome)
 
     def handle_overlong(self, tail: bytes) -> Reply:
         """A command line over the limit was discarded; `tail` is its last bytes."""
@@ -277,15 +278,17 @@ class Session(Conversation):
     def cmd_VRFY(self, arg: str) -> Reply:
         return R252_VRFY if arg.strip() else R501_SYNTAX
 
-    def cmd_AUTH(self, arg: str) -> Reply:
-        reply = self.auth.command(arg, self.ctx, self.helo is not None and self.esmtp, self.tx is not None)
-        self.closing = self.closing or reply.code == 421
-        return reply
+    def cmd_AUTH(self, arg: str) -> Reply | AuthRequest:
+        outcome = self.auth.command(arg, self.ctx, self.helo is not None and self.esmtp, self.tx is not None)
+        if isinstance(outcome, Reply) and outcome.code == 421:
+            self.closing = True
+        return outcome
 
-    def auth_done(self, user: str | None, blocked: bool = False) -> Reply:
-        """The listener checked auth.pending: `user` logged in, or None (failed)."""
-        reply = self.auth.settle(user, blocked, self.ctx.hostname)
-        self.closing = self.closing or reply.code == 421
+    def auth_checked(self, result: AuthResult) -> Reply:
+        """The listener's answer to an AuthRequest: the reply to give the client."""
+        reply = self.auth.settle(result, self.ctx.hostname)
+        if reply.code == 421:
+            self.closing = True
         return self._record("auth", reply)
 
     def cmd_STARTTLS(self, arg: str) -> Reply:
@@ -310,7 +313,7 @@ class Session(Conversation):
         """RFC 3207 section 4.2: after the handshake the client starts over with EHLO."""
         self.ctx = replace(self.ctx, tls_active=True)
         self.helo, self.esmtp, self.tx, self.starttls_pending = None, False, None, False
-        self.auth = SessionAuth()
+        self.auth = SessionAuth(self.ctx.client_ip)
 
     def envelope(self) -> Envelope:
         if self.tx is None:
