@@ -45,8 +45,9 @@ log = logging.getLogger("mta_lite.smtpd")
 # close(): how long sessions in DATA may take to finish before they are cut off.
 DEFAULT_CLOSE_GRACE_S = 60.0
 
+# Runs on the connection's own stream before the banner (postscreen), with the client's IP.
 # True: serve; False: the hook dealt with the client, close; a Handoff: serve, stricter.
-PreGreet = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable["bool | Handoff"]]
+PreGreet = Callable[[SmtpStream, str], Awaitable["bool | Handoff"]]
 
 
 def server_tls_context(listen: Listen, config_path: str = "") -> ssl.SSLContext | None:
@@ -238,7 +239,7 @@ class Listener:
         log.info("connect from [%s]", ip)
         try:
             async with asyncio.timeout(self.cfg.smtpd.session_limit_s):
-                verdict = True if self.pre_greet is None else await self.pre_greet(conn.reader, conn.writer, ip)
+                verdict = True if self.pre_greet is None else await self.pre_greet(conn, ip)
                 if verdict:
                     session = self._new_session(ip, verdict if isinstance(verdict, Handoff) else None)
                     if isinstance(verdict, Handoff):
