@@ -1,4 +1,4 @@
-"""postscreen — keep zombies away from the SMTP engine (Postfix's postscreen, reduced).
+"""service — postscreen keeps zombies away from the SMTP engine (Postfix's postscreen, reduced).
 
 A Postscreen is the pre-greeting hook of one listener with `postscreen = true`; the
 listener calls it with the connection's SmtpStream after its connection limits ([postscreen]
