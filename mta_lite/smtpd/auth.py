@@ -2,10 +2,10 @@
 
 SessionAuth is the pure part, one per session: it answers the AUTH command and the client's
 responses to 334 challenges and decodes the credentials. Once it has them the session
-returns an AuthRequest instead of a Reply; the listener hands that to its Authenticator,
-which checks the password hash off the event loop, counts failures per client IP and
-returns an AuthResult, which the listener feeds back through Session.auth_checked() ->
-SessionAuth.settle() for the reply. Both are plain data; the session keeps no credentials.
+returns an AuthRequest instead of a Reply; the SMTP engine hands that to the listener's
+Authenticator, which checks the password hash off the event loop, counts failures per
+client IP and returns an AuthResult; the engine feeds that back through
+Session.auth_checked() -> SessionAuth.settle() for the reply. Both are plain data; the session keeps no credentials.
 Guarantees: AUTH is advertised and accepted only on a listener with auth = "required" and
 only once TLS is active (538 5.7.11 otherwise); after MAX_AUTH_FAILURES failures (in one
 session, or from one IP within AUTH_FAILURE_WINDOW_S) the next AUTH gets 421 4.7.0 and the
@@ -65,7 +65,7 @@ class Credentials:
 @dataclass(frozen=True)
 class AuthRequest:
     """The session's request to check a login: returned by Session.handle_line() instead of
-    a Reply; the listener answers it with Session.auth_checked(AuthResult)."""
+    a Reply; the engine answers it with Session.auth_checked(AuthResult)."""
 
     client_ip: str
     mechanism: str                  # PLAIN or LOGIN, for the log line

@@ -6,7 +6,7 @@ on HTTP verbs, RSET, NOOP and QUIT, and the 421 once the hard error limit is rea
 Each subclass adds its own commands and keeps its own answers where Postfix's smtpd and
 postscreen answer differently.
 Guarantees: a command line with NUL, bare LF or bare CR, an HTTP verb, QUIT and the error
-limit all set `closing`; the listener hangs up after sending that reply.
+limit all set `closing`; the engine hangs up after sending that reply.
 SECURITY: faces untrusted input; no reply here echoes anything the client sent.
 Must never: read, write or log anything.
 """
@@ -55,7 +55,7 @@ class Conversation:
         self.hostname = hostname
         self.hard_error_limit = hard_error_limit
         self.error_count = 0
-        self.closing = False           # the listener closes after sending the reply
+        self.closing = False           # the engine hangs up after sending the reply
         self.last_verb = "CONNECT"
 
     def greeting(self) -> Reply:

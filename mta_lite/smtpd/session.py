@@ -1,12 +1,13 @@
 """session — the SMTP server state machine, pure: command line in, Reply out.
 
 Session.handle_line() takes one command line as received (ending in CRLF) and returns the
-Reply to give; it never touches a socket, a file or a clock. The listener owns all I/O:
-it streams DATA, asks envelope() for the envelope to queue, and reports the outcome back
-with end_data(). A SessionContext carries everything the session may know about its
-world, including an injected free_bytes() for the storage check at MAIL FROM (G5). What it
-shares with postscreen's mini engine (greeting, line checks, RSET, NOOP, QUIT, the error
-limit) is in conversation.py; the parsing of command arguments is in syntax.py.
+Reply to give (or, for AUTH, an AuthRequest); it never touches a socket, a file or a clock.
+The SMTP engine (engine.py) owns all I/O: it streams DATA, asks envelope() for the
+envelope to queue, and reports the outcome back with end_data(). A SessionContext carries
+everything the session may know about its world, including an injected free_bytes() for
+the storage check at MAIL FROM (G5). What it shares with postscreen's mini engine
+(greeting, line checks, RSET, NOOP, QUIT, the error limit) is in conversation.py; the
+parsing of command arguments is in syntax.py.
 Guarantees: only clients in mynetworks, or clients logged in on a submission listener
 (auth.py), get a recipient accepted (S1); a submission listener takes no MAIL before AUTH
 (530); a sender the client or login does not own is refused at MAIL FROM (policy.py, S4);
@@ -99,8 +100,8 @@ class Session(Conversation):
         self.helo: str | None = None
         self.esmtp = False             # EHLO answered: PIPELINING was advertised
         self.tx: _Transaction | None = None
-        self.in_data = False           # 354 given; the listener streams the content
-        self.starttls_pending = False  # 220 to STARTTLS given; the listener starts TLS
+        self.in_data = False           # 354 given; the engine streams the content
+        self.starttls_pending = False  # 220 to STARTTLS given; the engine starts TLS
         self.auth = SessionAuth(ctx.client_ip)
         self._stats: dict[str, list[int]] = {}
         self._log_from = ""
@@ -110,7 +111,7 @@ class Session(Conversation):
 
     def handle_line(self, raw: bytes) -> Reply | AuthRequest:
         """One command line as received, CRLF included. An AuthRequest instead of a Reply:
-        the client sent its credentials; the listener checks them, then auth_checked()."""
+        the client sent its credentials; the engine has them checked, then auth_checked()."""
         bad = self.refuse_line(raw)
         if bad is not None:
             self.last_verb = "UNKNOWN"
@@ -273,6 +274,7 @@ class Session(Conversation):
         return R354_DATA
 
     def reset(self) -> None:
+        """RSET: the transaction goes; the HELO name and the login stay."""
         self.tx = None
 
     def cmd_VRFY(self, arg: str) -> Reply:
@@ -285,7 +287,7 @@ class Session(Conversation):
         return outcome
 
     def auth_checked(self, result: AuthResult) -> Reply:
-        """The listener's answer to an AuthRequest: the reply to give the client."""
+        """The engine's answer to an AuthRequest: the reply to give the client."""
         reply = self.auth.settle(result, self.ctx.hostname)
         if reply.code == 421:
             self.closing = True
@@ -303,7 +305,7 @@ class Session(Conversation):
         self.starttls_pending = True
         return R220_STARTTLS
 
-    # ------------------------------------------------------------ for the listener
+    # ------------------------------------------------------------ for the engine
 
     @property
     def pipelining_advertised(self) -> bool:
