@@ -1,4 +1,4 @@
-"""pscache — postscreen's pass cache: which clients passed which test, and until when.
+"""cache — postscreen's pass cache: which clients passed which test, and until when.
 
 A client that passed every enabled test goes straight to the SMTP engine on its next
 connection, without the greeting delay. Each test's pass is kept separately (Postfix

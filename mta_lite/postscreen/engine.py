@@ -1,15 +1,17 @@
-"""psengine — postscreen's mini SMTP engine for blocked clients ("enforce"), pure.
+"""engine — postscreen's mini SMTP engine for blocked clients ("enforce"), pure.
 
 Postfix's postscreen_smtpd: talk enough SMTP that a blocked client shows its envelope,
 accept nothing. HELO/EHLO and MAIL get 250, every RCPT gets the reply of the failed test
 (`550 5.7.1 Service unavailable; client [ip] blocked using <site>`, `550 5.5.1 Protocol
 error`, ...), DATA gets 554, QUIT 221. rejected() gives the Postfix-style log line with
-sender and recipient for each refused RCPT.
+sender and recipient for each refused RCPT. The greeting, the line checks, the HTTP-verb
+hang-up, RSET, NOOP, QUIT and the error limit are smtpd's (smtpd.conversation); the answers
+that differ are postscreen's, as in Postfix.
 Guarantees: never answers 2xx to RCPT or 354 to DATA; after `hard_error_limit` errors or
 COMMAND_LIMIT commands the only reply left is 421 and the session closes; bare CR/LF, NUL
 and HTTP verbs end the session as in the SMTP engine (S2).
 SECURITY: faces untrusted input; replies echo nothing the client sent; log fields go
-through printable().
+through text.printable().
 Must never: accept a message, or write or read anything.
 """
 
@@ -17,10 +19,11 @@ from __future__ import annotations
 
 import re
 
-from mta_lite.reply import (R221_BYE, R221_FORBIDDEN, R250_OK, R250_SENDER_OK, R421_TOO_MANY_COMMANDS,
-                     R421_TOO_MANY_ERRORS, R500_BAD_SYNTAX, R500_UNKNOWN, R501_SYNTAX, R502_NOT_IMPLEMENTED,
-                     R503_AUTH_DISABLED, R503_NEED_HELO, R503_NEED_MAIL, R554_NO_VALID_RCPT, Reply)
-from mta_lite.smtpd.session import FORBIDDEN_VERBS, MultilineReply, line_error, printable, with_host
+from mta_lite.reply import (R250_SENDER_OK, R421_TOO_MANY_COMMANDS, R500_BAD_SYNTAX, R500_UNKNOWN, R501_SYNTAX,
+                            R502_NOT_IMPLEMENTED, R503_AUTH_DISABLED, R503_NEED_HELO, R503_NEED_MAIL,
+                            R554_NO_VALID_RCPT, Reply)
+from mta_lite.smtpd.conversation import FORBIDDEN_VERBS, Conversation, MultilineReply, with_host
+from mta_lite.text import printable
 
 # Postfix postscreen_command_count_limit = 20: a blocked client has seen enough by then.
 COMMAND_LIMIT = 20
@@ -28,49 +31,41 @@ _FROM = re.compile(r"FROM:\s*<?([^>\s]*)", re.IGNORECASE)
 _TO = re.compile(r"TO:\s*<?([^>\s]*)", re.IGNORECASE)
 
 
-class EnforceSession:
+class EnforceSession(Conversation):
     """One blocked client's conversation. handle_line() returns the Reply to give."""
 
     def __init__(self, hostname: str, client_ip: str, reject: Reply, hard_error_limit: int) -> None:
-        self.hostname, self.client_ip, self.reject = hostname, client_ip, reject
-        self.hard_error_limit = hard_error_limit
-        self.closing = False
+        super().__init__(hostname, hard_error_limit)
+        self.client_ip, self.reject = client_ip, reject
         self.helo = ""
         self.esmtp = False
         self.sender: str | None = None
         self.recipient = ""
-        self.last_verb = "CONNECT"
         self.commands = 0
-        self.errors = 0
-
-    def greeting(self) -> Reply:
-        return Reply(220, "", f"{self.hostname} ESMTP")
 
     def handle_line(self, raw: bytes) -> Reply:
         """One command line as received, CRLF included."""
         self.commands += 1
-        bad = line_error(raw)
+        bad = self.refuse_line(raw)
         if bad is not None:
-            self.closing = True
             return bad
         reply = self._command(raw[:-2].decode("utf-8", "replace"))
         if reply.code >= 400:
-            self.errors += 1
+            self.error_count += 1
         return reply
 
     def over_limit(self) -> Reply | None:
         """421 once the error or command limit is reached (checked before each read)."""
-        if self.errors >= self.hard_error_limit:
-            self.closing = True
-            return with_host(R421_TOO_MANY_ERRORS, self.hostname)
+        too_many_errors = self.over_error_limit()
+        if too_many_errors is not None:
+            return too_many_errors
         if self.commands >= COMMAND_LIMIT:
-            self.closing = True
-            return with_host(R421_TOO_MANY_COMMANDS, self.hostname)
+            return self.hang_up(with_host(R421_TOO_MANY_COMMANDS, self.hostname))
         return None
 
     def handle_overlong(self) -> Reply:
         self.commands += 1
-        self.errors += 1
+        self.error_count += 1
         return R500_BAD_SYNTAX
 
     def _command(self, line: str) -> Reply:
@@ -78,8 +73,7 @@ class EnforceSession:
         verb = verb.upper()
         self.last_verb = verb
         if verb in FORBIDDEN_VERBS:
-            self.closing = True
-            return R221_FORBIDDEN
+            return self.forbidden()
         handler = getattr(self, f"cmd_{verb}", None) if verb.isalpha() else None
         return handler(arg) if handler else R500_UNKNOWN
 
@@ -115,16 +109,12 @@ class EnforceSession:
     def cmd_DATA(self, arg: str) -> Reply:
         return R554_NO_VALID_RCPT if self.sender is not None else R503_NEED_MAIL
 
-    def cmd_RSET(self, arg: str) -> Reply:
+    def reset(self) -> None:
         self.sender = None
-        return R250_OK
 
-    def cmd_NOOP(self, arg: str) -> Reply:
-        return R250_OK
-
-    def cmd_QUIT(self, arg: str) -> Reply:
-        self.closing = True
-        return R221_BYE
+    def cmd_RSET(self, arg: str) -> Reply:
+        # Postfix's postscreen takes RSET with any arguments, where its smtpd wants none (501).
+        return super().cmd_RSET("")
 
     def cmd_STARTTLS(self, arg: str) -> Reply:
         return R502_NOT_IMPLEMENTED

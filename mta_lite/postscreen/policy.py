@@ -1,4 +1,4 @@
-"""pspolicy — postscreen's decisions, pure: access list, stress mode, and the verdict.
+"""policy — postscreen's decisions, pure: access list, stress mode, and the verdict.
 
     access list   first match wins: "permit_mynetworks", "permit NET", "reject NET",
                   "dunno NET" (stop looking, run the tests); no match: run the tests

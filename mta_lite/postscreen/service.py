@@ -1,8 +1,8 @@
-"""postscreen — keep zombies away from the SMTP engine (Postfix's postscreen, reduced).
+"""service — postscreen keeps zombies away from the SMTP engine (Postfix's postscreen, reduced).
 
 A Postscreen is the pre-greeting hook of one listener with `postscreen = true`; the
-listener calls it after its connection limits ([postscreen] max_connections and
-max_connections_per_client on that listener) and before its 220 banner:
+listener calls it with the connection's SmtpStream after its connection limits ([postscreen]
+max_connections and max_connections_per_client on that listener) and before its 220 banner:
 
   1. access list, first match wins: permit (default: permit_mynetworks) skips the tests;
      reject applies denylist_action.
@@ -12,15 +12,15 @@ max_connections_per_client on that listener) and before its 220 banner:
      a client that talks before the final `220 ` within greet_wait is a pregreeter. DNSBL
      weights add up (each site once); a score at or below a negative allowlist threshold
      ends the wait early and passes the client.
-  4. verdict: pass (PASS NEW, cached) -> the SMTP engine gets the connection itself (not a
-     proxy); drop -> 521 and close; enforce -> the mini engine (psengine) answers 550 at RCPT
+  4. verdict: pass (PASS NEW, cached) -> the SMTP engine goes on with the same stream (not a
+     proxy); drop -> 521 and close; enforce -> the mini engine (engine.py) answers 550 at RCPT
      and logs sender and recipients.
 Stress (STRESS_FRACTION of max_connections busy): greet wait 2 s, SMTP timeouts 10 s with a
 per-command deadline, hard error limit 1, for the tests and for the engine after them.
 Guarantees: a DNS failure never blocks a client (S6); every wait has a deadline; the cache
-survives restarts (pscache) but never makes a client pass a test it did not pass.
+survives restarts (cache.py) but never makes a client pass a test it did not pass.
 SECURITY: faces the network before any authentication; peer bytes reach the log only
-escaped and through printable(); peers get SMTP replies only.
+escaped, through text.printable(); peers get SMTP replies only.
 Must never: hand a blocked client to the SMTP engine, or hold a client past its deadlines.
 """
 
@@ -40,8 +40,8 @@ from mta_lite.smtpd.handoff import Handoff
 from mta_lite.postscreen.engine import EnforceSession
 from mta_lite.postscreen.cache import DNSBL, PREGREET, PREGREET_TTL_S, PassCache, cache_path
 from mta_lite.postscreen.policy import PERMIT, REJECT, StressLimits, Verdict, access, parse_access, under_stress
-from mta_lite.smtpd.session import printable
 from mta_lite.smtpd.stream import READ_CHUNK_BYTES, SmtpStream
+from mta_lite.text import printable
 
 log = logging.getLogger("mta_lite.smtpd.postscreen")
 
@@ -123,7 +123,9 @@ class Postscreen:
         self.svc, self.active = service, active
         self.ps, self.counters = service.cfg.postscreen, service.counters
 
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str) -> bool | Handoff:
+    async def __call__(self, stream: SmtpStream, ip: str) -> bool | Handoff:
+        """Screen the client on the listener's stream before its banner; the listener goes on
+        with the same stream when the answer is True or a Handoff."""
         stress = under_stress(self.active(), self.ps.max_connections)
         if stress:
             self.counters.stress += 1
@@ -142,8 +144,7 @@ class Postscreen:
             self.counters.cache_hits += 1
             log.info("PASS OLD [%s]", ip)
             return self._handoff(stress)
-        timeout_s = self._timeout_s(stress)
-        stream = SmtpStream(reader, writer, timeout_s)
+        stream.timeout_s = self._timeout_s(stress)
         if due and verdict.drop is None and not await self._tests(stream, ip, due, stress, verdict):
             return False
         return await self._conclude(stream, ip, stress, verdict)
@@ -168,7 +169,10 @@ class Postscreen:
 
     async def _tests(self, stream: SmtpStream, ip: str, due: tuple[str, ...], stress: bool,
                      verdict: Verdict) -> bool:
-        """Pregreet and DNSBL, in parallel within the greet wait; False if the client left."""
+        """Pregreet and DNSBL, in parallel within the greet wait; False if the client left.
+        The teaser goes out at once, past the stream's held replies; what a pregreeter sends
+        is read past the stream's buffer and dropped, so the SMTP engine never takes it for
+        commands."""
         wait_s = self.svc.stress.greet_wait_s if stress else self.ps.greet_wait_s
         dnsbl_wait_s = min(self.ps.dnsbl_timeout_s, wait_s)
         check = DnsblCheck(self.svc.sites, ip, self.svc.lookup, dnsbl_wait_s) if DNSBL in due else None
@@ -238,8 +242,8 @@ class Postscreen:
 
     def _pregreeted(self, ip: str, data: bytes, after_s: float, verdict: Verdict) -> None:
         self.counters.pregreet += 1
-        shown = data[:PREGREET_LOG_BYTES].decode("latin-1").encode("unicode_escape").decode("ascii")
-        log.info("PREGREET %d after %.2f from [%s]: %s", len(data), after_s, ip, printable(shown))
+        shown = printable(data[:PREGREET_LOG_BYTES].decode("latin-1"), escape=True)
+        log.info("PREGREET %d after %.2f from [%s]: %s", len(data), after_s, ip, shown)
         verdict.fail(PREGREET, self.ps.greet_action, R550_PROTOCOL_ERROR, R521_PROTOCOL_ERROR)
 
     def _judge_dnsbl(self, ip: str, check: DnsblCheck, verdict: Verdict, allowlist: bool) -> bool:

@@ -20,7 +20,7 @@ import fcntl
 import termios
 
 from mta_lite.reply import Reply
-from mta_lite.smtpd.session import printable
+from mta_lite.text import printable
 
 # Postfix line_length_limit: RFC 5321 section 4.5.3.1.4 allows 512 octets for a command
 # line; 2048 leaves room for long addresses plus ESMTP parameters.

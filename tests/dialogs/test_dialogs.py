@@ -376,7 +376,7 @@ def test_listener_wakeup_runs_after_commit_and_its_failure_is_harmless(tmp_path,
 def test_listener_pre_greet_decides_whether_banner_is_sent(tmp_path, tls_setup, admit):
     calls: list[str] = []
 
-    async def pre_greet(reader, writer, ip):
+    async def pre_greet(stream, ip):
         calls.append(ip)
         return admit
 

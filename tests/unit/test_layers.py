@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / "mta_lite"
 # The layers, lowest first: a module's rank is its package's (or, for the top-level modules,
 # its own); pure modules of any package (no I/O, no config) rank with the foundation.
 RANKS = {
-    "errors": 0, "reply": 0, "envelope": 0, "safeio": 0, "identity": 0, "passhash": 0,
+    "errors": 0, "reply": 0, "envelope": 0, "safeio": 0, "identity": 0, "passhash": 0, "text": 0,
     "config": 1,
     "maillog": 2, "status": 2,
     "queue": 3, "smarthost": 3, "smtpd": 3,

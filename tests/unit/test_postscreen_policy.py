@@ -198,6 +198,16 @@ def test_enforce_engine_command_limit_replies_421():
     assert str(e.over_limit()) == "421 4.7.0 mx.test Error: too many commands"
 
 
+def test_enforce_engine_rset_noop_quit_answer_as_smtpd_but_rset_takes_arguments():
+    e = engine()
+    e.handle_line(b"HELO x\r\n")
+    e.handle_line(b"MAIL FROM:<spam@bot.example>\r\n")
+    assert str(e.handle_line(b"RSET now\r\n")) == "250 2.0.0 Ok"      # smtpd: 501 (no arguments)
+    assert e.handle_line(b"RCPT TO:<victim@example.org>\r\n").code == 503
+    assert str(e.handle_line(b"NOOP\r\n")) == "250 2.0.0 Ok" and not e.closing
+    assert str(e.handle_line(b"QUIT\r\n")) == "221 2.0.0 Bye" and e.closing
+
+
 @pytest.mark.parametrize("line, code", [(b"MAIL FROM:<a@b>\n", 521), (b"NO\x00OP\r\n", 521), (b"GET / HTTP/1.0\r\n", 221)])
 def test_enforce_engine_smuggling_and_http_close(line, code):
     e = engine()

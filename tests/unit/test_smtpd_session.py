@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mta_lite.reply import R354_DATA, Reply
-from mta_lite.smtpd.session import MultilineReply, Session, SessionContext
+from mta_lite.smtpd.conversation import MultilineReply
+from mta_lite.smtpd.session import Session, SessionContext
 
 HOST = "relay.lan"
 ADMIN = "admin@example.com"
