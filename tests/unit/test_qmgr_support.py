@@ -71,18 +71,31 @@ class FakeClock:
 
 
 class ManualSleep:
-    """An injected sleep that returns only when the test calls ring()."""
+    """An injected sleep that returns only when the test calls ring(). A ring while nobody
+    sleeps is kept for the next sleep: the manager may not have gone to sleep yet when the
+    test rings (it has nothing in flight, but its nap has not started)."""
 
     def __init__(self) -> None:
         self.delays: list[float] = []
         self._bell = asyncio.Event()
+        self._sleepers = 0
+        self._kept = False
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
+        if self._kept:
+            self._kept = False
+            return
         bell = self._bell
-        await bell.wait()
+        self._sleepers += 1
+        try:
+            await bell.wait()
+        finally:
+            self._sleepers -= 1
 
     def ring(self) -> None:
+        if not self._sleepers:
+            self._kept = True
         self._bell.set()
         self._bell = asyncio.Event()
 
