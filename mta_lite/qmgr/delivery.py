@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -167,10 +166,10 @@ class Deliverer:
         try:
             content = out.content(entry.read_content())
         except CorruptQueueFileError as exc:
-            self._quarantine(_qid(entry), str(exc))
+            self._quarantine(entry.queue_id, str(exc))
             return None
         except FileNotFoundError:
-            log.info("%s: removed from active/ before delivery", _qid(entry))
+            log.info("%s: removed from active/ before delivery", entry.queue_id)
             return None
         parts = chunks(list(pending), route.relay.recipient_limit)
         results: list[DeliveryResult] = []
@@ -206,7 +205,7 @@ class Deliverer:
             result = await self.pool.deliver(route, sender, list(part), content,
                                              smtputf8=entry.smtputf8)
         except Exception:   # a client bug must cost a retry, never the message or the manager
-            log.exception("%s: smarthost client failed", _qid(entry))
+            log.exception("%s: smarthost client failed", entry.queue_id)
             result = DeliveryResult.transient(part, R451_CLIENT_ERROR)
         now = self.clock()
         if not result.with_status(SENT):
@@ -243,7 +242,7 @@ class Deliverer:
         for recipient in pending:
             rcpt = answers.get(recipient) or RecipientResult(recipient, DEFER, R451_NO_RESULT)
             status = rcpt.status if rcpt.status in (SENT, BOUNCE) else DEFER
-            maillog.delivery(_qid(entry), recipient, result.relay, now - entry.arrival,
+            maillog.delivery(entry.queue_id, recipient, result.relay, now - entry.arrival,
                              bounce.status_of(rcpt.reply), status, str(rcpt.reply))
             if status == DEFER:
                 last_error = last_error or str(rcpt.reply)
@@ -255,7 +254,7 @@ class Deliverer:
 
     def _expire(self, entry: QueueEntry, state: MessageState, still, last_error: str):
         """Postfix's maximal_queue_lifetime: the remaining recipients are returned (4.4.7)."""
-        maillog.expired(_qid(entry), entry.sender)
+        maillog.expired(entry.queue_id, entry.sender)
         reason = f"message expired in queue (last error: {last_error or 'none recorded'})"
         failed = []
         for recipient in still:
@@ -299,7 +298,7 @@ class Deliverer:
     def _notify(self, entry: QueueEntry, failed, where: str) -> None:
         if not failed:
             return
-        queue_id = _qid(entry)
+        queue_id = entry.queue_id
         notice = bounce.choose_notice(entry.sender, entry.is_bounce, entry.recipients,
                                       self.cfg.admin_address)
         if notice.kind == bounce.NOTICE_NONE:
@@ -325,10 +324,10 @@ class Deliverer:
     def _queue_dsn(self, entry: QueueEntry, failed, notice: bounce.Notice, where: str) -> str:
         now = self.clock()
         req = bounce.DsnRequest(
-            hostname=self.cfg.hostname, queue_id=_qid(entry), sender=entry.sender, to=notice.to,
+            hostname=self.cfg.hostname, queue_id=entry.queue_id, sender=entry.sender, to=notice.to,
             arrival=entry.arrival, now=now, failed=tuple(failed), kind=notice.kind,
-            admin_address=self.cfg.admin_address, note=_note(notice, _qid(entry)))
-        content = bounce.build_dsn(req, self._head_of(_qid(entry), where), self.template)
+            admin_address=self.cfg.admin_address, note=_note(notice, entry.queue_id))
+        content = bounce.build_dsn(req, self._head_of(entry.queue_id, where), self.template)
         envelope = Envelope(sender="", recipients=[notice.to], client_helo=self.cfg.hostname,
                             smtputf8=not notice.to.isascii(),
                             body="7BIT" if content.isascii() else "8BITMIME")
@@ -358,10 +357,6 @@ def _combined(results: list[DeliveryResult], last: Attempt, attempted: bool = Tr
     # Exact only if every other recipient is done: a transient failure adds its backoff.
     exact = last.exact and not any(r.with_status(DEFER) for r in results)
     return Attempt(merged, attempted=attempted, not_before=last.not_before, exact=exact, wait=last.wait)
-
-
-def _qid(entry: QueueEntry) -> str:
-    return os.path.basename(entry.path)
 
 
 def _note(notice: bounce.Notice, queue_id: str) -> str:

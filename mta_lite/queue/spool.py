@@ -35,7 +35,7 @@ from mta_lite import maillog, safeio
 from mta_lite.envelope import Envelope
 from mta_lite.errors import CorruptQueueFileError, QueueIdError, SpoolError
 from mta_lite.queue import dirsync
-from mta_lite.queue.queuefile import QueueEntry, encode_header, encode_trailer, read_queue_file
+from mta_lite.queue.queuefile import QueueEntry, StoredEnvelope, encode_header, encode_trailer, read_queue_file
 
 log = logging.getLogger("mta_lite.queue")
 
@@ -101,12 +101,7 @@ class QueueWriter:
         self._now = now
         self.size = 0
         self._digest = hashlib.sha256()
-        header = encode_header({
-            "sender": envelope.sender, "recipients": list(envelope.recipients),
-            "arrival": now, "client_address": envelope.client_address,
-            "client_helo": envelope.client_helo, "smtputf8": envelope.smtputf8,
-            "body": envelope.body, "is_bounce": is_bounce, "sasl_username": envelope.sasl_username,
-        })
+        header = encode_header(StoredEnvelope.of(envelope, now, is_bounce).record())
         self._file = self._create(mode)     # sets queue_id and path
         self._put(header)
         self.size = 0
@@ -264,7 +259,7 @@ class Spool:
         return None
 
     def read(self, state: str, queue_id: str, verify: bool = True) -> QueueEntry:
-        return read_queue_file(self.path(state, queue_id), verify)
+        return read_queue_file(self.path(state, queue_id), verify, queue_id)
 
     # -------------------------------------------------------------- state changes
     def move(self, queue_id: str, src: str, dst: str, durable: bool = True) -> bool:

@@ -32,6 +32,20 @@ def test_commit_puts_complete_file_in_incoming(spool):
     assert os.listdir(os.path.join(spool.root, "tmp")) == []
 
 
+def test_read_entry_carries_its_queue_id_and_the_whole_envelope(spool):
+    writer = spool.begin(Envelope("a@b.example", ["c@d.example"], "192.0.2.7", "scanner", True,
+                                  "8BITMIME", "alice"), is_bounce=True, now=1_700_000_000.5)
+    writer.write(CONTENT)
+    queue_id = writer.commit()
+    spool.move(queue_id, "incoming", "deferred")
+    entry = spool.read("deferred", queue_id)
+    assert entry.queue_id == queue_id and entry.path == spool.path("deferred", queue_id)
+    assert (entry.sender, entry.recipients, entry.client_address, entry.client_helo) == (
+        "a@b.example", ("c@d.example",), "192.0.2.7", "scanner")
+    assert (entry.smtputf8, entry.body, entry.sasl_username) == (True, "8BITMIME", "alice")
+    assert (entry.arrival, entry.is_bounce) == (1_700_000_000.5, True)
+
+
 def test_abort_leaves_nothing(spool):
     writer = spool.begin(Envelope("a@b.example", ["c@d.example"]))
     writer.write(b"partial")
