@@ -118,7 +118,7 @@ class QueueWriter:
             return os.fdopen(fd, "wb", buffering=WRITE_BUFFER_BYTES)
         except OSError as exc:
             os.close(fd)
-            _unlink_quietly(self.path)
+            safeio.unlink_quietly(self.path)
             raise SpoolError(exc.errno, f"cannot create queue file: {exc.strerror}") from None
 
     def _open_new(self, mode: int) -> int:
@@ -162,11 +162,11 @@ class QueueWriter:
         except OSError as exc:
             # Not durable, so not accepted: take it back rather than deliver a message
             # the client was told to send again.
-            _unlink_quietly(final)
+            safeio.unlink_quietly(final)
             self.abort()
             raise SpoolError(exc.errno, f"queue file write error: {exc.strerror}") from None
         self._close()
-        _unlink_quietly(self.path)
+        safeio.unlink_quietly(self.path)
         return self.queue_id
 
     def _link(self) -> str:
@@ -193,14 +193,7 @@ class QueueWriter:
 
     def abort(self) -> None:
         self._close()
-        _unlink_quietly(self.path)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        safeio.unlink_quietly(self.path)
 
 
 def _older_than(path: str, cutoff: float) -> bool:
@@ -305,7 +298,7 @@ class Spool:
     # -------------------------------------------------------------- per-message state
     def load_state(self, queue_id: str) -> MessageState:
         try:
-            with open(os.path.join(self.root, "state", queue_id + ".json"), "rb") as handle:
+            with open(self._state_path(queue_id), "rb") as handle:
                 data = json.load(handle)
             return MessageState(queue_id=queue_id, attempts=int(data["attempts"]),
                                 next_attempt=float(data["next_attempt"]),
@@ -324,14 +317,18 @@ class Spool:
         del data["queue_id"]
         # 0644 in a 0700 directory: private all the same, and a state file written by root
         # (an administrator's `queue release`) stays readable for qmgr running as mta-lite.
-        safeio.atomic_write(os.path.join(self.root, "state", state.queue_id + ".json"),
-                            json.dumps(data).encode(), mode=STATE_FILE_MODE)
+        safeio.atomic_write(self._state_path(state.queue_id), json.dumps(data).encode(),
+                            mode=STATE_FILE_MODE)
 
     def _unlink_state(self, queue_id: str) -> None:
+        """Remove a message's state file if it has one; failing to is an error, not quiet."""
         try:
-            os.unlink(os.path.join(self.root, "state", queue_id + ".json"))
+            os.unlink(self._state_path(queue_id))
         except FileNotFoundError:
             pass
+
+    def _state_path(self, queue_id: str) -> str:
+        return os.path.join(self.root, "state", queue_id + ".json")
 
     # -------------------------------------------------------------- start-up
     def purge_tmp(self, older_than_s: float | None = None, now: float | None = None) -> int:
@@ -348,7 +345,7 @@ class Spool:
             path = os.path.join(self.root, "tmp", name)
             if cutoff is not None and not _older_than(path, cutoff):
                 continue
-            _unlink_quietly(path)
+            safeio.unlink_quietly(path)
             purged += 1
         return purged
 
