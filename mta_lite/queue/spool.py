@@ -23,6 +23,7 @@ Must never: delete a message that was not delivered, bounced or deleted on purpo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -292,8 +293,20 @@ class Spool:
         return True
 
     def quarantine(self, queue_id: str, state: str, reason: str) -> None:
+        """An invalid queue file into corrupt/ under its queue ID, with a log line (G4)."""
         maillog.corrupt(queue_id, reason)
-        safeio.durable_rename(self.path(state, queue_id), self.path("corrupt", queue_id))
+        self.set_aside(state, queue_id)
+
+    def set_aside(self, directory: str, name: str, new_name: str = "") -> str:
+        """Move a file that failed validation into corrupt/, durably: kept for a human, never
+        deleted. `new_name` (a fresh queue ID) replaces a name someone else chose, such as a
+        maildrop/ submission's; it never replaces a file already in corrupt/. Returns the
+        file's name in corrupt/."""
+        kept = new_name or name
+        if new_name and os.path.lexists(self.path("corrupt", kept)):
+            raise FileExistsError(errno.EEXIST, "name taken in corrupt/", self.path("corrupt", kept))
+        safeio.durable_rename(self.path(directory, name), self.path("corrupt", kept))
+        return kept
 
     # -------------------------------------------------------------- per-message state
     def load_state(self, queue_id: str) -> MessageState:

@@ -115,6 +115,18 @@ def test_recover_purges_tmp_requeues_active_and_quarantines_corrupt(spool):
     assert os.listdir(os.path.join(spool.root, "corrupt")) == [bad]
 
 
+def test_set_aside_under_a_new_name_never_replaces_a_file_in_corrupt(spool):
+    for name in ("submission-1", "submission-2"):
+        with open(spool.path("maildrop", name), "wb") as handle:
+            handle.write(name.encode())
+    assert spool.set_aside("maildrop", "submission-1", new_name="0000000000000AAA") == "0000000000000AAA"
+    with pytest.raises(FileExistsError):
+        spool.set_aside("maildrop", "submission-2", new_name="0000000000000AAA")
+    with open(spool.path("corrupt", "0000000000000AAA"), "rb") as handle:
+        assert handle.read() == b"submission-1"
+    assert os.listdir(os.path.join(spool.root, "maildrop")) == ["submission-2"]
+
+
 def test_state_round_trip_and_remove_drops_it(spool):
     queue_id = _queue_one(spool, rcpts=("a@x.example", "b@x.example"))
     spool.save_state(MessageState(queue_id, attempts=2, next_attempt=5.0, last_error="451 4.3.0 later",
