@@ -16,7 +16,7 @@ from mta_lite.queue import Spool
 from mta_lite.queue.spool import MessageState
 from mta_lite.status import StatusSnapshot
 from mta_lite.qmgr.budget import Budget, BudgetFile, Limits, budget_path, when
-from mta_lite.qmgr.rewrite import route_of
+from mta_lite.qmgr.resolve import resolve
 
 HELD_MARK = "deferred: account "     # our own text for mail over budget (delivery.held_reply)
 
@@ -32,7 +32,7 @@ def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: Status
         return f"{queue_id}: being delivered now"
     if where == "incoming":
         return f"{queue_id}: queued, waiting for its first attempt{daemon}"
-    route = route_of(cfg, spool.read(where, queue_id, verify=False))   # as the qmgr routes it
+    route = resolve(cfg, spool.read(where, queue_id, verify=False)).route   # as the qmgr routes it
     reasons, next_at = _holds(route, status.relays.get(route.account, {}), state,
                               BudgetFile(budget_path(spool.root)), now)
     last = "" if HELD_MARK in state.last_error else _last(state)

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from mta_lite import maillog
-from mta_lite.config.schema import Config, route_for
+from mta_lite.config.schema import Config
 from mta_lite.envelope import Envelope
 from mta_lite.errors import CorruptQueueFileError
 from mta_lite.queue import WAIT_AUTH, WAIT_BUDGET, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
@@ -39,7 +39,7 @@ from mta_lite.qmgr.accounts import PAUSED, PROBE, Account, Accounts
 from mta_lite.qmgr.backoff import expired, retry_delay_s
 from mta_lite.qmgr.budget import Ticket, when
 from mta_lite.qmgr.ratelimit import SlidingWindowLimit
-from mta_lite.qmgr.rewrite import Outgoing, outgoing
+from mta_lite.qmgr.resolve import Outgoing, resolve
 
 log = logging.getLogger("mta_lite.qmgr")
 
@@ -84,10 +84,11 @@ class Deliverer:
         self.stats = {"dsn_created": 0, "dsn_suppressed": 0, "corrupt": 0}
 
     # ------------------------------------------------------------------ one message
-    async def process(self, queue_id: str, src: str, hold: tuple[float, str] | None = None,
-                      ticket: Ticket | None = None) -> None:
-        """One attempt; with `hold` = (slot, why) the message is only deferred to its budget
-        slot; `ticket` is the send the manager reserved for its first transaction."""
+    async def process(self, queue_id: str, src: str, out: Outgoing | None = None,
+                      hold: tuple[float, str] | None = None, ticket: Ticket | None = None) -> None:
+        """One attempt; `out` is how it leaves, as the manager resolved it (None: resolved
+        here); with `hold` = (slot, why) the message is only deferred to its budget slot;
+        `ticket` is the send the manager reserved for its first transaction."""
         entry = self._pick_up(queue_id, src)
         if entry is None:
             return
@@ -99,15 +100,14 @@ class Deliverer:
             self._finish(entry, state, [], complete=True)
             return
         # [rewrite]: the message leaves as `out.sender`, through that sender's route (S4).
-        out = outgoing(self.cfg, entry.sender, entry.client_address, entry.sasl_username)
-        route = route_for(self.cfg, out.sender)
-        account = self.accounts.for_route(route)
+        out = out or resolve(self.cfg, entry)
+        account = self.accounts.for_route(out.route)
         if hold is not None:
             attempt = self._held(account, pending, *hold)
         else:
             if out.rewrite is not None:
                 maillog.sender_rewritten(queue_id, entry.sender, out.sender, out.rewrite.rule)
-            attempt = await self._attempt(account, route, entry, pending, ticket, out)
+            attempt = await self._attempt(account, out, entry, pending, ticket)
         if attempt is not None:
             self._settle(entry, state, pending, attempt)
 
@@ -129,14 +129,14 @@ class Deliverer:
             return
 
     # ------------------------------------------------------------------ the attempt
-    async def _attempt(self, account: Account, route, entry: QueueEntry, pending,
-                       ticket: Ticket | None, out: Outgoing | None = None) -> Attempt | None:
+    async def _attempt(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
+                       ticket: Ticket | None) -> Attempt | None:
         async with account.slots:
             verdict = await account.admit(self.clock)
             if verdict == PAUSED:
                 return self._paused(account, pending)
             try:
-                return await self._deliver(account, route, entry, pending, ticket, out)
+                return await self._deliver(account, out, entry, pending, ticket)
             finally:
                 if verdict == PROBE:
                     account.end_probe()
@@ -160,9 +160,8 @@ class Deliverer:
         return Attempt(DeliveryResult.transient(pending, reply), attempted=False,
                        not_before=until, exact=True, wait=WAIT_BUDGET)
 
-    async def _deliver(self, account: Account, route, entry: QueueEntry, pending,
-                       ticket: Ticket | None = None, out: Outgoing | None = None) -> Attempt | None:
-        out = out or Outgoing(entry.sender)
+    async def _deliver(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
+                       ticket: Ticket | None) -> Attempt | None:
         try:
             content = out.content(entry.read_content())
         except CorruptQueueFileError as exc:
@@ -171,7 +170,7 @@ class Deliverer:
         except FileNotFoundError:
             log.info("%s: removed from active/ before delivery", entry.queue_id)
             return None
-        parts = chunks(list(pending), route.relay.recipient_limit)
+        parts = chunks(list(pending), out.route.relay.recipient_limit)
         results: list[DeliveryResult] = []
         for i, part in enumerate(parts):
             if i and account.budget.limits.rate_delay_s:
@@ -181,7 +180,7 @@ class Deliverer:
                 why, until = account.budget.over(self.clock())
                 held = self._held(account, [r for p in parts[i:] for r in p], until, why)
                 return _combined(results, held, attempted=bool(results))
-            result = await self._transaction(account, route, entry, part, content, stamp, out.sender)
+            result = await self._transaction(account, out, entry, part, content, stamp)
             results.append(result)
             if len(result.with_status(DEFER)) == len(part) and i + 1 < len(parts):
                 # Nothing got through (no connection, refused login...): the other parts
@@ -199,10 +198,10 @@ class Deliverer:
             return ticket.stamp
         return account.budget.take(self.clock())
 
-    async def _transaction(self, account: Account, route, entry: QueueEntry, part, content: bytes,
-                           stamp: float, sender: str) -> DeliveryResult:
+    async def _transaction(self, account: Account, out: Outgoing, entry: QueueEntry, part,
+                           content: bytes, stamp: float) -> DeliveryResult:
         try:
-            result = await self.pool.deliver(route, sender, list(part), content,
+            result = await self.pool.deliver(out.route, out.sender, list(part), content,
                                              smtputf8=entry.smtputf8)
         except Exception:   # a client bug must cost a retry, never the message or the manager
             log.exception("%s: smarthost client failed", entry.queue_id)

@@ -17,9 +17,10 @@ counters or pauses, except that new credentials end an account's auth pause at o
 Guarantees: a message is handled by at most one delivery at a time; at most
 MAX_ACTIVE_MESSAGES are in flight, so one slow, paused or throttled smarthost cannot starve
 the others, and one noisy sender cannot starve the others of its account. In memory are only
-queue IDs, next-attempt times and account names; content is read at delivery time. stop()
-lets in-flight deliveries finish for a bounded time, then cancels them: a cancelled message
-stays in active/ and recovery (spool.recover(), run by the caller at start-up) requeues it.
+queue IDs, next-attempt times, senders and how each message leaves (resolve.py: resolved
+once, handed to the delivery); content is read at delivery time. stop() lets in-flight
+deliveries finish for a bounded time, then cancels them: a cancelled message stays in
+active/ and recovery (spool.recover(), run by the caller at start-up) requeues it.
 Must never: crash on a bad queue file or a failing spool operation; deliver a held message;
 run spool recovery itself (active/ may hold another manager's work until the caller says).
 """
@@ -45,7 +46,7 @@ from mta_lite.qmgr.budget import BudgetFile, Ticket, budget_path
 from mta_lite.qmgr.delivery import Deliverer
 from mta_lite.qmgr.fairness import fair_order
 from mta_lite.qmgr.pickup import LOCAL_ADDRESS, Pickup
-from mta_lite.qmgr.rewrite import route_of
+from mta_lite.qmgr.resolve import Outgoing, resolve
 
 log = logging.getLogger("mta_lite.qmgr")
 
@@ -85,7 +86,7 @@ def load_template(cfg: Config) -> str:
 class _Meta(NamedTuple):
     """What scheduling needs to know of a queued message, read once from its envelope."""
 
-    account: str
+    out: Outgoing       # how it leaves: sender, route, account; handed to the delivery
     sender: str         # the fairness key
     urgent: bool        # a notice: null sender, or only to the admin
 
@@ -195,7 +196,7 @@ class QueueManager:
         now = self.clock()
         for queue_id in list(self._deferred):
             meta = self._meta(queue_id, "deferred")
-            if meta is not None and meta.account in resumed:
+            if meta is not None and meta.out.account in resumed:
                 self._deferred[queue_id] = now
         for name in sorted(resumed):
             log.info("account %s: credentials changed, login pause ended", name)
@@ -318,7 +319,7 @@ class QueueManager:
             account = self.accounts.get(name) if name else None
             if account is None:          # unreadable: the delivery step quarantines or skips it
                 for item in waiting[:room]:
-                    self._start(item.queue_id, item.src, None)
+                    self._start(item.queue_id, item.src, None, None)
                 room -= len(waiting[:room])
                 continue
             room -= self._start_account(account, waiting, now, room)
@@ -329,8 +330,8 @@ class QueueManager:
         for queue_id, src in self._candidates(now):
             if queue_id in self._inflight:
                 continue
-            meta = self._meta(queue_id, src) or _Meta("", "", False)
-            groups.setdefault(meta.account, []).append(_Candidate(queue_id, src, meta))
+            meta = self._meta(queue_id, src)
+            groups.setdefault(meta.out.account if meta else "", []).append(_Candidate(queue_id, src, meta))
         return groups
 
     def _start_account(self, account: Account, waiting: list[_Candidate], now: float, room: int) -> int:
@@ -350,7 +351,7 @@ class QueueManager:
                 break
             # Reserved here, not in the delivery task, so that one pass never overdraws.
             ticket = Ticket(budget, budget.take(now)) if counted else None
-            self._start(item.queue_id, item.src, account, ticket=ticket)
+            self._start(item.queue_id, item.src, account, item.meta.out, ticket=ticket)
             account.served.served(item.meta.sender)
             started += 1
         if started < len(ordered) and account.budget.pace_until() > now:
@@ -362,37 +363,37 @@ class QueueManager:
         they come due one by one, not all at once and again and again."""
         why = account.budget.over(now)[0]
         for item, slot in zip(items, account.budget.slots(now, len(items))):
-            self._start(item.queue_id, item.src, None, hold=(slot, why))
+            self._start(item.queue_id, item.src, None, item.meta.out, hold=(slot, why))
         if account.budget.changed:      # it just ran out: `queue why` and a restart must know
             self._save_budgets(force=True)
         return len(items)
 
     def _meta(self, queue_id: str, src: str) -> _Meta | None:
-        """Account and sender from the envelope (cheap read, cached); None if unreadable."""
+        """How it leaves and its sender, from the envelope (cheap read, resolved once, cached);
+        None if unreadable."""
         meta = self._meta_of.get(queue_id)
         if meta is None:
             try:
                 entry = self.spool.read(src, queue_id, verify=False)
             except OSError:      # corrupt or gone: the delivery step quarantines or skips it
                 return None
-            account = self.accounts.for_route(route_of(self.cfg, entry)).name
             urgent = (entry.is_bounce or not entry.sender
                       or {lookup_key(r) for r in entry.recipients} == {self.cfg.admin_address})
-            meta = self._meta_of[queue_id] = _Meta(account, lookup_key(entry.sender), urgent)
+            meta = self._meta_of[queue_id] = _Meta(resolve(self.cfg, entry), lookup_key(entry.sender), urgent)
         return meta
 
-    def _start(self, queue_id: str, src: str, account: Account | None,
+    def _start(self, queue_id: str, src: str, account: Account | None, out: Outgoing | None,
                hold: tuple[float, str] | None = None, ticket: Ticket | None = None) -> None:
         self._incoming.pop(queue_id, None)
         self._deferred.pop(queue_id, None)
         if account is not None:
             account.picked += 1
-        self._inflight[queue_id] = asyncio.create_task(self._run_one(queue_id, src, account, hold, ticket))
+        self._inflight[queue_id] = asyncio.create_task(self._run_one(queue_id, src, account, out, hold, ticket))
 
-    async def _run_one(self, queue_id: str, src: str, account: Account | None,
+    async def _run_one(self, queue_id: str, src: str, account: Account | None, out: Outgoing | None,
                        hold: tuple[float, str] | None, ticket: Ticket | None) -> None:
         try:
-            await self.deliverer.process(queue_id, src, hold, ticket)
+            await self.deliverer.process(queue_id, src, out, hold, ticket)
         except (MtaLiteError, OSError) as exc:
             log.error("%s: spool error, message left for a later retry: %s", queue_id, exc)
             self._park(queue_id)
