@@ -353,9 +353,11 @@ def _combined(results: list[DeliveryResult], last: Attempt, attempted: bool = Tr
     relay = next((r.relay for r in parts if r.relay != "none"), "none")
     merged = DeliveryResult(relay, tuple(rcpt for r in parts for rcpt in r.recipients),
                             any(r.auth_failed for r in parts))
-    # Exact only if every other recipient is done: a transient failure adds its backoff.
+    # Exact only if every other recipient is done: a transient failure adds its backoff, and
+    # then the message waits for that backoff, not for its budget slot alone.
     exact = last.exact and not any(r.with_status(DEFER) for r in results)
-    return Attempt(merged, attempted=attempted, not_before=last.not_before, exact=exact, wait=last.wait)
+    return Attempt(merged, attempted=attempted, not_before=last.not_before, exact=exact,
+                   wait=last.wait if exact else "")
 
 
 def _note(notice: bounce.Notice, queue_id: str) -> str:

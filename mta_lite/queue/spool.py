@@ -58,7 +58,7 @@ STAGING = {"incoming": ("tmp", ""), MAILDROP: (MAILDROP, ".tmp-")}
 # Why a deferred message waits, beyond the ordinary backoff after a failure.
 WAIT_AUTH = "auth"                  # its account's login was refused (paused, S5)
 WAIT_UNREACHABLE = "unreachable"    # its smarthost did not answer (paused, probe first)
-WAIT_BUDGET = "budget"              # its account's hourly or daily budget is used up
+WAIT_BUDGET = "budget"              # its account's budget is used up: it waits for its slot alone
 
 
 @dataclass
