@@ -1,4 +1,4 @@
-"""delivery — one message, one attempt: pick it up, deliver its pending recipients, settle it.
+"""delivery — one message, one attempt: move it into active/, deliver its pending recipients, settle it.
 
     incoming/ or deferred/ --move--> active/ --read, validate--> smarthost pool
         all recipients done   -> DSN queued (if any bounced), then the message removed
@@ -37,7 +37,7 @@ from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, Recip
 from mta_lite.qmgr import bounce
 from mta_lite.qmgr.accounts import PAUSED, PROBE, Account, Accounts
 from mta_lite.qmgr.backoff import expired, retry_delay_s
-from mta_lite.qmgr.budget import Ticket, when
+from mta_lite.qmgr.budget import Slot, Ticket, when
 from mta_lite.qmgr.ratelimit import SlidingWindowLimit
 from mta_lite.qmgr.resolve import Outgoing, resolve
 
@@ -58,9 +58,9 @@ class Attempt:
     wait: str = ""                # spool.WAIT_*: what holds the message back, if not a backoff
 
 
-def held_reply(account: str, why: str, until: float, now: float) -> Reply:
+def slot_reply(account: str, slot: Slot, now: float) -> Reply:
     """`deferred: account isp over max_per_hour=100 (100 sent in the last hour), next slot at 14:05:00 UTC`."""
-    return Reply(451, "4.7.0", f"deferred: account {account} {why}, next slot at {when(until, now)}")
+    return Reply(451, "4.7.0", f"deferred: account {account} {slot.why}, next slot at {when(slot.until, now)}")
 
 
 def chunks(recipients: list[str], limit: int) -> list[list[str]]:
@@ -85,16 +85,16 @@ class Deliverer:
 
     # ------------------------------------------------------------------ one message
     async def process(self, queue_id: str, src: str, out: Outgoing | None = None,
-                      hold: tuple[float, str] | None = None, ticket: Ticket | None = None) -> None:
+                      slot: Slot | None = None, ticket: Ticket | None = None) -> None:
         """One attempt; `out` is how it leaves, as the manager resolved it (None: resolved
-        here); with `hold` = (slot, why) the message is only deferred to its budget slot;
+        here); with a budget `slot` the message is only deferred to it, nothing tried;
         `ticket` is the send the manager reserved for its first transaction."""
-        entry = self._pick_up(queue_id, src)
+        entry = self._activate(queue_id, src)
         if entry is None:
             return
         state = self.spool.load_state(queue_id)
         if src == "incoming":
-            maillog.queued(queue_id, entry.sender, entry.size, len(entry.recipients))
+            maillog.activated(queue_id, entry.sender, entry.size, len(entry.recipients))
         pending = list(dict.fromkeys(state.pending(entry.recipients)))
         if not pending:                          # a crash after the last result, before removal
             self._finish(entry, state, [], complete=True)
@@ -102,8 +102,8 @@ class Deliverer:
         # [rewrite]: the message leaves as `out.sender`, through that sender's route (S4).
         out = out or resolve(self.cfg, entry)
         account = self.accounts.for_route(out.route)
-        if hold is not None:
-            attempt = self._held(account, pending, *hold)
+        if slot is not None:
+            attempt = self._to_slot(account, pending, slot)
         else:
             if out.rewrite is not None:
                 maillog.sender_rewritten(queue_id, entry.sender, out.sender, out.rewrite.rule)
@@ -111,9 +111,10 @@ class Deliverer:
         if attempt is not None:
             self._settle(entry, state, pending, attempt)
 
-    def _pick_up(self, queue_id: str, src: str) -> QueueEntry | None:
+    def _activate(self, queue_id: str, src: str) -> QueueEntry | None:
+        """incoming/ or deferred/ -> active/, then read and validated; None if gone or corrupt."""
         if not self.spool.move(queue_id, src, "active", durable=False):
-            log.info("%s: gone from %s/ before pickup", queue_id, src)
+            log.info("%s: gone from %s/ before pickup", queue_id, src)    # words of old: scripts may grep them
             return None
         try:
             return self.spool.read("active", queue_id)
@@ -154,11 +155,11 @@ class Deliverer:
         wait = WAIT_AUTH if account.auth_failures or last is None else WAIT_UNREACHABLE
         return Attempt(result, attempted=False, not_before=account.paused_until, wait=wait)
 
-    def _held(self, account: Account, pending, until: float, why: str) -> Attempt:
+    def _to_slot(self, account: Account, pending, slot: Slot) -> Attempt:
         """Over budget: deferred to the slot, nothing tried, no backoff on top."""
-        reply = held_reply(account.name, why, until, self.clock())
+        reply = slot_reply(account.name, slot, self.clock())
         return Attempt(DeliveryResult.transient(pending, reply), attempted=False,
-                       not_before=until, exact=True, wait=WAIT_BUDGET)
+                       not_before=slot.until, exact=True, wait=WAIT_BUDGET)
 
     async def _deliver(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
                        ticket: Ticket | None) -> Attempt | None:
@@ -178,8 +179,8 @@ class Deliverer:
             stamp = self._reserve(account, ticket if i == 0 else None)
             if stamp is None:                   # another delivery used the last of the budget
                 why, until = account.budget.over(self.clock())
-                held = self._held(account, [r for p in parts[i:] for r in p], until, why)
-                return _combined(results, held, attempted=bool(results))
+                rest = self._to_slot(account, [r for p in parts[i:] for r in p], Slot(until, why))
+                return _combined(results, rest, attempted=bool(results))
             result = await self._transaction(account, out, entry, part, content, stamp)
             results.append(result)
             if len(result.with_status(DEFER)) == len(part) and i + 1 < len(parts):

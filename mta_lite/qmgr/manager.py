@@ -1,6 +1,6 @@
 """manager — the queue manager (qmgr): decides which queued message is tried when.
 
-    incoming/   picked up in arrival order (queue IDs sort by arrival)
+    incoming/   tried in arrival order (queue IDs sort by arrival)
     deferred/   retried when state.next_attempt <= now (backoff.retry_delay_s)
     hold/       never touched
     maildrop/   local submissions (sendmail), copied into incoming/ by pickup.py first
@@ -42,7 +42,7 @@ from mta_lite.identity import bound_to_other_clients
 from mta_lite.queue import WAIT_AUTH, Spool
 from mta_lite.queue import doorbell as wakeup
 from mta_lite.qmgr.accounts import Account, Accounts
-from mta_lite.qmgr.budget import BudgetFile, Ticket, budget_path
+from mta_lite.qmgr.budget import BudgetFile, Slot, Ticket, budget_path
 from mta_lite.qmgr.delivery import Deliverer
 from mta_lite.qmgr.fairness import fair_order
 from mta_lite.qmgr.pickup import LOCAL_ADDRESS, Pickup
@@ -127,7 +127,7 @@ class QueueManager:
         self._running = False
         self._stopped = asyncio.Event()
         # Started for a reload (the master replaces a queue manager that dropped root): the
-        # config may carry new credentials, so mail held by a refused login is tried again
+        # config may carry new credentials, so mail waiting on a refused login is tried again
         # at once, as reconfigure() does in place. One login per account tells.
         self._resume_auth = after_reload
         self.smtpd_stats: dict[str, int] = {}       # counters the smtpd process sends
@@ -346,7 +346,7 @@ class QueueManager:
             # A paused account defers its mail without an attempt; no budget involved.
             counted = bool(budget.limits.windows()) and not account.paused(now)
             if counted and budget.over(now) is not None:
-                return started + self._hold_back(account, ordered[i:i + room - started], now)
+                return started + self._defer_to_slots(account, ordered[i:i + room - started], now)
             if not account.can_start(now):
                 break
             # Reserved here, not in the delivery task, so that one pass never overdraws.
@@ -358,12 +358,12 @@ class QueueManager:
             self._pace_at = min(self._pace_at, account.budget.pace_until())
         return started
 
-    def _hold_back(self, account: Account, items: list[_Candidate], now: float) -> int:
+    def _defer_to_slots(self, account: Account, items: list[_Candidate], now: float) -> int:
         """Over budget: each message deferred to the slot it would get in this order, so
         they come due one by one, not all at once and again and again."""
         why = account.budget.over(now)[0]
-        for item, slot in zip(items, account.budget.slots(now, len(items))):
-            self._start(item.queue_id, item.src, None, item.meta.out, hold=(slot, why))
+        for item, until in zip(items, account.budget.slots(now, len(items))):
+            self._start(item.queue_id, item.src, None, item.meta.out, slot=Slot(until, why))
         if account.budget.changed:      # it just ran out: `queue why` and a restart must know
             self._save_budgets(force=True)
         return len(items)
@@ -383,17 +383,17 @@ class QueueManager:
         return meta
 
     def _start(self, queue_id: str, src: str, account: Account | None, out: Outgoing | None,
-               hold: tuple[float, str] | None = None, ticket: Ticket | None = None) -> None:
+               slot: Slot | None = None, ticket: Ticket | None = None) -> None:
         self._incoming.pop(queue_id, None)
         self._deferred.pop(queue_id, None)
         if account is not None:
-            account.picked += 1
-        self._inflight[queue_id] = asyncio.create_task(self._run_one(queue_id, src, account, out, hold, ticket))
+            account.in_flight += 1
+        self._inflight[queue_id] = asyncio.create_task(self._run_one(queue_id, src, account, out, slot, ticket))
 
     async def _run_one(self, queue_id: str, src: str, account: Account | None, out: Outgoing | None,
-                       hold: tuple[float, str] | None, ticket: Ticket | None) -> None:
+                       slot: Slot | None, ticket: Ticket | None) -> None:
         try:
-            await self.deliverer.process(queue_id, src, out, hold, ticket)
+            await self.deliverer.process(queue_id, src, out, slot, ticket)
         except (MtaLiteError, OSError) as exc:
             log.error("%s: spool error, message left for a later retry: %s", queue_id, exc)
             self._park(queue_id)
@@ -404,7 +404,7 @@ class QueueManager:
             if ticket is not None:
                 ticket.release()                # not used: gone, paused, failed early
             if account is not None:
-                account.picked -= 1
+                account.in_flight -= 1
             self._inflight.pop(queue_id, None)
             self._kick.set()
 

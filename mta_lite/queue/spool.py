@@ -1,7 +1,7 @@
 """spool — the queue directories, writing new messages, and moving them between states.
 
     tmp/        files being written; purged at start-up (never acknowledged)
-    incoming/   accepted (250 sent), not yet picked up by the queue manager
+    incoming/   accepted (250 sent), not yet moved into active/ by the queue manager
     active/     being delivered right now
     deferred/   waiting for their next attempt
     hold/       held by the administrator; never delivered until released
