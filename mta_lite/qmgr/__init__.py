@@ -2,6 +2,7 @@
 
     manager    QueueManager: what is tried when (incoming, deferred, wake-ups, stop)
     delivery   one attempt for one message and what happens to it afterwards
+    notices    the DSNs a delivery queues: whom, the hourly cap, the template (G6)
     resolve    how a message leaves: the sender after [rewrite], its route and account (pure)
     rewrite    the From: of the bytes sent, when [rewrite] gives another identity (pure)
     accounts   per smarthost login: concurrency, budget, the pause after a refused login (S5),

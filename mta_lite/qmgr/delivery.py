@@ -1,7 +1,7 @@
 """delivery — one message, one attempt: move it into active/, deliver its pending recipients, settle it.
 
     incoming/ or deferred/ --move--> active/ --read, validate--> smarthost pool
-        all recipients done   -> DSN queued (if any bounced), then the message removed
+        all recipients done   -> DSN queued (if any bounced; notices.py), then the message removed
         some still pending    -> DSN queued (for those bounced now), state saved, -> deferred/
 
 Guarantees: only recipients not yet done are offered to the smarthost, at most the relay's
@@ -9,9 +9,8 @@ recipient_limit per transaction (a larger message goes as several transactions, 
 counted against the account's budget and spaced by its rate_delay), and each result is
 recorded in the message's state file before the message leaves active/ (G3). Mail over an
 account's budget is deferred to its slot, with the reason and the time in last_error, and
-never bounced for it. A DSN is in
-the queue before the message it reports on is removed or marks its recipients done, so a
-crash can repeat a DSN but never lose one. A transient failure of a message older than the
+never bounced for it. A DSN is in the queue before the message it reports on is removed or
+marks its recipients done, so a crash can repeat a DSN but never lose one. A transient failure of a message older than the
 queue lifetime bounces its remaining recipients (4.4.7). An invalid queue file goes to
 corrupt/ (G4). A message deleted or held by the administrator while in flight is respected:
 deleted -> results dropped; held -> results saved, so a release resends nothing.
@@ -29,7 +28,6 @@ from dataclasses import dataclass
 
 from mta_lite import maillog
 from mta_lite.config.schema import Config
-from mta_lite.envelope import Envelope
 from mta_lite.errors import CorruptQueueFileError
 from mta_lite.queue import WAIT_AUTH, WAIT_BUDGET, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
 from mta_lite.reply import Reply
@@ -38,7 +36,7 @@ from mta_lite.qmgr import bounce
 from mta_lite.qmgr.accounts import PAUSED, PROBE, Account, Accounts
 from mta_lite.qmgr.backoff import expired, retry_delay_s
 from mta_lite.qmgr.budget import Slot, Ticket, when
-from mta_lite.qmgr.ratelimit import SlidingWindowLimit
+from mta_lite.qmgr.notices import Notices
 from mta_lite.qmgr.resolve import Outgoing, resolve
 
 log = logging.getLogger("mta_lite.qmgr")
@@ -46,7 +44,6 @@ log = logging.getLogger("mta_lite.qmgr")
 R451_CLIENT_ERROR = Reply(451, "4.3.0", "Error: internal error in the smarthost client")
 R451_NO_RESULT = Reply(451, "4.3.0", "Error: no result from the smarthost client")
 EXPIRED_STATUS = "4.4.7"          # RFC 3463: delivery time expired
-BOUNCE_WINDOW_S = 3600.0          # queue.bounces_per_hour counts over a sliding hour
 
 
 @dataclass
@@ -72,16 +69,13 @@ def chunks(recipients: list[str], limit: int) -> list[list[str]]:
 class Deliverer:
     """Runs single delivery attempts; the QueueManager decides which and when."""
 
-    def __init__(self, cfg: Config, spool: Spool, pool, accounts: Accounts, template: str, *,
-                 clock=time.time, rng: random.Random, on_deferred, on_new_mail,
-                 sleep=asyncio.sleep) -> None:
+    def __init__(self, cfg: Config, spool: Spool, pool, accounts: Accounts, notices: Notices, *,
+                 clock=time.time, rng: random.Random, on_deferred, sleep=asyncio.sleep) -> None:
         self.cfg, self.spool, self.pool, self.accounts = cfg, spool, pool, accounts
-        self.template = template
+        self.notices = notices
         self.clock, self.rng, self.sleep = clock, rng, sleep
         self.on_deferred = on_deferred          # (queue_id, next_attempt) -> None
-        self.on_new_mail = on_new_mail          # (queue_id) -> None, a DSN was queued
-        self.bounce_limit = SlidingWindowLimit(cfg.queue.bounces_per_hour, BOUNCE_WINDOW_S)
-        self.stats = {"dsn_created": 0, "dsn_suppressed": 0, "corrupt": 0}
+        self.stats = {"corrupt": 0}
 
     # ------------------------------------------------------------------ one message
     async def process(self, queue_id: str, src: str, out: Outgoing | None = None,
@@ -270,7 +264,7 @@ class Deliverer:
         if where is None:
             log.info("%s: deleted during delivery; its results are dropped", queue_id)
             return
-        self._notify(entry, failed, where)
+        self.notices.send(entry, failed, where)
         if where == "active" and self._leave_active(state, complete):
             return
         where = self.spool.locate(queue_id)
@@ -294,59 +288,6 @@ class Deliverer:
             return True
         return False
 
-    # ------------------------------------------------------------------ notices (G6)
-    def _notify(self, entry: QueueEntry, failed, where: str) -> None:
-        if not failed:
-            return
-        queue_id = entry.queue_id
-        notice = bounce.choose_notice(entry.sender, entry.is_bounce, entry.recipients,
-                                      self.cfg.admin_address)
-        if notice.kind == bounce.NOTICE_NONE:
-            self.stats["dsn_suppressed"] += 1
-            maillog.bounce_suppressed(queue_id, notice.why)
-            return
-        if not self.bounce_limit.allow(self.clock()):
-            # Trade-off: past the cap the notice is dropped, not delayed; the message itself
-            # is still settled (removed or deferred) as if the notice had been queued. A cap
-            # that delayed notices would keep failed mail in the queue during a bounce storm.
-            self.stats["dsn_suppressed"] += 1
-            maillog.bounce_suppressed(queue_id, f"bounce rate limit exceeded "
-                                      f"({self.cfg.queue.bounces_per_hour} per hour)")
-            return
-        dsn_id = self._queue_dsn(entry, failed, notice, where)
-        self.stats["dsn_created"] += 1
-        if notice.kind == bounce.NOTICE_POSTMASTER:
-            maillog.double_bounce_created(queue_id, dsn_id)
-        else:
-            maillog.bounce_created(queue_id, dsn_id)
-        self.on_new_mail(dsn_id)
-
-    def _queue_dsn(self, entry: QueueEntry, failed, notice: bounce.Notice, where: str) -> str:
-        now = self.clock()
-        req = bounce.DsnRequest(
-            hostname=self.cfg.hostname, queue_id=entry.queue_id, sender=entry.sender, to=notice.to,
-            arrival=entry.arrival, now=now, failed=tuple(failed), kind=notice.kind,
-            admin_address=self.cfg.admin_address, note=_note(notice, entry.queue_id))
-        content = bounce.build_dsn(req, self._head_of(entry.queue_id, where), self.template)
-        envelope = Envelope(sender="", recipients=[notice.to], client_helo=self.cfg.hostname,
-                            smtputf8=not notice.to.isascii(),
-                            body="7BIT" if content.isascii() else "8BITMIME")
-        writer = self.spool.begin(envelope, is_bounce=True, now=now)
-        writer.write(content)
-        return writer.commit()
-
-    def _head_of(self, queue_id: str, where: str) -> bytes:
-        """The first bytes of the returned message: enough for its headers, never its whole body."""
-        try:
-            entry = self.spool.read(where, queue_id, verify=False)
-            with open(entry.path, "rb") as handle:
-                handle.seek(entry.content_offset)
-                return handle.read(min(entry.size, bounce.MAX_RETURNED_HEADER_BYTES + 4))
-        except OSError as exc:
-            # Moved again meanwhile: a notice without the headers beats no notice.
-            log.warning("%s: returned headers unavailable: %s", queue_id, exc)
-            return b""
-
 
 def _combined(results: list[DeliveryResult], last: Attempt, attempted: bool = True) -> Attempt:
     """The transactions of one message as one Attempt (relay= of the first that connected)."""
@@ -359,12 +300,3 @@ def _combined(results: list[DeliveryResult], last: Attempt, attempted: bool = Tr
     exact = last.exact and not any(r.with_status(DEFER) for r in results)
     return Attempt(merged, attempted=attempted, not_before=last.not_before, exact=exact,
                    wait=last.wait if exact else "")
-
-
-def _note(notice: bounce.Notice, queue_id: str) -> str:
-    if notice.kind == bounce.NOTICE_POSTMASTER:
-        return (f"Postmaster notice: the delivery status notification {queue_id} could not be "
-                f"delivered to its recipient; it is returned to you, the postmaster, instead.")
-    if notice.why:
-        return f"This notice goes to the postmaster because of an {notice.why}."
-    return ""

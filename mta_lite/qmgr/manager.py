@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import random
 import time
 from typing import NamedTuple
@@ -45,6 +44,7 @@ from mta_lite.qmgr.accounts import Account, Accounts
 from mta_lite.qmgr.budget import BudgetFile, Slot, Ticket, budget_path
 from mta_lite.qmgr.delivery import Deliverer
 from mta_lite.qmgr.fairness import fair_order
+from mta_lite.qmgr.notices import Notices
 from mta_lite.qmgr.pickup import LOCAL_ADDRESS, Pickup
 from mta_lite.qmgr.resolve import Outgoing, resolve
 
@@ -59,28 +59,6 @@ MAX_ACTIVE_MESSAGES = 200
 # stop(): how long in-flight deliveries may finish before they are cancelled (and requeued
 # by recovery at the next start). Below systemd's default 90 s stop timeout.
 STOP_GRACE_S = 30.0
-DEFAULT_TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                     "templates", "bounce.txt")
-FALLBACK_TEMPLATE = ("This is the mail system at host $hostname.\n\n"
-                     "Your message could not be delivered to:\n\n$recipients\n")
-
-
-def load_template(cfg: Config) -> str:
-    """The owner's bounce_template, else the packaged templates/bounce.txt."""
-    if cfg.bounce_template:
-        try:
-            with open(cfg.bounce_template, encoding="utf-8") as handle:
-                return handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            log.error("bounce_template %s unusable, using the default: %s", cfg.bounce_template, exc)
-    try:
-        # A plain path, not importlib.resources: that imports lazily, which fails once the
-        # process has dropped to a user who cannot read the interpreter's own directory.
-        with open(DEFAULT_TEMPLATE_PATH, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        log.error("default bounce template unusable, using a minimal one: %s", exc)
-        return FALLBACK_TEMPLATE
 
 
 class _Meta(NamedTuple):
@@ -108,12 +86,10 @@ class QueueManager:
         self.budget_file = BudgetFile(budget_path(spool.root))
         self.budget_file.load()
         self.accounts = Accounts(cfg, self.budget_file)
-        self._template = template
-        self.deliverer = Deliverer(
-            cfg, spool, pool, self.accounts,
-            load_template(cfg) if template is None else template,
-            clock=clock, rng=rng or random.Random(), sleep=sleep,
-            on_deferred=self._deferred_until, on_new_mail=self._new_mail)
+        self.notices = Notices(cfg, spool, clock=clock, on_new_mail=self._new_mail, template=template)
+        self.deliverer = Deliverer(cfg, spool, pool, self.accounts, self.notices, clock=clock,
+                                   rng=rng or random.Random(), sleep=sleep,
+                                   on_deferred=self._deferred_until)
         self.pickup = Pickup(spool, cfg.message_size_limit, clock=clock, sender_bound=self._locally_bound)
         self._incoming: dict[str, None] = {}        # IDs in incoming/, in arrival order
         self._deferred: dict[str, float] = {}       # ID -> next attempt
@@ -187,9 +163,7 @@ class QueueManager:
         """A reloaded, validated config: new relays, credentials, limits and queue settings;
         budgets, counters and pauses stay; new credentials end an auth pause at once."""
         self.cfg = self.deliverer.cfg = cfg
-        self.deliverer.bounce_limit.limit = cfg.queue.bounces_per_hour
-        if self._template is None:
-            self.deliverer.template = load_template(cfg)
+        self.notices.reconfigure(cfg)
         self.pickup.size_limit = cfg.message_size_limit
         resumed = self.accounts.reconfigure(cfg)
         self._meta_of.clear()                       # routes may have changed
@@ -212,8 +186,8 @@ class QueueManager:
         totals = {key: sum(a[key] for a in accounts.values())
                   for key in ("sent", "deferred", "bounced")}
         totals.update(in_flight=len(self._inflight), incoming=len(self._incoming),
-                      deferred_queue=len(self._deferred), **self.deliverer.stats,
-                      bounces_last_hour=self.deliverer.bounce_limit.used(self.clock()))
+                      deferred_queue=len(self._deferred), **self.deliverer.stats, **self.notices.stats,
+                      bounces_last_hour=self.notices.limit.used(self.clock()))
         return {"accounts": accounts, "totals": totals, "smtpd": dict(self.smtpd_stats)}
 
     # ------------------------------------------------------------------ wake-ups
