@@ -25,7 +25,8 @@ qmgr_log = logging.getLogger("mta_lite.qmgr")
 bounce_log = logging.getLogger("mta_lite.bounce")
 
 
-def queued(queue_id: str, sender: str, size: int, nrcpt: int) -> None:
+def activated(queue_id: str, sender: str, size: int, nrcpt: int) -> None:
+    """The queue manager took a new message from incoming/ into active/: Postfix's line."""
     qmgr_log.info("%s: from=<%s>, size=%d, nrcpt=%d (queue active)", queue_id, sender, size, nrcpt)
 
 

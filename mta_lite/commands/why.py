@@ -1,10 +1,11 @@
 """why — `mta-lite queue why ID`: one line on what holds a queued message back, and until when.
 
 It reads what the queue manager leaves on disk: the message's state file (attempts, next
-attempt, the last reply with its enhanced code), state/budgets.json (the account's send
-history, judged against the limits of the config as it is now) and the status file (a
-refused login's pause, an unreachable smarthost). In order of weight: on hold, being
-delivered, paused account, over budget, unreachable smarthost, backoff after a failure.
+attempt, the last reply with its enhanced code, and what it waits for: MessageState.wait),
+state/budgets.json (the account's send history, judged against the limits of the config as
+it is now) and the status file (the account's state: a refused login's pause, an
+unreachable smarthost). In order of weight: on hold, being delivered, paused account, over
+budget, unreachable smarthost, backoff after a failure.
 Works with the daemon stopped, and says so, since then nothing is tried at all.
 Must never: change anything; print message content or a secret.
 """
@@ -12,13 +13,11 @@ Must never: change anything; print message content or a secret.
 from __future__ import annotations
 
 from mta_lite.config.schema import Config
-from mta_lite.queue import Spool
-from mta_lite.queue.spool import MessageState
+from mta_lite.queue import WAIT_BUDGET, MessageState, Spool
 from mta_lite.status import StatusSnapshot
+from mta_lite.qmgr.accounts import STATE_AUTH_FAILED, STATE_UNREACHABLE
 from mta_lite.qmgr.budget import Budget, BudgetFile, Limits, budget_path, when
-from mta_lite.qmgr.rewrite import route_of
-
-HELD_MARK = "deferred: account "     # our own text for mail over budget (delivery.held_reply)
+from mta_lite.qmgr.resolve import resolve
 
 
 def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: StatusSnapshot) -> str:
@@ -32,19 +31,21 @@ def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: Status
         return f"{queue_id}: being delivered now"
     if where == "incoming":
         return f"{queue_id}: queued, waiting for its first attempt{daemon}"
-    route = route_of(cfg, spool.read(where, queue_id, verify=False))   # as the qmgr routes it
-    reasons, next_at = _holds(route, status.relays.get(route.account, {}), state,
+    route = resolve(cfg, spool.read(where, queue_id, verify=False)).route   # as the qmgr routes it
+    reasons, next_at = _reasons(route, status.relays.get(route.account, {}), state,
                               BudgetFile(budget_path(spool.root)), now)
-    last = "" if HELD_MARK in state.last_error else _last(state)
+    # Deferred to its budget slot, the last reply is our own and says what the reason says.
+    last = "" if state.wait == WAIT_BUDGET else _last(state)
     next_try = when(next_at, now) if next_at > now else "now"
     return f"{queue_id}: deferred: {'; '.join(reasons)}{last}; next try {next_try}{daemon}"
 
 
-def _holds(route, account: dict, state: MessageState, book: BudgetFile, now: float) -> tuple[list[str], float]:
-    """The reasons in order of weight, and the earliest next try they allow."""
+def _reasons(route, account: dict, state: MessageState, book: BudgetFile, now: float) -> tuple[list[str], float]:
+    """The reasons in order of weight, and the earliest next try they allow; `account` is
+    the account's entry in the status file (Account.snapshot())."""
     name, reasons, next_at = route.account, [], state.next_attempt
     paused_until = account.get("paused_until") or 0.0
-    if account.get("state") == "auth_failed" and paused_until > now:
+    if account.get("state") == STATE_AUTH_FAILED and paused_until > now:
         reasons.append(f"account {name} paused until {when(paused_until, now)}: the smarthost "
                        "refused its login (fix the credentials and reload to resume at once)")
         next_at = max(next_at, paused_until)
@@ -57,10 +58,10 @@ def _holds(route, account: dict, state: MessageState, book: BudgetFile, now: flo
     if over is not None:
         reasons.append(f"account {name} {over[0]}, next slot at {when(over[1], now)}")
         next_at = max(next_at, over[1])
-    if account.get("state") == "unreachable" and account.get("unreachable_since"):
+    if account.get("state") == STATE_UNREACHABLE and account.get("unreachable_since"):
         reasons.append(f"the smarthost of account {name} has been unreachable since "
                        f"{when(account['unreachable_since'], now)}")
-    if not reasons and HELD_MARK in state.last_error:
+    if not reasons and state.wait == WAIT_BUDGET:
         reasons.append(f"account {name} was over its budget; its slot has come")
     if not reasons:
         attempts = f"{state.attempts} failed attempt{'s' if state.attempts != 1 else ''}"

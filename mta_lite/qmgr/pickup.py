@@ -35,7 +35,6 @@ import stat
 import time
 from dataclasses import dataclass
 
-from mta_lite import safeio
 from mta_lite.envelope import Envelope, parse_path
 from mta_lite.errors import CorruptQueueFileError, SpoolError
 from mta_lite.queue import QueueEntry, Spool
@@ -265,18 +264,13 @@ def _copy(spool: Spool, handle, entry: QueueEntry, envelope: Envelope, now: floa
 
 def _quarantine(spool: Spool, name: str, reason: str) -> bool:
     """Move an invalid submission into corrupt/ under a fresh name; False if it cannot be."""
-    src = os.path.join(spool.root, MAILDROP, name)
-    dst = os.path.join(spool.root, "corrupt", new_queue_id())
     try:
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "name taken in corrupt/", dst)
-        safeio.durable_rename(src, dst)
+        kept = spool.set_aside(MAILDROP, name, new_name=new_queue_id())
     except OSError as exc:
         log.error("maildrop/%s: rejected (%s) but cannot be moved to corrupt/: %s",
                   _printable(name), reason, exc)
         return False
-    log.error("maildrop/%s: rejected, moved to corrupt/%s: %s",
-              _printable(name), os.path.basename(dst), reason)
+    log.error("maildrop/%s: rejected, moved to corrupt/%s: %s", _printable(name), kept, reason)
     return True
 
 

@@ -47,7 +47,7 @@ def socket_path(spool_root_or_path: str) -> str:
 
 def poke(spool_root_or_path: str, what: bytes = WAKE) -> bool:
     """Ring the doorbell; True if a queue manager got it. Other OSErrors (EACCES) propagate:
-    the caller logs them, and the periodic rescan picks the mail up anyway."""
+    the caller logs them, and the periodic rescan finds the mail anyway."""
     with Bell(spool_root_or_path) as bell:
         return bell.ring(what)
 

@@ -16,11 +16,12 @@ from mta_lite.qmgr.accounts import UNREACHABLE_AFTER_S
 from mta_lite.qmgr.backoff import AUTH_PAUSE_MIN_S
 from mta_lite.qmgr.budget import HOUR_S
 from mta_lite.commands.why import explain
+from mta_lite.queue import WAIT_BUDGET
 from mta_lite.reply import Reply
 from mta_lite.smarthost.result import DeliveryResult
 from mta_lite.status import StatusSnapshot
 
-from .test_qmgr_support import ADMIN, R535, T0, async_test, result_for, running, until
+from .test_qmgr_support import ADMIN, DEFER, R451, R535, T0, async_test, result_for, running, until
 
 WORK = "work:alice@work.example"
 
@@ -182,10 +183,26 @@ async def test_split_message_over_budget_keeps_done_recipients_and_waits_for_a_s
         state = h.spool.load_state(queue_id)
         assert len(h.pool.calls) == 2 and len(state.done) == 4 and h.where(queue_id) == "deferred"
         assert "over max_per_hour=2" in state.last_error and state.next_attempt == T0 + HOUR_S
+        assert state.wait == WAIT_BUDGET
         h.clock.advance(HOUR_S)
         h.mgr.rescan()
         await h.settle()
         assert h.where(queue_id) is None and h.pool.calls[-1].recipients == ["r4@example.org"]
+
+
+@async_test
+async def test_split_message_deferred_by_the_smarthost_and_over_budget_waits_for_its_backoff():
+    """A recipient the smarthost deferred adds a backoff: the message waits for it (and for
+    the slot), so its wait is the backoff's, and the last reply is the smarthost's."""
+    async with running(relays=relays(isp={"recipient_limit": 2, "max_per_hour": 2})) as h:
+        h.pool.respond = lambda call: result_for(call.recipients, {"r0@example.org": (DEFER, R451)})
+        queue_id = h.queue(rcpts=tuple(f"r{i}@example.org" for i in range(5)))
+        await h.start()
+        await h.settle()
+        state = h.spool.load_state(queue_id)
+        assert len(h.pool.calls) == 2 and h.where(queue_id) == "deferred"
+        assert (state.wait, state.last_error) == ("", "451 4.3.0 later")
+        assert state.next_attempt >= T0 + HOUR_S
 
 
 def _refuse_work(call):
