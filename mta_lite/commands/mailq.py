@@ -1,7 +1,7 @@
 """mailq — the administrator's view of the queue: list, show, flush, delete, hold, release
 (`mta-lite queue ACTION`, and `mailq`).
 
-These work directly on the spool directories, with or without a running daemon, and poke
+These work directly on the spool directories, with or without a running daemon, and ring
 the queue manager afterwards so it notices at once. A message being delivered right now
 (active/) can be deleted or held; its delivery attempt may still complete (as in Postfix),
 and the per-recipient results are kept so a released message never goes twice.
@@ -17,7 +17,7 @@ import time
 
 from mta_lite.config.schema import Config
 from mta_lite.errors import CorruptQueueFileError, QueueIdError
-from mta_lite.queue import Spool
+from mta_lite.queue import Spool, doorbell
 from mta_lite.queue.spool import MAILDROP, STATES
 from mta_lite.status import read_status
 
@@ -29,11 +29,11 @@ _SHOWN_STATE = {"incoming": "active", "active": "active", "deferred": "deferred"
                 MAILDROP: MAILDROP}
 
 
-def notify_qmgr(spool: Spool, what: bytes) -> None:
-    """Tell a running daemon; without one (or without access) its periodic rescan finds the change."""
-    from mta_lite.queue.doorbell import poke
+def ring_qmgr(spool: Spool, what: bytes) -> None:
+    """Ring a running queue manager's doorbell; without one (or without access: a local user
+    may not ring) its periodic rescan finds the change."""
     try:
-        poke(spool.wakeup_socket, what)
+        doorbell.ring(spool.doorbell_path, what)
     except OSError:
         pass
 
@@ -120,7 +120,7 @@ def flush(spool: Spool) -> int:
         st.next_attempt = 0.0
         spool.save_state(st)
         count += 1
-    notify_qmgr(spool, b"F")
+    ring_qmgr(spool, doorbell.FLUSH)
     return count
 
 
@@ -135,14 +135,14 @@ def delete(spool: Spool, ids: list[str]) -> int:
     else:
         targets = _each(spool, ids)
     count = sum(1 for queue_id, state in targets if spool.remove(queue_id, state))
-    notify_qmgr(spool, b"R")
+    ring_qmgr(spool, doorbell.RESCAN)
     return count
 
 
 def hold(spool: Spool, ids: list[str]) -> int:
     count = sum(1 for queue_id, state in _each(spool, ids)
                 if state != "hold" and spool.move(queue_id, state, "hold"))
-    notify_qmgr(spool, b"R")
+    ring_qmgr(spool, doorbell.RESCAN)
     return count
 
 
@@ -156,7 +156,7 @@ def release(spool: Spool, ids: list[str]) -> int:
         st.next_attempt = 0.0
         spool.save_state(st)
         count += spool.move(queue_id, "hold", "deferred")
-    notify_qmgr(spool, b"F")
+    ring_qmgr(spool, doorbell.FLUSH)
     return count
 
 

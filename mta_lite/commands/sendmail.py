@@ -194,8 +194,9 @@ def _queue(cfg: Config, envelope: Envelope, head: bytes, stdin, ended: bool, dot
     except BaseException:
         writer.abort()          # interrupted (^C, SIGPIPE): leave no .tmp- file for pickup
         raise
-    from mta_lite.commands.mailq import notify_qmgr
-    notify_qmgr(spool, b"W")     # the message is safe already; a missed wake-up only delays it
+    from mta_lite.commands.mailq import ring_qmgr
+    from mta_lite.queue.doorbell import NEW_MAIL
+    ring_qmgr(spool, NEW_MAIL)     # the message is safe already; a missed ring only delays it
     return EX_OK
 
 

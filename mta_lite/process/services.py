@@ -32,7 +32,7 @@ from mta_lite import __version__
 from mta_lite.config.schema import Config
 from mta_lite.errors import ConfigError, MtaLiteError
 from mta_lite.qmgr.manager import QueueManager
-from mta_lite.queue.doorbell import Bell
+from mta_lite.queue.doorbell import Doorbell
 from mta_lite.queue import Spool
 from mta_lite.smarthost.pool import SmarthostPool
 from mta_lite.smtpd.listener import Listener
@@ -55,11 +55,11 @@ def _sum_counters(listeners: list[Listener]) -> dict[str, int]:
 class SmtpdService:
     """The receiving half. `socks` are listening sockets handed over by the master."""
 
-    def __init__(self, cfg: Config, wakeup=None, socks: list[socket.socket] | None = None) -> None:
+    def __init__(self, cfg: Config, ring=None, socks: list[socket.socket] | None = None) -> None:
         self.cfg = cfg
         self.spool = Spool(cfg.spool_dir)
-        self._bell = None if wakeup else Bell(self.spool.wakeup_socket)
-        ring = wakeup or self._ring
+        self._doorbell = None if ring else Doorbell(self.spool.doorbell_path)
+        ring = ring or self._ring
         screened = any(item.postscreen for item in cfg.listen)
         self.postscreen = PostscreenService(cfg) if screened else None
         self.listeners = [self._listener(item, ring) for item in cfg.listen]
@@ -68,16 +68,16 @@ class SmtpdService:
 
     def _listener(self, item, ring) -> Listener:
         if not item.postscreen:
-            return Listener(self.cfg, item, self.spool, wakeup=ring)
-        listener = Listener(self.postscreen.listener_config(), item, self.spool, wakeup=ring)
+            return Listener(self.cfg, item, self.spool, ring=ring)
+        listener = Listener(self.postscreen.listener_config(), item, self.spool, ring=ring)
         listener.pre_greet = self.postscreen.screen(lambda: listener.active)
         return listener
 
     def _ring(self) -> None:
         try:
-            self._bell.ring()
+            self._doorbell.ring()
         except OSError as exc:     # the periodic rescan finds the message anyway
-            log.warning("cannot wake the queue manager: %s", exc.strerror)
+            log.warning("cannot ring the queue manager's doorbell: %s", exc.strerror)
 
     async def start(self) -> None:
         # Only files older than any session can be: in one-user mode tmp/ is shared with the
@@ -89,7 +89,7 @@ class SmtpdService:
             await self.postscreen.start()
         for listener, sock in zip(self.listeners, self.socks):
             await listener.start(sock)
-        if self._bell:
+        if self._doorbell:
             self._stats_task = asyncio.create_task(self._send_stats(), name="smtpd-stats")
 
     def totals(self) -> dict[str, int]:
@@ -102,7 +102,7 @@ class SmtpdService:
     async def _send_stats(self) -> None:
         while True:
             try:
-                self._bell.stats(self.counters())
+                self._doorbell.stats(self.counters())
             except OSError:
                 pass
             await asyncio.sleep(STATUS_INTERVAL_S)
@@ -193,7 +193,7 @@ class Daemon:
 
     def __init__(self, cfg: Config) -> None:
         self.qmgr_service = QmgrService(cfg, purge_tmp=True)
-        self.smtpd_service = SmtpdService(cfg, wakeup=self.qmgr_service.qmgr.wake)
+        self.smtpd_service = SmtpdService(cfg, ring=self.qmgr_service.qmgr.mail_arrived)
         self.qmgr_service.extra_counters = self.smtpd_service.totals
 
     async def start(self) -> None:

@@ -1,6 +1,6 @@
 """qmgr — the queue manager: schedules queued mail onto smarthosts, retries, bounces.
 
-    manager    QueueManager: what is tried when (incoming, deferred, wake-ups, stop)
+    manager    QueueManager: what is tried when (incoming, deferred, rings, stop)
     delivery   one attempt for one message and what happens to it afterwards
     notices    the DSNs a delivery queues: whom, the hourly cap, the template (G6)
     resolve    how a message leaves: the sender after [rewrite], its route and account (pure)
@@ -19,6 +19,6 @@ The doorbell other processes ring (W, F, R on spool/public/qmgr) is queue/doorbe
 """
 
 from mta_lite.qmgr.manager import QueueManager
-from mta_lite.queue.doorbell import FLUSH, RESCAN, WAKE, poke
+from mta_lite.queue.doorbell import FLUSH, NEW_MAIL, RESCAN, ring
 
-__all__ = ["QueueManager", "poke", "WAKE", "FLUSH", "RESCAN"]
+__all__ = ["QueueManager", "ring", "NEW_MAIL", "FLUSH", "RESCAN"]

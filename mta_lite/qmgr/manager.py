@@ -4,8 +4,8 @@
     deferred/   retried when state.next_attempt <= now (backoff.retry_delay_s)
     hold/       never touched
     maildrop/   local submissions (sendmail), copied into incoming/ by pickup.py first
-    wake-ups    wake() / flush() in-process; W, F, R on spool/public/qmgr from other processes;
-                and a rescan every RESCAN_INTERVAL_S in case a wake-up was lost
+    doorbell    mail_arrived() / flush() in-process; W, F, R rung on spool/public/qmgr by other
+                processes; and a rescan every RESCAN_INTERVAL_S in case a ring was lost
 
 Order and pace per account: notices first, then round-robin between senders (fairness.py);
 at most the account's concurrency deliver while a few more wait, or one at a time at least
@@ -39,7 +39,7 @@ from mta_lite.envelope import lookup_key
 from mta_lite.errors import MtaLiteError
 from mta_lite.identity import bound_to_other_clients
 from mta_lite.queue import WAIT_AUTH, Spool
-from mta_lite.queue import doorbell as wakeup
+from mta_lite.queue import doorbell
 from mta_lite.qmgr.accounts import Account, Accounts
 from mta_lite.qmgr.budget import BudgetFile, Slot, Ticket, budget_path
 from mta_lite.qmgr.delivery import Deliverer
@@ -50,7 +50,7 @@ from mta_lite.qmgr.resolve import Outgoing, resolve
 
 log = logging.getLogger("mta_lite.qmgr")
 
-# Safety net for lost wake-ups and for messages moved by hand; Postfix's queue_run_delay is
+# Safety net for lost rings and for messages moved by hand; Postfix's queue_run_delay is
 # 300 s, but a relay box with a handful of messages can afford to look every 15 s.
 RESCAN_INTERVAL_S = 15.0
 # Bounds memory and open work on a small board: Postfix's qmgr_message_active_limit is 20000
@@ -96,7 +96,7 @@ class QueueManager:
         self._meta_of: dict[str, _Meta] = {}        # ID -> account, sender; learned once
         self._pace_at = math.inf                    # next rate_delay start for waiting mail
         self._inflight: dict[str, asyncio.Task] = {}
-        self._kick = asyncio.Event()
+        self._work = asyncio.Event()
         self._want = {"incoming": True, "rescan": True, "flush": False}
         self._last_scan = -math.inf
         self._stopping = False
@@ -111,38 +111,38 @@ class QueueManager:
     # ------------------------------------------------------------------ public
     async def run(self) -> None:
         """Deliver until stop(). The caller ran spool.recover() before, once."""
-        doorbell = await wakeup.listen(self.spool.wakeup_socket, self._on_poke, self._on_stats)
+        listening = await doorbell.listen(self.spool.doorbell_path, self._on_ring, self._on_stats)
         self._running = True
         try:
             while not self._stopping:
-                self._kick.clear()
+                self._work.clear()
                 self._pass()
                 if not self._stopping:
                     await self._idle(self._idle_delay())
         finally:
-            doorbell.close()
+            listening.close()
             self._save_budgets(force=True)
             self._stopped.set()
 
-    def wake(self) -> None:
+    def mail_arrived(self) -> None:
         """New mail in incoming/ (called by the in-process SMTP listener after a commit)."""
         self._want["incoming"] = True
-        self._kick.set()
+        self._work.set()
 
     def flush(self) -> None:
         """Retry everything deferred now; ends account pauses early (still one probe each)."""
         self._want["flush"] = True
-        self._kick.set()
+        self._work.set()
 
     def rescan(self) -> None:
         """Re-read incoming/ and deferred/ (a message was held, released or deleted)."""
         self._want["rescan"] = True
-        self._kick.set()
+        self._work.set()
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Take no new work; give in-flight deliveries grace_s, then cancel them."""
         self._stopping = True
-        self._kick.set()
+        self._work.set()
         tasks = list(self._inflight.values())
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=grace_s)
@@ -177,8 +177,8 @@ class QueueManager:
         self.rescan()
 
     def idle(self) -> bool:
-        """Running, nothing in flight, no wake-up waiting to be handled (tests, status)."""
-        return self._running and not self._inflight and not self._kick.is_set()
+        """Running, nothing in flight, no ring waiting to be handled (tests, status)."""
+        return self._running and not self._inflight and not self._work.is_set()
 
     def snapshot(self) -> dict:
         """Per-account state and counters, plus totals (for status.py and the board)."""
@@ -190,35 +190,35 @@ class QueueManager:
                       bounces_last_hour=self.notices.limit.used(self.clock()))
         return {"accounts": accounts, "totals": totals, "smtpd": dict(self.smtpd_stats)}
 
-    # ------------------------------------------------------------------ wake-ups
+    # ------------------------------------------------------------------ the doorbell
     def _on_stats(self, counters: dict) -> None:
         """The smtpd process's counters, shown in the status file the daemon writes."""
         self.smtpd_stats = counters
 
-    def _on_poke(self, what: bytes) -> None:
-        {wakeup.WAKE: self.wake, wakeup.FLUSH: self.flush, wakeup.RESCAN: self.rescan}[what]()
+    def _on_ring(self, what: bytes) -> None:
+        {doorbell.NEW_MAIL: self.mail_arrived, doorbell.FLUSH: self.flush, doorbell.RESCAN: self.rescan}[what]()
 
     def _new_mail(self, queue_id: str) -> None:
         self._incoming[queue_id] = None
-        self._kick.set()
+        self._work.set()
 
     def _deferred_until(self, queue_id: str, when: float) -> None:
         self._deferred[queue_id] = when
 
     async def _idle(self, delay: float) -> None:
-        if self._kick.is_set():
+        if self._work.is_set():
             return
-        kick = asyncio.ensure_future(self._kick.wait())
+        work = asyncio.ensure_future(self._work.wait())
         nap = asyncio.ensure_future(self.sleep(delay))
         try:
-            await asyncio.wait({kick, nap}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, nap}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            kick.cancel()
+            work.cancel()
             nap.cancel()
 
     def _idle_delay(self) -> float:
         """Until the next rescan, future retry, rate_delay start or budget save; work blocked
-        by busy slots waits for the kick of a delivery that ends."""
+        by busy slots waits for a delivery that ends to signal work."""
         now = self.clock()
         wake_at = [self._last_scan + RESCAN_INTERVAL_S, self._pace_at]
         save_at = self.budget_file.due(self.accounts.budgets(), now)
@@ -257,7 +257,7 @@ class QueueManager:
             return
         if more:
             self._want["incoming"] = True
-            self._kick.set()
+            self._work.set()
 
     def _scan_incoming(self) -> None:
         self._incoming = {q: None for q in self.spool.list("incoming") if q not in self._inflight}
@@ -380,7 +380,7 @@ class QueueManager:
             if account is not None:
                 account.in_flight -= 1
             self._inflight.pop(queue_id, None)
-            self._kick.set()
+            self._work.set()
 
     def _park(self, queue_id: str) -> None:
         """After an error: back to deferred/ for a retry at min_backoff (or active/ until restart)."""

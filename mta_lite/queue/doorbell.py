@@ -1,15 +1,15 @@
-"""wakeup — the queue manager's doorbell: a unix datagram socket at spool/public/qmgr.
+"""doorbell — the queue manager's doorbell: a unix datagram socket at spool/public/qmgr.
 
 Other processes (sendmail, `queue flush`, `queue release`, the SMTP listener in its own
 process) send one byte: W new mail in incoming/, F flush (retry everything deferred now),
 R rescan (a message was held, released or deleted). The smtpd process also sends its
 counters as `S{json}` every few seconds, so that the status file the queue manager writes
-shows both halves without giving smtpd any write access to the spool's public/ directory. A poke is only a hint: the queue manager
+shows both halves without giving smtpd any write access to the spool's public/ directory. A ring is only a hint: the queue manager
 also rescans its directories periodically, so a lost datagram delays mail, never loses it.
 
-Guarantees: poke() never blocks and never fails because no queue manager is listening.
+Guarantees: ring() never blocks and never fails because no queue manager is listening.
 listen() refuses to steal the socket of a queue manager that is still running. The socket
-is mode 0660: the mail group may poke it, other local users may not.
+is mode 0660: the mail group may ring it, other local users may not.
 SECURITY: a datagram is untrusted local input; only the three known bytes and a small
 JSON object of integer counters mean anything.
 Must never: act on a payload it does not know, or deliver anything itself.
@@ -27,8 +27,8 @@ from typing import Callable
 
 from mta_lite.errors import SpoolError
 
-WAKE, FLUSH, RESCAN, STATS = b"W", b"F", b"R", b"S"
-POKES = (WAKE, FLUSH, RESCAN)
+NEW_MAIL, FLUSH, RESCAN, STATS = b"W", b"F", b"R", b"S"
+RINGS = (NEW_MAIL, FLUSH, RESCAN)
 # Counters are a handful of small integers; anything bigger is not ours.
 MAX_STATS_BYTES = 2048
 SOCKET_MODE = 0o660
@@ -45,14 +45,14 @@ def socket_path(spool_root_or_path: str) -> str:
     return spool_root_or_path
 
 
-def poke(spool_root_or_path: str, what: bytes = WAKE) -> bool:
+def ring(spool_root_or_path: str, what: bytes = NEW_MAIL) -> bool:
     """Ring the doorbell; True if a queue manager got it. Other OSErrors (EACCES) propagate:
     the caller logs them, and the periodic rescan finds the mail anyway."""
-    with Bell(spool_root_or_path) as bell:
+    with Doorbell(spool_root_or_path) as bell:
         return bell.ring(what)
 
 
-class Bell:
+class Doorbell:
     """A sender for the doorbell that keeps its socket: the smtpd process rings once per
     accepted message, and a socket per ring would cost more than the ring."""
 
@@ -70,9 +70,9 @@ class Bell:
             raise
         return True
 
-    def ring(self, what: bytes = WAKE) -> bool:
-        if what not in POKES:
-            raise ValueError(f"unknown poke {what!r}")
+    def ring(self, what: bytes = NEW_MAIL) -> bool:
+        if what not in RINGS:
+            raise ValueError(f"unknown ring {what!r}")
         return self._send(what)
 
     def stats(self, counters: dict[str, int]) -> bool:
@@ -81,7 +81,7 @@ class Bell:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> "Bell":
+    def __enter__(self) -> "Doorbell":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -111,25 +111,25 @@ def _someone_listens(path: str) -> bool:
     return True
 
 
-class _Doorbell(asyncio.DatagramProtocol):
-    def __init__(self, on_poke: Callable[[bytes], None], on_stats: Callable[[dict], None] | None) -> None:
-        self.on_poke = on_poke
+class _DoorbellProtocol(asyncio.DatagramProtocol):
+    def __init__(self, on_ring: Callable[[bytes], None], on_stats: Callable[[dict], None] | None) -> None:
+        self.on_ring = on_ring
         self.on_stats = on_stats
 
     def datagram_received(self, data: bytes, addr) -> None:
         counters = parse_stats(data) if self.on_stats else None
-        if data in POKES:
-            self.on_poke(data)
+        if data in RINGS:
+            self.on_ring(data)
         elif counters is not None:
             self.on_stats(counters)
         else:
-            log.warning("wake-up socket: ignored unknown datagram of %d bytes", len(data))
+            log.warning("doorbell: ignored unknown datagram of %d bytes", len(data))
 
     def error_received(self, exc: Exception) -> None:
-        log.warning("wake-up socket: %s", exc)
+        log.warning("doorbell: %s", exc)
 
 
-class WakeupSocket:
+class DoorbellSocket:
     """The listening doorbell; close() removes the socket file."""
 
     def __init__(self, path: str, transport: asyncio.DatagramTransport) -> None:
@@ -144,8 +144,8 @@ class WakeupSocket:
             pass
 
 
-async def listen(path: str, on_poke: Callable[[bytes], None],
-                 on_stats: Callable[[dict], None] | None = None) -> WakeupSocket:
+async def listen(path: str, on_ring: Callable[[bytes], None],
+                 on_stats: Callable[[dict], None] | None = None) -> DoorbellSocket:
     """Bind the doorbell at `path`, replacing a stale socket left by a crash."""
     if os.path.exists(path):
         if _someone_listens(path):
@@ -153,6 +153,6 @@ async def listen(path: str, on_poke: Callable[[bytes], None],
         os.unlink(path)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
-        lambda: _Doorbell(on_poke, on_stats), local_addr=path, family=socket.AF_UNIX)
+        lambda: _DoorbellProtocol(on_ring, on_stats), local_addr=path, family=socket.AF_UNIX)
     os.chmod(path, SOCKET_MODE)
-    return WakeupSocket(path, transport)
+    return DoorbellSocket(path, transport)

@@ -219,7 +219,7 @@ class Spool:
         return os.path.join(self.root, state, queue_id)
 
     @property
-    def wakeup_socket(self) -> str:
+    def doorbell_path(self) -> str:
         return os.path.join(self.root, "public", "qmgr")
 
     def free_bytes(self) -> int:

@@ -108,10 +108,10 @@ class Client:
 class SmtpEngine:
     """The SMTP engine of one listener; serve() runs one client's session to its end."""
 
-    def __init__(self, cfg: Config, listen: Listen, spool: Any, wakeup: Callable[[], None], *,
+    def __init__(self, cfg: Config, listen: Listen, spool: Any, ring: Callable[[], None], *,
                  clock: Callable[[], float], ssl_context: ssl.SSLContext | None,
                  auth: Authenticator | None, counters: ListenerCounters, stopping: Callable[[], bool]) -> None:
-        self.cfg, self.listen, self.spool, self.wakeup, self.clock = cfg, listen, spool, wakeup, clock
+        self.cfg, self.listen, self.spool, self.ring, self.clock = cfg, listen, spool, ring, clock
         self.ssl_context, self.auth, self.counters = ssl_context, auth, counters
         self.stopping = stopping       # the listener is closing: 421 before the next command
 
@@ -260,6 +260,6 @@ class SmtpEngine:
 
     def _wake(self) -> None:
         try:
-            self.wakeup()
+            self.ring()
         except Exception:  # noqa: BLE001 - the message is queued; qmgr finds it on its next scan
-            log.exception("wakeup() failed; the queue manager will pick the message up later")
+            log.exception("ringing the doorbell failed; the queue manager will pick the message up later")

@@ -60,14 +60,14 @@ def server_tls_context(listen: Listen, config_path: str = "") -> ssl.SSLContext 
 class Listener:
     """SMTP listener for one Listen entry. start(), then close() (graceful)."""
 
-    def __init__(self, cfg: Config, listen: Listen, spool: Any, wakeup: Callable[[], None], *,
+    def __init__(self, cfg: Config, listen: Listen, spool: Any, ring: Callable[[], None], *,
                  clock: Callable[[], float] = time.time, pre_greet: PreGreet | None = None) -> None:
         self.cfg, self.listen, self.pre_greet = cfg, listen, pre_greet
         self.ssl_context = server_tls_context(listen, cfg.path)
         # A submission listener checks logins (auth.py); its failure counts span sessions.
         self.auth = Authenticator(cfg.users, clock) if listen.auth != "none" else None
         self.counters = ListenerCounters()
-        self.engine = SmtpEngine(cfg, listen, spool, wakeup, clock=clock, ssl_context=self.ssl_context,
+        self.engine = SmtpEngine(cfg, listen, spool, ring, clock=clock, ssl_context=self.ssl_context,
                                  auth=self.auth, counters=self.counters, stopping=lambda: self._closing)
         self._server: asyncio.base_events.Server | None = None
         self._closing = False

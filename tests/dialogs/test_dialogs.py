@@ -104,8 +104,8 @@ def build(tmp_path: Path, settings: dict[str, str], tls_setup, **hooks) -> tuple
     cfg = make_config(tmp_path, mynetworks=tuple(settings.get("mynetworks", "127.0.0.0/8").split(",")),
                       message_size_limit=int(settings.get("message_size_limit", 10_240_000)),
                       listen=listen, **smtpd)
-    wakeups = hooks.pop("wakeup", lambda: None)
-    return Listener(cfg, listen, spool, wakeups, clock=lambda: 1_700_000_000.0, **hooks), spool
+    rings = hooks.pop("ring", lambda: None)
+    return Listener(cfg, listen, spool, rings, clock=lambda: 1_700_000_000.0, **hooks), spool
 
 
 async def read_line(reader: asyncio.StreamReader) -> str:
@@ -350,14 +350,14 @@ def test_listener_large_message_is_streamed_in_chunks(tmp_path, tls_setup):
     assert spool.largest_write <= READ_CHUNK_BYTES + MAX_DATA_LINE_BYTES
 
 
-def test_listener_wakeup_runs_after_commit_and_its_failure_is_harmless(tmp_path, tls_setup):
+def test_listener_ring_runs_after_commit_and_its_failure_is_harmless(tmp_path, tls_setup):
     seen: list[int] = []
 
     async def main():
-        def wakeup():
+        def ring():
             seen.append(len(spool.stored))
             raise RuntimeError("qmgr gone")
-        listener, spool = build(tmp_path, {}, tls_setup, wakeup=wakeup)
+        listener, spool = build(tmp_path, {}, tls_setup, ring=ring)
         await listener.start()
         try:
             reader, writer, _ = await connect(listener)

@@ -56,7 +56,7 @@ async def test_auth_failure_pauses_only_that_account_and_others_keep_delivering(
         assert (snap["isp"]["state"], snap["isp"]["sent"]) == ("ok", 1)
         # later mail for the paused account is deferred without a login attempt
         w3 = h.queue(sender="me@work.example")
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await h.settle()
         assert len(_work_calls(h)) == 1 and h.where(w3) == "deferred"
 

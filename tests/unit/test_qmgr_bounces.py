@@ -120,7 +120,7 @@ async def test_bounce_cap_drops_dsns_beyond_the_hourly_limit_but_removes_the_mes
         assert caplog.text.count("bounce rate limit exceeded (2 per hour)") == 2
         h.clock.advance(3601)                  # a new hour: notices flow again
         h.queue(rcpts=("late@example.org",))
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await h.settle()
         assert len([c for c in h.pool.calls if c.sender == ""]) == 3
 

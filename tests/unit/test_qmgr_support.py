@@ -77,7 +77,7 @@ class ManualSleep:
 
     def __init__(self) -> None:
         self.delays: list[float] = []
-        self._bell = asyncio.Event()
+        self._doorbell = asyncio.Event()
         self._sleepers = 0
         self._kept = False
 
@@ -86,7 +86,7 @@ class ManualSleep:
         if self._kept:
             self._kept = False
             return
-        bell = self._bell
+        bell = self._doorbell
         self._sleepers += 1
         try:
             await bell.wait()
@@ -96,8 +96,8 @@ class ManualSleep:
     def ring(self) -> None:
         if not self._sleepers:
             self._kept = True
-        self._bell.set()
-        self._bell = asyncio.Event()
+        self._doorbell.set()
+        self._doorbell = asyncio.Event()
 
 
 @dataclass
@@ -176,10 +176,10 @@ class Harness:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.mgr.run())
-        await until(lambda: os.path.exists(self.spool.wakeup_socket))
+        await until(lambda: os.path.exists(self.spool.doorbell_path))
 
     async def settle(self) -> None:
-        """Until the manager has nothing in flight and no pending wake-up."""
+        """Until the manager has nothing in flight and no ring waiting to be handled."""
         await until(self.mgr.idle)
 
     async def stop(self, grace_s: float = 1.0) -> None:

@@ -133,7 +133,7 @@ async def test_noisy_sender_does_not_starve_a_single_message():
         await h.start()
         await until(lambda: len(h.pool.calls) == 1)
         single = h.queue(sender="printer@lan.test")
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         for _ in range(4):
             h.pool.release()
             await asyncio.sleep(0.01)
@@ -154,7 +154,7 @@ async def test_notice_to_the_admin_goes_ahead_of_a_backlog():
         await until(lambda: len(h.pool.calls) == 1)
         _queue_spaced(h, 3, "nas@lan.test")
         notice = h.queue(sender="", rcpts=(ADMIN,), is_bounce=True)
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         h.pool.release()
         await until(lambda: len(h.pool.calls) >= 3)
         assert "" in [c.sender for c in h.pool.calls[:3]]

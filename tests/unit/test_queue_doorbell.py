@@ -1,4 +1,4 @@
-"""wakeup: the doorbell socket (unix datagram, 0660) and poke() from other processes."""
+"""doorbell: the socket (unix datagram, 0660) and ring() from other processes."""
 
 import errno
 import os
@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from mta_lite.errors import SpoolError
-from mta_lite.queue import doorbell as wakeup
+from mta_lite.queue import doorbell
 
 from .test_qmgr_support import async_test, until
 
@@ -22,38 +22,38 @@ def sockdir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_poke_without_a_listener_does_nothing(sockdir):
-    assert wakeup.poke(os.path.join(sockdir, "qmgr")) is False
-    assert wakeup.poke(sockdir) is False                           # a spool root without daemon
+def test_ring_without_a_listener_does_nothing(sockdir):
+    assert doorbell.ring(os.path.join(sockdir, "qmgr")) is False
+    assert doorbell.ring(sockdir) is False                           # a spool root without daemon
 
 
-def test_poke_to_a_stale_socket_does_nothing(sockdir):
+def test_ring_to_a_stale_socket_does_nothing(sockdir):
     path = os.path.join(sockdir, "qmgr")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(path)
-    assert os.path.exists(path) and wakeup.poke(path, wakeup.FLUSH) is False
+    assert os.path.exists(path) and doorbell.ring(path, doorbell.FLUSH) is False
 
 
-def test_poke_refuses_unknown_payloads(sockdir):
+def test_ring_refuses_unknown_payloads(sockdir):
     with pytest.raises(ValueError):
-        wakeup.poke(sockdir, b"X")
+        doorbell.ring(sockdir, b"X")
 
 
 @async_test
-async def test_listen_dispatches_pokes_ignores_junk_and_cleans_up(sockdir, caplog):
+async def test_listen_dispatches_rings_ignores_junk_and_cleans_up(sockdir, caplog):
     path = os.path.join(sockdir, "qmgr")
     got = []
-    doorbell = await wakeup.listen(path, got.append)
+    listening = await doorbell.listen(path, got.append)
     try:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
-        for what in (wakeup.WAKE, wakeup.FLUSH, wakeup.RESCAN):
-            assert wakeup.poke(path, what) is True
+        for what in (doorbell.NEW_MAIL, doorbell.FLUSH, doorbell.RESCAN):
+            assert doorbell.ring(path, what) is True
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(b"rm -rf /", path)
         await until(lambda: len(got) == 3 and "unknown datagram" in caplog.text)
         assert got == [b"W", b"F", b"R"]
     finally:
-        doorbell.close()
+        listening.close()
     assert not os.path.exists(path)
 
 
@@ -63,22 +63,22 @@ async def test_listen_replaces_a_stale_socket(sockdir):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(path)
     got = []
-    doorbell = await wakeup.listen(path, got.append)
+    listening = await doorbell.listen(path, got.append)
     try:
-        assert wakeup.poke(path) is True
+        assert doorbell.ring(path) is True
         await until(lambda: got == [b"W"])
     finally:
-        doorbell.close()
+        listening.close()
 
 
 @async_test
 async def test_listen_refuses_to_steal_a_running_managers_socket(sockdir):
     path = os.path.join(sockdir, "qmgr")
-    first = await wakeup.listen(path, lambda what: None)
+    first = await doorbell.listen(path, lambda what: None)
     try:
         with pytest.raises(SpoolError) as info:
-            await wakeup.listen(path, lambda what: None)
+            await doorbell.listen(path, lambda what: None)
         assert info.value.errno == errno.EADDRINUSE
-        assert wakeup.poke(path) is True                           # the first one still listens
+        assert doorbell.ring(path) is True                           # the first one still listens
     finally:
         first.close()
