@@ -35,6 +35,7 @@ import stat
 import time
 from dataclasses import dataclass
 
+from mta_lite.text import printable
 from mta_lite.envelope import Envelope, parse_path
 from mta_lite.errors import CorruptQueueFileError, SpoolError
 from mta_lite.queue import QueueEntry, Spool
@@ -308,5 +309,6 @@ def _drop_if_stale(spool: Spool, name: str, now: float) -> str:
 
 
 def _printable(name: str) -> str:
-    """A file name any local user chose, safe for one log line."""
-    return name if name.isascii() and name.isprintable() else ascii(name)
+    """A file name any local user chose, safe for one log line (escaped when it is odd, so
+    the log shows exactly what is in maildrop/)."""
+    return printable(name, None, escape=not (name.isascii() and name.isprintable()))
