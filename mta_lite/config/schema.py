@@ -37,8 +37,8 @@ from mta_lite.config.senders import (CLIENTS, LOCAL_SENDER, PASSWORD_HASH, REWRI
 from mta_lite.config.tables import UNKNOWN_KEYS, list_of, map_of, table_of
 # MASK and parse_duration are imported from here by their callers.
 from mta_lite.config.values import MASK, Secret, parse_duration  # noqa: F401
-from mta_lite.envelope import client_ip, lookup_key
-from mta_lite.identity import Identity
+from mta_lite.envelope import client_ip
+from mta_lite.identity import Identity, rule_for
 
 DEFAULT_CONFIG_PATH = "/etc/mta-lite/mta-lite.toml"
 DEFAULT_MYNETWORKS = ("127.0.0.0/8", "::1/128")
@@ -251,10 +251,7 @@ class Route:
 
 def route_for(cfg: Config, sender: str) -> Route:
     """Exact sender, then @domain, then default_relay. Credentials: the rule's, else the relay's."""
-    key = lookup_key(sender)
-    domain_key = "@" + key.rpartition("@")[2] if "@" in key else None
-    by_address = {rule.address: rule for rule in cfg.senders}
-    rule = by_address.get(key) or (by_address.get(domain_key) if domain_key else None)
+    rule = rule_for(cfg.senders, sender)
     relay = cfg.relays[rule.relay if rule else cfg.default_relay]
     if rule and rule.username:
         return Route(relay, rule.username, rule.password)
