@@ -2,16 +2,18 @@
 stands for one, and durations.
 
     Secret(value, source)       a password; repr/str is MASK; only reveal() gives the value
+    mask(text, secrets)         `text` with every secret in it replaced by MASK
     parse_duration / format_duration    "50ms", "30s", "5m", "1h", "5d", "1w" <-> seconds
 
 Guarantees: pure; format_duration(parse_duration(text)) reads back as the same number of
-seconds.
+seconds; mask() hides a secret whole even when a shorter secret is part of it.
 Must never: show a Secret's value in repr(), str() or an error message.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Iterable
 
 from mta_lite.errors import ConfigError
 
@@ -43,6 +45,13 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret in it replaced by MASK. The longest go first, so that a secret
+    which contains another (a password and its base64 with the user name) is masked whole."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
 
 
 def parse_duration(value: object, path: str, key: str) -> float:
