@@ -34,7 +34,7 @@ from mta_lite.config.postscreen import (ACCESS, ACTION, BANNER, CACHE_FILE, DNSB
 from mta_lite.config.senders import (CLIENTS, LOCAL_SENDER, PASSWORD_HASH, REWRITE_CLIENTS, REWRITE_SENDERS,
                                      SENDER_ADDRESS, SENDER_PATTERNS, both_or_neither, listed_once, listen_modes,
                                      local_sender_identity, relay_credentials, sender_credentials, user_name)
-from mta_lite.config.tables import UNKNOWN_KEYS, list_of, map_of, table_of
+from mta_lite.config.tables import list_of, map_of, table_of, unknown_keys
 # MASK and parse_duration are imported from here by their callers.
 from mta_lite.config.values import MASK, Secret, parse_duration  # noqa: F401
 from mta_lite.envelope import client_ip
@@ -140,7 +140,7 @@ class RewriteConfig:
     local_sender is read (as text) first and becomes an identity last, after the unknown keys."""
 
     READ_FIRST: ClassVar = ("local_sender",)
-    CHECKS: ClassVar = (UNKNOWN_KEYS, local_sender_identity)
+    CHECKS: ClassVar = (unknown_keys, local_sender_identity)
 
     senders: dict = key(REWRITE_SENDERS, factory=dict)      # "a@b" / "@b" -> Identity
     clients: tuple = key(REWRITE_CLIENTS, ())               # ((network, Identity), ...), longest prefix first

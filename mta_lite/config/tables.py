@@ -8,7 +8,7 @@ from the keys its fields declare (keys.key()).
 Order: a class may name keys to read before the others (READ_FIRST: a key whose value another
 one's default or check needs, and the historic order of the top level); the rest follow in
 field order. After the keys come the class's CHECKS (those that look at several keys), then the
-unknown-key check, unless CHECKS places it (UNKNOWN_KEYS) earlier. The order decides which of
+unknown-key check, unless CHECKS places it (unknown_keys) earlier. The order decides which of
 two problems in one file is reported; it is the order the loader has always had.
 
 Guarantees: read_table() returns a complete object or raises the first ConfigError.
@@ -24,7 +24,7 @@ from typing import Callable
 from mta_lite.config.keys import NO_DEFAULT, NOTHING, SETTING, Kind, Mode, Setting, Table
 
 
-def UNKNOWN_KEYS(table: Table) -> None:
+def unknown_keys(table: Table) -> None:
     """The unknown-key check, as an entry of a class's CHECKS."""
     table.finish()
 
@@ -58,7 +58,7 @@ def read_table(cls: type, table: Table, **fixed: object) -> object:
         if setting.check is not None:
             setting.check(table, name, value)
     checks = getattr(cls, "CHECKS", ())
-    for check in checks if UNKNOWN_KEYS in checks else (*checks, UNKNOWN_KEYS):
+    for check in checks if unknown_keys in checks else (*checks, unknown_keys):
         check(table)
     return cls(**fixed, **table.got)
 
