@@ -16,7 +16,8 @@ another default without the runtime object seeing it. A field named `x_s` is the
 
 Guarantees: the objects are frozen; Secret's repr/str is "********", and only the smarthost
 client calls reveal(); building one by hand in code works as before (the same fields, names
-and defaults).
+and defaults; Config's bounce_template, which has a default, is keyword-only so that it can
+stand with the other top-level keys, where `config show` prints it).
 Must never: print, log or put a secret into an error message.
 """
 
