@@ -18,7 +18,8 @@ import base64
 import logging
 import sys
 
-from mta_lite.config.schema import MASK, Config
+from mta_lite.config.schema import Config
+from mta_lite.config.values import mask
 
 smtp_log = logging.getLogger("mta_lite.smtp")
 qmgr_log = logging.getLogger("mta_lite.qmgr")
@@ -91,17 +92,12 @@ class SecretFilter(logging.Filter):
         super().__init__()
         self.secrets = sorted(secrets, key=len, reverse=True)
 
-    def _mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, MASK)
-        return text
-
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            record.msg = self._mask(record.getMessage())
+            record.msg = mask(record.getMessage(), self.secrets)
             record.args = None
             if record.exc_info:
-                record.exc_text = self._mask(logging.Formatter().formatException(record.exc_info))
+                record.exc_text = mask(logging.Formatter().formatException(record.exc_info), self.secrets)
                 record.exc_info = None
         return True
 

@@ -1,4 +1,4 @@
-"""configgen — install a new configuration atomically and keep earlier generations (C1, C2).
+"""generations — install a new configuration atomically and keep earlier generations (C1, C2).
 
     apply_config(path, data, source)   validate the candidate completely; keep the file it
                                        replaces as a generation; write it with safeio
@@ -7,7 +7,7 @@
 
 Generations live beside the config file in `<dir>/generations/NNNNNN.toml`, as they were given
 (mode 0600: they may hold passwords). The installed file never holds one: inline passwords go
-to `<dir>/secrets/` as password files (configsecrets), which smtpd cannot read (S7). Every
+to `<dir>/secrets/` as password files (secrets.py), which smtpd cannot read (S7). Every
 installed config becomes a generation, and a hand-edited file is saved as one before it is
 replaced, so the history has no holes. The newest KEEP_GENERATIONS
 are kept. A running relay notices the new file by itself (the master watches it; under systemd
@@ -42,7 +42,7 @@ MAX_CONFIG_BYTES = 64 * 1024
 KEEP_GENERATIONS = 10
 GENERATIONS_DIR = "generations"
 _GENERATION = re.compile(r"(\d{6})\.toml\Z")
-# The installed config holds no password (configsecrets moves them out), and smtpd, whose
+# The installed config holds no password (secrets.py moves them out), and smtpd, whose
 # user is in none of the config's groups, must read it.
 DEFAULT_MODE = 0o644
 

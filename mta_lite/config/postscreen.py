@@ -1,18 +1,23 @@
-"""config_postscreen — the [postscreen] table: parse and validate, and show it back.
+"""postscreen — the kinds and checks of the [postscreen] keys (the table is in schema.py).
 
-Guarantees: parse_postscreen() returns a complete PostscreenConfig or raises one
-ConfigError naming file, key, value and a hint (a bad DNSBL site, access entry, action,
-resolver or cache file name is caught at load time, not at the first connection);
-postscreen_dict() is its TOML form for `config show` and for the receiving side.
+    ACCESS, DNSBL_SITES   lists whose every entry must parse (postscreen.policy, .dnsbl)
+    ACTION                ignore | enforce | drop
+    WAIT                  a duration, more than 0 s and at most MAX_GREET_WAIT_S
+    WEIGHT                a DNSBL score, -MAX_WEIGHT..MAX_WEIGHT
+    BANNER RESOLVER CACHE_FILE; threshold_checks (after the table's keys)
+
+Guarantees: a bad DNSBL site, access entry, action, resolver or cache file name is one
+ConfigError at load time, naming file, key, value and a hint, not a surprise at the first
+connection.
 Must never: accept a resolver that is a host name (resolving it would need DNS), or a
 cache file name that leaves spool_dir/postscreen/.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Callable
 
-from mta_lite.config.schema import PostscreenConfig, format_duration
+from mta_lite.config.keys import DURATION, Kind, Table, choice
 from mta_lite.errors import ConfigError
 from mta_lite.postscreen.dnsbl import MAX_WEIGHT, parse_resolver, parse_site
 from mta_lite.postscreen.policy import ACTIONS, parse_access
@@ -22,106 +27,68 @@ MAX_GREET_WAIT_S = 60.0
 MAX_BANNER_CHARS = 200
 
 
-def parse_postscreen(table: Any) -> PostscreenConfig:
-    """`table` is config_load._Table for [postscreen] (typed access, unknown keys fail)."""
-    defaults = PostscreenConfig()
-    cfg = PostscreenConfig(
-        access=_each(table, "access", parse_access, defaults.access),
-        denylist_action=_action(table, "denylist_action", defaults.denylist_action),
-        greet_wait_s=_wait(table, "greet_wait", defaults.greet_wait_s),
-        greet_banner=_banner(table, defaults.greet_banner),
-        greet_action=_action(table, "greet_action", defaults.greet_action),
-        dnsbl_sites=_each(table, "dnsbl_sites", parse_site, defaults.dnsbl_sites),
-        dnsbl_threshold=_weight(table, "dnsbl_threshold", defaults.dnsbl_threshold),
-        dnsbl_allowlist_threshold=_weight(table, "dnsbl_allowlist_threshold", defaults.dnsbl_allowlist_threshold),
-        dnsbl_action=_action(table, "dnsbl_action", defaults.dnsbl_action),
-        dnsbl_timeout_s=_wait(table, "dnsbl_timeout", defaults.dnsbl_timeout_s),
-        resolver=_checked(table, "resolver", parse_resolver, defaults.resolver),
-        cache_file=_cache_file(table, defaults.cache_file),
-        max_connections=table.positive("max_connections", defaults.max_connections),
-        max_connections_per_client=table.positive("max_connections_per_client",
-                                                  defaults.max_connections_per_client),
-    )
-    if cfg.dnsbl_threshold < 1:
-        raise ConfigError(table.path, table.key("dnsbl_threshold"), f"must be at least 1, got {cfg.dnsbl_threshold}")
-    if cfg.dnsbl_allowlist_threshold > 0:
-        raise ConfigError(table.path, table.key("dnsbl_allowlist_threshold"),
-                          f"must be 0 (off) or negative, got {cfg.dnsbl_allowlist_threshold}")
-    table.finish()
-    return cfg
+def _each(parse: Callable[[str], object]) -> Kind:
+    """A list of strings that `parse` accepts, kept stripped."""
+    def read(table: Table, name: str, values: list) -> tuple[str, ...]:
+        for i, value in enumerate(values):
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise ConfigError(table.path, f"{table.key(name)}[{i}]", str(exc)) from None
+        return tuple(value.strip() for value in values)
+    return Kind(list, read, lambda value, mode: list(value))
 
 
-def _each(table: Any, name: str, parse, default: tuple[str, ...]) -> tuple[str, ...]:
-    values = table.get(name, list, list(default))
-    for i, value in enumerate(values):
-        try:
-            parse(value)
-        except ValueError as exc:
-            raise ConfigError(table.path, f"{table.key(name)}[{i}]", str(exc)) from None
-    return tuple(value.strip() for value in values)
-
-
-def _checked(table: Any, name: str, parse, default: str) -> str:
-    value = table.get(name, str, default)
+def _resolver(table: Table, name: str, value: str) -> str:
     if value:
         try:
-            parse(value)
+            parse_resolver(value)
         except ValueError as exc:
-            raise ConfigError(table.path, table.key(name), str(exc)) from None
+            raise table.error(name, str(exc)) from None
     return value
 
 
-def _action(table: Any, name: str, default: str) -> str:
-    value = table.get(name, str, default)
-    if value not in ACTIONS:
-        raise ConfigError(table.path, table.key(name), f"expected one of {', '.join(ACTIONS)}, got {value!r}")
-    return value
+def _wait(table: Table, name: str, value: object) -> float:
+    seconds = DURATION.read(table, name, value)
+    if not 0 < seconds <= MAX_GREET_WAIT_S:
+        raise table.error(name, f"must be more than 0s and at most 60s, got {seconds:g}s")
+    return seconds
 
 
-def _wait(table: Any, name: str, default: float) -> float:
-    value = table.duration(name, default)
-    if not 0 < value <= MAX_GREET_WAIT_S:
-        raise ConfigError(table.path, table.key(name), f"must be more than 0s and at most 60s, got {value:g}s")
-    return value
-
-
-def _weight(table: Any, name: str, default: int) -> int:
-    value = table.get(name, int, default)
+def _weight(table: Table, name: str, value: int) -> int:
     if abs(value) > MAX_WEIGHT:
-        raise ConfigError(table.path, table.key(name), f"out of range -{MAX_WEIGHT}..{MAX_WEIGHT}: {value}")
+        raise table.error(name, f"out of range -{MAX_WEIGHT}..{MAX_WEIGHT}: {value}")
     return value
 
 
-def _banner(table: Any, default: str) -> str:
-    value = table.get("greet_banner", str, default)
+def _banner(table: Table, name: str, value: str) -> str:
     if len(value) > MAX_BANNER_CHARS or not value.isprintable():
-        raise ConfigError(table.path, table.key("greet_banner"),
-                          f"expected one printable line of at most {MAX_BANNER_CHARS} characters, got {value!r}")
+        raise table.error(name, f"expected one printable line of at most {MAX_BANNER_CHARS} characters, got {value!r}")
     return value
 
 
-def _cache_file(table: Any, default: str) -> str:
-    value = table.get("cache_file", str, default)
+def _cache_file(table: Table, name: str, value: str) -> str:
     if value and ("/" in value or value.startswith(".") or not value.isprintable()):
-        raise ConfigError(table.path, table.key("cache_file"),
-                          f'expected a file name like "postscreen.db" (kept in spool_dir/postscreen/), got {value!r}')
+        raise table.error(name, f'expected a file name like "postscreen.db" (kept in spool_dir/postscreen/), '
+                          f"got {value!r}")
     return value
 
 
-def postscreen_dict(ps: PostscreenConfig) -> dict[str, Any]:
-    return {
-        "access": list(ps.access),
-        "denylist_action": ps.denylist_action,
-        "greet_wait": format_duration(ps.greet_wait_s),
-        "greet_banner": ps.greet_banner,
-        "greet_action": ps.greet_action,
-        "dnsbl_sites": list(ps.dnsbl_sites),
-        "dnsbl_threshold": ps.dnsbl_threshold,
-        "dnsbl_allowlist_threshold": ps.dnsbl_allowlist_threshold,
-        "dnsbl_action": ps.dnsbl_action,
-        "dnsbl_timeout": format_duration(ps.dnsbl_timeout_s),
-        **({"resolver": ps.resolver} if ps.resolver else {}),
-        "cache_file": ps.cache_file,
-        "max_connections": ps.max_connections,
-        "max_connections_per_client": ps.max_connections_per_client,
-    }
+def threshold_checks(table: Table) -> None:
+    """After every key: the DNSBL threshold fails from 1 up; the allowlist threshold is 0
+    (off) or negative."""
+    if table.got["dnsbl_threshold"] < 1:
+        raise table.error("dnsbl_threshold", f"must be at least 1, got {table.got['dnsbl_threshold']}")
+    if table.got["dnsbl_allowlist_threshold"] > 0:
+        raise table.error("dnsbl_allowlist_threshold",
+                          f"must be 0 (off) or negative, got {table.got['dnsbl_allowlist_threshold']}")
+
+
+ACCESS = _each(parse_access)
+DNSBL_SITES = _each(parse_site)
+ACTION = choice(ACTIONS)
+WAIT = Kind(None, _wait, DURATION.show)
+WEIGHT = Kind(int, _weight)
+BANNER = Kind(str, _banner)
+RESOLVER = Kind(str, _resolver)
+CACHE_FILE = Kind(str, _cache_file)

@@ -1,4 +1,4 @@
-"""secretfree — what the master learns from short-lived processes that may read the secrets.
+"""public — what the master learns from short-lived processes that may read the secrets.
 
     load_public_config(path)   the config without secrets, from `mta-lite config public`
     preflight(path)            `mta-lite check`: its warnings, or PreflightError
@@ -18,8 +18,10 @@ import tomllib
 
 import tomli_w
 
+from mta_lite.config.keys import Mode
+from mta_lite.config.load import parse_config
 from mta_lite.config.schema import Config
-from mta_lite.config.load import effective_dict, parse_config
+from mta_lite.config.tables import shown
 from mta_lite.errors import ConfigError, PreflightError
 
 WARNING_PREFIX = "check: warning: "     # how `mta-lite check` marks a line that is no error
@@ -28,13 +30,9 @@ WARNING_PREFIX = "check: warning: "     # how `mta-lite check` marks a line that
 def public_config_toml(cfg: Config) -> bytes:
     """The config without secrets (and without files the receiving side has no use for).
     Submission users' password hashes stay: the smtpd checks the logins (they are no
-    smarthost secret); so do the senders' client bindings and the rewrite maps (S4)."""
-    data = effective_dict(cfg, hashes=True)
-    data.pop("bounce_template", None)
-    for table in [*data["relays"].values(), *data["senders"]]:
-        for key in ("password", "password_file", "ca_file"):
-            table.pop(key, None)
-    return tomli_w.dumps(data).encode()
+    smarthost secret); so do the senders' client bindings and the rewrite maps (S4). Which
+    keys stay out is declared in schema.py (public=False)."""
+    return tomli_w.dumps(shown(cfg, Mode(hashes=True, public=True))).encode()
 
 
 def _cli(path: str, *args: str) -> subprocess.CompletedProcess:

@@ -1,174 +1,234 @@
-"""config — the configuration schema, loading and validation.
+"""schema — every key of the configuration file, once: its name, kind, default and checks,
+declared on the field of the frozen dataclass the rest of mta-lite runs on.
 
-Guarantees: load_config() returns a complete, validated, frozen Config or raises one
-ConfigError naming the file, the key, the value and a hint; nothing half-loaded is ever
-returned. Unknown keys are errors (a typo must not silently change behaviour). Secrets are
-wrapped in Secret, whose repr/str is "********"; only the smarthost client calls reveal().
+    Config   top level       Listen  [[listen]]      Relay  [relays.NAME]   SenderRule  [[senders]]
+    User     [users.NAME]    RewriteConfig [rewrite] QueueConfig [queue]    SmtpdConfig [smtpd]
+    MasterConfig [master]    PostscreenConfig [postscreen]                  Route, route_for()
+
+Postfix keeps one table of parameter names and defaults from which main.cf is read and
+`postconf` shows it. Here that table is the dataclasses themselves: each field says, with
+keys.key(), which key sets it, how that key is checked and what it defaults to. Loading
+(load.py), `config show` and the receiving side's config (public.py) are derived from these
+declarations. A table beside the dataclasses would be a second list of the same names, free
+to drift from the fields the code uses; on the field, a key cannot be renamed, retyped or given
+another default without the runtime object seeing it. A field named `x_s` is the duration key
+`x` (units in names, durations as strings in the file).
+
+Guarantees: the objects are frozen; Secret's repr/str is "********", and only the smarthost
+client calls reveal(); building one by hand in code works as before (the same fields, names
+and defaults; Config's bounce_template, which has a default, is keyword-only so that it can
+stand with the other top-level keys, where `config show` prints it).
 Must never: print, log or put a secret into an error message.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
-from dataclasses import dataclass, field
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import ClassVar
 
-from mta_lite.errors import ConfigError
-from mta_lite.envelope import client_ip, lookup_key
-from mta_lite.identity import Identity
+from mta_lite.config.keys import (ADDRESS, COUNT, DURATION, FILE, FLAG, HOSTNAME, HOSTPORT, INTEGER,
+                                  MYNETWORKS, POSITIVE, SECRET, TEXT, TLS_MODES, Table, choice, key)
+from mta_lite.config.postscreen import (ACCESS, ACTION, BANNER, CACHE_FILE, DNSBL_SITES, RESOLVER, WAIT, WEIGHT,
+                                        threshold_checks)
+from mta_lite.config.senders import (CLIENTS, LOCAL_SENDER, PASSWORD_HASH, REWRITE_CLIENTS, REWRITE_SENDERS,
+                                     SENDER_ADDRESS, SENDER_PATTERNS, both_or_neither, listed_once, listen_modes,
+                                     local_sender_identity, relay_credentials, sender_credentials, user_name)
+from mta_lite.config.tables import list_of, map_of, table_of, unknown_keys
+# MASK and parse_duration are imported from here by their callers.
+from mta_lite.config.values import MASK, Secret, parse_duration  # noqa: F401
+from mta_lite.envelope import client_ip
+from mta_lite.identity import Identity, rule_for
 
 DEFAULT_CONFIG_PATH = "/etc/mta-lite/mta-lite.toml"
-MASK = "********"
-TLS_MODES = ("starttls", "implicit", "none")
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)\Z")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DEFAULT_MYNETWORKS = ("127.0.0.0/8", "::1/128")
+SUBMISSION_PORT = 587       # RFC 6409; a smarthost with tls = "implicit" listens on 465 (RFC 8314)
+IMPLICIT_TLS_PORT = 465
 
 
-class Secret:
-    """A password that never shows itself by accident."""
+def _port_for_tls(table: Table) -> int:
+    return IMPLICIT_TLS_PORT if table.got["tls"] == "implicit" else SUBMISSION_PORT
 
-    __slots__ = ("_value", "source")
 
-    def __init__(self, value: str, source: str = "") -> None:
-        self._value = value
-        self.source = source        # the password file it came from; "" when inline
+def _relay_exists(table: Table, name: str, relay: str) -> None:
+    if relay not in table.top.got["relays"]:
+        raise table.error(name, f"no relay named {relay!r} in [relays]")
 
-    def reveal(self) -> str:
-        return self._value
 
-    def __repr__(self) -> str:
-        return MASK
+def _backoffs(table: Table) -> None:
+    if table.got["max_backoff_s"] < table.got["min_backoff_s"]:
+        raise table.error("max_backoff", "must not be shorter than queue.min_backoff")
 
-    __str__ = __repr__
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+def _users_together(table: Table) -> None:
+    if table.got["qmgr_user"] and not table.got["smtpd_user"]:
+        raise table.error("smtpd_user", "the network-facing half must not keep root "
+                          "while the other half drops it; set both users or neither")
 
-    def __hash__(self) -> int:
-        return hash(self._value)
+
+def _machine_name(table: Table) -> str:
+    return socket.getfqdn() or "localhost"
+
+
+def _at_least_one(table: Table, name: str, relays: dict) -> None:
+    if not relays:
+        raise table.error(name, "define at least one [relays.NAME] smarthost")
 
 
 @dataclass(frozen=True)
 class Listen:
-    host: str
+    """[[listen]]: one listening socket. tls and auth are checked together after both are read."""
+
+    CHECKS: ClassVar = (listen_modes,)
+
+    host: str = key(HOSTPORT, name="address", fills=("host", "port"))
     port: int
-    tls_cert: str = ""
-    tls_key: str = ""
-    postscreen: bool = False        # screen clients with [postscreen] before the SMTP engine
-    tls: str = "starttls"           # "implicit": TLS from the first byte (port 465)
-    auth: str = "none"              # "required": a submission port, AUTH before MAIL (S1, S4)
+    tls_cert: str = key(FILE, "", hide_default=True)
+    tls_key: str = key(FILE, "", hide_default=True, check=both_or_neither)
+    postscreen: bool = key(FLAG, False, hide_default=True)  # screen clients with [postscreen] first
+    tls: str = key(TEXT, "starttls", hide_default=True)     # "implicit": TLS from the first byte (465)
+    auth: str = key(TEXT, "none", hide_default=True)        # "required": a submission port (S1, S4)
 
 
 @dataclass(frozen=True)
 class Relay:
+    """[relays.NAME]: one smarthost account. tls is read first: port's default depends on it."""
+
+    READ_FIRST: ClassVar = ("tls",)
+    CHECKS: ClassVar = (relay_credentials,)
+
     name: str
-    host: str
-    port: int = 587
-    tls: str = "starttls"
-    ca_file: str = ""
-    username: str = ""
-    password: Secret | None = None
-    concurrency: int = 2
-    timeout_s: float = 300.0
-    rate_delay_s: float = 0.0       # minimum gap between deliveries through one account
-    max_per_hour: int = 0           # messages handed to the smarthost; 0 = unlimited
-    max_per_day: int = 0
-    recipient_limit: int = 50       # recipients per transaction (Postfix: 50)
+    host: str = key(TEXT)
+    port: int = key(INTEGER, SUBMISSION_PORT, derive=_port_for_tls)
+    tls: str = key(choice(TLS_MODES), "starttls")
+    ca_file: str = key(FILE, "", hide_default=True, public=False)
+    username: str = key(TEXT, "", hide_default=True)
+    password: Secret | None = key(SECRET, None, hide_default=True, public=False)   # or password_file
+    concurrency: int = key(POSITIVE, 2)
+    timeout_s: float = key(DURATION, 300.0)
+    rate_delay_s: float = key(DURATION, 0.0)        # minimum gap between deliveries through one account
+    max_per_hour: int = key(COUNT, 0)               # messages handed to the smarthost; 0 = unlimited
+    max_per_day: int = key(COUNT, 0)
+    recipient_limit: int = key(POSITIVE, 50)        # recipients per transaction (Postfix: 50)
 
 
 @dataclass(frozen=True)
 class SenderRule:
-    address: str            # "alice@example.com" or "@example.com", lower-cased
-    relay: str
-    username: str = ""
-    password: Secret | None = None
-    clients: tuple = ()     # S4: networks that may use this sender; () = any allowed client
+    """[[senders]]: the relay and credentials of one address or @domain."""
+
+    CHECKS: ClassVar = (sender_credentials,)
+
+    address: str = key(SENDER_ADDRESS, check=listed_once)  # "alice@example.com" or "@example.com", lower-cased
+    relay: str = key(TEXT, derive=lambda table: table.top.got["default_relay"], check=_relay_exists)
+    username: str = key(TEXT, "", hide_default=True)
+    password: Secret | None = key(SECRET, None, hide_default=True, public=False)
+    clients: tuple = key(CLIENTS, (), hide_default=True)   # S4: networks that may use this sender; () = any
 
 
 @dataclass(frozen=True)
 class User:
-    """A submission login: its password hash (from `mta-lite passwd`) and its senders (S4)."""
+    """[users.NAME]: a submission login: its password hash (from `mta-lite passwd`) and its senders (S4)."""
 
     name: str
-    password_hash: str = field(repr=False)
-    senders: frozenset = frozenset()    # "alice@example.com", "@example.com", lower-cased
+    password_hash: str = key(PASSWORD_HASH, repr=False)
+    senders: frozenset = key(SENDER_PATTERNS, frozenset(), required=True)  # "a@b", "@b", lower-cased
 
 
 @dataclass(frozen=True)
 class RewriteConfig:
-    """[rewrite]: the identity mail leaves with, applied at delivery (see identity.py)."""
+    """[rewrite]: the identity mail leaves with, applied at delivery (see identity.py).
+    local_sender is read (as text) first and becomes an identity last, after the unknown keys."""
 
-    senders: dict = field(default_factory=dict)    # "a@b" / "@b" -> Identity
-    clients: tuple = ()                            # ((network, Identity), ...), longest prefix first
-    local_sender: Identity | None = None           # for root, pi, @localhost, @<hostname>
+    READ_FIRST: ClassVar = ("local_sender",)
+    CHECKS: ClassVar = (unknown_keys, local_sender_identity)
+
+    senders: dict = key(REWRITE_SENDERS, factory=dict)      # "a@b" / "@b" -> Identity
+    clients: tuple = key(REWRITE_CLIENTS, ())               # ((network, Identity), ...), longest prefix first
+    local_sender: Identity | None = key(LOCAL_SENDER, None,  # for root, pi, @localhost, @<hostname>
+                                        derive=lambda table: table.top.got["admin_address"])
 
 
 @dataclass(frozen=True)
 class QueueConfig:
-    min_backoff_s: float = 300.0
-    max_backoff_s: float = 3600.0
-    lifetime_s: float = 5 * 86400.0
-    reserve_bytes: int = 16 * 1024 * 1024
-    bounces_per_hour: int = 100
+    CHECKS: ClassVar = (_backoffs,)
+
+    min_backoff_s: float = key(DURATION, 300.0)
+    max_backoff_s: float = key(DURATION, 3600.0)
+    lifetime_s: float = key(DURATION, 5 * 86400.0)
+    reserve_bytes: int = key(INTEGER, 16 * 1024 * 1024)
+    bounces_per_hour: int = key(POSITIVE, 100)
 
 
 @dataclass(frozen=True)
 class SmtpdConfig:
-    max_connections: int = 100
-    max_connections_per_client: int = 10
-    recipient_limit: int = 1000
-    timeout_s: float = 300.0
-    session_limit_s: float = 3600.0
-    hard_error_limit: int = 20
+    max_connections: int = key(POSITIVE, 100)
+    max_connections_per_client: int = key(POSITIVE, 10)
+    recipient_limit: int = key(POSITIVE, 1000)
+    timeout_s: float = key(DURATION, 300.0)
+    session_limit_s: float = key(DURATION, 3600.0)
+    hard_error_limit: int = key(POSITIVE, 20)
 
 
 @dataclass(frozen=True)
 class PostscreenConfig:
-    """[postscreen]: the stage in front of the SMTP engine (see smtpd/postscreen.py)."""
+    """[postscreen]: the stage in front of the SMTP engine (see mta_lite/postscreen/)."""
 
-    access: tuple[str, ...] = ("permit_mynetworks",)
-    denylist_action: str = "drop"
-    greet_wait_s: float = 6.0
-    greet_banner: str = "$hostname ESMTP"
-    greet_action: str = "enforce"
-    dnsbl_sites: tuple[str, ...] = ()
-    dnsbl_threshold: int = 1
-    dnsbl_allowlist_threshold: int = 0
-    dnsbl_action: str = "enforce"
-    dnsbl_timeout_s: float = 5.0
-    resolver: str = ""              # "127.0.0.1:53"; "" = the system's resolvers
-    cache_file: str = "postscreen.db"   # in spool_dir/postscreen/; "" = memory only
-    max_connections: int = 100
-    max_connections_per_client: int = 10
+    CHECKS: ClassVar = (threshold_checks,)
+
+    access: tuple[str, ...] = key(ACCESS, ("permit_mynetworks",))
+    denylist_action: str = key(ACTION, "drop")
+    greet_wait_s: float = key(WAIT, 6.0)
+    greet_banner: str = key(BANNER, "$hostname ESMTP")
+    greet_action: str = key(ACTION, "enforce")
+    dnsbl_sites: tuple[str, ...] = key(DNSBL_SITES, ())
+    dnsbl_threshold: int = key(WEIGHT, 1)
+    dnsbl_allowlist_threshold: int = key(WEIGHT, 0)
+    dnsbl_action: str = key(ACTION, "enforce")
+    dnsbl_timeout_s: float = key(WAIT, 5.0)
+    resolver: str = key(RESOLVER, "", hide_default=True)   # "127.0.0.1:53"; "" = the system's resolvers
+    cache_file: str = key(CACHE_FILE, "postscreen.db")     # in spool_dir/postscreen/; "" = memory only
+    max_connections: int = key(POSITIVE, 100)
+    max_connections_per_client: int = key(POSITIVE, 10)
 
 
 @dataclass(frozen=True)
 class MasterConfig:
     """Who the two halves run as when `serve` is started as root ("" = stay root; warned)."""
 
-    smtpd_user: str = "mta-smtpd"
-    qmgr_user: str = "mta-lite"
+    CHECKS: ClassVar = (_users_together,)
+
+    smtpd_user: str = key(TEXT, "mta-smtpd")
+    qmgr_user: str = key(TEXT, "mta-lite")
 
 
 @dataclass(frozen=True)
 class Config:
+    """The whole file. Its keys are read in the order below (relays first: default_relay and
+    [[senders]] name them; users before [[listen]], admin_address before [rewrite]); the others
+    follow in field order, which is also the order `config show` prints."""
+
+    READ_FIRST: ClassVar = ("relays", "default_relay", "hostname", "users", "spool_dir", "mynetworks",
+                            "admin_address", "message_size_limit", "listen", "senders", "queue", "smtpd")
+
     path: str
-    hostname: str
-    spool_dir: str
-    mynetworks: tuple
-    admin_address: str
-    message_size_limit: int
-    default_relay: str
-    listen: tuple[Listen, ...]
-    relays: dict[str, Relay]
-    senders: tuple[SenderRule, ...]
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    smtpd: SmtpdConfig = field(default_factory=SmtpdConfig)
-    bounce_template: str = ""
-    master: MasterConfig = field(default_factory=MasterConfig)
-    postscreen: PostscreenConfig = field(default_factory=PostscreenConfig)
-    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
-    users: dict = field(default_factory=dict)      # name -> User
+    hostname: str = key(HOSTNAME, derive=_machine_name)
+    spool_dir: str = key(TEXT, "/var/spool/mta-lite", code_default=False)
+    mynetworks: tuple = key(MYNETWORKS, tuple(ipaddress.ip_network(net) for net in DEFAULT_MYNETWORKS),
+                            code_default=False)
+    admin_address: str = key(ADDRESS)
+    message_size_limit: int = key(POSITIVE, 10240000, code_default=False)
+    default_relay: str = key(TEXT, derive=lambda table: next(iter(table.got["relays"])), check=_relay_exists)
+    bounce_template: str = key(FILE, "", hide_default=True, public=False, kw_only=True)
+    listen: tuple[Listen, ...] = key(list_of(Listen), (Listen("127.0.0.1", 25),), code_default=False)
+    relays: dict[str, Relay] = key(map_of(Relay), check=_at_least_one)
+    senders: tuple[SenderRule, ...] = key(list_of(SenderRule), (), code_default=False)
+    queue: QueueConfig = key(table_of(QueueConfig), factory=QueueConfig)
+    smtpd: SmtpdConfig = key(table_of(SmtpdConfig), factory=SmtpdConfig)
+    master: MasterConfig = key(table_of(MasterConfig), factory=MasterConfig)
+    postscreen: PostscreenConfig = key(table_of(PostscreenConfig), factory=PostscreenConfig)
+    rewrite: RewriteConfig = key(table_of(RewriteConfig), factory=RewriteConfig)
+    users: dict = key(map_of(User, user_name), factory=dict, hide_default=True)    # name -> User
     digest: str = ""                # config_digest() of the file's bytes; "" if not from a file
 
     def in_mynetworks(self, ip: str) -> bool:
@@ -192,30 +252,8 @@ class Route:
 
 def route_for(cfg: Config, sender: str) -> Route:
     """Exact sender, then @domain, then default_relay. Credentials: the rule's, else the relay's."""
-    key = lookup_key(sender)
-    domain_key = "@" + key.rpartition("@")[2] if "@" in key else None
-    by_address = {rule.address: rule for rule in cfg.senders}
-    rule = by_address.get(key) or (by_address.get(domain_key) if domain_key else None)
+    rule = rule_for(cfg.senders, sender)
     relay = cfg.relays[rule.relay if rule else cfg.default_relay]
     if rule and rule.username:
         return Route(relay, rule.username, rule.password)
     return Route(relay, relay.username, relay.password)
-
-
-# ---------------------------------------------------------------- parsing helpers
-
-def parse_duration(value: Any, path: str, key: str) -> float:
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match:
-            return float(round(int(match.group(1)) * _UNITS[match.group(2)], 3))
-    raise ConfigError(path, key, f'expected a duration like "30s", "5m", "1h" or "5d", got {value!r}')
-
-
-def format_duration(seconds: float) -> str:
-    for unit in ("w", "d", "h", "m"):
-        if seconds and seconds % _UNITS[unit] == 0:
-            return f"{int(seconds // _UNITS[unit])}{unit}"
-    if seconds != int(seconds):         # sub-second values, e.g. rate_delay = "50ms"
-        return f"{round(seconds * 1000)}ms"
-    return f"{int(seconds)}s"

@@ -1,4 +1,4 @@
-"""configsecrets — keep smarthost passwords out of the installed config file (S3, S7).
+"""secrets — keep smarthost passwords out of the installed config file (S3, S7).
 
 A config that arrives over the serial console or on a USB stick carries its passwords inline
 (`password = "..."`): that is what a person can write. The installed config file must not:

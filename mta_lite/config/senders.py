@@ -1,24 +1,23 @@
-"""config_senders — the sender hygiene parts of the config: [rewrite], [users], sender binding,
-submission listeners; parse and validate, and show them back.
+"""senders — the kinds and checks of the sender hygiene keys, and of credentials:
 
-    [rewrite] local_sender, [rewrite.senders], [rewrite.clients]   -> RewriteConfig
-    [users.NAME] password_hash, senders                            -> {name: User}
-    [[senders]] clients = [...]                                    -> SenderRule.clients
-    [[listen]] tls = "starttls"|"implicit", auth = "none"|"required"
+    [rewrite] local_sender, [rewrite.senders], [rewrite.clients]   LOCAL_SENDER, REWRITE_*
+    [users.NAME] password_hash, senders                            user_name, PASSWORD_HASH, SENDER_PATTERNS
+    [[senders]] address, clients                                   SENDER_ADDRESS, CLIENTS
+    [[listen]] tls = "starttls"|"implicit", auth = "none"|"required"   listen_modes
+    username with password or password_file, never over tls = "none"  relay_credentials, sender_credentials
 
-Guarantees: every function returns complete values or raises one ConfigError naming file,
-key, value and a hint; a password hash is checked (format and cost bounds) at load time, and
-never shown in an error. users_dict() masks the hashes unless asked for them (only the
-secret-free config handed to the smtpd carries them: it checks the logins).
+Guarantees: every check raises one ConfigError naming file, key, value and a hint; a password
+hash is checked (format and cost bounds) at load time and never shown in an error, nor by
+`config show` (only the receiving side's config carries the hashes: it checks the logins).
 Must never: put a password hash into an error message or into `config show`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
-from mta_lite.config.schema import MASK, Listen, RewriteConfig, User
+from mta_lite.config.keys import Kind, Mode, Table, address, show_networks
+from mta_lite.config.values import MASK, Secret
 from mta_lite.envelope import parse_path
 from mta_lite.errors import ConfigError
 from mta_lite.identity import Identity, parse_identity
@@ -29,19 +28,15 @@ LISTEN_AUTH_MODES = ("none", "required")
 _IDENTITY_HINT = 'expected an address or "Name <address>"'
 
 
-def _sub(table: Any, raw: Any, prefix: str) -> Any:
-    """A config_load._Table for a nested table (same class, same file)."""
-    return type(table)(raw, table.path, prefix)
-
-
-def _identity(table: Any, key: str, value: Any) -> Identity:
-    identity = parse_identity(value) if isinstance(value, str) else None
-    if identity is None:
+def identity(table: Table, key: str, value: object) -> Identity:
+    """`value` as an Identity; the error names `key` as given (a full key)."""
+    found = parse_identity(value) if isinstance(value, str) else None
+    if found is None:
         raise ConfigError(table.path, key, f"{_IDENTITY_HINT}, got {value!r}")
-    return identity
+    return found
 
 
-def _pattern(table: Any, key: str, value: Any) -> str:
+def pattern(table: Table, key: str, value: object) -> str:
     """`alice@example.com` or `@example.com`, lower-cased."""
     text = value if isinstance(value, str) else ""
     try:
@@ -53,10 +48,9 @@ def _pattern(table: Any, key: str, value: Any) -> str:
     return text.lower()
 
 
-def networks(table: Any, name: str) -> tuple:
-    """A list of IPs or CIDR networks, e.g. clients = ["192.168.1.10/32"]."""
+def _clients(table: Table, name: str, values: list) -> tuple:
     out = []
-    for i, value in enumerate(table.get(name, list, [])):
+    for i, value in enumerate(values):
         try:
             out.append(ipaddress.ip_network(value, strict=False))
         except (ValueError, TypeError):
@@ -65,82 +59,114 @@ def networks(table: Any, name: str) -> tuple:
     return tuple(out)
 
 
-def parse_rewrite(table: Any, admin_address: str) -> RewriteConfig:
-    """[rewrite]; local_sender defaults to admin_address ("" switches it off)."""
-    local = table.get("local_sender", str, admin_address)
-    senders_table = _sub(table, table.get("senders", dict, {}), table.key("senders"))
-    senders = {}
-    for key, value in senders_table.data.items():
-        pattern = _pattern(table, senders_table.key(f'"{key}"'), key)
-        senders[pattern] = _identity(table, senders_table.key(f'"{key}"'), value)
-    clients_table = _sub(table, table.get("clients", dict, {}), table.key("clients"))
+def networks(table: Table, name: str) -> tuple:
+    """The list at `name` as networks, e.g. clients = ["192.168.1.10/32"] (for code that makes
+    a SenderRule by hand from such a table)."""
+    return _clients(table, name, table.get(name, list, []))
+
+
+def _rewrite_senders(table: Table, name: str, values: dict) -> dict:
+    out = {}
+    for key, value in values.items():
+        where = f'{table.key(name)}."{key}"'
+        out[pattern(table, where, key)] = identity(table, where, value)
+    return out
+
+
+def _rewrite_clients(table: Table, name: str, values: dict) -> tuple:
     clients = []
-    for key, value in clients_table.data.items():
-        where = clients_table.key(f'"{key}"')
+    for key, value in values.items():
+        where = f'{table.key(name)}."{key}"'
         try:
             network = ipaddress.ip_network(key, strict=False)
         except ValueError:
             raise ConfigError(table.path, where, f"expected an IP or a network like 192.168.1.0/24, got {key!r}") from None
-        clients.append((network, _identity(table, where, value)))
+        clients.append((network, identity(table, where, value)))
     clients.sort(key=lambda item: -item[0].prefixlen)     # most specific first
-    table.finish()
-    return RewriteConfig(senders=senders, clients=tuple(clients),
-                         local_sender=_identity(table, table.key("local_sender"), local) if local else None)
+    return tuple(clients)
 
 
-def parse_users(table: Any) -> dict[str, User]:
-    """[users.NAME] password_hash = "$scrypt$...", senders = ["a@b", "@b"]."""
-    users = {}
-    for name, raw in table.data.items():
-        user = _sub(table, raw, table.key(name))
-        if not USER_NAME.match(name):
-            raise ConfigError(table.path, table.key(name), "a user name is letters, digits and . _ @ + - "
-                              "(at most 64, starting with a letter or digit)")
-        hashed = user.get("password_hash", str, required=True)
-        if parse_hash(hashed) is None:
-            raise ConfigError(table.path, user.key("password_hash"),
-                              f"not a hash written by `mta-lite passwd {name}` (or its cost is out of bounds)")
-        senders = user.get("senders", list, required=True)
-        if not senders:
-            raise ConfigError(table.path, user.key("senders"), "list the addresses this user may send as")
-        patterns = frozenset(_pattern(table, f"{user.key('senders')}[{i}]", v) for i, v in enumerate(senders))
-        user.finish()
-        users[name] = User(name, hashed, patterns)
-    return users
+def local_sender_identity(table: Table) -> None:
+    """[rewrite] local_sender, read as text first, becomes an identity ("" switches it off)
+    after the table's unknown keys are checked: the loader's order since [rewrite] began."""
+    local = table.got["local_sender"]
+    table.got["local_sender"] = identity(table, table.key("local_sender"), local) if local else None
 
 
-def listen_modes(table: Any, has_cert: bool, users: dict) -> tuple[str, str]:
-    """tls and auth of one [[listen]] entry; both need a certificate, auth needs [users]."""
-    tls = table.get("tls", str, "starttls")
-    auth = table.get("auth", str, "none")
-    for name, value, allowed in (("tls", tls, LISTEN_TLS_MODES), ("auth", auth, LISTEN_AUTH_MODES)):
-        if value not in allowed:
-            raise ConfigError(table.path, table.key(name), f"expected one of {', '.join(allowed)}, got {value!r}")
-    if (tls == "implicit" or auth == "required") and not has_cert:
-        key = "tls" if tls == "implicit" else "auth"
-        raise ConfigError(table.path, table.key(key), "needs tls_cert and tls_key (AUTH is offered under TLS only)")
-    if auth == "required" and not users:
-        raise ConfigError(table.path, table.key("auth"), "no [users.NAME] defined (add them with `mta-lite passwd NAME`)")
-    return tls, auth
+def user_name(table: Table) -> None:
+    if not USER_NAME.match(table.name):
+        raise ConfigError(table.path, table.prefix, "a user name is letters, digits and . _ @ + - "
+                          "(at most 64, starting with a letter or digit)")
 
 
-# ---------------------------------------------------------------- shown back as TOML
-
-def rewrite_dict(rewrite: RewriteConfig) -> dict[str, Any]:
-    return {"local_sender": str(rewrite.local_sender or ""),
-            "senders": {key: str(identity) for key, identity in rewrite.senders.items()},
-            "clients": {str(net): str(identity) for net, identity in rewrite.clients}}
+def _password_hash(table: Table, name: str, value: str) -> str:
+    if parse_hash(value) is None:
+        raise table.error(name, f"not a hash written by `mta-lite passwd {table.name}` (or its cost is out of bounds)")
+    return value
 
 
-def users_dict(users: dict[str, User], hashes: bool) -> dict[str, Any]:
-    return {user.name: {"password_hash": user.password_hash if hashes else MASK,
-                        "senders": sorted(user.senders)} for user in users.values()}
+def _patterns(table: Table, name: str, values: list) -> frozenset:
+    if not values:
+        raise table.error(name, "list the addresses this user may send as")
+    return frozenset(pattern(table, f"{table.key(name)}[{i}]", v) for i, v in enumerate(values))
 
 
-def listen_extra(item: Listen) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if item.tls != "starttls":
-        out["tls"] = item.tls
-    if item.auth != "none":
-        out["auth"] = item.auth
-    return out
+def listen_modes(table: Table) -> None:
+    """tls and auth of one [[listen]] entry, checked together once both are read: both need a
+    certificate, auth needs [users]."""
+    for name, allowed in (("tls", LISTEN_TLS_MODES), ("auth", LISTEN_AUTH_MODES)):
+        if table.got[name] not in allowed:
+            raise table.error(name, f"expected one of {', '.join(allowed)}, got {table.got[name]!r}")
+    tls, auth = table.got["tls"], table.got["auth"]
+    if (tls == "implicit" or auth == "required") and not table.got["tls_cert"]:
+        raise table.error("tls" if tls == "implicit" else "auth",
+                          "needs tls_cert and tls_key (AUTH is offered under TLS only)")
+    if auth == "required" and not table.top.got["users"]:
+        raise table.error("auth", "no [users.NAME] defined (add them with `mta-lite passwd NAME`)")
+
+
+def both_or_neither(table: Table, name: str, value: str) -> None:
+    """tls_key, once read: a listener has both tls_cert and tls_key, or neither."""
+    if bool(table.got["tls_cert"]) != bool(value):
+        raise table.error("tls_cert", "give both tls_cert and tls_key, or neither")
+
+
+def relay_credentials(table: Table) -> None:
+    if table.secrets:
+        _credentials(table, table.got["tls"], table.got["username"], table.got["password"])
+
+
+def sender_credentials(table: Table) -> None:
+    if table.secrets:
+        relay = table.top.got["relays"][table.got["relay"]]
+        _credentials(table, relay.tls, table.got["username"], table.got["password"])
+
+
+def _credentials(table: Table, tls: str, username: str, password: Secret | None) -> None:
+    if username and tls == "none":
+        raise table.error("username", 'AUTH outside TLS is refused: set tls = "starttls" or "implicit"')
+    if username and password is None:
+        raise table.error("password", "username given without password or password_file")
+    if password is not None and not username:
+        raise table.error("username", "password given without username")
+
+
+def listed_once(table: Table, name: str, value: str) -> None:
+    """A [[senders]] address appears in one entry only."""
+    if value in {rule.address for rule in table.before}:
+        raise table.error(name, f"{value} is listed twice")
+
+
+def _show_hash(value: str, mode: Mode) -> str:
+    return value if mode.hashes else MASK
+
+
+SENDER_ADDRESS = Kind(str, lambda table, name, value: address(table, name, value, allow_domain=True))
+CLIENTS = Kind(list, _clients, show_networks)
+PASSWORD_HASH = Kind(str, _password_hash, _show_hash)
+SENDER_PATTERNS = Kind(list, _patterns, lambda value, mode: sorted(value))
+LOCAL_SENDER = Kind(str, show=lambda value, mode: str(value or ""))
+REWRITE_SENDERS = Kind(dict, _rewrite_senders,
+                       lambda value, mode: {key: str(found) for key, found in value.items()})
+REWRITE_CLIENTS = Kind(dict, _rewrite_clients,
+                       lambda value, mode: {str(net): str(found) for net, found in value})
