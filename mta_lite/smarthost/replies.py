@@ -30,7 +30,7 @@ import socket
 import ssl
 from typing import NamedTuple
 
-from mta_lite.config.schema import MASK
+from mta_lite.config.values import mask
 from mta_lite.reply import Reply
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT
 
@@ -68,18 +68,12 @@ DATA = Step("sending message content -- message may be sent more than once", "in
 
 def clean_text(text: str, secrets: tuple[str, ...] = ()) -> str:
     """A server's text made safe to record: one line, printable, capped, secrets masked."""
-    text = _mask(text, secrets)
+    text = mask(text, secrets)
     text = text.encode("utf-8", "replace").decode("utf-8")    # lone surrogates -> "?"
     text = CONTROL_CHARS.sub("?", _WHITESPACE.sub(" ", text)).strip()
-    text = _mask(text, secrets)
+    text = mask(text, secrets)
     if len(text) > MAX_SERVER_TEXT_CHARS:
         text = text[:MAX_SERVER_TEXT_CHARS] + "..."
-    return text
-
-
-def _mask(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, MASK)
     return text
 
 
