@@ -26,30 +26,31 @@ EX_OK, EX_USAGE, EX_UNAVAILABLE = 0, 64, 69
 CHECK_STEP_TIMEOUT_S = 20.0
 
 
+# What a failed step means and what to change: (step, words its reply contains, "" for any,
+# the hint: {text} is the reply's text, {user} the login). The first that fits is used.
+HINTS = (
+    ("TLS", "does not offer STARTTLS", '{text} — use tls = "implicit" for port 465, or a port that offers STARTTLS'),
+    ("TLS", "cannot load CA file", "{text} — fix ca_file"),
+    ("TLS", "", '{text} — check tls ("starttls" for port 587, "implicit" for 465) and port'),
+    ("DNS", "", "{text} — check host"),
+    ("TCP", "", "{text} — check host, port and any firewall in between"),
+    ("AUTH", "without TLS", '{text} — set tls = "starttls" or "implicit"'),
+    ("AUTH", "authentication failed", "login refused for {user}: {text} — check username and password"),
+    ("AUTH", "", "{text}"),
+)
+
+
 def advice(step: str, reply: Reply, route: Route) -> str:
     """What the failure means and what to change, for the person running the test."""
     text = reply.text
     if step == "TLS" and "certificate not verified" in text:
         reason = text.rsplit(": ", 1)[-1]
-        if "mismatch" in reason.lower():
-            return f"certificate verify failed: {reason} — set host to a name the certificate is for"
-        return f"certificate verify failed: {reason} — set ca_file or fix the server"
-    if step == "TLS" and "does not offer STARTTLS" in text:
-        return f'{text} — use tls = "implicit" for port 465, or a port that offers STARTTLS'
-    if step == "TLS" and "cannot load CA file" in text:
-        return f"{text} — fix ca_file"
-    if step == "TLS":
-        return f"{text} — check tls (\"starttls\" for port 587, \"implicit\" for 465) and port"
-    if step == "DNS":
-        return f"{text} — check host"
-    if step == "TCP":
-        return f"{text} — check host, port and any firewall in between"
-    if step == "AUTH" and "without TLS" in text:
-        return f'{text} — set tls = "starttls" or "implicit"'
-    if step == "AUTH" and "authentication failed" in text:
-        return f"login refused for {route.username}: {text} — check username and password"
-    if step == "AUTH":
-        return text
+        fix = "set host to a name the certificate is for" if "mismatch" in reason.lower() else \
+            "set ca_file or fix the server"
+        return f"certificate verify failed: {reason} — {fix}"
+    for hint_step, words, hint in HINTS:
+        if step == hint_step and words in text:
+            return hint.format(text=text, user=route.username)
     return f"{reply} — the smarthost does not let us in"
 
 
