@@ -4,11 +4,12 @@
     listing = list_root(runner, "/dev/sda1")             # Listing(label, entries, ...)
     data = read_file(runner, "/dev/sda1", "mta-lite.toml", entry.size)
     write_file(runner, "/dev/sda1", "RESULT.TXT", b"OK ...\\r\\n")
+    clusters(runner, "/dev/sda1", "mta-lite.toml")       # [53, 54, ...]: where its bytes are
     parse_mdir(text)                                     # pure: what `mdir -a -f` printed
 
-The kernel never parses the stick's file system: mtools (mdir, mcopy) reads the block device
-as a plain file in a child process, run without a shell, with a fixed argument list and a
-fixed environment (MTOOLS_ENV: no ~/.mtoolsrc, a fixed date format, long names on).
+The kernel never parses the stick's file system: mtools (mdir, mcopy, mshowfat) reads the
+block device as a plain file in a child process, run without a shell, with a fixed argument
+list and a fixed environment (MTOOLS_ENV: no ~/.mtoolsrc, a fixed date format, long names on).
 A runner is any callable `runner(argv, limit_bytes, stdin) -> Completed`; MtoolsRunner is the
 real one (board/command.py runs the child), tests wrap it to inject faults.
 
@@ -42,6 +43,9 @@ MTOOLS_TIMEOUT_S = 30.0
 MAX_LISTING_BYTES = 64 * 1024
 # Only the first line of an mtools error goes into the log.
 MAX_STDERR_BYTES = 4096
+# A file we rewrite is at most 64 KiB (a config) or a few hundred KiB (a report): even with
+# 512-byte clusters that is a few hundred clusters. A longer chain is a damaged FAT.
+MAX_CHAIN_CLUSTERS = 4096
 # Shown stick strings (labels, mtools errors, names) are cut at this many characters.
 MAX_SHOWN_CHARS = 200
 ROOT = "::/"
@@ -170,6 +174,30 @@ def write_file(runner: Runner, device: str, name: str, data: bytes) -> None:
         raise StickWriteError(str(exc)) from None
 
 
+def clusters(runner: Runner, device: str, name: str) -> list[int]:
+    """The clusters of the top-folder file `name`, in order (`mshowfat`); StickReadError if
+    mtools fails or the chain is longer than MAX_CHAIN_CLUSTERS (a damaged or crafted FAT)."""
+    done = runner(["mshowfat", "-i", _image(device), ROOT + name], MAX_LISTING_BYTES, b"")
+    _check(done, "mshowfat")
+    return parse_chain(done.stdout.decode("ascii", "replace"))
+
+
+def parse_chain(text: str) -> list[int]:
+    """`::/name <53-68><70>` -> [53, ..., 68, 70]; StickReadError if it is not that."""
+    runs = _CHAIN.findall(text)
+    if not runs and "empty file" in text:
+        return []
+    if not runs:
+        raise StickReadError(f"mshowfat printed no cluster chain: {shown(text.strip(), 80)!r}")
+    found: list[int] = []
+    for first, last in runs:
+        first_n, last_n = int(first), int(last or first)
+        if last_n < first_n or len(found) + last_n - first_n + 1 > MAX_CHAIN_CLUSTERS:
+            raise StickReadError("the file's cluster chain is longer than the file (a damaged file system?)")
+        found.extend(range(first_n, last_n + 1))
+    return found
+
+
 def _image(device: str) -> str:
     # mtools reads "FILE@@OFFSET" as "FILE from byte OFFSET": a device path never has it.
     if "@@" in device:
@@ -202,6 +230,7 @@ _VOLUME = re.compile(r" Volume in drive .(?: is (?P<label>.*)| has no label)")
 _ABBREVIATED = re.compile(r"(?P<long>.*) \(abbr=.*\)")
 _SUMMARY = re.compile(r" +[0-9]+ files? +[0-9 ]+ bytes|No files")
 _HEADER = "Directory for " + ROOT
+_CHAIN = re.compile(r"<([0-9]{1,10})(?:-([0-9]{1,10}))?>")
 
 
 def parse_label(line: str) -> str | None:
