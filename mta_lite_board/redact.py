@@ -20,6 +20,7 @@ Must never: log, return or keep a secret in anything but its own list of forms.
 from __future__ import annotations
 
 import base64
+import re
 import tomllib
 from typing import Any, Iterable
 
@@ -35,6 +36,7 @@ SECRET_SUFFIXES = ("_password", "_token", "_secret")
 # A base64 fragment shorter than this is too common to mask without mangling innocent text
 # (and carries too little of a secret to matter).
 MIN_B64_FRAGMENT = 12
+_BASE64_WORD = re.compile(r"[A-Za-z0-9+/]+=*")
 # The relay's messages use a few typographic characters; a serial terminal shows them as ASCII.
 _TO_ASCII = str.maketrans({"\u2014": "--", "\u2013": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"',
                            "\u201d": '"', "\u2026": "...", "\u00a0": " ", "\u2192": "->"})
@@ -89,6 +91,10 @@ class Redactor:
             if secret:
                 forms |= secret_forms(secret)
         self._forms = sorted(forms, key=len, reverse=True)
+        # A base64 form masks the whole base64 word around it: the characters at its edges
+        # carry bits of the secret's first and last bytes.
+        self._words = [re.compile(f"[A-Za-z0-9+/]*{re.escape(form)}[A-Za-z0-9+/]*=*") for form in self._forms
+                       if _BASE64_WORD.fullmatch(form)]
         self.complete = complete        # False: the config's secrets could not all be read
 
     def __repr__(self) -> str:
@@ -118,6 +124,8 @@ class Redactor:
         return cls(secrets, complete)
 
     def mask(self, text: str) -> str:
+        for word in self._words:
+            text = word.sub(MASK, text)
         for form in self._forms:
             if form in text:
                 text = text.replace(form, MASK)

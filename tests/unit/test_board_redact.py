@@ -66,3 +66,8 @@ def test_for_config_broken_config_is_incomplete_not_an_error(tmp_path):
     config = tmp_path / "mta-lite.toml"
     config.write_text("hostname = \n")
     assert not Redactor.for_config(str(config)).complete
+
+
+def test_mask_takes_the_whole_base64_word_whose_edges_carry_bits_of_the_secret():
+    blob = base64.b64encode(b"\0office@isp.example\0" + PASSWORD.encode()).decode()
+    assert Redactor({PASSWORD}).mask(f"535 {blob} (AUTH)") == "535 ******** (AUTH)"
