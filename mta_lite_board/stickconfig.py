@@ -107,6 +107,8 @@ class StickConfig:
                 raise ConfigError(self.source, dotted(path), f'"{MASK}" keeps the secret the box has here, '
                                   "but the box has none for this key: write the secret itself")
         expected = _filled(self.config, lookup)
+        if PROVISION not in self.data and not self.placeholders():
+            return self.text            # nothing to change: the file is installed as it was given
         text = self._edit(self.text, lambda text: remove_statements(text, lambda path: path[:1] == (PROVISION,)),
                           {k: v for k, v in self.data.items() if k != PROVISION})
         values = {path: toml_string(lookup(path)) for path in self.placeholders()}
