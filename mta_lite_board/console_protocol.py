@@ -4,6 +4,7 @@
     proto.greeting()        the lines to send when the port opens
     proto.feed(data)        bytes as they arrive (any chunking) -> response lines
     proto.tick()            call about once a second: drops a stalled upload
+    proto.stream = send     optional: lines a slow command has ready go out at once
 
 115200 8N1, ASCII, one command per line; CR, LF or CRLF ends a line; keywords are
 case-insensitive. Every reply ends with one line `OK ...` or `ERR ...`; data lines before it
@@ -12,6 +13,11 @@ start with `| `. Commands:
     HELLO                     OK mta-lite console 1  (also sent when the port opens; drops an upload)
     HELP                      | the commands; OK
     STATUS                    | mta_lite.status lines; OK
+    QUEUE                     | counts, the oldest messages and why each waits; OK N messages
+    LOG [N]                   | the last N log lines (default 20, at most 200), secrets masked; OK
+    TEST RELAY <name>         | each step of `relay test`, as it happens; OK ... passed | ERR ... failed
+    FLUSH                     OK flush: N messages  (deferred mail is tried again now)
+    REPORT [JSON]             | the diagnostics report (board/report.py) as text, or the same as JSON; OK
     CONFIG SHOW               | the effective config as TOML, secrets masked; OK
     CONFIG GENERATIONS        | one line per kept generation, newest first; OK
     CONFIG BEGIN <size>       OK send <size> bytes as base64 lines
@@ -25,14 +31,22 @@ is printable ASCII ended by CRLF. An upload is installed only after its size and
 match what the sender declared, and then only through configgen (C1), which changes nothing
 unless the config validates. A line other than DATA, CONFIG COMMIT, CONFIG ABORT or HELLO
 during an upload drops the upload; so does UPLOAD_IDLE_S without a line.
+Slow commands (QUEUE, LOG, TEST RELAY, FLUSH, REPORT) ask the relay through its command line
+(board/relaycli.py); the I/O edge runs the protocol off the event loop (board/console.py), and
+TEST RELAY hands each step to `stream` as it comes. A relay is tested at most once per
+RELAY_TEST_INTERVAL_S and a report made at most once per REPORT_INTERVAL_S, so that the
+console cannot make the box hammer a smarthost with logins; REPORT JSON sends the report
+REPORT made in this session (or makes one).
 Noise: a line that is too long, holds a control or non-ASCII byte, or names no command is
 answered `ERR ...`, but of consecutive such lines at most one per NOISE_ERR_INTERVAL_S is
 answered, so that line noise cannot make the box talk without end. Any other reply resets
 this; HELLO is always answered.
 SECURITY: every byte is untrusted (GUARANTEES C3): lines are capped at MAX_LINE_BYTES, an
-upload at its declared size (at most configgen.MAX_CONFIG_BYTES), and no input makes feed()
-raise. A reply never includes the line it answers, and never a secret: CONFIG SHOW masks
-passwords, and configgen's errors never show one (S3).
+upload at its declared size (at most configgen.MAX_CONFIG_BYTES), arguments to fixed forms
+(a relay name must be one the config has, a count a number in range), and no input makes
+feed() raise. A reply never includes the line it answers, and never a secret: CONFIG SHOW
+masks passwords, configgen's errors never show one, and every line from the relay or its log
+comes through the actions already masked (board/redact.py) (S3).
 Must never: do I/O itself (files go through the injected ConsoleActions), echo input, or let
 an exception out of feed() or tick().
 """
@@ -51,6 +65,10 @@ from typing import Callable, Protocol
 from mta_lite.config.generations import MAX_CONFIG_BYTES, ApplyResult, Generation
 from mta_lite.errors import ConfigError
 
+from mta_lite_board.logsource import LogTail, LogUnavailableError
+from mta_lite_board.relaycli import RelayCliError, RelayTest
+from mta_lite_board.report import Report
+
 PROTOCOL_VERSION = 1
 GREETING = f"OK mta-lite console {PROTOCOL_VERSION}"
 # A command is a few dozen bytes; a DATA line is "DATA " + DATA_CHUNK_BYTES of base64 (768
@@ -65,25 +83,43 @@ UPLOAD_IDLE_S = 60.0
 # that the link is bad, and keeps the box from flooding a slow line with replies.
 NOISE_ERR_INTERVAL_S = 1.0
 UPLOAD_SOURCE = "console upload"
+# LOG without N shows a screenful; more than 200 lines is ~40 KiB, 3.5 s at 115200 baud, and a
+# report (REPORT, or a stick's EXPORT) is the way to take 500 away.
+LOG_DEFAULT_LINES = 20
+MAX_LOG_LINES = 200
+# A smarthost may lock an account that logs in too often (S5 is our side of the same care).
+RELAY_TEST_INTERVAL_S = 10.0
+REPORT_INTERVAL_S = 30.0
 
 _EOL = re.compile(rb"[\r\n]")
 _PRINTABLE = re.compile(rb"[ -~]*")
 _SIZE = re.compile(r"[0-9]{1,9}")
 _GENERATION = re.compile(r"[0-9]{1,6}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-COMMANDS = ("HELLO", "HELP", "STATUS", "CONFIG SHOW", "CONFIG GENERATIONS", "CONFIG BEGIN", "DATA",
-            "CONFIG COMMIT", "CONFIG ABORT", "CONFIG ROLLBACK")
+_COUNT = re.compile(r"[0-9]{1,4}")
+# Relay names are TOML keys; one a person can type on the console is a bare key.
+_RELAY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+COMMANDS = ("HELLO", "HELP", "STATUS", "QUEUE", "LOG", "TEST RELAY", "FLUSH", "REPORT", "CONFIG SHOW",
+            "CONFIG GENERATIONS", "CONFIG BEGIN", "DATA", "CONFIG COMMIT", "CONFIG ABORT", "CONFIG ROLLBACK")
 HELP = (
+    "Type a command and press Enter; every answer ends with a line OK ... or ERR ...",
     "HELLO                     check the link (drops an upload)",
     "HELP                      this list",
-    "STATUS                    queue and relay status",
-    "CONFIG SHOW               the config in use, secrets masked",
+    "STATUS                    is the relay running, is mail waiting, are the accounts ok",
+    "QUEUE                     mail waiting, and why the oldest messages wait",
+    f"LOG [N]                   the last N log lines (default {LOG_DEFAULT_LINES}, at most {MAX_LOG_LINES}), "
+    "passwords masked",
+    "TEST RELAY <name>         log in to that smarthost without sending mail, step by step",
+    "FLUSH                     try deferred mail again now",
+    "REPORT [JSON]             everything a helper needs (as the stick's EXPORT), as text or JSON",
+    "CONFIG SHOW               the config in use, passwords masked",
     "CONFIG GENERATIONS        kept config generations, newest first",
+    "CONFIG ROLLBACK [N]       install generation N (default: the one before)",
+    "Uploads (mta-lite-provision apply FILE does these for you):",
     f"CONFIG BEGIN <size>       upload a config of <size> bytes (1..{MAX_CONFIG_BYTES})",
     f"DATA <base64>             one part of the upload (lines up to {MAX_LINE_BYTES} bytes)",
     "CONFIG COMMIT <sha256>    check the upload's size and SHA-256, validate, install",
     "CONFIG ABORT              drop the upload",
-    "CONFIG ROLLBACK [N]       install generation N (default: the one before)",
 )
 
 
@@ -95,6 +131,13 @@ class ConsoleActions(Protocol):
     def generations(self) -> list[Generation]: ...
     def apply(self, data: bytes, source: str) -> ApplyResult: ...
     def rollback(self, number: int | None) -> ApplyResult: ...
+    # The slow ones: every line they return or hand to on_line is masked already.
+    def relay_names(self) -> list[str]: ...
+    def relay_test(self, name: str, on_line: Callable[[str], None]) -> RelayTest: ...
+    def log(self, count: int) -> LogTail: ...
+    def queue(self) -> list[str]: ...
+    def flush(self) -> str: ...
+    def report(self) -> Report: ...
 
 
 @dataclass
@@ -129,20 +172,31 @@ class ConsoleProtocol:
         self._too_long = False
         self._upload: _Upload | None = None
         self._noise_at: float | None = None     # when the last reply, a noise ERR, went out
+        self._out: list[bytes] = []             # reply lines of the current feed()
+        self._last_run: dict[str, float] = {}   # rate-limited command -> when it last ran
+        self._report: Report | None = None
+        self.stream: Callable[[list[bytes]], None] | None = None
 
     def greeting(self) -> list[bytes]:
         return [ascii_line(GREETING)]
 
     def feed(self, data: bytes) -> list[bytes]:
         # CR, LF and CRLF all end a line: the LF of a CRLF ends an empty line, which is ignored.
-        out: list[bytes] = []
         pos = 0
         while (match := _EOL.search(data, pos)) is not None:
             self._take(data[pos:match.start()])
             pos = match.end()
-            out += [ascii_line(text) for text in self._end_line()]
+            self._emit(self._end_line())
         self._take(data[pos:])
+        out, self._out = self._out, []
         return out
+
+    def _emit(self, texts: list[str]) -> None:
+        """Reply lines, in order: with a stream, out at once (with any that wait before them)."""
+        self._out += [ascii_line(text) for text in texts]
+        if self.stream is not None and self._out:
+            lines, self._out = self._out, []
+            self.stream(lines)
 
     def tick(self) -> list[bytes]:
         if self._upload is None or self._clock() - self._upload.last_s < UPLOAD_IDLE_S:
@@ -201,6 +255,8 @@ class ConsoleProtocol:
         except ConfigError as exc:
             self._log(f"console: {verb}: {exc}")
             return [f"ERR {exc}"]
+        except (RelayCliError, LogUnavailableError) as exc:
+            return [f"ERR {verb}: {exc}"]
         except OSError as exc:
             self._log(f"console: {verb}: {exc.strerror or type(exc).__name__}")
             return [f"ERR {verb}: {exc.strerror or type(exc).__name__}"]
@@ -284,6 +340,61 @@ class ConsoleProtocol:
         number = int(args[0]) if args else None
         return self._installed(self._actions.rollback(number), "rollback")
 
+    def cmd_QUEUE(self, args: list[str], now: float) -> list[str]:
+        if args:
+            return ["ERR usage: QUEUE"]
+        return [f"| {line}" for line in self._actions.queue()] + ["OK"]
+
+    def cmd_LOG(self, args: list[str], now: float) -> list[str]:
+        if len(args) > 1 or args and not _COUNT.fullmatch(args[0]):
+            return ["ERR usage: LOG [N]"]
+        count = int(args[0]) if args else LOG_DEFAULT_LINES
+        if not 1 <= count <= MAX_LOG_LINES:
+            return [f"ERR N must be 1 to {MAX_LOG_LINES} (REPORT has the last 500)"]
+        tail = self._actions.log(count)
+        return [f"| {line}" for line in tail.lines] + [f"OK {len(tail.lines)} lines from {tail.source}"]
+
+    def cmd_TEST_RELAY(self, args: list[str], now: float) -> list[str]:
+        if len(args) != 1 or not _RELAY_NAME.fullmatch(args[0]):
+            return ["ERR usage: TEST RELAY <name> (CONFIG SHOW lists the [relays.NAME])"]
+        names = self._actions.relay_names()
+        if args[0] not in names:
+            return [f"ERR no relay of that name; the config has: {', '.join(names) or 'none'}"]
+        name = args[0]
+        wait = self._too_soon(f"TEST RELAY {name}", now, RELAY_TEST_INTERVAL_S)
+        if wait:
+            return [f"ERR wait {wait} s before testing {name} again (a smarthost may lock an account "
+                    "that logs in too often)"]
+        result = self._actions.relay_test(name, lambda line: self._emit([f"| {line}"]))
+        if result.problem:
+            return [f"ERR relay test of {name} did not finish: {result.problem}"]
+        return [f"OK relay test of {name} passed" if result.ok else f"ERR relay test of {name} failed"]
+
+    def cmd_FLUSH(self, args: list[str], now: float) -> list[str]:
+        if args:
+            return ["ERR usage: FLUSH"]
+        return [f"OK {self._actions.flush()} (deferred mail is tried again now)"]
+
+    def cmd_REPORT(self, args: list[str], now: float) -> list[str]:
+        if len(args) > 1 or args and args[0].upper() != "JSON":
+            return ["ERR usage: REPORT [JSON]"]
+        if not args or self._report is None:
+            wait = self._too_soon("REPORT", now, REPORT_INTERVAL_S)
+            if wait:
+                return [f"ERR wait {wait} s: a report was made just now (REPORT JSON sends it again)"]
+            self._report = self._actions.report()
+        text = self._report.json if args else self._report.text
+        lines = text.splitlines()
+        return [f"| {line}" for line in lines] + [f"OK report: {len(lines)} lines"]
+
+    def _too_soon(self, key: str, now: float, interval_s: float) -> int:
+        """Seconds to wait before `key` may run again (0: now, and it counts as run)."""
+        last = self._last_run.get(key)
+        if last is not None and now - last < interval_s:
+            return max(1, round(interval_s - (now - last)))
+        self._last_run[key] = now
+        return 0
+
     def _corrupted(self, problem: str) -> list[str]:
         self._log(f"console: upload rejected: {problem}")
         return [f"ERR upload corrupted: {problem}; nothing changed"]
@@ -297,8 +408,8 @@ class ConsoleProtocol:
 
 def _verb(words: list[str]) -> tuple[str, list[str]]:
     first = words[0].upper()
-    if first == "CONFIG" and len(words) > 1:
-        return f"CONFIG {words[1].upper()}", words[2:]
+    if first in ("CONFIG", "TEST") and len(words) > 1:
+        return f"{first} {words[1].upper()}", words[2:]
     return first, words[1:]
 
 

@@ -1,11 +1,14 @@
 """daemon — mta-lite-board: the box's hardware side as one process of asyncio tasks.
 
     mta-lite-board [--config FILE] [--serial DEVICE] [--spool DIR] [--no-leds]
+                   [--log-file FILE] [--relay-command CMD]
 
 --config defaults to $MTA_LITE_CONFIG, else /etc/mta-lite/mta-lite.toml; --spool to the
 config's spool_dir (read without secrets, each time it is needed). With --serial the serial
 console (board.console) runs on DEVICE; the status LEDs (board.leds) show the status file
-of the spool unless --no-leds (no GPIO: no LEDs, one log line). Each board part is a named task factory given to
+of the spool unless --no-leds (no GPIO: no LEDs, one log line). The console's LOG and REPORT
+read the journal, or --log-file; its QUEUE, TEST RELAY, FLUSH and REPORT run the relay's
+command line, this Python's `-m mta_lite.cli` or --relay-command (board/relaycli.py). Each board part is a named task factory given to
 run(); a part that fails is logged and restarted with backoff, the others go on; one that
 returns is done (LEDs on a board without GPIO). SIGTERM or SIGINT stops every part and the
 process exits 0.
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import sys
 from typing import Awaitable, Callable, Sequence
@@ -39,6 +43,8 @@ from mta_lite.status import read_status
 from mta_lite_board.console import FileActions, SerialConsole
 from mta_lite_board.leds import serve_leds
 from mta_lite_board.console_protocol import ConsoleProtocol, error_location
+from mta_lite_board.logsource import default_source
+from mta_lite_board.relaycli import DEFAULT_COMMAND, RelayCli
 
 # A part that keeps failing is restarted at most this often: a bug must not become a busy loop.
 RESTART_MIN_S = 1.0
@@ -86,13 +92,15 @@ async def _supervised(name: str, factory: Callable[[], Awaitable[None]]) -> None
         return
 
 
-def console_part(config_path: str, device: str, spool_dir: str | None) -> Part:
-    actions = FileActions(config_path, spool_dir)
+def console_part(config_path: str, device: str, spool_dir: str | None, log_file: str | None = None,
+                 relay_command: tuple[str, ...] = DEFAULT_COMMAND) -> Part:
+    relay = RelayCli(config_path, relay_command)
+    actions = FileActions(config_path, spool_dir, relay, default_source(log_file, relay.children))
 
     def protocol() -> ConsoleProtocol:
         return ConsoleProtocol(actions, log=log.info)
 
-    return "console", SerialConsole(device, protocol).run
+    return "console", SerialConsole(device, protocol, children=actions.children).run
 
 
 def leds_part(spool_dir: str) -> Part:
@@ -108,6 +116,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--serial", metavar="DEVICE", help="run the serial console on DEVICE (e.g. /dev/ttyS0)")
     parser.add_argument("--spool", metavar="DIR", help="the relay's spool (default: spool_dir of the config)")
     parser.add_argument("--no-leds", action="store_true", help="leave the GPIO pins alone")
+    parser.add_argument("--log-file", metavar="FILE", help="LOG and REPORT read this file, not the journal")
+    parser.add_argument("--relay-command", metavar="CMD",
+                        help="the relay's command line for QUEUE, TEST RELAY, FLUSH and REPORT "
+                             "(default: this Python's -m mta_lite.cli)")
     return parser.parse_args(argv)
 
 
@@ -123,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("config: %s; the console still accepts a new one", problem)
     parts: list[Part] = []
     if args.serial:
-        parts.append(console_part(args.config, args.serial, args.spool))
+        command = tuple(shlex.split(args.relay_command)) if args.relay_command else DEFAULT_COMMAND
+        parts.append(console_part(args.config, args.serial, args.spool, args.log_file, command))
     else:
         log.info("no --serial DEVICE: the console is off")
     spool_dir = args.spool or (cfg.spool_dir if cfg else None)

@@ -4,13 +4,14 @@
     listing = list_root(runner, "/dev/sda1")             # Listing(label, entries, ...)
     data = read_file(runner, "/dev/sda1", "mta-lite.toml", entry.size)
     write_file(runner, "/dev/sda1", "RESULT.TXT", b"OK ...\\r\\n")
+    clusters(runner, "/dev/sda1", "mta-lite.toml")       # [53, 54, ...]: where its bytes are
     parse_mdir(text)                                     # pure: what `mdir -a -f` printed
 
-The kernel never parses the stick's file system: mtools (mdir, mcopy) reads the block device
-as a plain file in a child process, run without a shell, with a fixed argument list and a
-fixed environment (MTOOLS_ENV: no ~/.mtoolsrc, a fixed date format, long names on).
+The kernel never parses the stick's file system: mtools (mdir, mcopy, mshowfat) reads the
+block device as a plain file in a child process, run without a shell, with a fixed argument
+list and a fixed environment (MTOOLS_ENV: no ~/.mtoolsrc, a fixed date format, long names on).
 A runner is any callable `runner(argv, limit_bytes, stdin) -> Completed`; MtoolsRunner is the
-real one, tests wrap it to inject faults.
+real one (board/command.py runs the child), tests wrap it to inject faults.
 
 Guarantees: no command outlives its timeout (it is killed with SIGKILL, with its process
 group: mtools ignores SIGTERM while blocked in open()); no more than `limit_bytes` of its
@@ -24,31 +25,27 @@ Must never: mount anything, run a shell, read without a bound, or wait without a
 
 from __future__ import annotations
 
-import os
 import re
-import selectors
-import signal
-import subprocess
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from mta_lite.errors import MtaLiteError
 
+from mta_lite_board.command import CommandError, run_command
+
 # A stick that is there answers within a second; a slow one spins up in a few. Long enough
 # for a 64 KiB read from the slowest stick, short enough that a hung device (or a path that
 # is a FIFO) does not keep the provisioning unit waiting: systemd's own limit is 3 minutes.
 MTOOLS_TIMEOUT_S = 30.0
-# After SIGKILL a process stuck in the kernel (a USB device that stopped answering) may not
-# die at once; we stop waiting for it after this long and leave it to systemd's cgroup kill.
-KILL_WAIT_S = 5.0
 # The top folder of a FAT12/16 stick holds at most 512 entries, about 30 KiB of listing even
 # with long names; FAT32's top folder has no such limit. Anything longer is not a provisioning
 # stick we can trust to list completely.
 MAX_LISTING_BYTES = 64 * 1024
 # Only the first line of an mtools error goes into the log.
 MAX_STDERR_BYTES = 4096
-READ_CHUNK_BYTES = 16 * 1024
+# A file we rewrite is at most 64 KiB (a config) or a few hundred KiB (a report): even with
+# 512-byte clusters that is a few hundred clusters. A longer chain is a damaged FAT.
+MAX_CHAIN_CLUSTERS = 4096
 # Shown stick strings (labels, mtools errors, names) are cut at this many characters.
 MAX_SHOWN_CHARS = 200
 ROOT = "::/"
@@ -130,85 +127,15 @@ class MtoolsRunner:
         self.timeout_s = timeout_s
 
     def __call__(self, argv: Sequence[str], limit_bytes: int, stdin: bytes = b"") -> Completed:
-        deadline = time.monotonic() + self.timeout_s
         try:
-            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=MTOOLS_ENV, start_new_session=True)
-        except OSError as exc:
-            raise StickReadError(f"cannot run {argv[0]}: {exc.strerror}") from None
-        try:
-            _feed(proc, stdin)
-            out, err, ended = _drain(proc, max(1, limit_bytes), deadline)
-            if ended != "eof":
-                _kill(proc)
-            returncode = _wait(proc, deadline) if ended != "deadline" else None
-        finally:
-            _kill(proc)
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                pipe.close()
-        if returncode is None:
+            done = run_command(argv, timeout_s=self.timeout_s, limit_bytes=max(1, limit_bytes), stdin=stdin,
+                               env=MTOOLS_ENV, max_stderr=MAX_STDERR_BYTES)
+        except CommandError as exc:
+            raise StickReadError(str(exc)) from None
+        if done.timed_out:
             raise StickTimeoutError(f"{argv[0]} did not finish within {self.timeout_s:g} s and was killed "
                                     "(a hung or pulled stick)")
-        return Completed(returncode, out, err, ended == "overflow")
-
-
-def _feed(proc: subprocess.Popen, data: bytes) -> None:
-    # Only RESULT.TXT is ever fed, a few hundred bytes: less than a pipe buffer, so this
-    # write cannot block even if the child never reads.
-    try:
-        if data:
-            proc.stdin.write(data)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass                # the child is gone; its exit status says why
-
-
-def _drain(proc: subprocess.Popen, limit_bytes: int, deadline: float) -> tuple[bytes, bytes, str]:
-    """Read stdout up to limit_bytes and stderr up to MAX_STDERR_BYTES until both end ("eof"),
-    the limit is reached ("overflow") or the deadline passes ("deadline")."""
-    out, err = bytearray(), bytearray()
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ, out)
-        selector.register(proc.stderr, selectors.EVENT_READ, err)
-        while selector.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return bytes(out), bytes(err), "deadline"
-            for key, _ in selector.select(remaining):
-                want = limit_bytes - len(out) if key.data is out else READ_CHUNK_BYTES
-                chunk = os.read(key.fd, min(READ_CHUNK_BYTES, want))
-                if not chunk:
-                    selector.unregister(key.fileobj)
-                elif key.data is out:
-                    out += chunk
-                    if len(out) >= limit_bytes:
-                        return bytes(out), bytes(err), "overflow"
-                else:       # keep draining stderr so the child never blocks on it
-                    err += chunk[:MAX_STDERR_BYTES - len(err)]
-    return bytes(out), bytes(err), "eof"
-
-
-def _wait(proc: subprocess.Popen, deadline: float) -> int | None:
-    try:
-        return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        return None
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL to the child's whole process group (a child that exited may have left a process
-    holding the pipes). Only while the child is unreaped, alive or a zombie: its pid, and so
-    its process group id, cannot have been reused by then."""
-    if proc.returncode is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=KILL_WAIT_S)
-    except subprocess.TimeoutExpired:
-        pass
+        return Completed(done.returncode, done.stdout, done.stderr, done.overflow)
 
 
 # ------------------------------------------------------------------ commands
@@ -247,6 +174,30 @@ def write_file(runner: Runner, device: str, name: str, data: bytes) -> None:
         raise StickWriteError(str(exc)) from None
 
 
+def clusters(runner: Runner, device: str, name: str) -> list[int]:
+    """The clusters of the top-folder file `name`, in order (`mshowfat`); StickReadError if
+    mtools fails or the chain is longer than MAX_CHAIN_CLUSTERS (a damaged or crafted FAT)."""
+    done = runner(["mshowfat", "-i", _image(device), ROOT + name], MAX_LISTING_BYTES, b"")
+    _check(done, "mshowfat")
+    return parse_chain(done.stdout.decode("ascii", "replace"))
+
+
+def parse_chain(text: str) -> list[int]:
+    """`::/name <53-68><70>` -> [53, ..., 68, 70]; StickReadError if it is not that."""
+    runs = _CHAIN.findall(text)
+    if not runs and "empty file" in text:
+        return []
+    if not runs:
+        raise StickReadError(f"mshowfat printed no cluster chain: {shown(text.strip(), 80)!r}")
+    found: list[int] = []
+    for first, last in runs:
+        first_n, last_n = int(first), int(last or first)
+        if last_n < first_n or len(found) + last_n - first_n + 1 > MAX_CHAIN_CLUSTERS:
+            raise StickReadError("the file's cluster chain is longer than the file (a damaged file system?)")
+        found.extend(range(first_n, last_n + 1))
+    return found
+
+
 def _image(device: str) -> str:
     # mtools reads "FILE@@OFFSET" as "FILE from byte OFFSET": a device path never has it.
     if "@@" in device:
@@ -279,6 +230,7 @@ _VOLUME = re.compile(r" Volume in drive .(?: is (?P<label>.*)| has no label)")
 _ABBREVIATED = re.compile(r"(?P<long>.*) \(abbr=.*\)")
 _SUMMARY = re.compile(r" +[0-9]+ files? +[0-9 ]+ bytes|No files")
 _HEADER = "Directory for " + ROOT
+_CHAIN = re.compile(r"<([0-9]{1,10})(?:-([0-9]{1,10}))?>")
 
 
 def parse_label(line: str) -> str | None:

@@ -351,7 +351,8 @@ def test_console_abort_drops_the_upload(box):
 
 
 @pytest.mark.parametrize("line", ["STATUS", "HELP", "CONFIG SHOW", "CONFIG BEGIN 5", "CONFIG ROLLBACK", "NONSENSE",
-                                  "A" * (MAX_LINE_BYTES + 1), "DA\x00TA"])
+                                  "A" * (MAX_LINE_BYTES + 1), "DA\x00TA", "TEST RELAY isp", "LOG 5", "QUEUE", "FLUSH",
+                                  "REPORT"])
 def test_console_any_other_line_during_an_upload_drops_it(box, line):
     new = config_bytes(box.spool, port=465)
     box.send(f"CONFIG BEGIN {len(new)}")
