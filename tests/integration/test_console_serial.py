@@ -31,7 +31,7 @@ import tomli_w
 from mta_lite_board.console_protocol import NOISE_ERR_INTERVAL_S
 from mta_lite.config import generations as configgen
 from mta_lite.config.load import load_config
-from tests.relay import PASSWORD, secret_needles, wait_for
+from tests.support.relay import PASSWORD, secret_needles, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVISION = ["-m", "mta_lite_tools.provision"]     # the laptop client, as `mta-lite-provision` runs it
