@@ -36,7 +36,7 @@ from mta_lite.smtpd.dotreader import MAX_DATA_LINE_BYTES
 from mta_lite.smtpd.listener import Listener
 from mta_lite.smtpd.stream import READ_CHUNK_BYTES, SmtpStream
 
-from .support import ADMIN, HOSTNAME, FakeSpool, make_config
+from tests.support.dialogs import ADMIN, HOSTNAME, FakeSpool, make_config
 
 DIALOGS = sorted(Path(__file__).parent.glob("*.txt"))
 READ_TIMEOUT_S = 5.0

@@ -33,7 +33,7 @@ from mta_lite.postscreen.cache import DNSBL, PREGREET
 from mta_lite.postscreen.service import PostscreenService
 from mta_lite.postscreen.policy import StressLimits
 
-from .support import FakeSpool, make_config
+from tests.support.dialogs import FakeSpool, make_config
 from .test_dialogs import READ_TIMEOUT_S, SMTPD_SETTINGS, Dialog, LogCapture, read_line
 
 DIALOGS = sorted((Path(__file__).parent / "postscreen").glob("*.txt"))

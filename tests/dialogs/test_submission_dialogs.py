@@ -29,7 +29,7 @@ from mta_lite.identity import parse_identity
 from mta_lite.passhash import hash_password
 from mta_lite.smtpd.listener import Listener
 
-from .support import ADMIN, HOSTNAME, FakeSpool, make_config
+from tests.support.dialogs import ADMIN, HOSTNAME, FakeSpool, make_config
 from .test_dialogs import READ_TIMEOUT_S, Dialog, LogCapture, read_line, tls_setup  # noqa: F401
 
 DIALOGS = sorted((Path(__file__).parent / "submission").glob("*.txt"))

@@ -1,7 +1,7 @@
 """S1/S2/G5 attacks on the real daemon with exact bytes, judged by what reaches the smarthost.
 
-Peers: the real daemon (tests/relay.py); a raw recording smarthost that keeps the exact DATA
-bytes (tests/faults/support.py RawSmarthost; smtp-sink would strip the CRs we must check);
+Peers: the real daemon (tests/support/relay.py); a raw recording smarthost that keeps the exact DATA
+bytes (tests/support/faults.py RawSmarthost; smtp-sink would strip the CRs we must check);
 raw socket clients (RawClient) from 127.0.0.1 (outside mynetworks) and 127.0.0.2 (inside:
 the config's mynetworks is 127.0.0.2/32); `mta-lite sendmail` for locally submitted mail.
 Every test ends with a barrier: a legitimate message sent after the attack must arrive, and
@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from tests.faults.conftest import relay_config
-from tests.faults.support import RawClient, RawSmarthost, elapsed, message_id, smtp_transaction
-from tests.relay import wait_for
+from tests.faults.conftest import fault_config
+from tests.support.faults import RawClient, RawSmarthost, elapsed, message_id, smtp_transaction
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def smarthost(peers_loop):
 
 def start(relay_factory, smarthost, **top):
     smtpd = top.pop("smtpd", {})
-    return relay_factory(relay_config(smarthost.port, mynetworks=[f"{INSIDE}/32"],
+    return relay_factory(fault_config(smarthost.port, mynetworks=[f"{INSIDE}/32"],
                                       smtpd={"hard_error_limit": 100, **smtpd}, **top))
 
 

@@ -17,8 +17,8 @@ from mta_lite.errors import SpoolError
 from mta_lite.queue import Spool
 from mta_lite.queue.spool import WRITE_BUFFER_BYTES
 from mta_lite.smtpd.listener import Listener
-from tests.dialogs.support import make_config
-from tests.faults.support import LoopThread
+from tests.support.dialogs import make_config
+from tests.support.faults import LoopThread
 
 
 class DevFullSpool(Spool):

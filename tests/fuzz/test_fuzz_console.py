@@ -27,7 +27,7 @@ from mta_lite.config.load import load_config
 from mta_lite.config.generations import ApplyResult, Generation
 from mta_lite.errors import ConfigError
 from tests.fuzz.profiles import fuzz_settings
-from tests.relay import PASSWORD, secret_needles
+from tests.support.relay import PASSWORD, secret_needles
 
 NEEDLES = secret_needles({PASSWORD})
 REPLY_LINE = re.compile(rb"[ -~]*\r\n")

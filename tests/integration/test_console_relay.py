@@ -1,12 +1,12 @@
 """The console's relay commands end to end: TEST RELAY, LOG, QUEUE, FLUSH and REPORT, and the
 laptop client's test, log, queue, flush and report, against a real relay and smarthost.
 
-Peers: socat (a pty pair, tests/boardpeer.py), the real `mta-lite-board` daemon on ttyA (its
+Peers: socat (a pty pair, tests/support/board.py), the real `mta-lite-board` daemon on ttyA (its
 LOG and REPORT read the relay's log file: this machine has no journal), the real relay
-(`mta-lite serve`, tests/relay.py RelayProcess) and behind it a real Postfix 3.7 smarthost with
+(`mta-lite serve`, tests/support/relay.py RelayProcess) and behind it a real Postfix 3.7 smarthost with
 STARTTLS and SASL (tests/peers.py PostfixSmarthost, the `smarthost` fixture), on ttyB pyserial
 and `mta-lite-provision` as subprocesses. The relay has one account that logs in and one with
-the wrong password, and a message waits in its queue (tests/boardrelay.py).
+the wrong password, and a message waits in its queue (tests/support/boardrelay.py).
 S3: every byte read from the port, the client's output and the files it saved, and the board
 daemon's log are searched for every password of the config and its base64 forms; the relay's
 log, spool and status are scanned after each test (tests/conftest.py). The queued message's
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from mta_lite_board.report import render_text
-from tests.boardpeer import Board, PtyPair, RawClient
-from tests.boardrelay import leaks, send_canary, two_accounts, wait_deferred
+from tests.support.board import Board, PtyPair, RawClient
+from tests.support.boardrelay import leaks, send_canary, two_accounts, wait_deferred
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """The serial console end to end: the real `mta-lite-board --serial` on a real pty pair.
 
-Peers (tests/boardpeer.py): socat (`socat -d -d pty,raw,echo=0,link=DIR/ttyA pty,raw,echo=0,link=DIR/ttyB`, a pty
+Peers (tests/support/board.py): socat (`socat -d -d pty,raw,echo=0,link=DIR/ttyA pty,raw,echo=0,link=DIR/ttyB`, a pty
 pair, started per test and terminated in teardown), the real board daemon as a subprocess on
 ttyA (stopped with SIGTERM in teardown), and on ttyB the laptop client (mta_lite_tools.provision) as a subprocess or a
 raw pyserial client; for the I/O edge alone (board.console.SerialConsole in this process), a
@@ -30,8 +30,8 @@ import tomli_w
 from mta_lite_board.console_protocol import NOISE_ERR_INTERVAL_S
 from mta_lite.config import generations as configgen
 from mta_lite.config.load import load_config
-from tests.boardpeer import Board, PtyPair, RawClient
-from tests.relay import PASSWORD, secret_needles, wait_for
+from tests.support.board import Board, PtyPair, RawClient
+from tests.support.relay import PASSWORD, secret_needles, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVISION = ["-m", "mta_lite_tools.provision"]     # the laptop client, as `mta-lite-provision` runs it

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from mta_lite_board.mtools import MAX_STDERR_BYTES, MTOOLS_ENV, MtoolsRunner, StickReadError, StickTimeoutError
-from tests.relay import wait_for
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 TIMEOUT_S = 1.0

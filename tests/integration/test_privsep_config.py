@@ -18,7 +18,7 @@ import pytest
 import tomli_w
 
 from tests.integration.test_privsep_spool import _interpreter
-from tests.relay import PASSWORD
+from tests.support.relay import PASSWORD
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
 

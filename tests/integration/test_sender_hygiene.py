@@ -15,9 +15,8 @@ import pytest
 import trustme
 
 from mta_lite.passhash import hash_password
-from tests.integration.conftest import ALICE_PASSWORD, sink_config
-from tests.peers import dump_envelope, dump_message, swaks
-from tests.relay import PASSWORD, free_port, secret_needles, wait_for
+from tests.support.peers import dump_envelope, dump_message, swaks
+from tests.support.relay import free_port, postfix_config, relay_config, secret_needles, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +54,7 @@ def by_message_id(sink, message_id: bytes, timeout: float = 60) -> bytes:
 
 def test_rewrite_changes_envelope_and_from_and_nothing_else(sink_factory, relay_factory):
     sink = sink_factory()
-    relay = relay_factory({**sink_config(sink), "rewrite": {
+    relay = relay_factory({**relay_config(sink.port), "rewrite": {
         "senders": {"root@printer.lan": "printer@example.com"},
         "clients": {"127.0.0.2": "Office Scanner <scanner@example.com>"}}})
     send(relay.port, "root@printer.lan", SCAN)
@@ -86,7 +85,7 @@ def test_rewrite_changes_envelope_and_from_and_nothing_else(sink_factory, relay_
 
 def test_bound_sender_from_foreign_client_is_refused(sink_factory, relay_factory):
     sink = sink_factory()
-    config = sink_config(sink)
+    config = relay_config(sink.port)
     config["senders"] = [{"address": "printer@example.com", "relay": "sink", "clients": ["127.0.0.2/32"]}]
     relay = relay_factory(config)
     with pytest.raises(smtplib.SMTPSenderRefused) as info:
@@ -111,19 +110,6 @@ def test_bound_sender_from_foreign_client_is_refused(sink_factory, relay_factory
 
 
 # ---------------------------------------------------------------- against a real Postfix smarthost
-
-def postfix_config(smarthost, **extra) -> dict:
-    return {
-        "default_relay": "isp",
-        "relays": {"isp": {"host": "127.0.0.1", "port": smarthost.port, "tls": "starttls",
-                           "ca_file": str(smarthost.ca_file), "username": "office@example.test",
-                           "password": PASSWORD}},
-        "senders": [{"address": "alice@example.com", "relay": "isp",
-                     "username": "alice@example.test", "password": ALICE_PASSWORD}],
-        "queue": {"min_backoff": "1s", "max_backoff": "2s"},
-        **extra,
-    }
-
 
 def delivered_with(smarthost, subject: str):
     return wait_for(lambda: next((d for d in smarthost.delivered() if subject.encode() in d.raw), None), 60,

@@ -29,8 +29,8 @@ from mta_lite_board.mtools import MtoolsRunner
 from mta_lite_board.usbstick import Outcome, provision_from_stick
 from mta_lite.config import generations as configgen
 from mta_lite.config.load import load_config
-from tests.relay import PASSWORD, secret_needles
-from tests.stickpeer import Recorder, box_state, config_bytes, digest, make_dir, make_stick, put_many, stick_file
+from tests.support.relay import PASSWORD, secret_needles
+from tests.support.stick import Recorder, box_state, config_bytes, digest, make_dir, make_stick, put_many, stick_file
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -2,10 +2,10 @@
 mta-lite-report.json (board/usbstick.py, board/report.py). S3: nothing in them, nor anywhere on
 the stick, holds a password, its base64, or a queued message's subject or body.
 
-Peers: dosfstools and mtools make and read the stick (tests/stickpeer.py); the real relay
-(`mta-lite serve`, tests/relay.py RelayProcess) with a Postfix 3.7 smarthost behind it
+Peers: dosfstools and mtools make and read the stick (tests/support/stick.py); the real relay
+(`mta-lite serve`, tests/support/relay.py RelayProcess) with a Postfix 3.7 smarthost behind it
 (STARTTLS + SASL, the `smarthost` fixture): one account logs in, one has the wrong password,
-and a message waits in the queue (tests/boardrelay.py). The report reads the relay's log file
+and a message waits in the queue (tests/support/boardrelay.py). The report reads the relay's log file
 (this machine has no journal) and asks the relay through its command line.
 """
 
@@ -21,10 +21,10 @@ import tomli_w
 
 from mta_lite_board.report import render_text
 from mta_lite_board.usbstick import Outcome, default_diagnostics, provision_from_stick
-from tests.boardrelay import leaks, send_canary, two_accounts, wait_deferred
-from tests.peers import free_port
-from tests.relay import PASSWORD
-from tests.stickpeer import make_stick, stick_file
+from tests.support.boardrelay import leaks, send_canary, two_accounts, wait_deferred
+from tests.support.peers import free_port
+from tests.support.relay import PASSWORD
+from tests.support.stick import make_stick, stick_file
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,8 +22,8 @@ from mta_lite.config import generations as configgen
 from mta_lite.config.load import load_config
 from mta_lite_board import usbstick
 from mta_lite_board.usbstick import Outcome, provision_from_stick
-from tests.relay import PASSWORD, secret_needles
-from tests.stickpeer import Recorder, box_state, config_bytes, make_stick, put_file, stick_file
+from tests.support.relay import PASSWORD, secret_needles
+from tests.support.stick import Recorder, box_state, config_bytes, make_stick, put_file, stick_file
 
 pytestmark = pytest.mark.integration
 NEEDLES = secret_needles({PASSWORD})

@@ -14,7 +14,7 @@ import os
 import signal
 
 from mta_lite_board import daemon
-from tests.relay import PASSWORD
+from tests.support.relay import PASSWORD
 
 
 def test_board_run_restarts_a_failing_part_finishes_a_returning_one_and_stops_on_sigterm(monkeypatch, caplog):

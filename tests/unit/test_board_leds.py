@@ -13,7 +13,7 @@ from gpiozero.pins.mock import MockFactory
 from mta_lite_board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, run_leds, serve_leds, update_leds
 from mta_lite_board.patterns import DARK, OFF, ON, SLOW_BLINK, Blink, LedState
 from mta_lite.status import STATUS_FILE, StatusSnapshot, read_status
-from tests.relay import wait_for
+from tests.support.relay import wait_for
 
 NOW = 1_700_000_000.0
 # Lit briefly, then dark for far longer than any test runs: one blink cycle is recognisable

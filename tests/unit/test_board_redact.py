@@ -13,7 +13,7 @@ import tomli_w
 
 from mta_lite.config import generations as configgen
 from mta_lite_board.redact import Redactor, is_secret_key, printable, secret_values
-from tests.relay import PASSWORD, secret_needles
+from tests.support.relay import PASSWORD, secret_needles
 
 
 def test_mask_secret_and_its_base64_in_any_auth_framing():

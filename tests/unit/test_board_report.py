@@ -19,7 +19,7 @@ from mta_lite_board.logsource import FileLog, FirstOf, JournalLog, LogTail, LogU
 from mta_lite_board.redact import Redactor
 from mta_lite_board.relaycli import RelayCliError, RelayTest
 from mta_lite_board.report import MAX_REPORT_BYTES, Diagnostics, queue_lines, queue_summary
-from tests.relay import PASSWORD, secret_needles
+from tests.support.relay import PASSWORD, secret_needles
 
 NEEDLES = secret_needles({PASSWORD})
 B64 = base64.b64encode(b"\0office@isp.example\0" + PASSWORD.encode()).decode()

@@ -16,7 +16,7 @@ from mta_lite.config import generations as configgen
 from mta_lite.errors import ConfigError
 from mta_lite_board.stickconfig import StickConfig, dotted, normal_path
 from mta_lite_board.tomlspans import SpanError, remove_statements, replace_values, scan, toml_string
-from tests.relay import PASSWORD
+from tests.support.relay import PASSWORD
 
 SOURCE = "usb:MTACONFIG/mta-lite.toml"
 STICK = f'''# the office relay, set up by Anna

@@ -13,7 +13,7 @@ from mta_lite.qmgr.bounce import (NOTICE_NONE, NOTICE_POSTMASTER, NOTICE_SENDER,
 from mta_lite.qmgr.notices import load_template
 from mta_lite.reply import Reply
 
-from .test_qmgr_support import CONTENT, make_config
+from tests.support.qmgr import CONTENT, make_config
 
 NOW = 1_700_000_000.0
 TEMPLATE = load_template(make_config("/tmp"))

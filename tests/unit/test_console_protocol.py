@@ -24,7 +24,7 @@ from mta_lite.config import generations as configgen
 from mta_lite.config.load import load_config
 from mta_lite.errors import ConfigError
 from mta_lite.status import StatusSnapshot, format_status, read_status, write_status
-from tests.relay import PASSWORD, secret_needles
+from tests.support.relay import PASSWORD, secret_needles
 
 NEEDLES = secret_needles({PASSWORD})
 REPLY_LINE = re.compile(rb"[ -~]*\r\n")

@@ -9,7 +9,7 @@ from mta_lite.qmgr.manager import RESCAN_INTERVAL_S
 from mta_lite.qmgr.pickup import MAX_FILES_PER_RUN
 from mta_lite.queue.spool import MAILDROP
 
-from .test_qmgr_support import CONTENT, async_test, running, until
+from tests.support.qmgr import CONTENT, async_test, running, until
 
 
 def submit(h, rcpt="ops@remote.example") -> str:

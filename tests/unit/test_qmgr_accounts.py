@@ -9,7 +9,7 @@ from mta_lite.reply import Reply
 from mta_lite.status import StatusSnapshot
 from mta_lite.smarthost.result import DeliveryResult
 
-from .test_qmgr_support import R535, T0, async_test, result_for, running, until
+from tests.support.qmgr import R535, T0, async_test, result_for, running, until
 
 WORK = "work:alice@work.example"
 

@@ -8,7 +8,7 @@ import logging
 from mta_lite.errors import SpoolError
 from mta_lite.smarthost.result import BOUNCE
 
-from .test_qmgr_support import (ADMIN, DEFER, R451, R550, async_test, bounce_all, result_for,
+from tests.support.qmgr import (ADMIN, DEFER, R451, R550, async_test, bounce_all, result_for,
                                 running)
 
 

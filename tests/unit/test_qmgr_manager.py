@@ -11,7 +11,7 @@ from mta_lite.queue import doorbell
 from mta_lite.qmgr.manager import RESCAN_INTERVAL_S
 from mta_lite.smarthost.result import DeliveryResult
 
-from .test_qmgr_support import (CONTENT, DEFER, R451, SENT, async_test, defer_all, result_for,
+from tests.support.qmgr import (CONTENT, DEFER, R451, SENT, async_test, defer_all, result_for,
                                 running, until)
 
 

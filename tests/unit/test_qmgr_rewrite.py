@@ -13,7 +13,7 @@ from mta_lite.identity import Identity
 from mta_lite.qmgr.resolve import resolve
 from mta_lite.qmgr.rewrite import encode_display, header_fields, original_display, rewrite_message
 
-from .test_qmgr_support import async_test, make_config, running, until
+from tests.support.qmgr import async_test, make_config, running, until
 
 NEW = Identity("printer@example.com")
 RECEIVED = b"Received: from pc (unknown [192.168.1.10])\r\n\tby relay.lan (mta-lite) with ESMTP id A1;\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n"
@@ -189,5 +189,5 @@ async def test_delivery_without_rule_sends_content_unchanged():
         await h.start()
         await until(lambda: h.pool.calls)
         await h.settle()
-    from .test_qmgr_support import CONTENT
+    from tests.support.qmgr import CONTENT
     assert (h.pool.calls[0].sender, h.pool.calls[0].content) == ("alice@example.com", CONTENT)

@@ -21,7 +21,7 @@ from mta_lite.reply import Reply
 from mta_lite.smarthost.result import DeliveryResult
 from mta_lite.status import StatusSnapshot
 
-from .test_qmgr_support import ADMIN, DEFER, R451, R535, T0, async_test, result_for, running, until
+from tests.support.qmgr import ADMIN, DEFER, R451, R535, T0, async_test, result_for, running, until
 
 WORK = "work:alice@work.example"
 

@@ -12,7 +12,7 @@ import pytest
 from mta_lite.errors import SpoolError
 from mta_lite.queue import doorbell
 
-from .test_qmgr_support import async_test, until
+from tests.support.qmgr import async_test, until
 
 
 @pytest.fixture

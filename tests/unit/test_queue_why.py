@@ -6,7 +6,7 @@ from mta_lite.envelope import Envelope
 from mta_lite.queue import WAIT_BUDGET, MessageState, Spool
 from mta_lite.status import StatusSnapshot
 
-from .test_qmgr_support import T0, make_config
+from tests.support.qmgr import T0, make_config
 
 BUDGET_REPLY = "451 4.7.0 deferred: account isp over max_per_hour=1 (1 sent in the last hour), next slot at 14:05:00 UTC"
 

@@ -18,8 +18,8 @@ import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from tests.integration.conftest import ALICE_PASSWORD
-from tests.relay import PASSWORD, RelayProcess, secret_needles, wait_for
+from tests.support.relay import ALICE_PASSWORD
+from tests.support.relay import PASSWORD, RelayProcess, secret_needles, wait_for
 
 WRONG_PASSWORD = "wrong-" + PASSWORD
 ALL_PASSWORDS = {PASSWORD, WRONG_PASSWORD, ALICE_PASSWORD}

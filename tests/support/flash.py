@@ -1,4 +1,4 @@
-"""flashpeer — card images, bmaps, loop devices and fake sysfs trees for the flash tool's tests.
+"""flash (test support) — card images, bmaps, loop devices and fake sysfs trees for the flash tool's tests.
 
 Peers: util-linux (`sfdisk` partitions an image file; `losetup` attaches a file as a real
 block device), dosfstools (`mkfs.vfat --offset` formats the boot partition inside the image),

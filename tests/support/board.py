@@ -21,9 +21,9 @@ from pathlib import Path
 
 import serial
 
-from tests.relay import wait_for
+from tests.support.relay import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class PtyPair:

@@ -13,7 +13,7 @@
     RawClient        a socket client that sends exact bytes and reads SMTP replies
 
 Guarantees: every server listens on 127.0.0.1 port 0 and is closed by its context manager;
-waits poll against a deadline (tests.relay.wait_for), never a bare sleep.
+waits poll against a deadline (tests.support.relay.wait_for), never a bare sleep.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP, AuthResult, LoginPassword
 
-from tests.relay import PASSWORD, wait_for
+from tests.support.relay import PASSWORD, wait_for
 
 SMARTHOST_USER = "office@example.test"
 

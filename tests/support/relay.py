@@ -37,7 +37,7 @@ PASSWORD = "Tr0ub4dor-zebra-7c1"     # distinctive: tests grep logs and files fo
 # Every RelayProcess ever created in this test session, for the secret scan (tests/conftest.py).
 INSTANCES: list["RelayProcess"] = []
 SERVICE_USERS = {"smtpd_user": "mta-smtpd", "qmgr_user": "mta-lite"}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What a deployed relay's log must never show: a module its children could not preload
 # (mta_lite/process/privsep.py), or a crash.
 DEPLOYED_LOG_DEFECTS = ("imported after the privilege drop", "Traceback (most recent call last)")
@@ -86,6 +86,38 @@ def _admin_file(etc: str, name: str, data: bytes) -> str:
 def _admin_copy(etc: str, source: str, prefix: str) -> str:
     with open(source, "rb") as handle:
         return _admin_file(etc, prefix + os.path.basename(source), handle.read())
+
+# The smarthost accounts of the Postfix smarthost peer (tests/integration/conftest.py).
+SMARTHOST_USER = "office@example.test"
+ALICE_PASSWORD = PASSWORD + "-alice"
+
+
+def relay_config(port: int, *, timeout: str = "10s", with_secret: bool = False, **top) -> dict:
+    """A relay sending everything in clear to 127.0.0.1:port (an smtp-sink, a recorder) with
+    fast retries; `queue` and any top-level key may be given. with_secret adds a second,
+    unused account with the distinctive PASSWORD, so that the qmgr holds a secret and the
+    secret scan after every test (tests/conftest.py) has something it could find."""
+    queue = {"min_backoff": "1s", "max_backoff": "2s", **top.pop("queue", {})}
+    relays = {"sink": {"host": "127.0.0.1", "port": port, "tls": "none", "timeout": timeout}}
+    if with_secret:
+        relays["isp"] = {"host": "127.0.0.1", "port": 9, "tls": "starttls", "username": SMARTHOST_USER,
+                         "password": PASSWORD}
+    return {"default_relay": "sink", "relays": relays, "queue": queue, **top}
+
+
+def postfix_config(smarthost, *, password: str = PASSWORD, **top) -> dict:
+    """A relay through the Postfix smarthost peer (STARTTLS, verified, AUTH): the office
+    account by default, alice's for alice@example.com."""
+    return {
+        "default_relay": "isp",
+        "relays": {"isp": {"host": "127.0.0.1", "port": smarthost.port, "tls": "starttls",
+                           "ca_file": str(smarthost.ca_file), "username": SMARTHOST_USER,
+                           "password": password}},
+        "senders": [{"address": "alice@example.com", "relay": "isp",
+                     "username": "alice@example.test", "password": ALICE_PASSWORD}],
+        "queue": {"min_backoff": "1s", "max_backoff": "2s"},
+        **top,
+    }
 
 
 def free_port() -> int:

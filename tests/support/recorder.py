@@ -1,6 +1,6 @@
 """recorder — a smarthost that records when each message arrived: aiosmtpd in its own process.
 
-DeliveryRecorder runs `python -m aiosmtpd -n -l 127.0.0.1:PORT -c tests.recorder.TimeRecorder
+DeliveryRecorder runs `python -m aiosmtpd -n -l 127.0.0.1:PORT -c tests.support.recorder.TimeRecorder
 FILE`; TimeRecorder appends one JSON line per message to FILE, written when the end of DATA
 has been received (before the 250 goes back): {"t": time.time(), "from": ..., "to": [...],
 "subject": ...}. Microsecond timestamps from the same clock as the tests, unlike dump-file
@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.peers import free_port, poll_until, smtp_probe
+from tests.support.peers import free_port, poll_until, smtp_probe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class TimeRecorder:
@@ -59,7 +59,7 @@ class DeliveryRecorder:
         with open(self.workdir / "recorder.log", "wb") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.port}",
-                 "-c", "tests.recorder.TimeRecorder", str(self.file)],
+                 "-c", "tests.support.recorder.TimeRecorder", str(self.file)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         poll_until(lambda: self._proc.poll() is not None or smtp_probe(self.port), 20,
                    f"the recorder on port {self.port}")

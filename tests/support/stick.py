@@ -1,4 +1,4 @@
-"""stickpeer — FAT stick images for the USB stick tests, made by the real tools.
+"""stick (test support) — FAT stick images for the USB stick tests, made by the real tools.
 
 Peers: dosfstools (`mkfs.vfat`) formats an image file the way a PC formats a stick; mtools
 (`mcopy`, `mtype`, `mdir`) puts files on it and reads RESULT.TXT back. The kernel here has no
@@ -20,7 +20,7 @@ import tempfile
 import tomli_w
 
 from mta_lite_board.mtools import MTOOLS_ENV, Completed, MtoolsRunner
-from tests.relay import PASSWORD
+from tests.support.relay import PASSWORD
 
 # A config the box accepts, with an inline password (configgen moves it to secrets/).
 BOX_CONFIG = {

@@ -21,7 +21,7 @@ import dns.message
 import dns.rcode
 import dns.resolver
 
-from tests.peers import LOOPBACK, poll_until, tail_file
+from tests.support.peers import LOOPBACK, poll_until, tail_file
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
