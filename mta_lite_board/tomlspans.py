@@ -77,15 +77,17 @@ class _Scanner:
             end = self.text.find("\n", self.pos)
             self.pos = len(self.text) if end < 0 else end
 
+    def newline(self) -> bool:
+        """Step over one CRLF or LF; False if there is none here."""
+        size = 2 if self.peek(2) == "\r\n" else 1 if self.peek() == "\n" else 0
+        self.pos += size
+        return size > 0
+
     def line_end(self) -> None:
         """Blanks, a comment, then a newline or the end of the text."""
         self.blanks()
         self.comment()
-        if self.peek(2) == "\r\n":
-            self.pos += 2
-        elif self.peek() == "\n":
-            self.pos += 1
-        elif self.pos < len(self.text):
+        if not self.newline() and self.pos < len(self.text):
             raise SpanError(f"expected the end of a line at {self.pos}")
 
     def gaps(self) -> None:
@@ -93,11 +95,7 @@ class _Scanner:
         while True:
             self.blanks()
             self.comment()
-            if self.peek(2) == "\r\n":
-                self.pos += 2
-            elif self.peek() == "\n":
-                self.pos += 1
-            else:
+            if not self.newline():
                 return
 
     def expect(self, char: str) -> None:
