@@ -43,6 +43,7 @@ from mta_lite.identity import Identity, rule_for
 
 DEFAULT_CONFIG_PATH = "/etc/mta-lite/mta-lite.toml"
 DEFAULT_MYNETWORKS = ("127.0.0.0/8", "::1/128")
+BARE_NEWLINE_MODES = ("normalize", "reject")
 SUBMISSION_PORT = 587       # RFC 6409; a smarthost with tls = "implicit" listens on 465 (RFC 8314)
 IMPLICIT_TLS_PORT = 465
 
@@ -89,6 +90,9 @@ class Listen:
     postscreen: bool = key(FLAG, False, hide_default=True)  # screen clients with [postscreen] first
     tls: str = key(TEXT, "starttls", hide_default=True)     # "implicit": TLS from the first byte (465)
     auth: str = key(TEXT, "none", hide_default=True)        # "required": a submission port (S1, S4)
+    # S2, Postfix 3.9 smtpd_forbid_bare_newline: "normalize" takes a bare LF from clients in
+    # mynetworks as CRLF (never on an auth = "required" listener); "reject" refuses it from all.
+    bare_newline: str = key(choice(BARE_NEWLINE_MODES), "normalize", hide_default=True)
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ def wire_size(content: bytes) -> int:
     """Octets of the message as sent in DATA: CRLF line endings, final CRLF, no dot-stuffing."""
     crlf = content.count(b"\r\n")
     if crlf == content.count(b"\n") == content.count(b"\r"):
-        # Queued mail is CRLF already (smtpd refuses bare CR/LF, sendmail normalises):
-        # counting is much cheaper than rewriting a copy of the message.
+        # Queued mail is CRLF already (smtpd refuses bare CR and normalizes or refuses bare
+        # LF; sendmail normalises): counting is much cheaper than rewriting a copy of the message.
         return len(content) + (0 if content.endswith(b"\r\n") else 2)
     normalised = _LINE_END.sub(b"\r\n", content)
     return len(normalised) + (0 if normalised.endswith(b"\r\n") else 2)

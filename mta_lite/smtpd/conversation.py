@@ -6,7 +6,9 @@ on HTTP verbs, RSET, NOOP and QUIT, and the 421 once the hard error limit is rea
 Each subclass adds its own commands and keeps its own answers where Postfix's smtpd and
 postscreen answer differently.
 Guarantees: a command line with NUL, bare LF or bare CR, an HTTP verb, QUIT and the error
-limit all set `closing`; the engine hangs up after sending that reply.
+limit all set `closing`; the engine hangs up after sending that reply. Only where
+`normalize_bare_lf` is set (LAN clients, S2; Postfix 3.9 `smtpd_forbid_bare_newline =
+normalize`) is a line ended by a bare LF taken as ended by CRLF; bare CR and NUL never are.
 SECURITY: faces untrusted input; no reply here echoes anything the client sent.
 Must never: read, write or log anything.
 """
@@ -37,6 +39,14 @@ def with_host(reply: Reply, hostname: str) -> Reply:
     return reply.with_text(f"{hostname} {reply.text}")
 
 
+def normalize_line(raw: bytes) -> bytes:
+    """A command line ended by a bare LF, ended by CRLF instead; any other line unchanged.
+    Only the line's own terminator changes: a CR or LF inside it is still refused later."""
+    if raw.endswith(b"\n") and not raw.endswith(b"\r\n"):
+        return raw[:-1] + b"\r\n"
+    return raw
+
+
 def line_error(raw: bytes) -> Reply | None:
     """521 for a command line with NUL, bare LF or bare CR (S2); None when it is clean."""
     if b"\0" in raw:
@@ -57,6 +67,9 @@ class Conversation:
         self.error_count = 0
         self.closing = False           # the engine hangs up after sending the reply
         self.last_verb = "CONNECT"
+        self.normalize_bare_lf = False  # take a bare LF line end as CRLF (S2: LAN clients only)
+        self.bare_lf_seen = False      # normalize: the client ended some line with a bare LF
+        self.bare_lf_logged = False    # the engine logged that (once per session)
 
     def greeting(self) -> Reply:
         return Reply(220, "", f"{self.hostname} ESMTP")
@@ -65,6 +78,14 @@ class Conversation:
         """`reply` is the last one the client gets."""
         self.closing = True
         return reply
+
+    def take_line(self, raw: bytes) -> bytes:
+        """The line as the session reads it: normalized where allowed (noting that it was)."""
+        if not self.normalize_bare_lf:
+            return raw
+        line = normalize_line(raw)
+        self.bare_lf_seen = self.bare_lf_seen or line is not raw
+        return line
 
     def refuse_line(self, raw: bytes) -> Reply | None:
         """521 and hang up for a line with NUL, bare LF or bare CR (S2); None when it is clean."""

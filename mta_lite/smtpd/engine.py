@@ -9,7 +9,8 @@ Guarantees: `250 ... queued as ID` is sent only after writer.commit() returned (
 failed write or commit aborts the queue file and answers 451 4.3.0. Messages are never
 held in memory: content goes to the queue file chunk by chunk (G5). Input pipelined
 before PIPELINING was advertised gets 554 5.5.0 and a hang-up; input buffered before a
-STARTTLS handshake is discarded (CVE-2011-0411 class).
+STARTTLS handshake is discarded (CVE-2011-0411 class). A LAN client's bare LF is taken as
+CRLF only where its session says so (S2), and logged once per session.
 SECURITY: faces the network. Peers get SMTP replies only, never exception text; peer
 bytes reach the log only through text.printable().
 Must never: send 250 for a message that is not durably queued.
@@ -144,7 +145,10 @@ class SmtpEngine:
         line, overlong = await conn.read_line()
         if overlong:
             conn.queue(session.handle_overlong(line))
+            self._note_bare_lf(session)
             return
+        line = session.take_line(line)
+        self._note_bare_lf(session)
         if not may_pipeline and line_error(line) is None and conn.pending():
             verb = printable(line[:20].split(b" ")[0].strip().decode("ascii", "replace").upper())
             log.info("improper command pipelining after %s from [%s]: %s", verb, client.ip, conn.preview())
@@ -163,6 +167,14 @@ class SmtpEngine:
             conn.queue(reply)
             if conn.out_bytes > MAX_PENDING_OUTPUT_BYTES:
                 await conn.flush()
+
+    @staticmethod
+    def _note_bare_lf(session: Session) -> None:
+        """Once per session, name a client that ends lines with a bare LF (an admin wants
+        to know which device does it)."""
+        if session.bare_lf_seen and not session.bare_lf_logged:
+            session.bare_lf_logged = True
+            log.info("bare <LF> received from [%s], taken as <CR><LF>", session.ctx.client_ip)
 
     async def _check_login(self, session: Session, request: AuthRequest) -> Reply:
         """AUTH: the Authenticator checks the credentials, the session gives the reply."""
@@ -224,9 +236,13 @@ class SmtpEngine:
     async def _receive(self, conn: SmtpStream, session: Session, sink: _Sink) -> Reply:
         date = datetime.fromtimestamp(self.clock(), timezone.utc)
         sink.write(session.received_header(sink.queue_id, date))
-        reader = DotReader(self.cfg.message_size_limit)
+        reader = DotReader(self.cfg.message_size_limit, normalize=session.normalize_bare_lf)
         while True:
-            for event in reader.feed(await conn.read_chunk()):
+            events = reader.feed(await conn.read_chunk())
+            if reader.bare_lf and not session.bare_lf_seen:
+                session.bare_lf_seen = True
+                self._note_bare_lf(session)
+            for event in events:
                 if isinstance(event, Content):
                     sink.write(event.data)
                 elif isinstance(event, ProtocolError):

@@ -68,19 +68,29 @@ class SessionContext:
     tls_active: bool = False
     smtputf8: bool = True
     auth: str = "none"                  # "required": submission listener (AUTH before MAIL)
+    normalize_bare_lf: bool = False     # S2: LAN client, listener bare_newline = "normalize"
     policy: SenderPolicy | None = None  # who may use which sender (S4); None: anyone
 
     @classmethod
     def from_config(cls, cfg: Config, client_ip: str, free_bytes: Callable[[], int],
                     starttls_available: bool = False, listen: Listen | None = None) -> "SessionContext":
+        in_mynetworks = cfg.in_mynetworks(client_ip)
         return cls(hostname=cfg.hostname, client_ip=client_ip,
-                   in_mynetworks=cfg.in_mynetworks(client_ip), admin_address=cfg.admin_address,
+                   in_mynetworks=in_mynetworks, admin_address=cfg.admin_address,
                    size_limit_bytes=cfg.message_size_limit,
                    recipient_limit=cfg.smtpd.recipient_limit,
                    hard_error_limit=cfg.smtpd.hard_error_limit, free_bytes=free_bytes,
                    reserve_bytes=cfg.queue.reserve_bytes, starttls_available=starttls_available,
                    tls_active=listen is not None and listen.tls == "implicit",
-                   auth=listen.auth if listen is not None else "none", policy=SenderPolicy.from_config(cfg))
+                   auth=listen.auth if listen is not None else "none", policy=SenderPolicy.from_config(cfg),
+                   normalize_bare_lf=in_mynetworks and normalizes(listen))
+
+
+def normalizes(listen: Listen | None) -> bool:
+    """S2: does this listener take LAN clients' bare LF as CRLF? Never on a submission
+    listener: its clients come from anywhere, and Postfix's own default there is strict too."""
+    listen = listen or Listen("127.0.0.1", 25)
+    return listen.bare_newline == "normalize" and listen.auth != "required"
 
 
 @dataclass
@@ -103,6 +113,7 @@ class Session(Conversation):
         self.in_data = False           # 354 given; the engine streams the content
         self.starttls_pending = False  # 220 to STARTTLS given; the engine starts TLS
         self.auth = SessionAuth(ctx.client_ip)
+        self.normalize_bare_lf = ctx.normalize_bare_lf
         self._stats: dict[str, list[int]] = {}
         self._log_from = ""
         self._log_to = ""
@@ -112,6 +123,7 @@ class Session(Conversation):
     def handle_line(self, raw: bytes) -> Reply | AuthRequest:
         """One command line as received, CRLF included. An AuthRequest instead of a Reply:
         the client sent its credentials; the engine has them checked, then auth_checked()."""
+        raw = self.take_line(raw)
         bad = self.refuse_line(raw)
         if bad is not None:
             self.last_verb = "UNKNOWN"
@@ -147,7 +159,7 @@ class Session(Conversation):
         """A command line over the limit was discarded; `tail` is its last bytes."""
         self.last_verb = "UNKNOWN"
         self.auth.cancel()
-        if not tail.endswith(b"\r\n"):
+        if not self.take_line(tail).endswith(b"\r\n"):
             return self.hang_up(R521_BARE_LF)
         self.error_count += 1
         return R500_LINE_TOO_LONG

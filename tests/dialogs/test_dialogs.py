@@ -4,7 +4,8 @@ Transcript syntax, one item per line (blank lines and `#` comments are ignored):
   @set KEY VALUE    before the first exchange: mynetworks (comma list), message_size_limit,
                     recipient_limit, hard_error_limit, timeout_s, max_connections,
                     free (bytes the fake spool reports), spool_fail (begin|write|commit|crash),
-                    tls (on: STARTTLS with a trustme certificate)
+                    tls (on: STARTTLS with a trustme certificate),
+                    bare_newline (normalize, the default, or reject: the listener's S2 mode)
   -> BYTES          send BYTES in one write; escapes like \\r\\n \\x00 are decoded
   ->xN BYTES        send BYTES repeated N times in one write
   <- PREFIX         read one reply line; it must start with PREFIX
@@ -14,6 +15,7 @@ Transcript syntax, one item per line (blank lines and `#` comments are ignored):
   @queued N         exactly N messages were committed to the spool
   @contains BYTES   the last committed message contains BYTES (escapes decoded)
   @recipients A,B   the last committed message has exactly these recipients
+  @crlf_only        the last committed message has no bare LF, bare CR or NUL (S2)
   @log TEXT         a line logged by mta_lite.smtpd contains TEXT (awaited, with a timeout)
 After every transcript: the listener still greets a new client, and no tmp file is left.
 """
@@ -24,6 +26,7 @@ import asyncio
 import codecs
 import logging
 import os
+import re
 import smtplib
 import ssl
 from pathlib import Path
@@ -38,6 +41,7 @@ from mta_lite.smtpd.stream import READ_CHUNK_BYTES, SmtpStream
 
 from tests.support.dialogs import ADMIN, HOSTNAME, FakeSpool, make_config
 
+BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 DIALOGS = sorted(Path(__file__).parent.glob("*.txt"))
 READ_TIMEOUT_S = 5.0
 SMTPD_SETTINGS = {"recipient_limit", "hard_error_limit", "timeout_s", "max_connections",
@@ -97,9 +101,10 @@ class LogCapture(logging.Handler):
 def build(tmp_path: Path, settings: dict[str, str], tls_setup, **hooks) -> tuple[Listener, FakeSpool]:
     spool = FakeSpool(tmp_path / "spool", free=int(settings.get("free", 10**12)),
                       fail=settings.get("spool_fail", ""))
-    listen = Listen("127.0.0.1", 0)
+    bare_newline = settings.get("bare_newline", "normalize")
+    listen = Listen("127.0.0.1", 0, bare_newline=bare_newline)
     if settings.get("tls") == "on":
-        listen = Listen("127.0.0.1", 0, tls_cert=tls_setup[0], tls_key=tls_setup[1])
+        listen = Listen("127.0.0.1", 0, tls_cert=tls_setup[0], tls_key=tls_setup[1], bare_newline=bare_newline)
     smtpd = {k: (float(v) if k.endswith("_s") else int(v)) for k, v in settings.items() if k in SMTPD_SETTINGS}
     cfg = make_config(tmp_path, mynetworks=tuple(settings.get("mynetworks", "127.0.0.0/8").split(",")),
                       message_size_limit=int(settings.get("message_size_limit", 10_240_000)),
@@ -186,6 +191,9 @@ class Dialog:
             assert unescape(arg) in self.spool.stored[-1].content, self.spool.stored[-1].content[:500]
         elif op == "@recipients":
             assert self.spool.stored[-1].envelope.recipients == arg.split(",")
+        elif op == "@crlf_only":
+            content = self.spool.stored[-1].content
+            assert not BARE.search(content) and b"\0" not in content, content[:500]
         elif op == "@log":
             await self.log.wait_for(arg)
         else:

@@ -199,7 +199,8 @@ def secret_needles(secrets) -> set[bytes]:
 
 
 class RelayProcess:
-    """The daemon under test. `config` is the TOML data; spool and listen are filled in."""
+    """The daemon under test. `config` is the TOML data; spool and listen are filled in
+    (`listen_options`, a dict, adds keys to that filled-in listener, e.g. bare_newline)."""
 
     def __init__(self, workdir: str, config: dict, python: str = sys.executable, env: dict | None = None,
                  prefix: tuple[str, ...] = (), deployed: bool = False) -> None:
@@ -217,7 +218,8 @@ class RelayProcess:
         config.setdefault("spool_dir", os.path.join(workdir, "spool"))
         config.setdefault("mynetworks", ["127.0.0.0/8"])
         config.setdefault("admin_address", "admin@lan.test")
-        config.setdefault("listen", [{"address": f"127.0.0.1:{self.port}"}])
+        options = config.pop("listen_options", {})
+        config.setdefault("listen", [{"address": f"127.0.0.1:{self.port}", **options}])
         # Tests run as root in work directories only root can enter: no user change here;
         # the privilege separation tests set the users and prepare their own directories.
         config.setdefault("master", {"smtpd_user": "", "qmgr_user": ""})
