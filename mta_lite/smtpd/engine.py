@@ -10,7 +10,8 @@ failed write or commit aborts the queue file and answers 451 4.3.0. Messages are
 held in memory: content goes to the queue file chunk by chunk (G5). Input pipelined
 before PIPELINING was advertised gets 554 5.5.0 and a hang-up; input buffered before a
 STARTTLS handshake is discarded (CVE-2011-0411 class). A LAN client's bare LF is taken as
-CRLF only where its session says so (S2), and logged once per session.
+CRLF only where its session says so (S2), and logged once per session. For LAN clients and
+logged-in users a missing Date:, Message-ID: or From: is added on the way in (headers.py).
 SECURITY: faces the network. Peers get SMTP replies only, never exception text; peer
 bytes reach the log only through text.printable().
 Must never: send 250 for a message that is not durably queued.
@@ -32,6 +33,7 @@ from mta_lite.smtpd.auth import Authenticator, AuthRequest
 from mta_lite.smtpd.conversation import line_error, with_host
 from mta_lite.smtpd.dotreader import Content, DotReader, End, ProtocolError
 from mta_lite.smtpd.handoff import Handoff
+from mta_lite.smtpd.headers import MissingHeaders
 from mta_lite.smtpd.session import Session, SessionContext
 from mta_lite.smtpd.stream import MAX_PENDING_OUTPUT_BYTES, ConnectionLost, SmtpStream
 from mta_lite.text import printable
@@ -237,6 +239,8 @@ class SmtpEngine:
         date = datetime.fromtimestamp(self.clock(), timezone.utc)
         sink.write(session.received_header(sink.queue_id, date))
         reader = DotReader(self.cfg.message_size_limit, normalize=session.normalize_bare_lf)
+        fixer = MissingHeaders(queue_id=sink.queue_id, date=date, hostname=self.cfg.hostname,
+                               sender=session.tx.sender) if session.completes_headers else None
         while True:
             events = reader.feed(await conn.read_chunk())
             if reader.bare_lf and not session.bare_lf_seen:
@@ -244,18 +248,21 @@ class SmtpEngine:
                 self._note_bare_lf(session)
             for event in events:
                 if isinstance(event, Content):
-                    sink.write(event.data)
+                    sink.write(fixer.feed(event.data) if fixer else event.data)
                 elif isinstance(event, ProtocolError):
                     log.info("%s: reject: DATA from [%s]: %s (%s)", sink.queue_id,
                              session.ctx.client_ip, event.reply, event.reason)
                     return session.end_data(event.reply, close=True)
                 elif isinstance(event, End):
                     conn.unread(event.rest)
-                    return await self._end_of_data(session, sink, reader)
+                    if fixer is not None:
+                        sink.write(fixer.finish())
+                    return await self._end_of_data(session, sink, reader, fixer)
             if not reader.accepting:
                 sink.abort()           # over a limit: free the disk now, read on to the end
 
-    async def _end_of_data(self, session: Session, sink: _Sink, reader: DotReader) -> Reply:
+    async def _end_of_data(self, session: Session, sink: _Sink, reader: DotReader,
+                           fixer: MissingHeaders | None) -> Reply:
         if reader.oversize:
             reply = R552_TOO_BIG
         elif reader.line_too_long:
@@ -268,6 +275,8 @@ class SmtpEngine:
                 reply = R451_LOCAL_ERROR
             else:
                 reply = R250_OK.with_text(f"Ok: queued as {queue_id}")
+                for name in fixer.added if fixer else ():
+                    log.info("%s: missing %s header added", queue_id, name)
                 log.info("%s: queued from=<%s> size=%d nrcpt=%d", queue_id, printable(session.tx.sender),
                          reader.size, len(session.tx.recipients))
         if reply.code >= 400:

@@ -323,6 +323,12 @@ class Session(Conversation):
     def pipelining_advertised(self) -> bool:
         return self.esmtp
 
+    @property
+    def completes_headers(self) -> bool:
+        """Add a missing Date:, Message-ID:, From: (headers.py)? Only for our own clients,
+        as Postfix's local_header_rewrite_clients: LAN devices and logged-in users."""
+        return self.ctx.in_mynetworks or self.auth.user is not None
+
     def tls_started(self) -> None:
         """RFC 3207 section 4.2: after the handshake the client starts over with EHLO."""
         self.ctx = replace(self.ctx, tls_active=True)

@@ -391,5 +391,6 @@ def test_lan_scanner_with_bare_lf_everywhere_is_relayed_with_crlf_and_logged_onc
     got = barrier(relay, smarthost)
     scan, = [t for t in got if message_id(t.content) == "<scan@lan.test>"]
     assert not BARE_CR_OR_LF.search(scan.wire)
-    assert scan.wire.endswith(b"Subject: scan\r\n\r\nhidden\r\nbody\r\n..\r\n..\r\n\r\n")
+    assert b"\r\nSubject: scan\r\n" in scan.wire         # Date: and From: were added after it
+    assert scan.wire.endswith(b"@lan.test\r\n\r\nhidden\r\nbody\r\n..\r\n..\r\n\r\n")
     assert relay.log().count("bare <LF> received from [127.0.0.2], taken as <CR><LF>") == 1

@@ -450,3 +450,11 @@ def test_normalize_only_for_mynetworks_on_a_listener_without_required_auth(in_my
     cfg = make_config(Path("/nonexistent"), listen=listen,
                       mynetworks=("192.168.1.0/24",) if in_mynetworks else ("10.0.0.0/8",))
     assert SessionContext.from_config(cfg, "192.168.1.20", lambda: 0, listen=listen).normalize_bare_lf is expected
+
+
+@pytest.mark.parametrize("in_mynetworks, completes", [(True, True), (False, False)])
+def test_completes_headers_only_for_mynetworks_or_logged_in_users(in_mynetworks, completes):
+    s = session(in_mynetworks=in_mynetworks)
+    assert s.completes_headers is completes
+    s.auth.user = "alice"
+    assert s.completes_headers
