@@ -44,6 +44,7 @@ from mta_lite.identity import Identity, rule_for
 DEFAULT_CONFIG_PATH = "/etc/mta-lite/mta-lite.toml"
 DEFAULT_MYNETWORKS = ("127.0.0.0/8", "::1/128")
 BARE_NEWLINE_MODES = ("normalize", "reject")
+LISTEN_TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 SUBMISSION_PORT = 587       # RFC 6409; a smarthost with tls = "implicit" listens on 465 (RFC 8314)
 IMPLICIT_TLS_PORT = 465
 
@@ -93,6 +94,9 @@ class Listen:
     # S2, Postfix 3.9 smtpd_forbid_bare_newline: "normalize" takes a bare LF from clients in
     # mynetworks as CRLF (never on an auth = "required" listener); "reject" refuses it from all.
     bare_newline: str = key(choice(BARE_NEWLINE_MODES), "normalize", hide_default=True)
+    # The oldest TLS a client may use: "TLSv1"/"TLSv1.1" for old LAN devices (with OpenSSL
+    # security level 0, which those need); refused on a submission listener open to outside.
+    tls_min_version: str = key(choice(LISTEN_TLS_VERSIONS), "TLSv1.2", hide_default=True)
 
 
 @dataclass(frozen=True)

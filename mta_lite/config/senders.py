@@ -25,6 +25,8 @@ from mta_lite.passhash import USER_NAME, parse_hash
 
 LISTEN_TLS_MODES = ("starttls", "implicit")
 LISTEN_AUTH_MODES = ("none", "required")
+# TLS 1.0 and 1.1 (RFC 8996 deprecates them): allowed for old LAN devices only.
+OLD_TLS_VERSIONS = ("TLSv1", "TLSv1.1")
 _IDENTITY_HINT = 'expected an address or "Name <address>"'
 
 
@@ -123,6 +125,18 @@ def listen_modes(table: Table) -> None:
                           "needs tls_cert and tls_key (AUTH is offered under TLS only)")
     if auth == "required" and not table.top.got["users"]:
         raise table.error("auth", "no [users.NAME] defined (add them with `mta-lite passwd NAME`)")
+    if auth == "required" and table.got["tls_min_version"] in OLD_TLS_VERSIONS and not _loopback(table.got["host"]):
+        raise table.error("tls_min_version", f"{table.got['tls_min_version']} on an auth = \"required\" listener "
+                          "reachable from outside mynetworks would expose passwords to broken TLS; old TLS is "
+                          "for a LAN listener without auth (use \"TLSv1.2\" here)")
+
+
+def _loopback(host: str) -> bool:
+    """Only a listener bound to a loopback address is out of reach from other machines."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def both_or_neither(table: Table, name: str, value: str) -> None:

@@ -14,7 +14,8 @@ Guarantees:
       pool or an internal error defers (451 4.3.0). What each reply means is decided in
       replies.py, the transaction in transaction.py, the set-up in connection.py.
   S3  every TLS context verifies the certificate against relay.host (check_hostname,
-      CERT_REQUIRED), with relay.ca_file or the system store; AUTH only inside TLS.
+      CERT_REQUIRED), with relay.ca_file or the system store, and never below TLS 1.2
+      (SMARTHOST_MIN_TLS), whatever old TLS a LAN listener allows; AUTH only inside TLS.
   A connection is reused only for the same Route (account, host, password and the other
   settings it logged in with) and only after a 250 to RSET; one that was cancelled or
   failed mid-transaction is never pooled.
@@ -42,6 +43,8 @@ log = logging.getLogger("mta_lite.smtp")
 # A pooled connection that does not answer RSET within this is presumed dead: a fresh
 # connection is cheaper than waiting out relay.timeout_s (300 s by default).
 REUSE_RSET_TIMEOUT_S = 30.0
+# RFC 8996: TLS 1.0 and 1.1 are deprecated; the smarthost side is modern TLS only (S3).
+SMARTHOST_MIN_TLS = ssl.TLSVersion.TLSv1_2
 R451_INTERNAL = Reply(451, "4.3.0", "internal error in the smarthost client; will try again later")
 R451_CLOSED = Reply(451, "4.3.0", "smarthost client is shutting down; will try again later")
 
@@ -75,6 +78,7 @@ class TlsContexts:
             return ca_file_unusable(ca_file, exc)
         context.check_hostname = True           # the defaults, stated: S3 rests on them
         context.verify_mode = ssl.CERT_REQUIRED
+        context.minimum_version = SMARTHOST_MIN_TLS   # whatever a LAN listener allows
         self._cache[ca_file] = (stamp, context)
         return context
 

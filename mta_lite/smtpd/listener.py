@@ -20,6 +20,7 @@ import asyncio
 import logging
 import ssl
 import time
+import warnings
 from dataclasses import asdict
 from typing import Any, Awaitable, Callable
 
@@ -34,6 +35,11 @@ from mta_lite.smtpd.stream import HANGUP_WAIT_S, SmtpStream
 
 log = logging.getLogger("mta_lite.smtpd")
 
+# Listen.tls_min_version -> the oldest protocol the listener's TLS context allows.
+TLS_VERSIONS = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+                "TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+# What TLS 1.0/1.1 clients need from OpenSSL 3: its default cipher list at security level 0.
+OLD_TLS_CIPHERS = "DEFAULT:@SECLEVEL=0"
 # close(): how long sessions in DATA may take to finish before they are cut off.
 DEFAULT_CLOSE_GRACE_S = 60.0
 
@@ -47,7 +53,16 @@ def server_tls_context(listen: Listen, config_path: str = "") -> ssl.SSLContext 
     if not (listen.tls_cert and listen.tls_key):
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with warnings.catch_warnings():
+        # Python deprecates TLS 1.0/1.1; the admin chose them for old LAN devices (RFC 8996's
+        # risk, accepted in the config and refused where passwords could cross the Internet).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = TLS_VERSIONS[listen.tls_min_version]
+    if context.minimum_version < ssl.TLSVersion.TLSv1_2:
+        # OpenSSL 3 refuses TLS 1.0/1.1 (their handshake signs with SHA-1/MD5) above
+        # security level 0. The trade-off, taken for old LAN devices only: this listener
+        # also accepts weak ciphers; config checks keep it off a submission port open to all.
+        context.set_ciphers(OLD_TLS_CIPHERS)
     try:
         context.load_cert_chain(listen.tls_cert, listen.tls_key)
     except OSError as exc:          # ssl.SSLError included: wrong key, encrypted, not PEM

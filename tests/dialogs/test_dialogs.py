@@ -4,7 +4,7 @@ Transcript syntax, one item per line (blank lines and `#` comments are ignored):
   @set KEY VALUE    before the first exchange: mynetworks (comma list), message_size_limit,
                     recipient_limit, hard_error_limit, timeout_s, max_connections,
                     free (bytes the fake spool reports), spool_fail (begin|write|commit|crash),
-                    tls (on: STARTTLS with a trustme certificate),
+                    tls (on: STARTTLS with a trustme certificate), tls_min_version (TLSv1, ...),
                     bare_newline (normalize, the default, or reject: the listener's S2 mode)
   -> BYTES          send BYTES in one write; escapes like \\r\\n \\x00 are decoded
   ->xN BYTES        send BYTES repeated N times in one write
@@ -106,7 +106,8 @@ def build(tmp_path: Path, settings: dict[str, str], tls_setup, **hooks) -> tuple
     bare_newline = settings.get("bare_newline", "normalize")
     listen = Listen("127.0.0.1", 0, bare_newline=bare_newline)
     if settings.get("tls") == "on":
-        listen = Listen("127.0.0.1", 0, tls_cert=tls_setup[0], tls_key=tls_setup[1], bare_newline=bare_newline)
+        listen = Listen("127.0.0.1", 0, tls_cert=tls_setup[0], tls_key=tls_setup[1], bare_newline=bare_newline,
+                        tls_min_version=settings.get("tls_min_version", "TLSv1.2"))
     smtpd = {k: (float(v) if k.endswith("_s") else int(v)) for k, v in settings.items() if k in SMTPD_SETTINGS}
     cfg = make_config(tmp_path, mynetworks=tuple(settings.get("mynetworks", "127.0.0.0/8").split(",")),
                       message_size_limit=int(settings.get("message_size_limit", 10_240_000)),
@@ -480,3 +481,36 @@ def test_listener_with_real_spool_commits_a_valid_queue_file(tmp_path, tls_setup
     assert f" id {queue_id}\r\n".encode() in content and content.endswith(b"Subject: real\r\n\r\n.dot\r\n")
     assert os.listdir(tmp_path / "spool" / "tmp") == []
     assert dict(listener.counters.items())["accepted"] == 1
+
+
+def old_tls_client(tls_setup, version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A device that speaks only `version`, with what OpenSSL 3 needs for it (@SECLEVEL=0)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.minimum_version = context.maximum_version = version
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("version, allowed", [(ssl.TLSVersion.TLSv1, "TLSv1"), (ssl.TLSVersion.TLSv1_1, "TLSv1.1")])
+def test_listener_old_tls_client_is_served_where_allowed_and_refused_by_default(tmp_path, tls_setup, version, allowed):
+    """This machine's OpenSSL does TLS 1.0/1.1 at security level 0; the test fails if it cannot."""
+    def client(port: int) -> str:
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="printer.lan", timeout=READ_TIMEOUT_S) as smtp:
+            smtp.starttls(context=old_tls_client(tls_setup, version))
+            smtp.sendmail("printer@lan.test", ["x@example.org"], COMPLETE_HEADERS + b"Subject: old\r\n\r\nhi\r\n")
+            return smtp.sock.version()
+
+    async def main(settings: dict) -> str:
+        listener, spool = build(tmp_path, {"tls": "on", **settings}, tls_setup)
+        await listener.start()
+        try:
+            return await asyncio.to_thread(client, listener.address[1])
+        finally:
+            await listener.close(grace_s=1)
+    with LogCapture() as log:
+        assert asyncio.run(main({"tls_min_version": allowed})) == allowed
+    assert any(f"TLS established from [127.0.0.1]: {allowed} " in line for line in log.lines)
+    with pytest.raises(ssl.SSLError):
+        asyncio.run(main({}))
