@@ -14,8 +14,9 @@ DATA without an accepted recipient. The wait after the final dot grows with the 
 a slow uplink does not turn a big message into a timeout and a duplicate. A connection that
 failed, or got a reply that makes no sense, is aborted and never pooled again.
 Must never: share a connection with another transaction; bounce a recipient whose fate is
-unknown; put the account's password or an AUTH payload into a Reply (the server's texts go
-through replies.clean_text with the connection's secrets).
+unknown; send a declared-8bit MIME part to a server without 8BITMIME (downgrade.py makes
+it quoted-printable, as Postfix does); put the account's password or an AUTH payload into
+a Reply (the server's texts go through replies.clean_text with the connection's secrets).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from aiosmtplib.errors import SMTPDataError, SMTPResponseException
 
 from mta_lite.reply import Reply
 from mta_lite.smarthost.connection import Connection
+from mta_lite.smarthost.downgrade import to_7bit
 from mta_lite.smarthost.esmtp import plan_mail, unsafe_address, unsafe_recipient
 from mta_lite.smarthost.replies import (DATA, MAIL, RCPT, Step, failure_reply, is_valid_code,
                                         protocol_error, reply_for, status_of)
@@ -71,8 +73,10 @@ class Transaction:
                 self.results[i] = RecipientResult(self.recipients[i], status, reply)
 
     async def _dialog(self) -> None:
-        plan = plan_mail(self.conn.smtp.esmtp_extensions, self.sender, self.recipients,
-                         self.content, self.smtputf8, self.conn.relay)
+        extensions = self.conn.smtp.esmtp_extensions
+        if "8bitmime" not in extensions and not self.content.isascii():
+            self.content = to_7bit(self.content)      # Postfix: 8-bit MIME parts to quoted-printable
+        plan = plan_mail(extensions, self.sender, self.recipients, self.content, self.smtputf8, self.conn.relay)
         if isinstance(plan, Reply):
             self._settle(plan)
             return
