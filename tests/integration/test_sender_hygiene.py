@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 SUBMIT_PASSWORD = "sUbm1t-kangaroo-42"       # alice's login at the relay (not the smarthost's)
 SCAN = (b"From: Printer 3000\r\n <root@printer.lan>\r\n"                     # folded
         b"To: office@remote.example\r\nSubject: Scan =?utf-8?q?B=C3=BCro?=\r\n"
-        b"Message-ID: <scan-1@printer.lan>\r\nX-Odd:   spacing\t kept  \r\n\r\n"
+        b"Message-ID: <scan-1@printer.lan>\r\nX-Odd:   spacing\t kept  \r\n"
+        b"Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n\r\n"     # complete: smtpd adds nothing
         b"From: not a header, in the body\r\n.leading dot\r\n\r\nlast line\r\n")
 
 
@@ -60,7 +61,8 @@ def test_rewrite_changes_envelope_and_from_and_nothing_else(sink_factory, relay_
     send(relay.port, "root@printer.lan", SCAN)
     scanner = SCAN.replace(b"scan-1@", b"scan-2@")
     send(relay.port, "scan@scanner.local", scanner, source="127.0.0.2")
-    cron = b"From: root (Cron Daemon)\r\nSubject: cron\r\nMessage-ID: <cron-1@relay>\r\n\r\noutput\r\n"
+    cron = (b"From: root (Cron Daemon)\r\nSubject: cron\r\nMessage-ID: <cron-1@relay>\r\n"
+            b"Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n\r\noutput\r\n")
     send(relay.port, "root", cron, source="127.0.0.3")
 
     dump = by_message_id(sink, b"<scan-1@printer.lan>")
