@@ -1,4 +1,5 @@
-"""cli — the `mta-lite` command: parse arguments, load the config, run one subcommand.
+"""cli — the `mta-lite` command: parse arguments, load the config, dispatch to one command
+(mta_lite.commands) or process (mta_lite.process). Nothing else happens here.
 
     mta-lite [-c FILE] serve | check [--fix] | config check|show|public | config apply FILE|- |
              config rollback [N] | config generations | sendmail ... | queue ... |
@@ -18,11 +19,9 @@ import argparse
 import os
 import sys
 
-import tomli_w
-
-from .config import DEFAULT_CONFIG_PATH
-from .config_load import effective_dict, load_config
-from .errors import ConfigError, MtaLiteError, QueueIdError
+from mta_lite.config.load import load_config
+from mta_lite.config.schema import DEFAULT_CONFIG_PATH
+from mta_lite.errors import ConfigError, MtaLiteError, QueueIdError
 
 EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 64, 75, 78
 
@@ -82,45 +81,33 @@ def main(argv: list[str] | None = None) -> int:
     name = os.path.basename(sys.argv[0])
     config, rest = _split_global(argv)
     if name == "sendmail" or (rest and rest[0] == "sendmail"):
+        from mta_lite.commands.sendmail import submit
         # Any local user submits; the password files are not theirs to read.
-        return _run(config, lambda cfg: _sendmail(cfg, rest[1:] if name != "sendmail" else rest),
+        return _run(config, lambda cfg: submit(cfg, rest[1:] if name != "sendmail" else rest),
                     EX_TEMPFAIL, secrets=False)
     if name == "mailq":
         rest = ["queue", "list"]
     args = _parser().parse_args((["-c", config] if config else []) + rest)
+    path = _config_path(args.config)
     if args.command == "demo":
-        from .demo import run_demo
+        from mta_lite.process.demo import run_demo
         return run_demo()
     if args.command == "passwd":      # needs no config: its output goes into one
-        from .passwd import passwd_main
+        from mta_lite.commands.passwd import passwd_main
         return passwd_main(args.name)
     if args.command == "smtpd":
-        return _smtpd(args)
+        from mta_lite.process.services import run_smtpd_unit
+        return run_smtpd_unit(path)
     if args.command == "serve":
-        from .master import serve     # the master never loads the secrets itself
-        return serve(_config_path(args.config))
+        from mta_lite.process.master import serve     # the master never loads the secrets itself
+        return serve(path)
     if args.command == "config" and args.action in ("apply", "rollback", "generations"):
-        return _generations(_config_path(args.config), args.action, args.arg)
+        from mta_lite.commands.config import generations_main
+        return generations_main(path, args.action, args.arg)
     # `config public` feeds the receiving side: it must work where the secrets are hidden.
     # `status` and `queue` need none, and must work when a password file is what is broken.
     secrets = not (args.command in ("status", "queue") or (args.command == "config" and args.action == "public"))
     return _run(args.config, lambda cfg: _dispatch(cfg, args), 1, secrets)
-
-
-def _smtpd(args) -> int:
-    """The receiving half on its own (a systemd unit). Like the master, it takes its config
-    from a short-lived `config public` process, so no secret ever enters it (S7)."""
-    from .daemon import SmtpdService, run_service
-    from .maillog import setup_logging
-    from .secretfree import load_public_config
-    try:
-        cfg = load_public_config(_config_path(args.config))
-        service = SmtpdService(cfg)         # loads the listeners' certificates and keys
-    except ConfigError as exc:
-        print(f"mta-lite: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    setup_logging(cfg)
-    return run_service(service)
 
 
 def _run(config: str | None, action, fail_status: int, secrets: bool = True) -> int:
@@ -140,116 +127,25 @@ def _run(config: str | None, action, fail_status: int, secrets: bool = True) -> 
         return fail_status
 
 
-def _generations(path: str, action: str, arg: str | None) -> int:
-    """config apply / rollback / generations: these work on the file, not on a loaded config
-    (the running one may be the broken one that a rollback repairs)."""
-    from . import configgen
-    try:
-        if action == "generations":
-            for gen in configgen.generations(path):
-                print(f"{gen.number:6d}  {gen.digest}  {gen.size:6d} bytes"
-                      f"{'  (current)' if gen.current else ''}")
-            return 0
-        if action == "apply":
-            if not arg:
-                print("mta-lite: config apply needs a FILE (or - for standard input)", file=sys.stderr)
-                return EX_USAGE
-            result = configgen.apply_config(path, _read_candidate(arg), arg if arg != "-" else "stdin")
-        else:
-            if arg is not None and not arg.isdigit():
-                print(f"mta-lite: config rollback: expected a generation number, got {arg!r}", file=sys.stderr)
-                return EX_USAGE
-            result = configgen.rollback(path, int(arg) if arg else None)
-    except ConfigError as exc:
-        print(f"mta-lite: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    except OSError as exc:
-        print(f"mta-lite: cannot install {path}: {exc.strerror}", file=sys.stderr)
-        return EX_TEMPFAIL
-    if result.changed:
-        print(f"mta-lite: {result.describe()}")
-    else:
-        print(f"mta-lite: generation {result.generation} already installed (config {result.digest})")
-    return 0
-
-
-def _read_candidate(arg: str) -> bytes:
-    from .configgen import MAX_CONFIG_BYTES
-    if arg == "-":
-        return sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
-    try:
-        with open(arg, "rb") as handle:
-            return handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(arg, "", f"cannot read: {exc.strerror}") from None
-
-
-def _sendmail(cfg, argv: list[str]) -> int:
-    from .sendmail import submit
-    return submit(cfg, argv)
-
-
 def _dispatch(cfg, args) -> int:
+    """The commands that run on a loaded config."""
     if args.command == "qmgr":
-        from .daemon import QmgrService, run_service
-        from .maillog import setup_logging
-        setup_logging(cfg)
-        return run_service(QmgrService(cfg))
+        from mta_lite.process.services import run_qmgr_unit
+        return run_qmgr_unit(cfg)
     if args.command == "config":
-        if args.action == "show":
-            sys.stdout.write(tomli_w.dumps(effective_dict(cfg)))
-        elif args.action == "public":
-            from .secretfree import public_config_toml
-            sys.stdout.buffer.write(public_config_toml(cfg))
-        return 0
+        from mta_lite.commands import config
+        return config.show(cfg) if args.action == "show" else config.public(cfg)
     if args.command == "check":
-        return _check(cfg, args.fix)
+        from mta_lite.commands.check import check_main
+        return check_main(cfg, args.fix)
     if args.command == "relay":
-        from .smarthost.probe import relay_test
+        from mta_lite.commands.relaytest import relay_test
         return relay_test(cfg, args.name)
     if args.command == "status":
-        from .status import format_status, read_status
-        snapshot = read_status(cfg.spool_dir)
-        print(snapshot.to_json() if args.json else format_status(snapshot))
-        return 0
-    return _queue_command(cfg, args)
-
-
-def _check(cfg, fix: bool) -> int:
-    """`mta-lite check`: one line per problem on stderr; exit 78 if any is fatal."""
-    from .preflight import run_checks
-    problems = run_checks(cfg, fix)
-    for problem in problems:
-        print(f"mta-lite: check: {problem.line()}", file=sys.stderr)
-    if any(problem.fatal for problem in problems):
-        return EX_CONFIG
-    print(f"mta-lite: check: {cfg.path}: ok" + (f" ({len(problems)} warnings)" if problems else ""))
-    return 0
-
-
-def _queue_command(cfg, args) -> int:
-    from . import mailq
-    from .queue import Spool
-    spool = Spool(cfg.spool_dir)
-    if args.action in ("show", "why", "delete", "hold", "release") and not args.ids:
-        print(f"mta-lite: queue {args.action} needs at least one queue ID", file=sys.stderr)
-        return EX_USAGE
-    if args.action == "list":
-        print(mailq.list_json(spool) if args.json else mailq.format_list(mailq.entries(spool)))
-    elif args.action == "show":
-        for queue_id in args.ids:
-            sys.stdout.buffer.write(mailq.show(spool, queue_id))
-    elif args.action == "why":
-        import time
-        from .qmgr.why import explain
-        from .status import read_status
-        status = read_status(cfg.spool_dir)
-        for queue_id in args.ids:
-            print(explain(cfg, spool, queue_id, time.time(), status))
-    else:
-        count = getattr(mailq, args.action)(spool, *([args.ids] if args.action != "flush" else []))
-        print(f"mta-lite: {args.action}: {count} message{'s' if count != 1 else ''}")
-    return 0
+        from mta_lite.commands.status import status_main
+        return status_main(cfg, args.json)
+    from mta_lite.commands.mailq import queue_main
+    return queue_main(cfg, args.action, args.ids, args.json)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from .errors import AddressError
-from .reply import R501_BAD_CHARS, R553_BAD_RCPT, R553_BAD_SENDER, Reply
+from mta_lite.errors import AddressError
+from mta_lite.reply import R501_BAD_CHARS, R553_BAD_RCPT, R553_BAD_SENDER, Reply
 
 # RFC 5321 section 4.5.3.1: local part 64 octets, domain 255, path 256 including brackets.
 MAX_LOCAL_BYTES = 64
@@ -35,9 +35,16 @@ _LABEL_ASCII = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _LABEL_UTF8 = re.compile(r"(?:[a-z0-9]|[^\x00-\x7f])(?:(?:[a-z0-9-]|[^\x00-\x7f]){0,61}(?:[a-z0-9]|[^\x00-\x7f]))?\Z")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Envelope:
-    """The SMTP envelope of one message as accepted."""
+    """The SMTP envelope of one message as accepted: its fields, their types and defaults.
+
+    This is the one schema of a message's envelope. The queue file stores these fields
+    (queue/queuefile.py: StoredEnvelope adds the arrival time and the bounce flag, QueueEntry
+    the queue ID and where the content lies); the writer, the reader and its validation
+    derive from it. A new field is declared here, with its default, and named in
+    queuefile.ADDED_LATER, so that files written before it existed stay valid.
+    """
 
     sender: str
     recipients: list[str] = field(default_factory=list)

@@ -5,6 +5,8 @@ stdlib class, so callers can catch either. Messages are written for the person w
 act on them. An exception message must never contain a secret (password, AUTH payload).
 """
 
+from mta_lite.text import printable
+
 
 class MtaLiteError(Exception):
     """Root of every error mta-lite raises deliberately."""
@@ -22,7 +24,7 @@ class ConfigError(MtaLiteError, ValueError):
 def _one_line(text: str) -> str:
     """Keys, file names and values come from the file: a newline in one (a TOML key may be
     "\\n") must not split the one-line error or forge a second line in a log."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return printable(text, None, escape=not text.isprintable())
 
 
 class PreflightError(MtaLiteError, ValueError):

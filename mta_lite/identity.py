@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .envelope import client_ip, lookup_key, parse_path
+from mta_lite.envelope import client_ip, lookup_key, parse_path
 
 LOCAL_DOMAINS = ("localhost", "localhost.localdomain")
 # A display name from the config goes into a From: line: printable, no quotes, brackets or

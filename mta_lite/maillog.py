@@ -18,14 +18,16 @@ import base64
 import logging
 import sys
 
-from .config import MASK, Config
+from mta_lite.config.schema import Config
+from mta_lite.config.values import mask
 
 smtp_log = logging.getLogger("mta_lite.smtp")
 qmgr_log = logging.getLogger("mta_lite.qmgr")
 bounce_log = logging.getLogger("mta_lite.bounce")
 
 
-def queued(queue_id: str, sender: str, size: int, nrcpt: int) -> None:
+def activated(queue_id: str, sender: str, size: int, nrcpt: int) -> None:
+    """The queue manager took a new message from incoming/ into active/: Postfix's line."""
     qmgr_log.info("%s: from=<%s>, size=%d, nrcpt=%d (queue active)", queue_id, sender, size, nrcpt)
 
 
@@ -90,17 +92,12 @@ class SecretFilter(logging.Filter):
         super().__init__()
         self.secrets = sorted(secrets, key=len, reverse=True)
 
-    def _mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, MASK)
-        return text
-
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            record.msg = self._mask(record.getMessage())
+            record.msg = mask(record.getMessage(), self.secrets)
             record.args = None
             if record.exc_info:
-                record.exc_text = self._mask(logging.Formatter().formatException(record.exc_info))
+                record.exc_text = mask(logging.Formatter().formatException(record.exc_info), self.secrets)
                 record.exc_info = None
         return True
 

@@ -53,7 +53,6 @@ class Reply:
 
 
 # 2xx
-R220_GREETING = Reply(220, "", "ESMTP")
 R221_BYE = Reply(221, "2.0.0", "Bye")
 R235_AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 R250_OK = Reply(250, "2.0.0", "Ok")
@@ -74,7 +73,6 @@ R451_LOCAL_ERROR = Reply(451, "4.3.0", "Error: queue file write error")
 R451_INTERNAL = Reply(451, "4.3.0", "Error: internal error, please try again later")
 R452_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 R452_TOO_MANY_RCPTS = Reply(452, "4.5.3", "Error: too many recipients")
-R454_TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available due to local problem")
 
 # 5xx
 R500_UNKNOWN = Reply(500, "5.5.2", "Error: command not recognized")
@@ -92,14 +90,12 @@ R501_RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
 R501_SIZE_SYNTAX = Reply(501, "5.5.4", "Bad message size syntax")
 R501_BODY_SYNTAX = Reply(501, "5.5.4", "Bad BODY keyword syntax")
 R502_NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
-R503_BAD_SEQUENCE = Reply(503, "5.5.1", "Error: bad sequence of commands")
 R503_NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
 R503_NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
 R503_NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
 R503_NEED_HELO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
 R503_IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
 R503_AUTH_DISABLED = Reply(503, "5.5.1", "Error: authentication not enabled")
-R504_PARAM = Reply(504, "5.5.4", "Unsupported parameter")
 R521_BARE_LF = Reply(521, "5.5.2", "Error: bare <LF> received")
 R521_BARE_CR = Reply(521, "5.5.2", "Error: bare <CR> received")
 R521_NUL = Reply(521, "5.5.2", "Error: NUL character received")

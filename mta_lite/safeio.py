@@ -75,7 +75,9 @@ def _owner_of(path: str) -> tuple[int, int]:
 
 
 def unlink_quietly(path: str) -> None:
+    """Remove a file if it can be, silently: for clean-up on a path that is already failing
+    (a write, a rename), where the error being handled must propagate, not the unlink's."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except OSError:
         pass

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import safeio
+from mta_lite import safeio
 
 STATUS_FILE = os.path.join("public", "status.json")
 # The master's view of its children (running, restarting, config_error and why), written by

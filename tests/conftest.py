@@ -1,6 +1,6 @@
 """Session-wide checks and modes for every test.
 
-S3, credentials stay out of logs: every test that ran the real daemon (tests/relay.py
+S3, credentials stay out of logs: every test that ran the real daemon (tests/support/relay.py
 RelayProcess, configured with the distinctive PASSWORD) has, after it, that daemon's log,
 every file in its spool and its `status --json` scanned for the password and for its base64
 in any AUTH framing; a find fails the test. A test that unmounts its spool early (tmpfs)
@@ -8,7 +8,7 @@ scans before the unmount (RelayProcess.scan_secrets() caches the result).
 
 The deployed mode: a test marked `@pytest.mark.deployed` runs twice, once as today (one
 user) and once with the daemon started as root, dropping to mta-smtpd and mta-lite, with
-its files written as an admin writes them (tests/relay.py, deployed=True). Its `deployed`
+its files written as an admin writes them (tests/support/relay.py, deployed=True). Its `deployed`
 fixture says which; relay factories pass it on. A deployed daemon whose log shows a late
 import or a traceback fails the test.
 """
@@ -18,7 +18,7 @@ import pwd
 
 import pytest
 
-from tests import relay as relay_module
+from tests.support import relay as relay_module
 
 
 def pytest_generate_tests(metafunc):

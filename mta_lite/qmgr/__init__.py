@@ -1,19 +1,24 @@
 """qmgr — the queue manager: schedules queued mail onto smarthosts, retries, bounces.
 
-    manager    QueueManager: what is tried when (incoming, deferred, wake-ups, stop)
+    manager    QueueManager: what is tried when (incoming, deferred, rings, stop)
     delivery   one attempt for one message and what happens to it afterwards
+    notices    the DSNs a delivery queues: whom, the hourly cap, the template (G6)
+    resolve    how a message leaves: the sender after [rewrite], its route and account (pure)
+    rewrite    the From: of the bytes sent, when [rewrite] gives another identity (pure)
     accounts   per smarthost login: concurrency, budget, the pause after a refused login (S5),
                unreachable smarthosts, credentials changed by a reload
     budget     rate_delay, max_per_hour, max_per_day; state/budgets.json (pure but the file)
     fairness   notices first, then round-robin between senders (pure)
-    why        `queue why ID`: one line on what holds a message back
     backoff    retry delays, auth pauses, queue lifetime (pure)
     bounce     RFC 3464 DSNs and who receives them (pure, G6)
     ratelimit  the DSNs-per-hour cap (pure)
-    wakeup     the doorbell socket spool/public/qmgr and poke() for other processes
+    pickup     local submissions from maildrop/ into incoming/, as Postfix's pickup
+
+The doorbell other processes ring (W, F, R on spool/public/qmgr) is queue/doorbell.py;
+`queue why` is commands/why.py.
 """
 
-from .manager import QueueManager
-from .wakeup import FLUSH, RESCAN, WAKE, poke
+from mta_lite.qmgr.manager import QueueManager
+from mta_lite.queue.doorbell import FLUSH, NEW_MAIL, RESCAN, ring
 
-__all__ = ["QueueManager", "poke", "WAKE", "FLUSH", "RESCAN"]
+__all__ = ["QueueManager", "ring", "NEW_MAIL", "FLUSH", "RESCAN"]

@@ -25,11 +25,11 @@ import asyncio
 import hashlib
 import os
 
-from ..config import Config, QueueConfig, Route
-from ..smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult
-from .backoff import auth_pause_s
-from .budget import DAY_S, HOUR_S, Budget, BudgetFile, Limits
-from .fairness import ServedLog
+from mta_lite.config.schema import Config, QueueConfig, Route
+from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult
+from mta_lite.qmgr.backoff import auth_pause_s
+from mta_lite.qmgr.budget import DAY_S, HOUR_S, Budget, BudgetFile, Limits
+from mta_lite.qmgr.fairness import ServedLog
 
 GO, PROBE, PAUSED = "go", "probe", "paused"
 STATE_OK, STATE_DEFERRING, STATE_AUTH_FAILED = "ok", "deferring", "auth_failed"
@@ -39,7 +39,7 @@ STATE_THROTTLED, STATE_UNREACHABLE = "throttled", "unreachable"
 UNREACHABLE_AFTER_S = 600.0
 # Per process: the credentials digest is only ever compared within one run, never stored.
 _DIGEST_KEY = os.urandom(16)
-# Messages picked up per account beyond its connection count: enough to keep every
+# Messages in flight per account beyond its connection count: enough to keep every
 # connection busy, few enough that one slow account cannot fill the active queue.
 BACKLOG_PER_SLOT = 2
 
@@ -56,7 +56,7 @@ class Account:
         self.digest = digest                 # credentials_digest(); compared on reload
         self.served = ServedLog()            # fairness between this account's senders
         self.unreachable_since = 0.0
-        self.picked = 0                      # messages taken for this account, waiting or delivering
+        self.in_flight = 0                   # messages started for this account, waiting or delivering
         self.counts = {SENT: 0, DEFER: 0, BOUNCE: 0}
         self.last_error = ""
         self.auth_failures = 0               # consecutive refused logins; 0 once one succeeds
@@ -79,13 +79,13 @@ class Account:
         return STATE_DEFERRING if self._deferring else STATE_OK
 
     def busy(self) -> bool:
-        return self.picked >= self.concurrency * BACKLOG_PER_SLOT
+        return self.in_flight >= self.concurrency * BACKLOG_PER_SLOT
 
     def can_start(self, now: float) -> bool:
         """Room for one more delivery now: a free slot, and rate_delay since the last one
         (with rate_delay deliveries go one at a time, as in Postfix)."""
         if self.budget.limits.rate_delay_s and not self.paused(now):
-            return self.picked == 0 and now >= self.budget.pace_until()
+            return self.in_flight == 0 and now >= self.budget.pace_until()
         return not self.busy()
 
     def paused(self, now: float) -> bool:

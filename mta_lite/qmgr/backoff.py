@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from ..config import QueueConfig
+from mta_lite.config.schema import QueueConfig
 
 # Jitter of +-10 %: enough to spread a burst of deferrals over minutes at the usual backoffs,
 # small enough that an admin reading "next attempt" in the queue listing is not misled.

@@ -24,7 +24,7 @@ import string
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..reply import Reply
+from mta_lite.reply import Reply
 
 ACTION_FAILED, ACTION_DELAYED = "failed", "delayed"
 NOTICE_SENDER, NOTICE_POSTMASTER, NOTICE_NONE = "sender", "postmaster", "none"

@@ -27,8 +27,9 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from .. import safeio
+from mta_lite import safeio
 
 log = logging.getLogger("mta_lite.qmgr")
 
@@ -44,6 +45,13 @@ FUTURE_SLACK_S = 300.0
 SAVE_INTERVAL_S = 1.0
 FILE_VERSION = 1
 FILE_MODE = 0o600
+
+
+class Slot(NamedTuple):
+    """Over budget: when a message's turn comes, and why it waits (over()'s text)."""
+
+    until: float
+    why: str
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""delivery — one message, one attempt: pick it up, deliver its pending recipients, settle it.
+"""delivery — one message, one attempt: move it into active/, deliver its pending recipients, settle it.
 
     incoming/ or deferred/ --move--> active/ --read, validate--> smarthost pool
-        all recipients done   -> DSN queued (if any bounced), then the message removed
+        all recipients done   -> DSN queued (if any bounced; notices.py), then the message removed
         some still pending    -> DSN queued (for those bounced now), state saved, -> deferred/
 
 Guarantees: only recipients not yet done are offered to the smarthost, at most the relay's
@@ -9,9 +9,8 @@ recipient_limit per transaction (a larger message goes as several transactions, 
 counted against the account's budget and spaced by its rate_delay), and each result is
 recorded in the message's state file before the message leaves active/ (G3). Mail over an
 account's budget is deferred to its slot, with the reason and the time in last_error, and
-never bounced for it. A DSN is in
-the queue before the message it reports on is removed or marks its recipients done, so a
-crash can repeat a DSN but never lose one. A transient failure of a message older than the
+never bounced for it. A DSN is in the queue before the message it reports on is removed or
+marks its recipients done, so a crash can repeat a DSN but never lose one. A transient failure of a message older than the
 queue lifetime bounces its remaining recipients (4.4.7). An invalid queue file goes to
 corrupt/ (G4). A message deleted or held by the administrator while in flight is respected:
 deleted -> results dropped; held -> results saved, so a release resends nothing.
@@ -23,31 +22,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
 
-from .. import maillog
-from ..config import Config, route_for
-from ..envelope import Envelope
-from ..errors import CorruptQueueFileError
-from ..queue import WAIT_AUTH, WAIT_BUDGET, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
-from ..reply import Reply
-from ..smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
-from . import bounce
-from .accounts import PAUSED, PROBE, Account, Accounts
-from .backoff import expired, retry_delay_s
-from .budget import Ticket, when
-from .ratelimit import SlidingWindowLimit
-from .rewrite import Outgoing, outgoing
+from mta_lite import maillog
+from mta_lite.config.schema import Config
+from mta_lite.errors import CorruptQueueFileError
+from mta_lite.queue import WAIT_AUTH, WAIT_BUDGET, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
+from mta_lite.reply import Reply
+from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
+from mta_lite.qmgr import bounce
+from mta_lite.qmgr.accounts import PAUSED, PROBE, Account, Accounts
+from mta_lite.qmgr.backoff import expired, retry_delay_s
+from mta_lite.qmgr.budget import Slot, Ticket, when
+from mta_lite.qmgr.notices import Notices
+from mta_lite.qmgr.resolve import Outgoing, resolve
 
 log = logging.getLogger("mta_lite.qmgr")
 
 R451_CLIENT_ERROR = Reply(451, "4.3.0", "Error: internal error in the smarthost client")
 R451_NO_RESULT = Reply(451, "4.3.0", "Error: no result from the smarthost client")
 EXPIRED_STATUS = "4.4.7"          # RFC 3463: delivery time expired
-BOUNCE_WINDOW_S = 3600.0          # queue.bounces_per_hour counts over a sliding hour
 
 
 @dataclass
@@ -59,9 +55,9 @@ class Attempt:
     wait: str = ""                # spool.WAIT_*: what holds the message back, if not a backoff
 
 
-def held_reply(account: str, why: str, until: float, now: float) -> Reply:
+def slot_reply(account: str, slot: Slot, now: float) -> Reply:
     """`deferred: account isp over max_per_hour=100 (100 sent in the last hour), next slot at 14:05:00 UTC`."""
-    return Reply(451, "4.7.0", f"deferred: account {account} {why}, next slot at {when(until, now)}")
+    return Reply(451, "4.7.0", f"deferred: account {account} {slot.why}, next slot at {when(slot.until, now)}")
 
 
 def chunks(recipients: list[str], limit: int) -> list[list[str]]:
@@ -73,48 +69,46 @@ def chunks(recipients: list[str], limit: int) -> list[list[str]]:
 class Deliverer:
     """Runs single delivery attempts; the QueueManager decides which and when."""
 
-    def __init__(self, cfg: Config, spool: Spool, pool, accounts: Accounts, template: str, *,
-                 clock=time.time, rng: random.Random, on_deferred, on_new_mail,
-                 sleep=asyncio.sleep) -> None:
+    def __init__(self, cfg: Config, spool: Spool, pool, accounts: Accounts, notices: Notices, *,
+                 clock=time.time, rng: random.Random, on_deferred, sleep=asyncio.sleep) -> None:
         self.cfg, self.spool, self.pool, self.accounts = cfg, spool, pool, accounts
-        self.template = template
+        self.notices = notices
         self.clock, self.rng, self.sleep = clock, rng, sleep
         self.on_deferred = on_deferred          # (queue_id, next_attempt) -> None
-        self.on_new_mail = on_new_mail          # (queue_id) -> None, a DSN was queued
-        self.bounce_limit = SlidingWindowLimit(cfg.queue.bounces_per_hour, BOUNCE_WINDOW_S)
-        self.stats = {"dsn_created": 0, "dsn_suppressed": 0, "corrupt": 0}
+        self.stats = {"corrupt": 0}
 
     # ------------------------------------------------------------------ one message
-    async def process(self, queue_id: str, src: str, hold: tuple[float, str] | None = None,
-                      ticket: Ticket | None = None) -> None:
-        """One attempt; with `hold` = (slot, why) the message is only deferred to its budget
-        slot; `ticket` is the send the manager reserved for its first transaction."""
-        entry = self._pick_up(queue_id, src)
+    async def process(self, queue_id: str, src: str, out: Outgoing | None = None,
+                      slot: Slot | None = None, ticket: Ticket | None = None) -> None:
+        """One attempt; `out` is how it leaves, as the manager resolved it (None: resolved
+        here); with a budget `slot` the message is only deferred to it, nothing tried;
+        `ticket` is the send the manager reserved for its first transaction."""
+        entry = self._activate(queue_id, src)
         if entry is None:
             return
         state = self.spool.load_state(queue_id)
         if src == "incoming":
-            maillog.queued(queue_id, entry.sender, entry.size, len(entry.recipients))
+            maillog.activated(queue_id, entry.sender, entry.size, len(entry.recipients))
         pending = list(dict.fromkeys(state.pending(entry.recipients)))
         if not pending:                          # a crash after the last result, before removal
             self._finish(entry, state, [], complete=True)
             return
         # [rewrite]: the message leaves as `out.sender`, through that sender's route (S4).
-        out = outgoing(self.cfg, entry.sender, entry.client_address, entry.sasl_username)
-        route = route_for(self.cfg, out.sender)
-        account = self.accounts.for_route(route)
-        if hold is not None:
-            attempt = self._held(account, pending, *hold)
+        out = out or resolve(self.cfg, entry)
+        account = self.accounts.for_route(out.route)
+        if slot is not None:
+            attempt = self._to_slot(account, pending, slot)
         else:
             if out.rewrite is not None:
                 maillog.sender_rewritten(queue_id, entry.sender, out.sender, out.rewrite.rule)
-            attempt = await self._attempt(account, route, entry, pending, ticket, out)
+            attempt = await self._attempt(account, out, entry, pending, ticket)
         if attempt is not None:
             self._settle(entry, state, pending, attempt)
 
-    def _pick_up(self, queue_id: str, src: str) -> QueueEntry | None:
+    def _activate(self, queue_id: str, src: str) -> QueueEntry | None:
+        """incoming/ or deferred/ -> active/, then read and validated; None if gone or corrupt."""
         if not self.spool.move(queue_id, src, "active", durable=False):
-            log.info("%s: gone from %s/ before pickup", queue_id, src)
+            log.info("%s: gone from %s/ before pickup", queue_id, src)    # words of old: scripts may grep them
             return None
         try:
             return self.spool.read("active", queue_id)
@@ -130,14 +124,14 @@ class Deliverer:
             return
 
     # ------------------------------------------------------------------ the attempt
-    async def _attempt(self, account: Account, route, entry: QueueEntry, pending,
-                       ticket: Ticket | None, out: Outgoing | None = None) -> Attempt | None:
+    async def _attempt(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
+                       ticket: Ticket | None) -> Attempt | None:
         async with account.slots:
             verdict = await account.admit(self.clock)
             if verdict == PAUSED:
                 return self._paused(account, pending)
             try:
-                return await self._deliver(account, route, entry, pending, ticket, out)
+                return await self._deliver(account, out, entry, pending, ticket)
             finally:
                 if verdict == PROBE:
                     account.end_probe()
@@ -155,24 +149,23 @@ class Deliverer:
         wait = WAIT_AUTH if account.auth_failures or last is None else WAIT_UNREACHABLE
         return Attempt(result, attempted=False, not_before=account.paused_until, wait=wait)
 
-    def _held(self, account: Account, pending, until: float, why: str) -> Attempt:
+    def _to_slot(self, account: Account, pending, slot: Slot) -> Attempt:
         """Over budget: deferred to the slot, nothing tried, no backoff on top."""
-        reply = held_reply(account.name, why, until, self.clock())
+        reply = slot_reply(account.name, slot, self.clock())
         return Attempt(DeliveryResult.transient(pending, reply), attempted=False,
-                       not_before=until, exact=True, wait=WAIT_BUDGET)
+                       not_before=slot.until, exact=True, wait=WAIT_BUDGET)
 
-    async def _deliver(self, account: Account, route, entry: QueueEntry, pending,
-                       ticket: Ticket | None = None, out: Outgoing | None = None) -> Attempt | None:
-        out = out or Outgoing(entry.sender)
+    async def _deliver(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
+                       ticket: Ticket | None) -> Attempt | None:
         try:
             content = out.content(entry.read_content())
         except CorruptQueueFileError as exc:
-            self._quarantine(_qid(entry), str(exc))
+            self._quarantine(entry.queue_id, str(exc))
             return None
         except FileNotFoundError:
-            log.info("%s: removed from active/ before delivery", _qid(entry))
+            log.info("%s: removed from active/ before delivery", entry.queue_id)
             return None
-        parts = chunks(list(pending), route.relay.recipient_limit)
+        parts = chunks(list(pending), out.route.relay.recipient_limit)
         results: list[DeliveryResult] = []
         for i, part in enumerate(parts):
             if i and account.budget.limits.rate_delay_s:
@@ -180,9 +173,9 @@ class Deliverer:
             stamp = self._reserve(account, ticket if i == 0 else None)
             if stamp is None:                   # another delivery used the last of the budget
                 why, until = account.budget.over(self.clock())
-                held = self._held(account, [r for p in parts[i:] for r in p], until, why)
-                return _combined(results, held, attempted=bool(results))
-            result = await self._transaction(account, route, entry, part, content, stamp, out.sender)
+                rest = self._to_slot(account, [r for p in parts[i:] for r in p], Slot(until, why))
+                return _combined(results, rest, attempted=bool(results))
+            result = await self._transaction(account, out, entry, part, content, stamp)
             results.append(result)
             if len(result.with_status(DEFER)) == len(part) and i + 1 < len(parts):
                 # Nothing got through (no connection, refused login...): the other parts
@@ -200,13 +193,13 @@ class Deliverer:
             return ticket.stamp
         return account.budget.take(self.clock())
 
-    async def _transaction(self, account: Account, route, entry: QueueEntry, part, content: bytes,
-                           stamp: float, sender: str) -> DeliveryResult:
+    async def _transaction(self, account: Account, out: Outgoing, entry: QueueEntry, part,
+                           content: bytes, stamp: float) -> DeliveryResult:
         try:
-            result = await self.pool.deliver(route, sender, list(part), content,
+            result = await self.pool.deliver(out.route, out.sender, list(part), content,
                                              smtputf8=entry.smtputf8)
         except Exception:   # a client bug must cost a retry, never the message or the manager
-            log.exception("%s: smarthost client failed", _qid(entry))
+            log.exception("%s: smarthost client failed", entry.queue_id)
             result = DeliveryResult.transient(part, R451_CLIENT_ERROR)
         now = self.clock()
         if not result.with_status(SENT):
@@ -243,7 +236,7 @@ class Deliverer:
         for recipient in pending:
             rcpt = answers.get(recipient) or RecipientResult(recipient, DEFER, R451_NO_RESULT)
             status = rcpt.status if rcpt.status in (SENT, BOUNCE) else DEFER
-            maillog.delivery(_qid(entry), recipient, result.relay, now - entry.arrival,
+            maillog.delivery(entry.queue_id, recipient, result.relay, now - entry.arrival,
                              bounce.status_of(rcpt.reply), status, str(rcpt.reply))
             if status == DEFER:
                 last_error = last_error or str(rcpt.reply)
@@ -255,7 +248,7 @@ class Deliverer:
 
     def _expire(self, entry: QueueEntry, state: MessageState, still, last_error: str):
         """Postfix's maximal_queue_lifetime: the remaining recipients are returned (4.4.7)."""
-        maillog.expired(_qid(entry), entry.sender)
+        maillog.expired(entry.queue_id, entry.sender)
         reason = f"message expired in queue (last error: {last_error or 'none recorded'})"
         failed = []
         for recipient in still:
@@ -271,7 +264,7 @@ class Deliverer:
         if where is None:
             log.info("%s: deleted during delivery; its results are dropped", queue_id)
             return
-        self._notify(entry, failed, where)
+        self.notices.send(entry, failed, where)
         if where == "active" and self._leave_active(state, complete):
             return
         where = self.spool.locate(queue_id)
@@ -295,59 +288,6 @@ class Deliverer:
             return True
         return False
 
-    # ------------------------------------------------------------------ notices (G6)
-    def _notify(self, entry: QueueEntry, failed, where: str) -> None:
-        if not failed:
-            return
-        queue_id = _qid(entry)
-        notice = bounce.choose_notice(entry.sender, entry.is_bounce, entry.recipients,
-                                      self.cfg.admin_address)
-        if notice.kind == bounce.NOTICE_NONE:
-            self.stats["dsn_suppressed"] += 1
-            maillog.bounce_suppressed(queue_id, notice.why)
-            return
-        if not self.bounce_limit.allow(self.clock()):
-            # Trade-off: past the cap the notice is dropped, not delayed; the message itself
-            # is still settled (removed or deferred) as if the notice had been queued. A cap
-            # that delayed notices would keep failed mail in the queue during a bounce storm.
-            self.stats["dsn_suppressed"] += 1
-            maillog.bounce_suppressed(queue_id, f"bounce rate limit exceeded "
-                                      f"({self.cfg.queue.bounces_per_hour} per hour)")
-            return
-        dsn_id = self._queue_dsn(entry, failed, notice, where)
-        self.stats["dsn_created"] += 1
-        if notice.kind == bounce.NOTICE_POSTMASTER:
-            maillog.double_bounce_created(queue_id, dsn_id)
-        else:
-            maillog.bounce_created(queue_id, dsn_id)
-        self.on_new_mail(dsn_id)
-
-    def _queue_dsn(self, entry: QueueEntry, failed, notice: bounce.Notice, where: str) -> str:
-        now = self.clock()
-        req = bounce.DsnRequest(
-            hostname=self.cfg.hostname, queue_id=_qid(entry), sender=entry.sender, to=notice.to,
-            arrival=entry.arrival, now=now, failed=tuple(failed), kind=notice.kind,
-            admin_address=self.cfg.admin_address, note=_note(notice, _qid(entry)))
-        content = bounce.build_dsn(req, self._head_of(_qid(entry), where), self.template)
-        envelope = Envelope(sender="", recipients=[notice.to], client_helo=self.cfg.hostname,
-                            smtputf8=not notice.to.isascii(),
-                            body="7BIT" if content.isascii() else "8BITMIME")
-        writer = self.spool.begin(envelope, is_bounce=True, now=now)
-        writer.write(content)
-        return writer.commit()
-
-    def _head_of(self, queue_id: str, where: str) -> bytes:
-        """The first bytes of the returned message: enough for its headers, never its whole body."""
-        try:
-            entry = self.spool.read(where, queue_id, verify=False)
-            with open(entry.path, "rb") as handle:
-                handle.seek(entry.content_offset)
-                return handle.read(min(entry.size, bounce.MAX_RETURNED_HEADER_BYTES + 4))
-        except OSError as exc:
-            # Moved again meanwhile: a notice without the headers beats no notice.
-            log.warning("%s: returned headers unavailable: %s", queue_id, exc)
-            return b""
-
 
 def _combined(results: list[DeliveryResult], last: Attempt, attempted: bool = True) -> Attempt:
     """The transactions of one message as one Attempt (relay= of the first that connected)."""
@@ -355,19 +295,8 @@ def _combined(results: list[DeliveryResult], last: Attempt, attempted: bool = Tr
     relay = next((r.relay for r in parts if r.relay != "none"), "none")
     merged = DeliveryResult(relay, tuple(rcpt for r in parts for rcpt in r.recipients),
                             any(r.auth_failed for r in parts))
-    # Exact only if every other recipient is done: a transient failure adds its backoff.
+    # Exact only if every other recipient is done: a transient failure adds its backoff, and
+    # then the message waits for that backoff, not for its budget slot alone.
     exact = last.exact and not any(r.with_status(DEFER) for r in results)
-    return Attempt(merged, attempted=attempted, not_before=last.not_before, exact=exact, wait=last.wait)
-
-
-def _qid(entry: QueueEntry) -> str:
-    return os.path.basename(entry.path)
-
-
-def _note(notice: bounce.Notice, queue_id: str) -> str:
-    if notice.kind == bounce.NOTICE_POSTMASTER:
-        return (f"Postmaster notice: the delivery status notification {queue_id} could not be "
-                f"delivered to its recipient; it is returned to you, the postmaster, instead.")
-    if notice.why:
-        return f"This notice goes to the postmaster because of an {notice.why}."
-    return ""
+    return Attempt(merged, attempted=attempted, not_before=last.not_before, exact=exact,
+                   wait=last.wait if exact else "")

@@ -1,11 +1,11 @@
 """manager — the queue manager (qmgr): decides which queued message is tried when.
 
-    incoming/   picked up in arrival order (queue IDs sort by arrival)
+    incoming/   tried in arrival order (queue IDs sort by arrival)
     deferred/   retried when state.next_attempt <= now (backoff.retry_delay_s)
     hold/       never touched
     maildrop/   local submissions (sendmail), copied into incoming/ by pickup.py first
-    wake-ups    wake() / flush() in-process; W, F, R on spool/public/qmgr from other processes;
-                and a rescan every RESCAN_INTERVAL_S in case a wake-up was lost
+    doorbell    mail_arrived() / flush() in-process; W, F, R rung on spool/public/qmgr by other
+                processes; and a rescan every RESCAN_INTERVAL_S in case a ring was lost
 
 Order and pace per account: notices first, then round-robin between senders (fairness.py);
 at most the account's concurrency deliver while a few more wait, or one at a time at least
@@ -17,9 +17,10 @@ counters or pauses, except that new credentials end an account's auth pause at o
 Guarantees: a message is handled by at most one delivery at a time; at most
 MAX_ACTIVE_MESSAGES are in flight, so one slow, paused or throttled smarthost cannot starve
 the others, and one noisy sender cannot starve the others of its account. In memory are only
-queue IDs, next-attempt times and account names; content is read at delivery time. stop()
-lets in-flight deliveries finish for a bounded time, then cancels them: a cancelled message
-stays in active/ and recovery (spool.recover(), run by the caller at start-up) requeues it.
+queue IDs, next-attempt times, senders and how each message leaves (resolve.py: resolved
+once, handed to the delivery); content is read at delivery time. stop() lets in-flight
+deliveries finish for a bounded time, then cancels them: a cancelled message stays in
+active/ and recovery (spool.recover(), run by the caller at start-up) requeues it.
 Must never: crash on a bad queue file or a failing spool operation; deliver a held message;
 run spool recovery itself (active/ may hold another manager's work until the caller says).
 """
@@ -29,27 +30,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import random
 import time
 from typing import NamedTuple
 
-from ..config import Config
-from ..envelope import lookup_key
-from ..errors import MtaLiteError
-from ..identity import bound_to_other_clients
-from ..queue import WAIT_AUTH, Spool
-from . import wakeup
-from .accounts import Account, Accounts
-from .budget import BudgetFile, Ticket, budget_path
-from .delivery import Deliverer
-from .fairness import fair_order
-from .pickup import LOCAL_ADDRESS, Pickup
-from .rewrite import route_of
+from mta_lite.config.schema import Config
+from mta_lite.envelope import lookup_key
+from mta_lite.errors import MtaLiteError
+from mta_lite.identity import bound_to_other_clients
+from mta_lite.queue import WAIT_AUTH, Spool
+from mta_lite.queue import doorbell
+from mta_lite.qmgr.accounts import Account, Accounts
+from mta_lite.qmgr.budget import BudgetFile, Slot, Ticket, budget_path
+from mta_lite.qmgr.delivery import Deliverer
+from mta_lite.qmgr.fairness import fair_order
+from mta_lite.qmgr.notices import Notices
+from mta_lite.qmgr.pickup import LOCAL_ADDRESS, Pickup
+from mta_lite.qmgr.resolve import Outgoing, resolve
 
 log = logging.getLogger("mta_lite.qmgr")
 
-# Safety net for lost wake-ups and for messages moved by hand; Postfix's queue_run_delay is
+# Safety net for lost rings and for messages moved by hand; Postfix's queue_run_delay is
 # 300 s, but a relay box with a handful of messages can afford to look every 15 s.
 RESCAN_INTERVAL_S = 15.0
 # Bounds memory and open work on a small board: Postfix's qmgr_message_active_limit is 20000
@@ -58,34 +59,12 @@ MAX_ACTIVE_MESSAGES = 200
 # stop(): how long in-flight deliveries may finish before they are cancelled (and requeued
 # by recovery at the next start). Below systemd's default 90 s stop timeout.
 STOP_GRACE_S = 30.0
-DEFAULT_TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                     "templates", "bounce.txt")
-FALLBACK_TEMPLATE = ("This is the mail system at host $hostname.\n\n"
-                     "Your message could not be delivered to:\n\n$recipients\n")
-
-
-def load_template(cfg: Config) -> str:
-    """The owner's bounce_template, else the packaged templates/bounce.txt."""
-    if cfg.bounce_template:
-        try:
-            with open(cfg.bounce_template, encoding="utf-8") as handle:
-                return handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            log.error("bounce_template %s unusable, using the default: %s", cfg.bounce_template, exc)
-    try:
-        # A plain path, not importlib.resources: that imports lazily, which fails once the
-        # process has dropped to a user who cannot read the interpreter's own directory.
-        with open(DEFAULT_TEMPLATE_PATH, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        log.error("default bounce template unusable, using a minimal one: %s", exc)
-        return FALLBACK_TEMPLATE
 
 
 class _Meta(NamedTuple):
     """What scheduling needs to know of a queued message, read once from its envelope."""
 
-    account: str
+    out: Outgoing       # how it leaves: sender, route, account; handed to the delivery
     sender: str         # the fairness key
     urgent: bool        # a notice: null sender, or only to the admin
 
@@ -107,26 +86,24 @@ class QueueManager:
         self.budget_file = BudgetFile(budget_path(spool.root))
         self.budget_file.load()
         self.accounts = Accounts(cfg, self.budget_file)
-        self._template = template
-        self.deliverer = Deliverer(
-            cfg, spool, pool, self.accounts,
-            load_template(cfg) if template is None else template,
-            clock=clock, rng=rng or random.Random(), sleep=sleep,
-            on_deferred=self._deferred_until, on_new_mail=self._new_mail)
+        self.notices = Notices(cfg, spool, clock=clock, on_new_mail=self._new_mail, template=template)
+        self.deliverer = Deliverer(cfg, spool, pool, self.accounts, self.notices, clock=clock,
+                                   rng=rng or random.Random(), sleep=sleep,
+                                   on_deferred=self._deferred_until)
         self.pickup = Pickup(spool, cfg.message_size_limit, clock=clock, sender_bound=self._locally_bound)
         self._incoming: dict[str, None] = {}        # IDs in incoming/, in arrival order
         self._deferred: dict[str, float] = {}       # ID -> next attempt
         self._meta_of: dict[str, _Meta] = {}        # ID -> account, sender; learned once
         self._pace_at = math.inf                    # next rate_delay start for waiting mail
         self._inflight: dict[str, asyncio.Task] = {}
-        self._kick = asyncio.Event()
+        self._work = asyncio.Event()
         self._want = {"incoming": True, "rescan": True, "flush": False}
         self._last_scan = -math.inf
         self._stopping = False
         self._running = False
         self._stopped = asyncio.Event()
         # Started for a reload (the master replaces a queue manager that dropped root): the
-        # config may carry new credentials, so mail held by a refused login is tried again
+        # config may carry new credentials, so mail waiting on a refused login is tried again
         # at once, as reconfigure() does in place. One login per account tells.
         self._resume_auth = after_reload
         self.smtpd_stats: dict[str, int] = {}       # counters the smtpd process sends
@@ -134,38 +111,38 @@ class QueueManager:
     # ------------------------------------------------------------------ public
     async def run(self) -> None:
         """Deliver until stop(). The caller ran spool.recover() before, once."""
-        doorbell = await wakeup.listen(self.spool.wakeup_socket, self._on_poke, self._on_stats)
+        listening = await doorbell.listen(self.spool.doorbell_path, self._on_ring, self._on_stats)
         self._running = True
         try:
             while not self._stopping:
-                self._kick.clear()
+                self._work.clear()
                 self._pass()
                 if not self._stopping:
                     await self._idle(self._idle_delay())
         finally:
-            doorbell.close()
+            listening.close()
             self._save_budgets(force=True)
             self._stopped.set()
 
-    def wake(self) -> None:
+    def mail_arrived(self) -> None:
         """New mail in incoming/ (called by the in-process SMTP listener after a commit)."""
         self._want["incoming"] = True
-        self._kick.set()
+        self._work.set()
 
     def flush(self) -> None:
         """Retry everything deferred now; ends account pauses early (still one probe each)."""
         self._want["flush"] = True
-        self._kick.set()
+        self._work.set()
 
     def rescan(self) -> None:
         """Re-read incoming/ and deferred/ (a message was held, released or deleted)."""
         self._want["rescan"] = True
-        self._kick.set()
+        self._work.set()
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Take no new work; give in-flight deliveries grace_s, then cancel them."""
         self._stopping = True
-        self._kick.set()
+        self._work.set()
         tasks = list(self._inflight.values())
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=grace_s)
@@ -186,24 +163,22 @@ class QueueManager:
         """A reloaded, validated config: new relays, credentials, limits and queue settings;
         budgets, counters and pauses stay; new credentials end an auth pause at once."""
         self.cfg = self.deliverer.cfg = cfg
-        self.deliverer.bounce_limit.limit = cfg.queue.bounces_per_hour
-        if self._template is None:
-            self.deliverer.template = load_template(cfg)
+        self.notices.reconfigure(cfg)
         self.pickup.size_limit = cfg.message_size_limit
         resumed = self.accounts.reconfigure(cfg)
         self._meta_of.clear()                       # routes may have changed
         now = self.clock()
         for queue_id in list(self._deferred):
             meta = self._meta(queue_id, "deferred")
-            if meta is not None and meta.account in resumed:
+            if meta is not None and meta.out.account in resumed:
                 self._deferred[queue_id] = now
         for name in sorted(resumed):
             log.info("account %s: credentials changed, login pause ended", name)
         self.rescan()
 
     def idle(self) -> bool:
-        """Running, nothing in flight, no wake-up waiting to be handled (tests, status)."""
-        return self._running and not self._inflight and not self._kick.is_set()
+        """Running, nothing in flight, no ring waiting to be handled (tests, status)."""
+        return self._running and not self._inflight and not self._work.is_set()
 
     def snapshot(self) -> dict:
         """Per-account state and counters, plus totals (for status.py and the board)."""
@@ -211,39 +186,39 @@ class QueueManager:
         totals = {key: sum(a[key] for a in accounts.values())
                   for key in ("sent", "deferred", "bounced")}
         totals.update(in_flight=len(self._inflight), incoming=len(self._incoming),
-                      deferred_queue=len(self._deferred), **self.deliverer.stats,
-                      bounces_last_hour=self.deliverer.bounce_limit.used(self.clock()))
+                      deferred_queue=len(self._deferred), **self.deliverer.stats, **self.notices.stats,
+                      bounces_last_hour=self.notices.limit.used(self.clock()))
         return {"accounts": accounts, "totals": totals, "smtpd": dict(self.smtpd_stats)}
 
-    # ------------------------------------------------------------------ wake-ups
+    # ------------------------------------------------------------------ the doorbell
     def _on_stats(self, counters: dict) -> None:
         """The smtpd process's counters, shown in the status file the daemon writes."""
         self.smtpd_stats = counters
 
-    def _on_poke(self, what: bytes) -> None:
-        {wakeup.WAKE: self.wake, wakeup.FLUSH: self.flush, wakeup.RESCAN: self.rescan}[what]()
+    def _on_ring(self, what: bytes) -> None:
+        {doorbell.NEW_MAIL: self.mail_arrived, doorbell.FLUSH: self.flush, doorbell.RESCAN: self.rescan}[what]()
 
     def _new_mail(self, queue_id: str) -> None:
         self._incoming[queue_id] = None
-        self._kick.set()
+        self._work.set()
 
     def _deferred_until(self, queue_id: str, when: float) -> None:
         self._deferred[queue_id] = when
 
     async def _idle(self, delay: float) -> None:
-        if self._kick.is_set():
+        if self._work.is_set():
             return
-        kick = asyncio.ensure_future(self._kick.wait())
+        work = asyncio.ensure_future(self._work.wait())
         nap = asyncio.ensure_future(self.sleep(delay))
         try:
-            await asyncio.wait({kick, nap}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, nap}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            kick.cancel()
+            work.cancel()
             nap.cancel()
 
     def _idle_delay(self) -> float:
         """Until the next rescan, future retry, rate_delay start or budget save; work blocked
-        by busy slots waits for the kick of a delivery that ends."""
+        by busy slots waits for a delivery that ends to signal work."""
         now = self.clock()
         wake_at = [self._last_scan + RESCAN_INTERVAL_S, self._pace_at]
         save_at = self.budget_file.due(self.accounts.budgets(), now)
@@ -282,7 +257,7 @@ class QueueManager:
             return
         if more:
             self._want["incoming"] = True
-            self._kick.set()
+            self._work.set()
 
     def _scan_incoming(self) -> None:
         self._incoming = {q: None for q in self.spool.list("incoming") if q not in self._inflight}
@@ -318,7 +293,7 @@ class QueueManager:
             account = self.accounts.get(name) if name else None
             if account is None:          # unreadable: the delivery step quarantines or skips it
                 for item in waiting[:room]:
-                    self._start(item.queue_id, item.src, None)
+                    self._start(item.queue_id, item.src, None, None)
                 room -= len(waiting[:room])
                 continue
             room -= self._start_account(account, waiting, now, room)
@@ -329,8 +304,8 @@ class QueueManager:
         for queue_id, src in self._candidates(now):
             if queue_id in self._inflight:
                 continue
-            meta = self._meta(queue_id, src) or _Meta("", "", False)
-            groups.setdefault(meta.account, []).append(_Candidate(queue_id, src, meta))
+            meta = self._meta(queue_id, src)
+            groups.setdefault(meta.out.account if meta else "", []).append(_Candidate(queue_id, src, meta))
         return groups
 
     def _start_account(self, account: Account, waiting: list[_Candidate], now: float, room: int) -> int:
@@ -345,54 +320,54 @@ class QueueManager:
             # A paused account defers its mail without an attempt; no budget involved.
             counted = bool(budget.limits.windows()) and not account.paused(now)
             if counted and budget.over(now) is not None:
-                return started + self._hold_back(account, ordered[i:i + room - started], now)
+                return started + self._defer_to_slots(account, ordered[i:i + room - started], now)
             if not account.can_start(now):
                 break
             # Reserved here, not in the delivery task, so that one pass never overdraws.
             ticket = Ticket(budget, budget.take(now)) if counted else None
-            self._start(item.queue_id, item.src, account, ticket=ticket)
+            self._start(item.queue_id, item.src, account, item.meta.out, ticket=ticket)
             account.served.served(item.meta.sender)
             started += 1
         if started < len(ordered) and account.budget.pace_until() > now:
             self._pace_at = min(self._pace_at, account.budget.pace_until())
         return started
 
-    def _hold_back(self, account: Account, items: list[_Candidate], now: float) -> int:
+    def _defer_to_slots(self, account: Account, items: list[_Candidate], now: float) -> int:
         """Over budget: each message deferred to the slot it would get in this order, so
         they come due one by one, not all at once and again and again."""
         why = account.budget.over(now)[0]
-        for item, slot in zip(items, account.budget.slots(now, len(items))):
-            self._start(item.queue_id, item.src, None, hold=(slot, why))
+        for item, until in zip(items, account.budget.slots(now, len(items))):
+            self._start(item.queue_id, item.src, None, item.meta.out, slot=Slot(until, why))
         if account.budget.changed:      # it just ran out: `queue why` and a restart must know
             self._save_budgets(force=True)
         return len(items)
 
     def _meta(self, queue_id: str, src: str) -> _Meta | None:
-        """Account and sender from the envelope (cheap read, cached); None if unreadable."""
+        """How it leaves and its sender, from the envelope (cheap read, resolved once, cached);
+        None if unreadable."""
         meta = self._meta_of.get(queue_id)
         if meta is None:
             try:
                 entry = self.spool.read(src, queue_id, verify=False)
             except OSError:      # corrupt or gone: the delivery step quarantines or skips it
                 return None
-            account = self.accounts.for_route(route_of(self.cfg, entry)).name
             urgent = (entry.is_bounce or not entry.sender
                       or {lookup_key(r) for r in entry.recipients} == {self.cfg.admin_address})
-            meta = self._meta_of[queue_id] = _Meta(account, lookup_key(entry.sender), urgent)
+            meta = self._meta_of[queue_id] = _Meta(resolve(self.cfg, entry), lookup_key(entry.sender), urgent)
         return meta
 
-    def _start(self, queue_id: str, src: str, account: Account | None,
-               hold: tuple[float, str] | None = None, ticket: Ticket | None = None) -> None:
+    def _start(self, queue_id: str, src: str, account: Account | None, out: Outgoing | None,
+               slot: Slot | None = None, ticket: Ticket | None = None) -> None:
         self._incoming.pop(queue_id, None)
         self._deferred.pop(queue_id, None)
         if account is not None:
-            account.picked += 1
-        self._inflight[queue_id] = asyncio.create_task(self._run_one(queue_id, src, account, hold, ticket))
+            account.in_flight += 1
+        self._inflight[queue_id] = asyncio.create_task(self._run_one(queue_id, src, account, out, slot, ticket))
 
-    async def _run_one(self, queue_id: str, src: str, account: Account | None,
-                       hold: tuple[float, str] | None, ticket: Ticket | None) -> None:
+    async def _run_one(self, queue_id: str, src: str, account: Account | None, out: Outgoing | None,
+                       slot: Slot | None, ticket: Ticket | None) -> None:
         try:
-            await self.deliverer.process(queue_id, src, hold, ticket)
+            await self.deliverer.process(queue_id, src, out, slot, ticket)
         except (MtaLiteError, OSError) as exc:
             log.error("%s: spool error, message left for a later retry: %s", queue_id, exc)
             self._park(queue_id)
@@ -403,9 +378,9 @@ class QueueManager:
             if ticket is not None:
                 ticket.release()                # not used: gone, paused, failed early
             if account is not None:
-                account.picked -= 1
+                account.in_flight -= 1
             self._inflight.pop(queue_id, None)
-            self._kick.set()
+            self._work.set()
 
     def _park(self, queue_id: str) -> None:
         """After an error: back to deferred/ for a retry at min_backoff (or active/ until restart)."""

@@ -35,12 +35,12 @@ import stat
 import time
 from dataclasses import dataclass
 
-from .. import safeio
-from ..envelope import Envelope, parse_path
-from ..errors import CorruptQueueFileError, SpoolError
-from ..queue import QueueEntry, Spool
-from ..queue.queuefile import MAGIC, MAX_ENVELOPE_BYTES, MAX_TRAILER_BYTES, parse_open
-from ..queue.spool import MAILDROP, STAGING, new_queue_id
+from mta_lite.text import printable
+from mta_lite.envelope import Envelope, parse_path
+from mta_lite.errors import CorruptQueueFileError, SpoolError
+from mta_lite.queue import QueueEntry, Spool
+from mta_lite.queue.queuefile import MAGIC, MAX_ENVELOPE_BYTES, MAX_TRAILER_BYTES, parse_open
+from mta_lite.queue.spool import MAILDROP, STAGING, new_queue_id
 
 log = logging.getLogger("mta_lite.pickup")
 
@@ -265,18 +265,13 @@ def _copy(spool: Spool, handle, entry: QueueEntry, envelope: Envelope, now: floa
 
 def _quarantine(spool: Spool, name: str, reason: str) -> bool:
     """Move an invalid submission into corrupt/ under a fresh name; False if it cannot be."""
-    src = os.path.join(spool.root, MAILDROP, name)
-    dst = os.path.join(spool.root, "corrupt", new_queue_id())
     try:
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "name taken in corrupt/", dst)
-        safeio.durable_rename(src, dst)
+        kept = spool.set_aside(MAILDROP, name, new_name=new_queue_id())
     except OSError as exc:
         log.error("maildrop/%s: rejected (%s) but cannot be moved to corrupt/: %s",
                   _printable(name), reason, exc)
         return False
-    log.error("maildrop/%s: rejected, moved to corrupt/%s: %s",
-              _printable(name), os.path.basename(dst), reason)
+    log.error("maildrop/%s: rejected, moved to corrupt/%s: %s", _printable(name), kept, reason)
     return True
 
 
@@ -314,5 +309,6 @@ def _drop_if_stale(spool: Spool, name: str, now: float) -> str:
 
 
 def _printable(name: str) -> str:
-    """A file name any local user chose, safe for one log line."""
-    return name if name.isascii() and name.isprintable() else ascii(name)
+    """A file name any local user chose, safe for one log line (escaped when it is odd, so
+    the log shows exactly what is in maildrop/)."""
+    return printable(name, None, escape=not (name.isascii() and name.isprintable()))

@@ -1,11 +1,9 @@
-"""rewrite — the identity a message leaves with, applied at delivery: envelope sender and From:.
+"""rewrite — a message's From: rewritten to the identity it leaves with, on the bytes sent (pure).
 
-The queue file stays as received. Each delivery attempt asks identity.rewrite_for(), with
-the config of the moment, whether the message leaves under another identity; if so:
+The queue file stays as received. When resolve.py finds that a message leaves under another
+identity ([rewrite]; its envelope sender and route are chosen there), the content sent is
+changed here:
 
-    envelope sender   the identity's address; the route (smarthost and account) is chosen
-                      for it, so a printer's mail uses the account of the address it is
-                      rewritten to (and S4 is checked for that address at MAIL FROM)
     From: field(s)    each is renamed X-Original-From:, its value kept byte for byte
                       (folding, comments and encoded words included); one new
                       `From: <identity>` takes the place of the first. Several From:
@@ -25,10 +23,8 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
 
-from ..config import Route, route_for
-from ..identity import Identity, Rewrite, rewrite_for
+from mta_lite.identity import Identity
 
 # RFC 5322 section 2.1.1: a line is at most 998 octets plus CRLF.
 MAX_HEADER_LINE_BYTES = 998
@@ -42,30 +38,6 @@ _PHRASE = re.compile(_WORD + rb"(?:[ \t]+" + _WORD + rb")*")
 _NAME_ADDR = re.compile(rb"(.*?)[ \t]*<[^<>]*>", re.DOTALL)
 _ADDR_COMMENT = re.compile(rb"[^\s<>()\"]+[ \t]*\(([^()\\\"\x00-\x1f\x7f]*)\)")
 _ATEXT_SPACE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """How one message leaves: its envelope sender and the rewrite (None: as received)."""
-
-    sender: str
-    rewrite: Rewrite | None = None
-
-    def content(self, raw: bytes) -> bytes:
-        return rewrite_message(raw, self.rewrite.identity) if self.rewrite else raw
-
-
-def outgoing(cfg, sender: str, client_address: str, sasl_username: str = "") -> Outgoing:
-    """The Outgoing of a queued message from `sender` received from `client_address`
-    (logged in as `sasl_username`, if any: then [rewrite.clients] does not apply)."""
-    rewrite = rewrite_for(cfg.rewrite, cfg.hostname, sender, client_address, bool(sasl_username))
-    return Outgoing(rewrite.identity.address, rewrite) if rewrite else Outgoing(sender)
-
-
-def route_of(cfg, entry) -> Route:
-    """The route of a queued message: chosen for the sender it leaves with, so the scheduler,
-    its budgets, `queue why` and the delivery all agree on the account."""
-    return route_for(cfg, outgoing(cfg, entry.sender, entry.client_address, entry.sasl_username).sender)
 
 
 def header_fields(content: bytes) -> tuple[list[tuple[int, int]], int]:

@@ -24,7 +24,7 @@ import errno
 import functools
 import os
 
-from .. import safeio
+from mta_lite import safeio
 
 _NO_DIR_ACCESS = (errno.EACCES, errno.EPERM)
 

@@ -44,8 +44,8 @@ import os
 import pwd
 import stat
 
-from ..errors import SpoolError
-from .spool import DIRS, MAILDROP, STATES, Spool
+from mta_lite.errors import SpoolError
+from mta_lite.queue.spool import DIRS, MAILDROP, STATES, Spool
 
 SMTPD, OWNER = "smtpd", "owner"
 ROOT_MODE = 0o751

@@ -3,7 +3,7 @@
 Layout (one file per message, written once, never modified):
 
     MTA-LITE-QUEUE 1\\n
-    {envelope as one line of JSON}\\n
+    {the envelope as one line of JSON: the fields of StoredEnvelope}\\n
     <content: exactly `size` bytes, CRLF line endings, not dot-stuffed>
     \\nEND <size> <sha256 hex of every byte before this trailer>\\n
 
@@ -18,10 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import get_type_hints
 
-from ..errors import CorruptQueueFileError
+from mta_lite.envelope import Envelope
+from mta_lite.errors import CorruptQueueFileError
 
 MAGIC = b"MTA-LITE-QUEUE 1\n"
 # The envelope line holds up to recipient_limit addresses of 256 bytes each, plus fields.
@@ -31,23 +34,36 @@ MAX_TRAILER_BYTES = 5 + 12 + 1 + 64 + 1
 READ_CHUNK_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class QueueEntry:
-    """A validated queue file: its envelope and where its content lies."""
+@dataclass(frozen=True, kw_only=True)
+class StoredEnvelope(Envelope):
+    """The envelope line of a queue file: the Envelope as accepted, when it arrived, and
+    whether the message is a bounce. Its fields are the line's keys, their types what the
+    reader accepts (_JSON_TYPES), their defaults what a file without one reads as."""
 
-    path: str
-    sender: str
-    recipients: tuple[str, ...]
+    recipients: tuple[str, ...] = ()    # immutable once queued
     arrival: float
-    client_address: str
-    client_helo: str
-    smtputf8: bool
-    body: str
     is_bounce: bool
+
+    @classmethod
+    def of(cls, envelope: Envelope, arrival: float, is_bounce: bool) -> StoredEnvelope:
+        accepted = {f.name: getattr(envelope, f.name) for f in fields(Envelope)}
+        accepted["recipients"] = tuple(envelope.recipients)
+        return cls(**accepted, arrival=arrival, is_bounce=is_bounce)
+
+    def record(self) -> dict:
+        """The envelope line's JSON object: every stored field, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(StoredEnvelope)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueEntry(StoredEnvelope):
+    """A validated queue file: its queue ID, its envelope and where its content lies."""
+
+    queue_id: str
+    path: str
     size: int
     content_offset: int
     digest: str = ""            # the trailer's sha256: lets a copier check what it copied
-    sasl_username: str = ""     # the submission login; absent in files from before it existed
 
     def read_content(self) -> bytes:
         with open(self.path, "rb") as handle:
@@ -58,6 +74,16 @@ class QueueEntry:
         return data
 
 
+# Fields added to the format after its first version: a file written before one of them
+# existed lacks it and reads as its default. Every other field must be present.
+ADDED_LATER = frozenset({"sasl_username"})
+# The JSON a stored field's Python type is read from. JSON has one number type: an integer
+# arrival time (a hand-made file) is accepted; a bool never counts as a number.
+_JSON_TYPES = {str: str, bool: bool, float: (int, float), tuple[str, ...]: list}
+_STORED = {name: _JSON_TYPES[kind] for name, kind in get_type_hints(StoredEnvelope).items()}
+_REQUIRED = set(_STORED) - ADDED_LATER
+
+
 def encode_header(envelope: dict) -> bytes:
     return MAGIC + json.dumps(envelope, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
 
@@ -66,18 +92,19 @@ def encode_trailer(size: int, digest: str) -> bytes:
     return b"\nEND %d %s\n" % (size, digest.encode())
 
 
-def read_queue_file(path: str, verify: bool = True) -> QueueEntry:
-    """Parse and validate a queue file; verify=False skips the checksum (listing only)."""
+def read_queue_file(path: str, verify: bool = True, queue_id: str | None = None) -> QueueEntry:
+    """Parse and validate a queue file; verify=False skips the checksum (listing only).
+    The queue ID is not inside the file: it is the file's name, unless the caller knows it."""
     try:
         with open(path, "rb") as handle:
-            return parse_open(handle, path, verify)
+            return parse_open(handle, path, verify, queue_id)
     except OSError as exc:
         if isinstance(exc, CorruptQueueFileError):
             raise
         raise CorruptQueueFileError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def parse_open(handle, path: str, verify: bool = True) -> QueueEntry:
+def parse_open(handle, path: str, verify: bool = True, queue_id: str | None = None) -> QueueEntry:
     """Validate a queue file already open (binary, seekable); `path` names it in errors.
     For files opened with care (O_NOFOLLOW, fstat first), such as maildrop/ submissions."""
     if handle.read(len(MAGIC)) != MAGIC:
@@ -99,8 +126,8 @@ def parse_open(handle, path: str, verify: bool = True) -> QueueEntry:
         raise CorruptQueueFileError(f"{path}: content length does not match the end marker")
     if verify and _digest(handle, offset + size) != match.group(2).decode():
         raise CorruptQueueFileError(f"{path}: checksum mismatch")
-    return QueueEntry(path=path, size=size, content_offset=offset,
-                      digest=match.group(2).decode(), **envelope)
+    return QueueEntry(queue_id=os.path.basename(path) if queue_id is None else queue_id, path=path,
+                      size=size, content_offset=offset, digest=match.group(2).decode(), **envelope)
 
 
 def _digest(handle, length: int) -> str:
@@ -116,22 +143,14 @@ def _digest(handle, length: int) -> str:
     return digest.hexdigest()
 
 
-_FIELDS = {
-    "sender": str, "recipients": list, "arrival": (int, float), "client_address": str,
-    "client_helo": str, "smtputf8": bool, "body": str, "is_bounce": bool,
-}
-# Fields added later: a file without them (written by an earlier version) is still valid.
-_OPTIONAL = {"sasl_username": str}
-
-
 def _envelope(line: bytes, path: str) -> dict:
     try:
         data = json.loads(line)
     except (ValueError, RecursionError):   # RecursionError: "[[[[...": nesting, not an envelope
         raise CorruptQueueFileError(f"{path}: envelope is not valid JSON") from None
-    if not isinstance(data, dict) or not set(_FIELDS) <= set(data) <= set(_FIELDS) | set(_OPTIONAL):
+    if not isinstance(data, dict) or not _REQUIRED <= set(data) <= set(_STORED):
         raise CorruptQueueFileError(f"{path}: envelope fields missing or unknown")
-    for name, kind in (_FIELDS | _OPTIONAL).items():
+    for name, kind in _STORED.items():
         if name not in data:
             continue
         if not isinstance(data[name], kind) or (kind is not bool and isinstance(data[name], bool)):

@@ -1,7 +1,7 @@
 """spool — the queue directories, writing new messages, and moving them between states.
 
     tmp/        files being written; purged at start-up (never acknowledged)
-    incoming/   accepted (250 sent), not yet picked up by the queue manager
+    incoming/   accepted (250 sent), not yet moved into active/ by the queue manager
     active/     being delivered right now
     deferred/   waiting for their next attempt
     hold/       held by the administrator; never delivered until released
@@ -23,6 +23,7 @@ Must never: delete a message that was not delivered, bounced or deleted on purpo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -31,11 +32,11 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 
-from .. import maillog, safeio
-from ..envelope import Envelope
-from ..errors import CorruptQueueFileError, QueueIdError, SpoolError
-from . import dirsync
-from .queuefile import QueueEntry, encode_header, encode_trailer, read_queue_file
+from mta_lite import maillog, safeio
+from mta_lite.envelope import Envelope
+from mta_lite.errors import CorruptQueueFileError, QueueIdError, SpoolError
+from mta_lite.queue import dirsync
+from mta_lite.queue.queuefile import QueueEntry, StoredEnvelope, encode_header, encode_trailer, read_queue_file
 
 log = logging.getLogger("mta_lite.queue")
 
@@ -57,7 +58,7 @@ STAGING = {"incoming": ("tmp", ""), MAILDROP: (MAILDROP, ".tmp-")}
 # Why a deferred message waits, beyond the ordinary backoff after a failure.
 WAIT_AUTH = "auth"                  # its account's login was refused (paused, S5)
 WAIT_UNREACHABLE = "unreachable"    # its smarthost did not answer (paused, probe first)
-WAIT_BUDGET = "budget"              # its account's hourly or daily budget is used up
+WAIT_BUDGET = "budget"              # its account's budget is used up: it waits for its slot alone
 
 
 @dataclass
@@ -101,12 +102,7 @@ class QueueWriter:
         self._now = now
         self.size = 0
         self._digest = hashlib.sha256()
-        header = encode_header({
-            "sender": envelope.sender, "recipients": list(envelope.recipients),
-            "arrival": now, "client_address": envelope.client_address,
-            "client_helo": envelope.client_helo, "smtputf8": envelope.smtputf8,
-            "body": envelope.body, "is_bounce": is_bounce, "sasl_username": envelope.sasl_username,
-        })
+        header = encode_header(StoredEnvelope.of(envelope, now, is_bounce).record())
         self._file = self._create(mode)     # sets queue_id and path
         self._put(header)
         self.size = 0
@@ -123,7 +119,7 @@ class QueueWriter:
             return os.fdopen(fd, "wb", buffering=WRITE_BUFFER_BYTES)
         except OSError as exc:
             os.close(fd)
-            _unlink_quietly(self.path)
+            safeio.unlink_quietly(self.path)
             raise SpoolError(exc.errno, f"cannot create queue file: {exc.strerror}") from None
 
     def _open_new(self, mode: int) -> int:
@@ -167,11 +163,11 @@ class QueueWriter:
         except OSError as exc:
             # Not durable, so not accepted: take it back rather than deliver a message
             # the client was told to send again.
-            _unlink_quietly(final)
+            safeio.unlink_quietly(final)
             self.abort()
             raise SpoolError(exc.errno, f"queue file write error: {exc.strerror}") from None
         self._close()
-        _unlink_quietly(self.path)
+        safeio.unlink_quietly(self.path)
         return self.queue_id
 
     def _link(self) -> str:
@@ -198,14 +194,7 @@ class QueueWriter:
 
     def abort(self) -> None:
         self._close()
-        _unlink_quietly(self.path)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        safeio.unlink_quietly(self.path)
 
 
 def _older_than(path: str, cutoff: float) -> bool:
@@ -230,7 +219,7 @@ class Spool:
         return os.path.join(self.root, state, queue_id)
 
     @property
-    def wakeup_socket(self) -> str:
+    def doorbell_path(self) -> str:
         return os.path.join(self.root, "public", "qmgr")
 
     def free_bytes(self) -> int:
@@ -264,7 +253,7 @@ class Spool:
         return None
 
     def read(self, state: str, queue_id: str, verify: bool = True) -> QueueEntry:
-        return read_queue_file(self.path(state, queue_id), verify)
+        return read_queue_file(self.path(state, queue_id), verify, queue_id)
 
     # -------------------------------------------------------------- state changes
     def move(self, queue_id: str, src: str, dst: str, durable: bool = True) -> bool:
@@ -304,13 +293,25 @@ class Spool:
         return True
 
     def quarantine(self, queue_id: str, state: str, reason: str) -> None:
+        """An invalid queue file into corrupt/ under its queue ID, with a log line (G4)."""
         maillog.corrupt(queue_id, reason)
-        safeio.durable_rename(self.path(state, queue_id), self.path("corrupt", queue_id))
+        self.set_aside(state, queue_id)
+
+    def set_aside(self, directory: str, name: str, new_name: str = "") -> str:
+        """Move a file that failed validation into corrupt/, durably: kept for a human, never
+        deleted. `new_name` (a fresh queue ID) replaces a name someone else chose, such as a
+        maildrop/ submission's; it never replaces a file already in corrupt/. Returns the
+        file's name in corrupt/."""
+        kept = new_name or name
+        if new_name and os.path.lexists(self.path("corrupt", kept)):
+            raise FileExistsError(errno.EEXIST, "name taken in corrupt/", self.path("corrupt", kept))
+        safeio.durable_rename(self.path(directory, name), self.path("corrupt", kept))
+        return kept
 
     # -------------------------------------------------------------- per-message state
     def load_state(self, queue_id: str) -> MessageState:
         try:
-            with open(os.path.join(self.root, "state", queue_id + ".json"), "rb") as handle:
+            with open(self._state_path(queue_id), "rb") as handle:
                 data = json.load(handle)
             return MessageState(queue_id=queue_id, attempts=int(data["attempts"]),
                                 next_attempt=float(data["next_attempt"]),
@@ -329,14 +330,18 @@ class Spool:
         del data["queue_id"]
         # 0644 in a 0700 directory: private all the same, and a state file written by root
         # (an administrator's `queue release`) stays readable for qmgr running as mta-lite.
-        safeio.atomic_write(os.path.join(self.root, "state", state.queue_id + ".json"),
-                            json.dumps(data).encode(), mode=STATE_FILE_MODE)
+        safeio.atomic_write(self._state_path(state.queue_id), json.dumps(data).encode(),
+                            mode=STATE_FILE_MODE)
 
     def _unlink_state(self, queue_id: str) -> None:
+        """Remove a message's state file if it has one; failing to is an error, not quiet."""
         try:
-            os.unlink(os.path.join(self.root, "state", queue_id + ".json"))
+            os.unlink(self._state_path(queue_id))
         except FileNotFoundError:
             pass
+
+    def _state_path(self, queue_id: str) -> str:
+        return os.path.join(self.root, "state", queue_id + ".json")
 
     # -------------------------------------------------------------- start-up
     def purge_tmp(self, older_than_s: float | None = None, now: float | None = None) -> int:
@@ -353,7 +358,7 @@ class Spool:
             path = os.path.join(self.root, "tmp", name)
             if cutoff is not None and not _older_than(path, cutoff):
                 continue
-            _unlink_quietly(path)
+            safeio.unlink_quietly(path)
             purged += 1
         return purged
 

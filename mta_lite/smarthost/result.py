@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..reply import Reply
+from mta_lite.reply import Reply
 
 SENT, DEFER, BOUNCE = "sent", "deferred", "bounced"
 

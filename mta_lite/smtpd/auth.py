@@ -1,10 +1,11 @@
 """auth — SMTP AUTH on submission listeners (RFC 4954): PLAIN and LOGIN, under TLS only.
 
 SessionAuth is the pure part, one per session: it answers the AUTH command and the client's
-responses to 334 challenges, decodes the credentials and leaves them in `pending` (the
-session returns AUTH_PENDING). The listener hands them to its Authenticator, which checks
-the password hash off the event loop, counts failures per client IP, and reports back
-through Session.auth_done() -> SessionAuth.settle().
+responses to 334 challenges and decodes the credentials. Once it has them the session
+returns an AuthRequest instead of a Reply; the SMTP engine hands that to the listener's
+Authenticator, which checks the password hash off the event loop, counts failures per
+client IP and returns an AuthResult; the engine feeds that back through
+Session.auth_checked() -> SessionAuth.settle() for the reply. Both are plain data; the session keeps no credentials.
 Guarantees: AUTH is advertised and accepted only on a listener with auth = "required" and
 only once TLS is active (538 5.7.11 otherwise); after MAX_AUTH_FAILURES failures (in one
 session, or from one IP within AUTH_FAILURE_WINDOW_S) the next AUTH gets 421 4.7.0 and the
@@ -25,8 +26,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..passwd import parse_hash, verify
-from ..reply import (R235_AUTH_OK, R421_AUTH_FAILURES, R501_AUTH_ABORTED, R501_AUTH_BASE64,
+from mta_lite.passhash import parse_hash, verify
+from mta_lite.reply import (R235_AUTH_OK, R421_AUTH_FAILURES, R501_AUTH_ABORTED, R501_AUTH_BASE64,
                      R501_AUTH_SYNTAX, R503_AUTH_DISABLED, R503_AUTH_DONE, R503_IN_TRANSACTION,
                      R503_NEED_HELO, R504_AUTH_MECHANISM, R535_AUTH_FAILED, R538_ENCRYPTION_REQUIRED,
                      Reply)
@@ -55,14 +56,29 @@ class Challenge(Reply):
         return f"{self.code} {self.text}"
 
 
-# Returned by the session when credentials wait for the listener's check; never sent.
-AUTH_PENDING = Reply(0, "", "credentials to check")
-
-
 @dataclass(frozen=True)
 class Credentials:
     username: str
     password: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """The session's request to check a login: returned by Session.handle_line() instead of
+    a Reply; the engine answers it with Session.auth_checked(AuthResult)."""
+
+    client_ip: str
+    mechanism: str                  # PLAIN or LOGIN, for the log line
+    credentials: Credentials
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """The outcome of a check: the user now logged in, or None; `blocked`: the client is over
+    the failure limit and is not even checked."""
+
+    user: str | None
+    blocked: bool = False
 
 
 # A malformed PLAIN message is checked like an unknown user: same cost, counts as a failure.
@@ -99,10 +115,10 @@ def too_many_failures(hostname: str) -> Reply:
 class SessionAuth:
     """The AUTH state of one session: the exchange in progress, the login, the failures."""
 
-    def __init__(self) -> None:
+    def __init__(self, client_ip: str) -> None:
+        self.client_ip = client_ip
         self.user: str | None = None
         self.mechanism = ""
-        self.pending: Credentials | None = None
         self.failures = 0
         self._step = ""                 # "", "plain", "login-user", "login-password"
         self._username = ""
@@ -119,7 +135,7 @@ class SessionAuth:
         """The EHLO keyword line: only on an auth listener and only under TLS."""
         return "AUTH " + " ".join(MECHANISMS) if ctx.auth != "none" and ctx.tls_active else None
 
-    def command(self, arg: str, ctx, greeted: bool, in_tx: bool) -> Reply:
+    def command(self, arg: str, ctx, greeted: bool, in_tx: bool) -> Reply | AuthRequest:
         """`AUTH <mechanism> [initial-response]`."""
         refusal = self._refusal(ctx, greeted, in_tx)
         if refusal is not None:
@@ -150,7 +166,7 @@ class SessionAuth:
             return too_many_failures(ctx.hostname)
         return None
 
-    def respond(self, line: bytes) -> Reply:
+    def respond(self, line: bytes) -> Reply | AuthRequest:
         """The client's answer (without CRLF) to the last 334."""
         step, self._step = self._step, ""
         if line == b"*":
@@ -165,21 +181,20 @@ class SessionAuth:
             self._username, self._step = data.decode("utf-8", "replace"), "login-password"
             return Challenge(334, "", PASSWORD_CHALLENGE)
         if step == "login-password":
-            self.pending = Credentials(self._username, data)
+            credentials = Credentials(self._username, data)
         else:
-            self.pending = decode_plain(data) or NO_CREDENTIALS
+            credentials = decode_plain(data) or NO_CREDENTIALS
         self._username = ""
-        return AUTH_PENDING
+        return AuthRequest(self.client_ip, self.mechanism, credentials)
 
-    def settle(self, user: str | None, blocked: bool, hostname: str) -> Reply:
+    def settle(self, result: AuthResult, hostname: str) -> Reply:
         """The check's outcome: 235 and the login, 535, or 421 for a client over the limit."""
-        self.pending = None
-        if blocked:
+        if result.blocked:
             return too_many_failures(hostname)
-        if user is None:
+        if result.user is None:
             self.failures += 1
             return R535_AUTH_FAILED
-        self.user = user
+        self.user = result.user
         return R235_AUTH_OK
 
 
@@ -218,20 +233,20 @@ class Authenticator:
         self.limit = limit or FailureLimit()
         self._slots = asyncio.Semaphore(MAX_PARALLEL_CHECKS)
 
-    async def check(self, session) -> Reply:
-        """Check session.auth.pending; returns the reply, as recorded by the session."""
-        creds, mechanism, ip = session.auth.pending, session.auth.mechanism, session.ctx.client_ip
+    async def check(self, request: AuthRequest) -> AuthResult:
+        """Check a session's login; the session turns the result into its reply."""
+        creds, ip = request.credentials, request.client_ip
         if self.limit.blocked(ip, self.clock()):
             log.warning("warning: [%s]: too many authentication failures; disconnecting", ip)
-            return session.auth_done(None, blocked=True)
+            return AuthResult(None, blocked=True)
         async with self._slots:
             # scrypt releases the GIL: in a worker thread (as the queue file's fsync) it costs
             # the other sessions nothing, where on the event loop it would stall them all.
             ok = await asyncio.to_thread(verify, self.hashes.get(creds.username), creds.password)
         if not ok:
             self.limit.failed(ip, self.clock())
-            log.warning("warning: [%s]: SASL %s authentication failed", ip, mechanism)
-            return session.auth_done(None)
+            log.warning("warning: [%s]: SASL %s authentication failed", ip, request.mechanism)
+            return AuthResult(None)
         self.limit.succeeded(ip)
-        log.info("[%s]: sasl_method=%s, sasl_username=%s", ip, mechanism, creds.username)
-        return session.auth_done(creds.username)
+        log.info("[%s]: sasl_method=%s, sasl_username=%s", ip, request.mechanism, creds.username)
+        return AuthResult(creds.username)

@@ -5,23 +5,33 @@ DotReader.feed(bytes) takes whatever the socket delivered and returns events: Co
 End (the `<CRLF>.<CRLF>` was seen; carries the bytes that followed it, which are the next
 pipelined commands) or ProtocolError (carries the 521 reply to give before closing).
 
-Guarantees: the end of data is recognised only as a line that is exactly `.<CR><LF>`
-after a `<CR><LF>` (RFC 5321 section 4.1.1.4). Every LF must be preceded by CR and every CR
-followed by LF, and NUL never appears; anything else is a ProtocolError before any later
-byte is looked at, so no smuggled end-of-data (`<LF>.<LF>`, `<CR>.<CR>`, `<CR><LF>.<CR>`,
-...) is ever taken for the real one. Results do not depend on how the input is chunked.
+Two modes, chosen per client by the engine (S2):
+- strict (normalize=False): every LF must be preceded by CR and every CR followed by LF,
+  and NUL never appears; anything else is a ProtocolError before any later byte is looked
+  at, so no smuggled end-of-data (`<LF>.<LF>`, `<CR>.<CR>`, `<CR><LF>.<CR>`, ...) is ever
+  taken for the real one.
+- normalize=True (Postfix 3.9 `smtpd_forbid_bare_newline = normalize`, for LAN devices): a
+  line ending in a bare LF is taken as ending in CRLF (`bare_lf` records that it happened).
+  The end of data is still only `.<CR><LF>` after a real `<CR><LF>`: a dot line ended by a
+  bare LF, or following a line ended by one, is an ordinary content line "." and is passed
+  on as `.<CR><LF>` (not un-stuffed), so it leaves dot-stuffed and nothing after it can
+  become a second message. Bare CR and NUL are still a ProtocolError.
+Guarantees (both modes): the end of data is recognised only as a line that is exactly
+`.<CR><LF>` after a `<CR><LF>` or at the start (RFC 5321 section 4.1.1.4); Content only
+ever holds CRLF line endings. Results do not depend on how the input is chunked.
 Memory is bounded: complete lines are passed on at once; at most one partial line of
 MAX_DATA_LINE_BYTES is held. Past max_bytes, or once a line is over-long, no more Content
 is emitted but the reader keeps scanning to the end so the session stays in step.
 SECURITY: this parses untrusted bytes (S2); it only compares and slices them.
-Must never: normalise a bare CR or LF into a line ending, or emit content after an error.
+Must never: normalise a bare CR into a line ending, take a bare LF for CRLF in strict mode,
+end the data at anything but CRLF.CRLF, or emit content after an error.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..reply import R521_BARE_CR, R521_BARE_LF, R521_NUL, Reply
+from mta_lite.reply import R521_BARE_CR, R521_BARE_LF, R521_NUL, Reply
 
 # RFC 5321 section 4.5.3.1.6 limits a text line to 1000 octets including CRLF. Real senders
 # (HTML mailers, scanners base64-ing without wrapping) exceed that, and the smarthost, not
@@ -61,8 +71,10 @@ Event = Content | End | ProtocolError
 class DotReader:
     """Feed it DATA bytes; see the module docstring for the events it returns."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, normalize: bool = False) -> None:
         self.max_bytes = max_bytes
+        self.normalize = normalize     # take a bare LF line end as CRLF (S2, LAN clients)
+        self.bare_lf = False           # normalize: some line ended in a bare LF
         self.size = 0                  # content bytes seen so far (after un-stuffing)
         self.oversize = False          # size went past max_bytes
         self.line_too_long = False     # some line was longer than MAX_DATA_LINE_BYTES
@@ -70,6 +82,7 @@ class DotReader:
         self._partial = bytearray()    # the current line, not yet ended by LF
         self._skipping = False         # inside an over-long line: drop its bytes
         self._pending_cr = False       # the bytes fed so far end with a CR
+        self._after_crlf = True        # the last complete line ended in a real CRLF (or none yet)
 
     @property
     def accepting(self) -> bool:
@@ -86,6 +99,7 @@ class DotReader:
             end = len(data) if nl < 0 else nl + 1
             piece = data[pos:end]
             pos = end
+            crlf = piece.endswith(_CRLF) or (self._pending_cr and piece == b"\n")
             error = self._check(piece, complete=nl >= 0)
             if error is not None:
                 self.done = True
@@ -94,11 +108,12 @@ class DotReader:
                 self._extend_partial(piece)
                 break
             line = self._complete_line(piece)
-            if line == _END_LINE:
+            if line == _END_LINE and crlf and self._after_crlf:
                 self.done = True
                 return self._content(out) + [End(data[pos:])]
+            self._after_crlf = crlf
             if line is not None:
-                self._take(line, out)
+                self._take(line if crlf else line[:-1] + _CRLF, out)
         return self._content(out)
 
     # ------------------------------------------------------------------ internals
@@ -116,7 +131,12 @@ class DotReader:
             return None
         if complete:
             if not piece.endswith(_CRLF):
-                return ProtocolError(R521_BARE_LF, "LF not preceded by CR")
+                if not self.normalize:
+                    return ProtocolError(R521_BARE_LF, "LF not preceded by CR")
+                if crs:
+                    return ProtocolError(R521_BARE_CR, "CR not followed by LF")
+                self.bare_lf = True
+                return None
             if crs != 1:
                 return ProtocolError(R521_BARE_CR, "CR not followed by LF")
             return None
@@ -148,8 +168,10 @@ class DotReader:
         return line
 
     def _take(self, line: bytes, out: list[bytes]) -> None:
-        if line.startswith(b"."):
-            line = line[1:]            # RFC 5321 section 4.5.2: remove one leading dot
+        # RFC 5321 section 4.5.2: remove one leading dot. A lone "." reaching here is a
+        # normalized dot line that did not end the data: it stays ".", so it leaves stuffed.
+        if line.startswith(b".") and line != _END_LINE:
+            line = line[1:]
         self.size += len(line)
         if self.size > self.max_bytes:
             self.oversize = True

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import Config, RewriteConfig, SenderRule, User
-from ..identity import bound_to_other_clients, owns
-from ..reply import Reply, sender_not_owned
+from mta_lite.config.schema import Config, RewriteConfig, SenderRule, User
+from mta_lite.identity import bound_to_other_clients, owns
+from mta_lite.reply import Reply, sender_not_owned
 
 
 @dataclass(frozen=True)

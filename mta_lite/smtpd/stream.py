@@ -19,8 +19,8 @@ import asyncio
 import fcntl
 import termios
 
-from ..reply import Reply
-from .session import printable
+from mta_lite.reply import Reply
+from mta_lite.text import printable
 
 # Postfix line_length_limit: RFC 5321 section 4.5.3.1.4 allows 512 octets for a command
 # line; 2048 leaves room for long addresses plus ESMTP parameters.

@@ -4,7 +4,8 @@ Transcript syntax, one item per line (blank lines and `#` comments are ignored):
   @set KEY VALUE    before the first exchange: mynetworks (comma list), message_size_limit,
                     recipient_limit, hard_error_limit, timeout_s, max_connections,
                     free (bytes the fake spool reports), spool_fail (begin|write|commit|crash),
-                    tls (on: STARTTLS with a trustme certificate)
+                    tls (on: STARTTLS with a trustme certificate), tls_min_version (TLSv1, ...),
+                    bare_newline (normalize, the default, or reject: the listener's S2 mode)
   -> BYTES          send BYTES in one write; escapes like \\r\\n \\x00 are decoded
   ->xN BYTES        send BYTES repeated N times in one write
   <- PREFIX         read one reply line; it must start with PREFIX
@@ -14,6 +15,7 @@ Transcript syntax, one item per line (blank lines and `#` comments are ignored):
   @queued N         exactly N messages were committed to the spool
   @contains BYTES   the last committed message contains BYTES (escapes decoded)
   @recipients A,B   the last committed message has exactly these recipients
+  @crlf_only        the last committed message has no bare LF, bare CR or NUL (S2)
   @log TEXT         a line logged by mta_lite.smtpd contains TEXT (awaited, with a timeout)
 After every transcript: the listener still greets a new client, and no tmp file is left.
 """
@@ -24,6 +26,7 @@ import asyncio
 import codecs
 import logging
 import os
+import re
 import smtplib
 import ssl
 from pathlib import Path
@@ -31,15 +34,18 @@ from pathlib import Path
 import pytest
 import trustme
 
-from mta_lite.config import Listen
+from mta_lite.config.schema import Listen
 from mta_lite.smtpd.dotreader import MAX_DATA_LINE_BYTES
 from mta_lite.smtpd.listener import Listener
 from mta_lite.smtpd.stream import READ_CHUNK_BYTES, SmtpStream
 
-from .support import ADMIN, HOSTNAME, FakeSpool, make_config
+from tests.support.dialogs import ADMIN, HOSTNAME, FakeSpool, make_config
 
+BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 DIALOGS = sorted(Path(__file__).parent.glob("*.txt"))
 READ_TIMEOUT_S = 5.0
+# A message with these needs nothing added (headers.py): it is queued exactly as sent.
+COMPLETE_HEADERS = b"Date: Tue, 14 Nov 2023 22:13:20 +0000\r\nMessage-ID: <t@pc.lan>\r\nFrom: a@example.com\r\n"
 SMTPD_SETTINGS = {"recipient_limit", "hard_error_limit", "timeout_s", "max_connections",
                   "max_connections_per_client", "session_limit_s"}
 
@@ -97,15 +103,17 @@ class LogCapture(logging.Handler):
 def build(tmp_path: Path, settings: dict[str, str], tls_setup, **hooks) -> tuple[Listener, FakeSpool]:
     spool = FakeSpool(tmp_path / "spool", free=int(settings.get("free", 10**12)),
                       fail=settings.get("spool_fail", ""))
-    listen = Listen("127.0.0.1", 0)
+    bare_newline = settings.get("bare_newline", "normalize")
+    listen = Listen("127.0.0.1", 0, bare_newline=bare_newline)
     if settings.get("tls") == "on":
-        listen = Listen("127.0.0.1", 0, tls_cert=tls_setup[0], tls_key=tls_setup[1])
+        listen = Listen("127.0.0.1", 0, tls_cert=tls_setup[0], tls_key=tls_setup[1], bare_newline=bare_newline,
+                        tls_min_version=settings.get("tls_min_version", "TLSv1.2"))
     smtpd = {k: (float(v) if k.endswith("_s") else int(v)) for k, v in settings.items() if k in SMTPD_SETTINGS}
     cfg = make_config(tmp_path, mynetworks=tuple(settings.get("mynetworks", "127.0.0.0/8").split(",")),
                       message_size_limit=int(settings.get("message_size_limit", 10_240_000)),
                       listen=listen, **smtpd)
-    wakeups = hooks.pop("wakeup", lambda: None)
-    return Listener(cfg, listen, spool, wakeups, clock=lambda: 1_700_000_000.0, **hooks), spool
+    rings = hooks.pop("ring", lambda: None)
+    return Listener(cfg, listen, spool, rings, clock=lambda: 1_700_000_000.0, **hooks), spool
 
 
 async def read_line(reader: asyncio.StreamReader) -> str:
@@ -186,6 +194,9 @@ class Dialog:
             assert unescape(arg) in self.spool.stored[-1].content, self.spool.stored[-1].content[:500]
         elif op == "@recipients":
             assert self.spool.stored[-1].envelope.recipients == arg.split(",")
+        elif op == "@crlf_only":
+            content = self.spool.stored[-1].content
+            assert not BARE.search(content) and b"\0" not in content, content[:500]
         elif op == "@log":
             await self.log.wait_for(arg)
         else:
@@ -332,7 +343,7 @@ def test_listener_unexpected_exception_replies_451_and_keeps_serving(tmp_path, t
 
 
 def test_listener_large_message_is_streamed_in_chunks(tmp_path, tls_setup):
-    body = b"Subject: big\r\n\r\n" + b"".join(b"%08d" % i + b"x" * 70 + b"\r\n" for i in range(40_000))
+    body = COMPLETE_HEADERS + b"Subject: big\r\n\r\n" + b"".join(b"%08d" % i + b"x" * 70 + b"\r\n" for i in range(40_000))
 
     async def main():
         listener, spool = build(tmp_path, {}, tls_setup)
@@ -350,14 +361,14 @@ def test_listener_large_message_is_streamed_in_chunks(tmp_path, tls_setup):
     assert spool.largest_write <= READ_CHUNK_BYTES + MAX_DATA_LINE_BYTES
 
 
-def test_listener_wakeup_runs_after_commit_and_its_failure_is_harmless(tmp_path, tls_setup):
+def test_listener_ring_runs_after_commit_and_its_failure_is_harmless(tmp_path, tls_setup):
     seen: list[int] = []
 
     async def main():
-        def wakeup():
+        def ring():
             seen.append(len(spool.stored))
             raise RuntimeError("qmgr gone")
-        listener, spool = build(tmp_path, {}, tls_setup, wakeup=wakeup)
+        listener, spool = build(tmp_path, {}, tls_setup, ring=ring)
         await listener.start()
         try:
             reader, writer, _ = await connect(listener)
@@ -376,7 +387,7 @@ def test_listener_wakeup_runs_after_commit_and_its_failure_is_harmless(tmp_path,
 def test_listener_pre_greet_decides_whether_banner_is_sent(tmp_path, tls_setup, admit):
     calls: list[str] = []
 
-    async def pre_greet(reader, writer, ip):
+    async def pre_greet(stream, ip):
         calls.append(ip)
         return admit
 
@@ -400,7 +411,7 @@ def test_listener_smtplib_client_relays_message(tmp_path, tls_setup):
         with smtplib.SMTP("127.0.0.1", port, local_hostname="pc.lan", timeout=READ_TIMEOUT_S) as smtp:
             smtp.starttls(context=tls_setup[2])
             smtp.ehlo("pc.lan")
-            smtp.sendmail("cron@pc.lan", ["root", "x@example.org"], b"Subject: t\r\n\r\n.dot\r\n")
+            smtp.sendmail("cron@pc.lan", ["root", "x@example.org"], COMPLETE_HEADERS + b"Subject: t\r\n\r\n.dot\r\n")
 
     async def main():
         listener, spool = build(tmp_path, {"tls": "on"}, tls_setup)
@@ -456,7 +467,7 @@ def test_listener_with_real_spool_commits_a_valid_queue_file(tmp_path, tls_setup
         await listener.start()
         try:
             reader, writer, _ = await connect(listener)
-            reply = await send_mail(reader, writer, b"Subject: real\r\n\r\n..dot\r\n")
+            reply = await send_mail(reader, writer, COMPLETE_HEADERS + b"Subject: real\r\n\r\n..dot\r\n")
         finally:
             await listener.close(grace_s=1)
         return spool, reply, listener
@@ -470,3 +481,36 @@ def test_listener_with_real_spool_commits_a_valid_queue_file(tmp_path, tls_setup
     assert f" id {queue_id}\r\n".encode() in content and content.endswith(b"Subject: real\r\n\r\n.dot\r\n")
     assert os.listdir(tmp_path / "spool" / "tmp") == []
     assert dict(listener.counters.items())["accepted"] == 1
+
+
+def old_tls_client(tls_setup, version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A device that speaks only `version`, with what OpenSSL 3 needs for it (@SECLEVEL=0)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.minimum_version = context.maximum_version = version
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("version, allowed", [(ssl.TLSVersion.TLSv1, "TLSv1"), (ssl.TLSVersion.TLSv1_1, "TLSv1.1")])
+def test_listener_old_tls_client_is_served_where_allowed_and_refused_by_default(tmp_path, tls_setup, version, allowed):
+    """This machine's OpenSSL does TLS 1.0/1.1 at security level 0; the test fails if it cannot."""
+    def client(port: int) -> str:
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="printer.lan", timeout=READ_TIMEOUT_S) as smtp:
+            smtp.starttls(context=old_tls_client(tls_setup, version))
+            smtp.sendmail("printer@lan.test", ["x@example.org"], COMPLETE_HEADERS + b"Subject: old\r\n\r\nhi\r\n")
+            return smtp.sock.version()
+
+    async def main(settings: dict) -> str:
+        listener, spool = build(tmp_path, {"tls": "on", **settings}, tls_setup)
+        await listener.start()
+        try:
+            return await asyncio.to_thread(client, listener.address[1])
+        finally:
+            await listener.close(grace_s=1)
+    with LogCapture() as log:
+        assert asyncio.run(main({"tls_min_version": allowed})) == allowed
+    assert any(f"TLS established from [127.0.0.1]: {allowed} " in line for line in log.lines)
+    with pytest.raises(ssl.SSLError):
+        asyncio.run(main({}))

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from mta_lite.config import Listen, PostscreenConfig
-from mta_lite.smtpd.dnsbl import ERROR, NXDOMAIN, OK, Answer
+from mta_lite.config.schema import Listen, PostscreenConfig
+from mta_lite.postscreen.dnsbl import ERROR, NXDOMAIN, OK, Answer
 from mta_lite.smtpd.listener import Listener
-from mta_lite.smtpd.pscache import DNSBL, PREGREET
-from mta_lite.smtpd.postscreen import PostscreenService
-from mta_lite.smtpd.pspolicy import StressLimits
+from mta_lite.postscreen.cache import DNSBL, PREGREET
+from mta_lite.postscreen.service import PostscreenService
+from mta_lite.postscreen.policy import StressLimits
 
-from .support import FakeSpool, make_config
+from tests.support.dialogs import FakeSpool, make_config
 from .test_dialogs import READ_TIMEOUT_S, SMTPD_SETTINGS, Dialog, LogCapture, read_line
 
 DIALOGS = sorted((Path(__file__).parent / "postscreen").glob("*.txt"))
@@ -230,7 +230,7 @@ def test_postscreen_slow_client_under_stress_cut_off_in_smtp_engine(tmp_path):
 
 
 def test_postscreen_mini_engine_session_deadline_replies_421(tmp_path, monkeypatch):
-    from mta_lite.smtpd import postscreen
+    from mta_lite.postscreen import service as postscreen
     monkeypatch.setattr(postscreen, "ENFORCE_SESSION_LIMIT_S", 0.5)
 
     async def scenario(listener):

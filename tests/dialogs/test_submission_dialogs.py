@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from mta_lite.config import Listen, RewriteConfig, SenderRule, User
-from mta_lite.config_senders import networks
+from mta_lite.config.schema import Listen, RewriteConfig, SenderRule, User
+from mta_lite.config.senders import networks
 from mta_lite.identity import parse_identity
-from mta_lite.passwd import hash_password
+from mta_lite.passhash import hash_password
 from mta_lite.smtpd.listener import Listener
 
-from .support import ADMIN, HOSTNAME, FakeSpool, make_config
+from tests.support.dialogs import ADMIN, HOSTNAME, FakeSpool, make_config
 from .test_dialogs import READ_TIMEOUT_S, Dialog, LogCapture, read_line, tls_setup  # noqa: F401
 
 DIALOGS = sorted((Path(__file__).parent / "submission").glob("*.txt"))

@@ -1,7 +1,7 @@
 """Fixtures for the fault and attack suite: the real daemon, real smarthosts, real mounts.
 
 relay_factory / sink_factory are the integration suite's (the real `mta-lite serve`, Postfix's
-smtp-sink). Added here: an event-loop thread for in-process smarthosts (tests/faults/support.py),
+smtp-sink). Added here: an event-loop thread for in-process smarthosts (tests/support/faults.py),
 a test PKI made with `cryptography`, and a size-capped tmpfs for the spool, unmounted at the end
 even when the test failed (the daemons on it are stopped and scanned for secrets first).
 """
@@ -13,25 +13,17 @@ import subprocess
 
 import pytest
 
-from tests import relay as relay_module
-from tests.faults.support import SMARTHOST_USER, LoopThread, Pki
+from tests.support import relay as relay_module
+from tests.support.faults import LoopThread, Pki
+from tests.support.relay import SMARTHOST_USER, relay_config
 from tests.integration.conftest import relay_factory, sink_factory  # noqa: F401  (fixtures)
-from tests.relay import PASSWORD
+from tests.support.relay import PASSWORD
 
 
-def relay_config(port: int, *, timeout: str = "5s", **top) -> dict:
-    """A relay sending in clear to 127.0.0.1:port with fast retries. It also holds a second,
-    unused account with the distinctive PASSWORD, so that the qmgr has a secret loaded and the
-    session-wide secret scan (tests/conftest.py) has something it could find."""
-    queue = {"min_backoff": "1s", "max_backoff": "2s", **top.pop("queue", {})}
-    return {
-        "default_relay": "sink",
-        "relays": {"sink": {"host": "127.0.0.1", "port": port, "tls": "none", "timeout": timeout},
-                   "isp": {"host": "127.0.0.1", "port": 9, "tls": "starttls", "username": SMARTHOST_USER,
-                           "password": PASSWORD}},
-        "queue": queue,
-        **top,
-    }
+def fault_config(port: int, **top) -> dict:
+    """The fault tests' relay (tests/support/relay.py relay_config): a short smarthost
+    timeout, and a second account with PASSWORD loaded for the secret scan."""
+    return relay_config(port, **{"timeout": "5s", "with_secret": True, **top})
 
 
 def tls_relay_config(port: int, ca_file: str, *, host: str = "127.0.0.1", timeout: str = "5s", **top) -> dict:

@@ -1,7 +1,7 @@
 """S1/S2/G5 attacks on the real daemon with exact bytes, judged by what reaches the smarthost.
 
-Peers: the real daemon (tests/relay.py); a raw recording smarthost that keeps the exact DATA
-bytes (tests/faults/support.py RawSmarthost; smtp-sink would strip the CRs we must check);
+Peers: the real daemon (tests/support/relay.py); a raw recording smarthost that keeps the exact DATA
+bytes (tests/support/faults.py RawSmarthost; smtp-sink would strip the CRs we must check);
 raw socket clients (RawClient) from 127.0.0.1 (outside mynetworks) and 127.0.0.2 (inside:
 the config's mynetworks is 127.0.0.2/32); `mta-lite sendmail` for locally submitted mail.
 Every test ends with a barrier: a legitimate message sent after the attack must arrive, and
@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from tests.faults.conftest import relay_config
-from tests.faults.support import RawClient, RawSmarthost, elapsed, message_id, smtp_transaction
-from tests.relay import wait_for
+from tests.faults.conftest import fault_config
+from tests.support.faults import RawClient, RawSmarthost, elapsed, message_id, smtp_transaction
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def smarthost(peers_loop):
 
 def start(relay_factory, smarthost, **top):
     smtpd = top.pop("smtpd", {})
-    return relay_factory(relay_config(smarthost.port, mynetworks=[f"{INSIDE}/32"],
+    return relay_factory(fault_config(smarthost.port, mynetworks=[f"{INSIDE}/32"],
                                       smtpd={"hard_error_limit": 100, **smtpd}, **top))
 
 
@@ -123,10 +123,12 @@ def test_open_relay_battery_from_inside_mynetworks_rejects_every_routing_trick(r
 
 def test_helo_with_cr_lf_or_nul_replies_521_closes_and_queues_nothing(relay_factory, smarthost):
     relay = start(relay_factory, smarthost)
-    for helo, reply in [(b"EHLO evil\rBcc: x@remote.example\r\n", b"521 5.5.2 Error: bare <CR> received"),
-                        (b"EHLO evil\nX-Injected: yes\r\n", b"521 5.5.2 Error: bare <LF> received"),
-                        (b"EHLO evil\x00.example\r\n", b"521 5.5.2 Error: NUL character received")]:
-        with RawClient(relay.port, source=INSIDE) as client:
+    # Bare LF from outside mynetworks; bare CR and NUL from anyone, LAN (normalize) included.
+    for helo, reply, source in [
+            (b"EHLO evil\rBcc: x@remote.example\r\n", b"521 5.5.2 Error: bare <CR> received", INSIDE),
+            (b"EHLO evil\nX-Injected: yes\r\n", b"521 5.5.2 Error: bare <LF> received", OUTSIDE),
+            (b"EHLO evil\x00.example\r\n", b"521 5.5.2 Error: NUL character received", INSIDE)]:
+        with RawClient(relay.port, source=source) as client:
             client.reply()
             client.send(helo)
             assert client.reply().startswith(reply), helo
@@ -323,7 +325,8 @@ END_VARIANTS = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\
 
 
 def test_smtp_smuggling_variants_reply_521_and_nothing_smuggled_reaches_the_smarthost(relay_factory, smarthost):
-    relay = start(relay_factory, smarthost)
+    # A listener with bare_newline = "reject": what every client outside mynetworks gets.
+    relay = start(relay_factory, smarthost, listen_options={"bare_newline": "reject"})
     for variant in END_VARIANTS:
         with RawClient(relay.port, source=INSIDE) as client:
             client.reply()
@@ -339,3 +342,55 @@ def test_smtp_smuggling_variants_reply_521_and_nothing_smuggled_reaches_the_smar
     got = barrier(relay, smarthost)
     assert [message_id(t.content) for t in got] == ["<barrier@lan.test>"]
     assert not any(b"smuggled" in t.wire or b"victim" in b"".join(t.rcpts) for t in got)
+
+
+def test_smtp_smuggling_variants_from_the_lan_under_normalize_arrive_as_one_message(relay_factory, smarthost):
+    """S2 under Postfix 3.9 `normalize` (LAN clients, the default): a variant with only bare
+    LF is content of the one message, which ends at the real CRLF.CRLF; it arrives CRLF-only,
+    with its dot line stuffed, to its own recipient only. Bare CR and NUL are still 521."""
+    relay = start(relay_factory, smarthost)
+    accepted = []
+    for n, variant in enumerate(END_VARIANTS):
+        with RawClient(relay.port, source=INSIDE) as client:
+            client.reply()
+            client.command(b"EHLO pc.lan.test\r\n")
+            assert client.command(b"MAIL FROM:<scanner@lan.test>\r\n").startswith(b"250")
+            assert client.command(b"RCPT TO:<ops@remote.example>\r\n").startswith(b"250")
+            assert client.command(b"DATA\r\n").startswith(b"354")
+            client.send(f"Message-ID: <outer-{n}@lan.test>\r\nSubject: outer\r\n\r\nouter body".encode()
+                        + variant + SMUGGLED)
+            reply = client.reply()
+            if b"\0" in variant or re.search(rb"\r(?!\n)", variant):
+                assert reply.startswith(b"521 5.5.2 Error: "), (variant, reply)
+                assert client.closed(), variant
+            else:
+                assert reply.startswith(b"250 2.0.0 Ok: queued as"), (variant, reply)
+                accepted.append(f"<outer-{n}@lan.test>")
+    assert len(accepted) == 4                 # \n.\n  \n.\r\n  \r\n.\n  \r\n.\n\r\n
+    got = barrier(relay, smarthost)
+    assert sorted(str(message_id(t.content)) for t in got) == sorted(accepted + ["<barrier@lan.test>"])
+    assert all(t.rcpts == [b"ops@remote.example"] for t in got)
+    for t in got:
+        assert not BARE_CR_OR_LF.search(t.wire) and b"\0" not in t.wire, t.wire
+        if message_id(t.content) != "<barrier@lan.test>":
+            assert b"outer body\r\n..\r\n" in t.wire and t.wire.endswith(b"smuggled body\r\n"), t.wire
+    assert "taken as <CR><LF>" in relay.log()
+
+
+def test_lan_scanner_with_bare_lf_everywhere_is_relayed_with_crlf_and_logged_once(relay_factory, smarthost):
+    relay = start(relay_factory, smarthost)
+    with RawClient(relay.port, source=INSIDE) as client:
+        client.reply()
+        assert client.command(b"EHLO scanner\n").startswith(b"250")
+        assert client.command(b"MAIL FROM:<scanner@lan.test>\n").startswith(b"250")
+        assert client.command(b"RCPT TO:<ops@remote.example>\n").startswith(b"250")
+        assert client.command(b"DATA\n").startswith(b"354")
+        reply = client.command(b"Message-ID: <scan@lan.test>\nSubject: scan\n\n.hidden\nbody\n.\n..\n\r\n.\r\n")
+        assert reply.startswith(b"250 2.0.0 Ok: queued as"), reply
+        assert client.command(b"QUIT\n").startswith(b"221")
+    got = barrier(relay, smarthost)
+    scan, = [t for t in got if message_id(t.content) == "<scan@lan.test>"]
+    assert not BARE_CR_OR_LF.search(scan.wire)
+    assert b"\r\nSubject: scan\r\n" in scan.wire         # Date: and From: were added after it
+    assert scan.wire.endswith(b"@lan.test\r\n\r\nhidden\r\nbody\r\n..\r\n..\r\n\r\n")
+    assert relay.log().count("bare <LF> received from [127.0.0.2], taken as <CR><LF>") == 1

@@ -1,7 +1,7 @@
 """G4 on a full daemon start: bit-flipped and truncated queue files in every queue state.
 
-Peers: the real daemon (tests/relay.py RelayProcess, started once per hypothesis example on a
-fresh spool), a raw recording smarthost (tests/faults/support.py RawSmarthost). Queue files are
+Peers: the real daemon (tests/support/relay.py RelayProcess, started once per hypothesis example on a
+fresh spool), a raw recording smarthost (tests/support/faults.py RawSmarthost). Queue files are
 written with the real Spool, then damaged on disk: hypothesis chooses which byte and bit of
 which file, and where the truncated one ends. (Every truncation offset, and bit flips of the
 reader alone, are in tests/unit/test_queue.py.)
@@ -19,10 +19,10 @@ from hypothesis import given, strategies as st
 from mta_lite.envelope import Envelope
 from mta_lite.queue import Spool
 from mta_lite.queue.spool import new_queue_id
-from tests.faults.conftest import relay_config
-from tests.faults.support import LoopThread, RawSmarthost, message_id
+from tests.faults.conftest import fault_config
+from tests.support.faults import LoopThread, RawSmarthost, message_id
 from tests.fuzz.profiles import fuzz_settings
-from tests.relay import RelayProcess, wait_for
+from tests.support.relay import RelayProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def test_daemon_start_with_damaged_queue_files_quarantines_them_and_delivers_onl
     relay = None
     try:
         with RawSmarthost(loop) as smarthost:
-            relay = RelayProcess(workdir, relay_config(smarthost.port))
+            relay = RelayProcess(workdir, fault_config(smarthost.port))
             spool = Spool(relay.spool).ensure()
             good = {f"<good-{n}@lan.test>" for n in range(GOOD)}
             for n in range(GOOD):

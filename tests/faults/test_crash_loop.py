@@ -1,7 +1,7 @@
 """G1/G2/G3 under repeated crashes: kill -9 of the whole daemon while clients submit, and the
 order of the system calls that make a 250 safe.
 
-Peers: the real daemon (tests/relay.py; kill9() SIGKILLs its whole process group: master,
+Peers: the real daemon (tests/support/relay.py; kill9() SIGKILLs its whole process group: master,
 smtpd, qmgr), Postfix's smtp-sink as smarthost, stdlib smtplib clients in threads (each records
 the Message-IDs that got a 250 to end of DATA), and strace attached to the live smtpd.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import relay_config
-from tests.peers import dump_message_id, pid_alive
-from tests.relay import wait_for
+from tests.faults.conftest import fault_config
+from tests.support.peers import dump_message_id, pid_alive
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def _complete_ids(sink) -> list[str]:
 def test_daemon_killed_20_times_under_load_loses_no_acknowledged_message(sink_factory, relay_factory):
     rng = random.Random(SEED)
     sink = sink_factory()
-    config = relay_config(sink.port)
+    config = fault_config(sink.port)
     config["relays"]["sink"]["concurrency"] = CONCURRENCY
     relay = relay_factory(config, start=False)
     acked: list[str] = []
@@ -97,7 +97,7 @@ def test_daemon_killed_20_times_under_load_loses_no_acknowledged_message(sink_fa
 
 def test_master_killed_alone_takes_its_children_along_and_restarts_cleanly(sink_factory, relay_factory):
     sink = sink_factory()
-    relay = relay_factory(relay_config(sink.port))
+    relay = relay_factory(fault_config(sink.port))
     children = wait_for(lambda: (pids := relay.pids()) and len(pids) == 3 and pids[1:], 10, what="smtpd and qmgr")
     os.kill(relay.proc.pid, signal.SIGKILL)
     relay.proc.wait()
@@ -159,7 +159,7 @@ def test_smtpd_replies_250_only_after_file_fsync_link_and_directory_fsync(sink_f
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed (tools/install-test-deps.sh installs it)")
     sink = sink_factory()
-    relay = relay_factory(relay_config(sink.port))
+    relay = relay_factory(fault_config(sink.port))
     smtpd = _smtpd_pid(relay)
     out = tmp_path / "strace.out"
     tracer = subprocess.Popen(["strace", "-f", "-y", "-s", "200", "-o", str(out), "-e",

@@ -11,14 +11,14 @@ import smtplib
 
 import pytest
 
-from mta_lite.config import Listen
+from mta_lite.config.schema import Listen
 from mta_lite.envelope import Envelope
 from mta_lite.errors import SpoolError
 from mta_lite.queue import Spool
 from mta_lite.queue.spool import WRITE_BUFFER_BYTES
 from mta_lite.smtpd.listener import Listener
-from tests.dialogs.support import make_config
-from tests.faults.support import LoopThread
+from tests.support.dialogs import make_config
+from tests.support.faults import LoopThread
 
 
 class DevFullSpool(Spool):
@@ -61,7 +61,7 @@ def test_commit_into_dev_full_raises_spool_error_and_leaves_nothing(spool):
 def test_listener_with_dev_full_queue_file_replies_451_then_recovers(spool, tmp_path, size):
     cfg = make_config(tmp_path, message_size_limit=10_000_000)
     loop = LoopThread()
-    listener = Listener(cfg, Listen("127.0.0.1", 0), spool, wakeup=lambda: None)
+    listener = Listener(cfg, Listen("127.0.0.1", 0), spool, ring=lambda: None)
     try:
         loop.call(listener.start())
         port = listener.address[1]

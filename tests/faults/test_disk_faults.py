@@ -1,7 +1,7 @@
 """G1/G5 on a real file system that runs out of space or turns read-only under the daemon.
 
-Peers: the real daemon (tests/relay.py) with its spool on a 2 MiB tmpfs (`mount -t tmpfs -o
-size=2m`, remounted read-only with `mount -o remount,ro`), a RawSmarthost (tests/faults/support.py)
+Peers: the real daemon (tests/support/relay.py) with its spool on a 2 MiB tmpfs (`mount -t tmpfs -o
+size=2m`, remounted read-only with `mount -o remount,ro`), a RawSmarthost (tests/support/faults.py)
 that first refuses and later accepts, exact-byte SMTP clients (RawClient).
 """
 
@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-from tests.faults.conftest import relay_config
-from tests.faults.support import RawClient, RawSmarthost, message_id, smtp_transaction
-from tests.relay import wait_for
+from tests.faults.conftest import fault_config
+from tests.support.faults import RawClient, RawSmarthost, message_id, smtp_transaction
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_mail_from_with_spool_low_replies_452_then_resumes_when_delivery_frees_s
     limit, reserve = 200_000, 1_150_000
     with RawSmarthost(peers_loop) as smarthost:
         smarthost.replies["RCPT"] = b"451 4.3.0 Try again later\r\n"      # nothing leaves yet
-        relay = relay_factory(relay_config(smarthost.port, spool_dir=os.path.join(tmpfs, "spool"),
+        relay = relay_factory(fault_config(smarthost.port, spool_dir=os.path.join(tmpfs, "spool"),
                                            message_size_limit=limit, queue={"reserve_bytes": reserve}))
         accepted, refusal = [], b""
         for n in range(12):
@@ -95,7 +95,7 @@ def test_mail_from_with_spool_low_replies_452_then_resumes_when_delivery_frees_s
 
 def test_data_when_a_write_fails_mid_message_replies_451_never_250(tmpfs, relay_factory, peers_loop):
     with RawSmarthost(peers_loop) as smarthost:
-        relay = relay_factory(relay_config(smarthost.port, spool_dir=os.path.join(tmpfs, "spool"),
+        relay = relay_factory(fault_config(smarthost.port, spool_dir=os.path.join(tmpfs, "spool"),
                                            message_size_limit=1_000_000, queue={"reserve_bytes": 0}))
         filler = os.path.join(tmpfs, "filler")
         with RawClient(relay.port) as client:
@@ -123,7 +123,7 @@ def test_data_when_a_write_fails_mid_message_replies_451_never_250(tmpfs, relay_
 
 def test_readonly_spool_replies_451_stays_alive_and_resumes_after_remount_rw(tmpfs, relay_factory, peers_loop):
     with RawSmarthost(peers_loop) as smarthost:
-        relay = relay_factory(relay_config(smarthost.port, spool_dir=os.path.join(tmpfs, "spool"),
+        relay = relay_factory(fault_config(smarthost.port, spool_dir=os.path.join(tmpfs, "spool"),
                                            message_size_limit=100_000, queue={"reserve_bytes": 0}))
         assert smtp_transaction(relay.port, body=body(2000, "before"))[-1].startswith(b"250")
         smarthost.wait_messages(1)

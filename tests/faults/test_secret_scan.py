@@ -13,15 +13,15 @@ import os
 
 import pytest
 
-from tests import relay as relay_module
-from tests.faults.conftest import relay_config
-from tests.faults.support import SMARTHOST_USER
-from tests.relay import PASSWORD, RelayProcess
+from tests.support import relay as relay_module
+from tests.faults.conftest import fault_config
+from tests.support.faults import SMARTHOST_USER
+from tests.support.relay import PASSWORD, RelayProcess
 
 
 @pytest.fixture
 def unstarted(tmp_path):
-    relay = RelayProcess(str(tmp_path), relay_config(9))
+    relay = RelayProcess(str(tmp_path), fault_config(9))
     os.makedirs(os.path.join(relay.spool, "state"))
     yield relay
     relay_module.INSTANCES.remove(relay)     # planted secrets must not fail the session-wide scan

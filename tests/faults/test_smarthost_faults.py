@@ -1,7 +1,7 @@
 """G3/S3/S5 through the whole daemon: smarthosts that fail in every way the client must survive.
 
-Peers: the real daemon (tests/relay.py), Postfix's smtp-sink (`-w`: slow DATA reply), a raw
-recording smarthost (silent, reset mid-DATA, 452, 550 for one recipient; tests/faults/support.py
+Peers: the real daemon (tests/support/relay.py), Postfix's smtp-sink (`-w`: slow DATA reply), a raw
+recording smarthost (silent, reset mid-DATA, 452, 550 for one recipient; tests/support/faults.py
 RawSmarthost), aiosmtpd with STARTTLS and AUTH (TlsSmarthost) serving certificates made with
 `cryptography` (wrong host, expired, not yet valid, self-signed), the daemon itself under
 `faketime '1970-01-01 00:00:00'`, and the system resolver for a name that does not resolve.
@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from tests.faults.conftest import relay_config, tls_relay_config
-from tests.faults.support import RawSmarthost, TlsSmarthost, message_id
-from tests.relay import free_port, wait_for
+from tests.faults.conftest import fault_config, tls_relay_config
+from tests.support.faults import RawSmarthost, TlsSmarthost, message_id
+from tests.support.relay import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def never_bounced(relay) -> None:
 
 def test_smarthost_refusing_connections_defers_with_4_4_1(relay_factory):
     port = free_port()                          # nothing listens here
-    relay = relay_factory(relay_config(port))
+    relay = relay_factory(fault_config(port))
     send(relay.port, "refused")
     item, = deferred(relay)
     assert item["last_error"] == f"451 4.4.1 connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused"
@@ -55,7 +55,7 @@ def test_smarthost_refusing_connections_defers_with_4_4_1(relay_factory):
 
 def test_smarthost_silent_after_accepting_tcp_defers_on_greeting_timeout(relay_factory, peers_loop):
     with RawSmarthost(peers_loop, greet=False) as smarthost:
-        relay = relay_factory(relay_config(smarthost.port, timeout="2s"))
+        relay = relay_factory(fault_config(smarthost.port, timeout="2s"))
         send(relay.port, "silent")
         item, = deferred(relay)
         assert item["last_error"].startswith("451 4.4.2 conversation with 127.0.0.1[127.0.0.1]")
@@ -65,7 +65,7 @@ def test_smarthost_silent_after_accepting_tcp_defers_on_greeting_timeout(relay_f
 
 
 def test_smarthost_dns_name_not_resolving_defers_with_4_4_3(relay_factory):
-    config = relay_config(9)
+    config = fault_config(9)
     config["relays"]["sink"]["host"] = "smarthost.invalid"      # RFC 2606: never resolves
     relay = relay_factory(config)
     send(relay.port, "no-dns")
@@ -79,7 +79,7 @@ def test_smarthost_dns_name_not_resolving_defers_with_4_4_3(relay_factory):
 
 def test_smarthost_slow_to_answer_data_times_out_and_defers_never_bounces(relay_factory, sink_factory):
     sink = sink_factory("-w", "30")                 # smtp-sink waits 30 s before answering DATA
-    relay = relay_factory(relay_config(sink.port, timeout="2s"))
+    relay = relay_factory(fault_config(sink.port, timeout="2s"))
     send(relay.port, "slow")
     item, = deferred(relay)
     assert item["last_error"].startswith("451 4.4.2 conversation with 127.0.0.1[127.0.0.1]")
@@ -90,7 +90,7 @@ def test_smarthost_slow_to_answer_data_times_out_and_defers_never_bounces(relay_
 def test_smarthost_reset_mid_data_defers_then_delivers_once_whole(relay_factory, peers_loop):
     with RawSmarthost(peers_loop) as smarthost:
         smarthost.data_reset_after = 40             # RST after the first DATA line or so
-        relay = relay_factory(relay_config(smarthost.port))
+        relay = relay_factory(fault_config(smarthost.port))
         send(relay.port, "reset")
         item, = deferred(relay)
         assert item["last_error"].startswith("451 4.4.2 lost connection with 127.0.0.1[127.0.0.1]")
@@ -106,7 +106,7 @@ def test_smarthost_reset_mid_data_defers_then_delivers_once_whole(relay_factory,
 def test_smarthost_452_at_rcpt_defers_sends_no_data_and_delivers_later(relay_factory, peers_loop):
     with RawSmarthost(peers_loop) as smarthost:
         smarthost.replies["RCPT"] = b"452 4.3.1 Insufficient system storage\r\n"
-        relay = relay_factory(relay_config(smarthost.port))
+        relay = relay_factory(fault_config(smarthost.port))
         send(relay.port, "full-smarthost")
         item, = deferred(relay)
         assert item["last_error"] == "452 4.3.1 Insufficient system storage (in reply to RCPT TO command)"
@@ -120,7 +120,7 @@ def test_smarthost_550_for_one_of_two_recipients_bounces_that_one_and_delivers_t
         relay_factory, peers_loop):
     with RawSmarthost(peers_loop) as smarthost:
         smarthost.rcpt_replies[b"gone@remote.example"] = b"550 5.1.1 <gone@remote.example>: User unknown\r\n"
-        relay = relay_factory(relay_config(smarthost.port))
+        relay = relay_factory(fault_config(smarthost.port))
         send(relay.port, "half", rcpts=("ops@remote.example", "gone@remote.example"))
         got = smarthost.wait_messages(2)            # the message, then the bounce to its sender
         wait_for(lambda: relay.queue() == [], 30, what="the queue to empty")

@@ -16,10 +16,10 @@ import tempfile
 import tomli_w
 from hypothesis import example, given, strategies as st, target
 
-from mta_lite.config import Config
-from mta_lite.config_load import effective_dict, load_config, parse_config
+from mta_lite.config.schema import Config
+from mta_lite.config.load import effective_dict, load_config, parse_config
 from mta_lite.errors import ConfigError
-from mta_lite.smarthost.client import SmarthostPool
+from mta_lite.smarthost.pool import SmarthostPool
 from tests.fuzz.profiles import fuzz_settings
 
 PASSWORD = "Fuzz-S3cret-pw-9431"

@@ -14,8 +14,8 @@ import tomllib
 import tomli_w
 from hypothesis import given, strategies as st
 
-from mta_lite import configgen
-from mta_lite.config_load import load_config
+from mta_lite.config import generations as configgen
+from mta_lite.config.load import load_config
 from mta_lite.errors import ConfigError
 from tests.fuzz.profiles import fuzz_settings
 

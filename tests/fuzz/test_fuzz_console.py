@@ -1,7 +1,7 @@
 """Fuzz the serial console's protocol (board.console_protocol).
 
 Peer: none. An in-memory set of actions for the chunking property; real config files in a
-temporary directory (board.console.FileActions, mta_lite.configgen) for uploads. C3: any
+temporary directory (board.console.FileActions, mta_lite.config.generations) for uploads. C3: any
 bytes in any chunking never make the protocol raise, every reply line is printable ASCII
 ended by CRLF, and no reply or log line holds the password or its base64 (S3); feeding byte
 by byte gives the replies that feeding in chunks gives. C1: an upload of any bytes, or of a
@@ -20,14 +20,14 @@ import tempfile
 import tomli_w
 from hypothesis import event, example, given, strategies as st
 
-from board.console import FileActions
-from board.console_protocol import ConsoleProtocol, GREETING
-from mta_lite import configgen
-from mta_lite.config_load import load_config
-from mta_lite.configgen import ApplyResult, Generation
+from mta_lite_board.console import FileActions
+from mta_lite_board.console_protocol import ConsoleProtocol, GREETING
+from mta_lite.config import generations as configgen
+from mta_lite.config.load import load_config
+from mta_lite.config.generations import ApplyResult, Generation
 from mta_lite.errors import ConfigError
 from tests.fuzz.profiles import fuzz_settings
-from tests.relay import PASSWORD, secret_needles
+from tests.support.relay import PASSWORD, secret_needles
 
 NEEDLES = secret_needles({PASSWORD})
 REPLY_LINE = re.compile(rb"[ -~]*\r\n")

@@ -1,7 +1,7 @@
 """Fuzz the USB stick reader (board/mtools.py, board/usbstick.py): C3, untrusted media.
 
 Peers: dosfstools (`mkfs.vfat`) makes one real stick image per module, mtools puts a valid
-config on it (with tests.relay.PASSWORD inline) and reads the damaged copies. Properties:
+config on it (with tests.support.relay.PASSWORD inline) and reads the damaged copies. Properties:
 (1) the pure `mdir` parser, given any text, returns a Listing or raises ListingError, and
 reads back every entry line mdir's own format produces; (2) a copy of the image with random
 bytes flipped in its boot sector, FATs, top folder and first data, or cut short anywhere, never
@@ -19,12 +19,12 @@ import tempfile
 import pytest
 from hypothesis import example, given, strategies as st
 
-from board.mtools import Entry, ListingError, MtoolsRunner, parse_entry, parse_mdir
-from board.usbstick import Outcome, provision_from_stick
-from mta_lite.config_load import load_config
+from mta_lite_board.mtools import Entry, ListingError, MtoolsRunner, parse_entry, parse_mdir
+from mta_lite_board.usbstick import Outcome, provision_from_stick
+from mta_lite.config.load import load_config
 from tests.fuzz.profiles import fuzz_settings
-from tests.relay import PASSWORD, secret_needles
-from tests.stickpeer import Recorder, box_state, config_bytes, make_stick
+from tests.support.relay import PASSWORD, secret_needles
+from tests.support.stick import Recorder, box_state, config_bytes, make_stick
 
 NEEDLES = secret_needles({PASSWORD})
 HEADER = " Volume in drive : is MTACONFIG  \n Volume Serial Number is ED54-60FA\nDirectory for ::/\n\n"
@@ -130,7 +130,7 @@ def test_provision_damaged_image_never_raises_never_installs_garbage(base_image,
     damaged = bytearray(blob)
     for offset, mask in flips:
         damaged[offset] ^= mask
-    lines, logger = _Lines(), logging.getLogger("board.usbstick")
+    lines, logger = _Lines(), logging.getLogger("mta_lite_board.usbstick")
     with tempfile.TemporaryDirectory(prefix="mta-fuzz-stick-") as directory:
         image, config = os.path.join(directory, "stick.img"), os.path.join(directory, "etc", "mta-lite.toml")
         with open(image, "wb") as handle:

@@ -115,7 +115,7 @@ def test_package_importable_under_qemu_user(tmp_path):
                        capture_output=True, check=True)
     for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("sbin", "usr/sbin")):
         (root / link).symlink_to(target)
-    probe = ("import mta_lite.cli, board.daemon, board.firstboot, lgpio, gpiozero, aiosmtplib, dns.resolver;"
+    probe = ("import mta_lite.cli, mta_lite_board.daemon, mta_lite_board.firstboot, lgpio, gpiozero, aiosmtplib, dns.resolver;"
              "print('ok', mta_lite.cli.__file__)")
     done = subprocess.run(["chroot", str(root), f"{layout.VENV}/bin/python3", "-c", probe], capture_output=True,
                           text=True, timeout=300)

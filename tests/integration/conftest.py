@@ -2,10 +2,9 @@
 
 import pytest
 
-from tests.peers import PostfixSmarthost, SmtpSink
-from tests.relay import PASSWORD, RelayProcess
+from tests.support.peers import PostfixSmarthost, SmtpSink
+from tests.support.relay import ALICE_PASSWORD, PASSWORD, RelayProcess
 
-ALICE_PASSWORD = PASSWORD + "-alice"
 SMARTHOST_USERS = {"office@example.test": PASSWORD, "alice@example.test": ALICE_PASSWORD}
 
 
@@ -48,12 +47,3 @@ def relay_factory(tmp_path, deployed):
     yield make
     for relay in relays:
         relay.stop()
-
-
-def sink_config(sink: SmtpSink, **queue) -> dict:
-    """A relay config that sends everything in clear to an smtp-sink, with fast retries."""
-    return {
-        "default_relay": "sink",
-        "relays": {"sink": {"host": "127.0.0.1", "port": sink.port, "tls": "none", "timeout": "10s"}},
-        "queue": {"min_backoff": "1s", "max_backoff": "2s", **queue},
-    }

@@ -1,8 +1,8 @@
 """S5 on the LEDs, end to end: a smarthost refuses the relay's login with 535, and the status
 file the real daemon writes lights the red alert LED (MockFactory pins).
 
-Peers: Postfix 3.7 as ISP-like smarthost (STARTTLS + SASL; tests/peers.py PostfixSmarthost),
-the real `mta-lite serve` (tests/relay.py), stdlib smtplib as client. The LEDs read the spool
+Peers: Postfix 3.7 as ISP-like smarthost (STARTTLS + SASL; tests/support/peers.py PostfixSmarthost),
+the real `mta-lite serve` (tests/support/relay.py), stdlib smtplib as client. The LEDs read the spool
 through mta_lite.status.read_status(), exactly as the board daemon does.
 """
 
@@ -11,10 +11,10 @@ import smtplib
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, update_leds
-from board.patterns import OFF, ON, SLOW_BLINK, LedState
+from mta_lite_board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, update_leds
+from mta_lite_board.patterns import OFF, ON, SLOW_BLINK, LedState
 from mta_lite.status import read_status
-from tests.relay import PASSWORD, wait_for
+from tests.support.relay import PASSWORD, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,8 @@
 a config that breaks delivery is rolled back with `config rollback`, and a broken file never
 replaces the running configuration.
 
-Peer: Postfix 3.7 as ISP-like smarthost (tests/peers.py: PostfixSmarthost, STARTTLS + SASL);
-its Maildir shows what was delivered. The relay is the real `mta-lite serve` (tests/relay.py).
+Peer: Postfix 3.7 as ISP-like smarthost (tests/support/peers.py: PostfixSmarthost, STARTTLS + SASL);
+its Maildir shows what was delivered. The relay is the real `mta-lite serve` (tests/support/relay.py).
 """
 
 import smtplib
@@ -14,8 +14,8 @@ import tomli_w
 
 from mta_lite.status import read_status
 from tests.integration.test_relay_health import isp_config
-from tests.peers import free_port, smtp_probe
-from tests.relay import PASSWORD, wait_for
+from tests.support.peers import free_port, smtp_probe
+from tests.support.relay import PASSWORD, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -1,13 +1,13 @@
 """The serial console end to end: the real `mta-lite-board --serial` on a real pty pair.
 
-Peers: socat (`socat -d -d pty,raw,echo=0,link=DIR/ttyA pty,raw,echo=0,link=DIR/ttyB`, a pty
+Peers (tests/support/board.py): socat (`socat -d -d pty,raw,echo=0,link=DIR/ttyA pty,raw,echo=0,link=DIR/ttyB`, a pty
 pair, started per test and terminated in teardown), the real board daemon as a subprocess on
-ttyA (stopped with SIGTERM in teardown), and on ttyB tools/provision.py as a subprocess or a
+ttyA (stopped with SIGTERM in teardown), and on ttyB the laptop client (mta_lite_tools.provision) as a subprocess or a
 raw pyserial client; for the I/O edge alone (board.console.SerialConsole in this process), a
 bare kernel pty from os.openpty(), closed at the end of its test.
 C1/C2: apply, broken apply, rollback, checked on disk. C3: 64 KiB of line noise, then the
 console still works; the port going away and coming back; a console nobody reads caps its
-replies and never blocks the event loop. S3: neither the daemon's log nor anything read from
+replies and never blocks the event loop, nor does a slow command. S3: neither the daemon's log nor anything read from
 the port ever holds the password or its base64.
 """
 
@@ -18,7 +18,6 @@ import hashlib
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,13 +27,14 @@ import pytest
 import serial
 import tomli_w
 
-from board.console_protocol import NOISE_ERR_INTERVAL_S
-from mta_lite import configgen
-from mta_lite.config_load import load_config
-from tests.relay import PASSWORD, secret_needles, wait_for
+from mta_lite_board.console_protocol import NOISE_ERR_INTERVAL_S
+from mta_lite.config import generations as configgen
+from mta_lite.config.load import load_config
+from tests.support.board import Board, PtyPair, RawClient
+from tests.support.relay import PASSWORD, secret_needles, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-PROVISION = ROOT / "tools" / "provision.py"
+PROVISION = ["-m", "mta_lite_tools.provision"]     # the laptop client, as `mta-lite-provision` runs it
 NEEDLES = secret_needles({PASSWORD})
 NOISE_BYTES = 64 * 1024
 REPLY_LINE = re.compile(rb"[ -~]*\r\n")
@@ -50,104 +50,6 @@ def config_bytes(spool: str, port=587) -> bytes:
                            "username": "office@isp.example", "password": PASSWORD}},
         "master": {"smtpd_user": "", "qmgr_user": ""},
     }).encode()
-
-
-class PtyPair:
-    """socat joining two ptys; ttyA for the box, ttyB for the laptop."""
-
-    def __init__(self, directory: Path) -> None:
-        self.a, self.b = str(directory / "ttyA"), str(directory / "ttyB")
-        self.log_path = directory / "socat.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={self.a}",
-                                          f"pty,raw,echo=0,link={self.b}"], stdout=log, stderr=log)
-        wait_for(lambda: os.path.exists(self.a) and os.path.exists(self.b), 10, what="socat's pty links")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
-
-
-class Board:
-    """The real mta-lite-board daemon with its console on a pty."""
-
-    def __init__(self, directory: Path, device: str) -> None:
-        self.spool = str(directory / "spool")
-        self.config = str(directory / "mta-lite.toml")
-        self.log_path = directory / "board.log"
-        self.device = device
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "board.daemon", "--serial", self.device,
-                                          "--config", self.config, "--spool", self.spool],
-                                         stdout=log, stderr=log, cwd=ROOT, start_new_session=True)
-        wait_for(lambda: b"console: on " in self.log(), 10, what="the board daemon's console")
-
-    def log(self) -> bytes:
-        return self.log_path.read_bytes() if self.log_path.exists() else b""
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-
-class RawClient:
-    """The laptop side with plain pyserial; keeps every byte it read for the secret scan."""
-
-    def __init__(self, device: str, seen: list[bytes]) -> None:
-        # write_timeout: a box that floods the line while we write would block socat and us.
-        self.port = serial.serial_for_url(device, baudrate=115200, timeout=0.05, write_timeout=10)
-        self.seen = seen
-        self.buffer = b""
-
-    def close(self) -> None:
-        self.port.close()
-
-    def read_line(self, deadline: float) -> bytes | None:
-        while b"\n" not in self.buffer:
-            if time.monotonic() > deadline:
-                return None
-            chunk = self.port.read(4096)
-            self.seen.append(chunk)
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line + b"\n"
-
-    def hello(self, timeout: float = 10) -> list[bytes]:
-        """HELLO until the box greets; every line read before the greeting."""
-        deadline, before = time.monotonic() + timeout, []
-        while time.monotonic() < deadline:
-            self.port.write(b"\r\nHELLO\r\n")
-            try_until = time.monotonic() + 0.5
-            while (line := self.read_line(try_until)) is not None:
-                if line.startswith(b"OK mta-lite console "):
-                    return before
-                before.append(line)
-        raise TimeoutError("no greeting")
-
-    def command(self, line: bytes) -> list[bytes]:
-        self.port.write(line + b"\r\n")
-        replies, deadline = [], time.monotonic() + 10
-        while (reply := self.read_line(deadline)) is not None:
-            replies.append(reply)
-            if reply.startswith((b"OK", b"ERR")) and not reply.startswith(b"OK mta-lite console "):
-                return replies
-        raise TimeoutError(f"no reply to {line[:20]!r}")
 
 
 @pytest.fixture
@@ -168,7 +70,7 @@ def rig(tmp_path):
 
 
 def provision(device: str, seen: list[bytes], *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(PROVISION), "--port", device, *args], capture_output=True,
+    result = subprocess.run([sys.executable, *PROVISION, "--port", device, *args], capture_output=True,
                             timeout=60, cwd=ROOT)
     seen += [result.stdout, result.stderr]
     return result
@@ -272,10 +174,10 @@ def test_console_serial_broken_config_at_start_can_be_replaced(rig, tmp_path):
 
 
 def test_provision_without_a_port_exits_2(tmp_path):
-    result = subprocess.run([sys.executable, str(PROVISION), "--port", str(tmp_path / "nothing"), "status"],
+    result = subprocess.run([sys.executable, *PROVISION, "--port", str(tmp_path / "nothing"), "status"],
                             capture_output=True, timeout=30)
     assert result.returncode == 2 and b"provision: " in result.stderr
-    usage = subprocess.run([sys.executable, str(PROVISION), "--port", "x", "frobnicate"], capture_output=True, timeout=30)
+    usage = subprocess.run([sys.executable, *PROVISION, "--port", "x", "frobnicate"], capture_output=True, timeout=30)
     assert usage.returncode == 2
 
 
@@ -286,8 +188,8 @@ def board_log(caplog) -> str:
 
 
 def memory_protocol(directory: Path):
-    from board.console import FileActions
-    from board.console_protocol import ConsoleProtocol
+    from mta_lite_board.console import FileActions
+    from mta_lite_board.console_protocol import ConsoleProtocol
     Path(directory / "mta-lite.toml").write_bytes(config_bytes(str(directory / "spool")))
     return lambda: ConsoleProtocol(FileActions(str(directory / "mta-lite.toml"), str(directory / "spool")))
 
@@ -342,7 +244,7 @@ async def greeted(master: int) -> None:
 
 def test_serial_console_on_a_pty_replies_and_never_blocks_when_nobody_reads(tmp_path, caplog):
     import asyncio
-    from board.console import MAX_PENDING_OUTPUT_BYTES, SerialConsole
+    from mta_lite_board.console import MAX_PENDING_OUTPUT_BYTES, SerialConsole
     caplog.set_level("INFO", logger="board")
 
     async def scenario(master, task):
@@ -374,7 +276,7 @@ def test_serial_console_on_a_pty_replies_and_never_blocks_when_nobody_reads(tmp_
 
 def test_serial_console_port_that_fails_to_open_logs_once_then_comes_back(tmp_path, caplog, monkeypatch):
     import asyncio
-    import board.console as console
+    import mta_lite_board.console as console
     caplog.set_level("INFO", logger="board")
     monkeypatch.setattr(console, "REOPEN_MIN_S", 0.01)
     monkeypatch.setattr(console, "REOPEN_MAX_S", 0.02)
@@ -399,3 +301,49 @@ def test_serial_console_port_that_fails_to_open_logs_once_then_comes_back(tmp_pa
     text = board_log(caplog)
     assert len(attempts) == 7
     assert text.count("retrying") == 1 and "cannot open" in text and f"console: {name} back" in text
+
+
+def test_serial_console_slow_command_streams_its_steps_and_never_blocks_the_loop(tmp_path):
+    """A relay test takes seconds: its steps reach the port as they happen, the event loop (and
+    with it the LEDs) goes on meanwhile, and a line typed during it is answered after it."""
+    import asyncio
+    import threading
+    from mta_lite_board.console import FileActions, SerialConsole
+    from mta_lite_board.console_protocol import ConsoleProtocol
+    from mta_lite_board.relaycli import RelayTest
+    gate = threading.Event()
+    Path(tmp_path / "mta-lite.toml").write_bytes(config_bytes(str(tmp_path / "spool")))
+
+    class SlowActions(FileActions):
+        def relay_names(self):
+            return ["isp"]
+
+        def relay_test(self, name, on_line):
+            on_line("DNS: ok, first step")
+            gate.wait(20)
+            on_line("AUTH: ok, second step")
+            return RelayTest(name, True, ["DNS: ok, first step", "AUTH: ok, second step"])
+
+    actions = SlowActions(str(tmp_path / "mta-lite.toml"), str(tmp_path / "spool"))
+
+    async def scenario(master, task):
+        await greeted(master)
+        os.write(master, b"TEST RELAY isp\r\nHELP\r\n")
+        got = await read_until(master, b"| DNS: ok, first step\r\n")
+        woke = 0
+        for _ in range(20):                 # the loop runs while the command waits
+            await asyncio.sleep(0.01)
+            woke += 1
+        try:
+            got += os.read(master, 65536)
+        except BlockingIOError:
+            pass
+        assert woke == 20 and b"second step" not in got and b"| HELP" not in got
+        gate.set()
+        got = await read_until(master, b"| HELP ")
+        assert got.index(b"| AUTH: ok, second step\r\nOK relay test of isp passed\r\n") < got.index(b"| HELP ")
+
+    try:
+        run_console_on_pty(lambda name: SerialConsole(name, lambda: ConsoleProtocol(actions)), scenario)
+    finally:
+        gate.set()

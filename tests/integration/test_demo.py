@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.relay import wait_for
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@
 Each test starts the real `mta-lite serve` as root, dropping to mta-smtpd and mta-lite, with
 the config, password files, CA file and TLS key root-owned 0600 in a 0700 directory, the
 spool under a 0700 directory and the interpreter where the service users cannot read it
-(tests/relay.py, deployed=True). Peers: Postfix as smarthost (STARTTLS + SASL) or Postfix's
+(tests/support/relay.py, deployed=True). Peers: Postfix as smarthost (STARTTLS + SASL) or Postfix's
 smtp-sink, swaks and stdlib smtplib as LAN clients; the board's LED patterns read the real
 status files.
 """
@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 import trustme
 
-from board.patterns import FAST_BLINK, pattern_for
+from mta_lite_board.patterns import FAST_BLINK, pattern_for
 from mta_lite.status import read_status
-from tests.integration.conftest import sink_config
+from tests.support.relay import relay_config
 from tests.integration.test_privsep import children
-from tests.peers import dump_message_id, swaks
-from tests.relay import PASSWORD, RelayProcess, wait_for
+from tests.support.peers import dump_message_id, swaks
+from tests.support.relay import PASSWORD, RelayProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +141,7 @@ def test_admin_written_files_work_the_first_time(smarthost, box, lan_cert):
 
 
 def test_check_names_path_user_and_fix_and_serve_refuses_before_binding(sink_factory, open_box):
-    relay = open_box({**sink_config(sink_factory()), "relays": {"isp": {
+    relay = open_box({**relay_config(sink_factory().port), "relays": {"isp": {
         "host": "127.0.0.1", "port": 9, "tls": "starttls", "username": "office@example.test", "password": PASSWORD}},
         "default_relay": "isp"}, start=False)
     password_file = next(Path(relay.etc).glob("*.pw"))
@@ -161,7 +161,7 @@ def test_check_names_path_user_and_fix_and_serve_refuses_before_binding(sink_fac
 
 
 def test_check_fix_repairs_the_spool_layout_and_nothing_else(sink_factory, box):
-    relay = box(sink_config(sink_factory()))
+    relay = box(relay_config(sink_factory().port))
     relay.stop()
     tmp_dir = Path(relay.spool, "tmp")
     os.chmod(tmp_dir, 0o777)
@@ -182,7 +182,7 @@ def _processes(relay: RelayProcess) -> dict:
 
 def test_smtpd_config_error_is_reported_not_looped_and_its_ports_answer_421(sink_factory, box, lan_cert):
     sink = sink_factory()
-    relay = box(sink_config(sink), start=False)
+    relay = box(relay_config(sink.port), start=False)
     tls_listener(relay, lan_cert)
     relay.start()
     key = next(Path(relay.etc).glob("*key.pem"))
@@ -219,7 +219,7 @@ def test_smtpd_config_error_is_reported_not_looped_and_its_ports_answer_421(sink
 
 def test_qmgr_config_error_keeps_mail_coming_in(sink_factory, box):
     sink = sink_factory()
-    config = sink_config(sink)
+    config = relay_config(sink.port)
     config["senders"] = [{"address": "nas@lan.test", "relay": "sink", "username": "nas", "password": PASSWORD}]
     config["relays"]["sink"]["tls"] = "starttls"        # a username needs TLS; nas@ never sends here
     config["relays"]["plain"] = {"host": "127.0.0.1", "port": sink.port, "tls": "none"}
@@ -240,7 +240,7 @@ def test_qmgr_config_error_keeps_mail_coming_in(sink_factory, box):
 
 def test_reload_that_fails_the_preflight_keeps_the_running_config(sink_factory, open_box):
     sink = sink_factory()
-    config = sink_config(sink)
+    config = relay_config(sink.port)
     config["relays"]["isp"] = {"host": "127.0.0.1", "port": 9, "tls": "starttls",
                                "username": "office@example.test", "password": PASSWORD}
     relay = open_box(config)

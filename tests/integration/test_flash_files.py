@@ -2,7 +2,7 @@
 with images packed by the real xz, zstd and gzip programs and bmaps made by `bmaptool
 create`; bmaptool's own `copy` is the reference for which bmaps are good.
 
-Peers: sfdisk + mkfs.vfat + mcopy make the card image (tests/flashpeer.py), bmaptool
+Peers: sfdisk + mkfs.vfat + mcopy make the card image (tests/support/flash.py), bmaptool
 (bmap-tools), xz, zstd, gzip; mtools (`mtype`) reads the config back from the written card;
 the box's configgen.apply_config() imports it as the box will at first boot.
 No root needed: every target is a file. Loop devices are in test_flash_loop.py."""
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from mta_lite import configgen
-from mta_lite.config_load import load_config
-from tests.flashpeer import (BOOT_OFFSET, MTOOLS_ENV, bmap_xml, digest, have, make_bmap, make_card_image, pack,
+from mta_lite.config import generations as configgen
+from mta_lite.config.load import load_config
+from tests.support.flash import (BOOT_OFFSET, MTOOLS_ENV, bmap_xml, digest, have, make_bmap, make_card_image, pack,
                              rechecksum, run)
-from tests.relay import PASSWORD
-from tests.stickpeer import config_bytes
+from tests.support.relay import PASSWORD
+from tests.support.stick import config_bytes
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not have("sfdisk", "mkfs.vfat", "mcopy", "mtype", "bmaptool", "xz", "zstd", "gzip"),

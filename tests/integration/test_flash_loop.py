@@ -32,14 +32,14 @@ from pathlib import Path
 
 import pytest
 
-from mta_lite import configgen
+from mta_lite.config import generations as configgen
 from mta_lite_tools.flash import cli
 from mta_lite_tools.flash.devices import Roots, inspect_target, read_system, refusal, root_disks
 from mta_lite_tools.flash.errors import TargetRefusedError
 from mta_lite_tools.flash.writer import Card
-from tests.flashpeer import (BOOT_OFFSET, MIB, MTOOLS_ENV, FakeDisk, LoopDevice, digest, fake_sys, have, loop_skip_reason,
+from tests.support.flash import (BOOT_OFFSET, MIB, MTOOLS_ENV, FakeDisk, LoopDevice, digest, fake_sys, have, loop_skip_reason,
                              make_bmap, make_card_image, run)
-from tests.stickpeer import config_bytes
+from tests.support.stick import config_bytes
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(loop_skip_reason() is not None, reason=loop_skip_reason() or ""),

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from board.mtools import MAX_STDERR_BYTES, MTOOLS_ENV, MtoolsRunner, StickReadError, StickTimeoutError
-from tests.relay import wait_for
+from mta_lite_board.mtools import MAX_STDERR_BYTES, MTOOLS_ENV, MtoolsRunner, StickReadError, StickTimeoutError
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 TIMEOUT_S = 1.0
@@ -82,3 +82,18 @@ def test_runner_environment_fixed():
     finally:
         del os.environ["MTOOLSRC"]
     assert dict(line.split("=", 1) for line in done.stdout.decode().splitlines()) == MTOOLS_ENV
+
+
+def test_runner_large_stdin_to_a_child_that_never_reads_ends_at_deadline():
+    """A report or a config is more than a pipe holds: feeding it must not block past the
+    deadline when the child (mtools stuck in open()) never reads."""
+    started = time.monotonic()
+    with pytest.raises(StickTimeoutError):
+        MtoolsRunner(TIMEOUT_S)(["sleep", "60"], 100, b"x" * (1024 * 1024))
+    assert time.monotonic() - started < TIMEOUT_S + 5
+
+
+def test_runner_large_stdin_fed_completely():
+    data = bytes(range(256)) * 1024
+    done = MtoolsRunner(10.0)(["cat"], len(data) + 1, data)
+    assert done.stdout == data and done.returncode == 0 and not done.overflow

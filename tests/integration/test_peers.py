@@ -1,4 +1,4 @@
-"""Proves the real peers in tests/peers.py behave as the integration tests assume: the Postfix
+"""Proves the real peers in tests/support/peers.py behave as the integration tests assume: the Postfix
 smarthost demands STARTTLS + SASL and records who logged in, smtp-sink records what it got and
 its fault flags bite. Each test starts its own peers on free loopback ports (tmp_path workdirs).
 Never: talks to anything but 127.0.0.1, or mocks a peer. Needs root and
@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests import peers
+from tests.support import peers
 
 pytestmark = [
     pytest.mark.integration,

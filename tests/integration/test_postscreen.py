@@ -20,11 +20,11 @@ import time
 
 import pytest
 
-from mta_lite.smtpd.dnsbl import ERROR, NXDOMAIN, OK, parse_site
-from mta_lite.smtpd.dnsblclient import DnsblCheck, DnsPythonLookup
-from tests.dnspeers import Dnsmasq, bad_dns_server
-from tests.integration.conftest import sink_config
-from tests.relay import wait_for
+from mta_lite.postscreen.dnsbl import ERROR, NXDOMAIN, OK, parse_site
+from mta_lite.postscreen.dnsblclient import DnsblCheck, DnsPythonLookup
+from tests.support.dns import Dnsmasq, bad_dns_server
+from tests.support.relay import relay_config
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def outsider_relay(request, tmp_path_factory, dnsmasq):
         pytest.skip("the deployed mode starts the daemon as root")
 
     def factory(config, start=True):
-        from tests.relay import RelayProcess
+        from tests.support.relay import RelayProcess
         relay = RelayProcess(str(tmp_path_factory.mktemp("relay")), config, deployed=request.param)
         made.append(relay)
         return relay.start() if start else relay
@@ -230,7 +230,7 @@ def test_postscreen_screened_lan_client_relays_and_cached_pass_survives_restart(
     """access = [] screens even mynetworks: a good client passes, relays to the sink, and is
     cached; after a restart its banner comes at once (a read shorter than greet_wait)."""
     sink = sink_factory()
-    relay = screened(relay_factory, sink_config(sink), **{**dnsbl_postscreen(dnsmasq), "greet_wait": "2s"})
+    relay = screened(relay_factory, relay_config(sink.port), **{**dnsbl_postscreen(dnsmasq), "greet_wait": "2s"})
     client = Client(relay.port, "127.0.0.30")
     try:
         assert client.line().startswith("220-") and client.line().startswith("220 ")

@@ -1,7 +1,7 @@
 """S7, the air gap: smtpd holds no secret, and either half can die without stopping the other.
 
 Peers: the real daemon (`mta-lite serve`, master + smtpd + qmgr processes), Postfix's smtp-sink
-as smarthost, stdlib smtplib clients; tools/memgrep.py reads a live process's memory.
+as smarthost, stdlib smtplib clients; tests/support/memgrep.py reads a live process's memory.
 """
 
 import base64
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import sink_config
-from tests.peers import dump_message_id
-from tests.relay import PASSWORD, wait_for
+from tests.support.relay import relay_config
+from tests.support.peers import dump_message_id
+from tests.support.relay import PASSWORD, wait_for
 
 pytestmark = pytest.mark.integration
-MEMGREP = Path(__file__).resolve().parents[2] / "tools" / "memgrep.py"
+MEMGREP = Path(__file__).resolve().parents[1] / "support" / "memgrep.py"
 
 
 def children(relay) -> dict[str, int]:
@@ -46,7 +46,7 @@ def memgrep(pid: int, *needles: str) -> int:
 
 def secret_config(sink) -> dict:
     """A relay with credentials (tls starttls so that a username is allowed; never used here)."""
-    cfg = sink_config(sink)
+    cfg = relay_config(sink.port)
     cfg["relays"]["isp"] = {"host": "127.0.0.1", "port": 9, "tls": "starttls",
                             "username": "office@example.test", "password": PASSWORD}
     return cfg
@@ -79,7 +79,7 @@ def test_smtpd_holds_no_secret_in_memory_environment_or_files(sink_factory, rela
 @pytest.mark.deployed
 def test_kill9_smtpd_keeps_delivery_going(sink_factory, relay_factory):
     sink = sink_factory()
-    relay = relay_factory(sink_config(sink))
+    relay = relay_factory(relay_config(sink.port))
     before = wait_for(lambda: children(relay), 10, what="children")
     os.kill(before["smtpd"], signal.SIGKILL)
     result = relay.cli("sendmail", "-f", "cron@lan.test", "ops@remote.example",
@@ -98,7 +98,7 @@ def test_kill9_smtpd_keeps_delivery_going(sink_factory, relay_factory):
 
 def test_kill9_qmgr_under_load_keeps_acceptance_and_loses_nothing(sink_factory, relay_factory):
     sink = sink_factory()
-    relay = relay_factory(sink_config(sink))
+    relay = relay_factory(relay_config(sink.port))
     before = wait_for(lambda: children(relay), 10, what="children")
     acked: list[str] = []
     errors: list[Exception] = []

@@ -18,7 +18,7 @@ import pytest
 import tomli_w
 
 from tests.integration.test_privsep_spool import _interpreter
-from tests.relay import PASSWORD
+from tests.support.relay import PASSWORD
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
 
@@ -110,7 +110,7 @@ def test_config_rollback_by_mta_config_restores_the_earlier_password(python, etc
     assert result.returncode == 0, result.stderr.decode()
     show = run_as(python, QMGR_USER, "-c", config, "config", "show")
     assert show.returncode == 0 and PASSWORD.encode() not in show.stdout     # masked, as always
-    probe = ("import sys; from mta_lite.config_load import load_config; "
+    probe = ("import sys; from mta_lite.config.load import load_config; "
              "print(load_config(sys.argv[1]).relays['isp'].password.reveal() == sys.argv[2])")
     check = python_as(python, QMGR_USER, "-c", probe, config, PASSWORD)
     assert check.stdout.strip() == b"True", check.stderr.decode()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import sink_config
+from tests.support.relay import relay_config
 from tests.integration.test_privsep import children
-from tests.peers import dump_message_id
-from tests.relay import PASSWORD, RelayProcess, wait_for
+from tests.support.peers import dump_message_id
+from tests.support.relay import PASSWORD, RelayProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def _interpreter() -> tuple[str, dict]:
     so use the system's 3.11 with the repository and the venv's packages on the path."""
     python = "/usr/bin/python3.11" if os.path.exists("/usr/bin/python3.11") else sys.executable
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *site.getsitepackages()])}
-    probe = subprocess.run([python, "-c", "import mta_lite.daemon, aiosmtplib, tomli_w"], env=env,
+    probe = subprocess.run([python, "-c", "import mta_lite.process.services, aiosmtplib, tomli_w"], env=env,
                            user="mta-smtpd", capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"the dropped users cannot load mta-lite from here: {probe.stderr.decode()[-200:]}")
@@ -63,7 +63,7 @@ def box(sink_factory):
     for path in (secrets, secrets / "isp.pw"):
         os.chown(path, qmgr.pw_uid, qmgr.pw_gid)
     sink = sink_factory()
-    config = sink_config(sink)
+    config = relay_config(sink.port)
     config["relays"]["isp"] = {"host": "127.0.0.1", "port": 9, "tls": "starttls",
                                "username": "office@example.test", "password_file": str(secrets / "isp.pw")}
     config["master"] = {"smtpd_user": "mta-smtpd", "qmgr_user": "mta-lite"}

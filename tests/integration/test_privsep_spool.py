@@ -60,7 +60,7 @@ def attempt(kind, path):
             os.unlink(path)
         elif kind == "rename":
             os.rename(path, path + ".moved")
-        elif kind == "poke":
+        elif kind == "ring":
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.sendto(b"W", path)
         return "ok"
@@ -97,14 +97,14 @@ print(entry.read_content().decode(), spool.move(sys.argv[2], "incoming", "active
 
 DOORBELL_AS_QMGR = """
 import asyncio, sys
-from mta_lite.qmgr import wakeup
+from mta_lite.queue import doorbell
 async def main():
     got = asyncio.Event()
-    bell = await wakeup.listen(sys.argv[1], lambda what: got.set())
+    bell = await doorbell.listen(sys.argv[1], lambda what: got.set())
     print("listening", flush=True)
     try:
         await asyncio.wait_for(got.wait(), 30)
-        print("poked", flush=True)
+        print("rang", flush=True)
     finally:
         bell.close()
 asyncio.run(main())
@@ -286,9 +286,9 @@ def test_doorbell_rings_for_smtpd_but_not_for_local_users(box):
     try:
         assert listener.stdout.readline() == b"listening\n", listener.stderr.read().decode()
         assert _mode(socket_path)[1:] == (grp.getgrnam(SMTPD_USER).gr_gid, 0o660)
-        assert box.probe(TEST_USER, [("poke", socket_path)]) == {f"poke {socket_path}": "EACCES"}
-        assert box.probe(SMTPD_USER, [("poke", socket_path)]) == {f"poke {socket_path}": "ok"}
-        assert listener.stdout.readline() == b"poked\n"
+        assert box.probe(TEST_USER, [("ring", socket_path)]) == {f"ring {socket_path}": "EACCES"}
+        assert box.probe(SMTPD_USER, [("ring", socket_path)]) == {f"ring {socket_path}": "ok"}
+        assert listener.stdout.readline() == b"rang\n"
     finally:
         listener.kill()
         listener.wait()

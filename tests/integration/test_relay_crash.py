@@ -1,6 +1,6 @@
 """G1/G2/G3 with real processes: kill -9 under load, sendmail while the daemon is down.
 
-Peers: the real daemon (tests/relay.py), Postfix's smtp-sink as smarthost, stdlib smtplib
+Peers: the real daemon (tests/support/relay.py), Postfix's smtp-sink as smarthost, stdlib smtplib
 clients in threads (each records the Message-IDs that got a 250).
 """
 
@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
-from tests.integration.conftest import sink_config
-from tests.peers import dump_message_id
-from tests.relay import wait_for
+from tests.support.relay import relay_config
+from tests.support.peers import dump_message_id
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def _client(port: int, tag: int, acked: list, stop: threading.Event) -> None:
 
 def test_kill9_under_load_loses_no_acknowledged_message(sink_factory, relay_factory):
     sink = sink_factory()
-    relay = relay_factory(sink_config(sink))
+    relay = relay_factory(relay_config(sink.port))
     acked: list[str] = []
     stop = threading.Event()
     threads = [threading.Thread(target=_client, args=(relay.port, t, acked, stop)) for t in range(CLIENTS)]
@@ -63,7 +63,7 @@ def test_kill9_under_load_loses_no_acknowledged_message(sink_factory, relay_fact
 
 def test_sendmail_queues_while_daemon_is_stopped(sink_factory, relay_factory):
     sink = sink_factory()
-    relay = relay_factory(sink_config(sink), start=False)
+    relay = relay_factory(relay_config(sink.port), start=False)
     message = b"To: ops@remote.example\nSubject: cron output\n\nbackup ok\n.\nnot the end\n"
     result = relay.cli("sendmail", "-t", "-i", "-f", "cron@lan.test", stdin=message)
     assert result.returncode == 0, result.stderr
@@ -76,7 +76,7 @@ def test_sendmail_queues_while_daemon_is_stopped(sink_factory, relay_factory):
 
 def test_sendmail_name_behaves_as_sendmail(relay_factory, sink_factory, tmp_path):
     sink = sink_factory()
-    relay = relay_factory(sink_config(sink), start=False)
+    relay = relay_factory(relay_config(sink.port), start=False)
     link = tmp_path / "sendmail"
     os.symlink(os.path.join(os.path.dirname(sys.executable), "mta-lite"), link)
     env = {**os.environ, "MTA_LITE_CONFIG": relay.config_path}
@@ -88,6 +88,6 @@ def test_sendmail_name_behaves_as_sendmail(relay_factory, sink_factory, tmp_path
 
 def test_sendmail_unwritable_spool_exits_75(relay_factory, sink_factory):
     sink = sink_factory()
-    relay = relay_factory({**sink_config(sink), "spool_dir": "/proc/mta-lite-no-spool"}, start=False)
+    relay = relay_factory({**relay_config(sink.port), "spool_dir": "/proc/mta-lite-no-spool"}, start=False)
     result = relay.cli("sendmail", "a@remote.example", stdin=b"Subject: x\n\nbody\n")
     assert result.returncode == 75 and b"cannot queue" in result.stderr

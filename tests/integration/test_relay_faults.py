@@ -1,6 +1,6 @@
 """Smarthost faults, relay policy and the queue commands, with Postfix's smtp-sink as the peer.
 
-Peer: /usr/sbin/smtp-sink (tests/peers.py: SmtpSink) with its fault flags: -r (4xx), -f (5xx),
+Peer: /usr/sbin/smtp-sink (tests/support/peers.py: SmtpSink) with its fault flags: -r (4xx), -f (5xx),
 -Q (421 and close), -q (hang up without a reply).
 """
 
@@ -8,8 +8,8 @@ import smtplib
 
 import pytest
 
-from tests.integration.conftest import sink_config
-from tests.relay import wait_for
+from tests.support.relay import relay_config
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def wait_state(relay, state: str, timeout: float = 60):
 
 def test_delivery_to_sink_empties_the_queue(sink_factory, relay_factory):
     sink = sink_factory()
-    relay = relay_factory(sink_config(sink))
+    relay = relay_factory(relay_config(sink.port))
     for i in range(5):
         send(relay.port, body=f"message {i}")
     sink.wait_count(5, timeout=60)
@@ -46,7 +46,7 @@ def test_delivery_to_sink_empties_the_queue(sink_factory, relay_factory):
 ])
 def test_transient_failures_defer_and_never_bounce(sink_factory, relay_factory, flags, reply):
     sink = sink_factory(*flags)
-    relay = relay_factory(sink_config(sink))
+    relay = relay_factory(relay_config(sink.port))
     send(relay.port)
     items = wait_state(relay, "deferred")
     assert items[0]["last_error"].startswith(reply)
@@ -58,7 +58,7 @@ def test_transient_failures_defer_and_never_bounce(sink_factory, relay_factory, 
                                    ("-f", "MAIL", "-B", "554 5.7.1 Rejected by policy")])
 def test_permanent_failure_bounces_without_looping(sink_factory, relay_factory, flags):
     sink = sink_factory(*flags)
-    relay = relay_factory(sink_config(sink))
+    relay = relay_factory(relay_config(sink.port))
     send(relay.port)
     wait_for(lambda: relay.queue() == [] and relay.log().count(": removed") >= 2, 60, what="bounce cycle")
     log = relay.log()
@@ -70,7 +70,7 @@ def test_permanent_failure_bounces_without_looping(sink_factory, relay_factory, 
 
 def test_client_outside_mynetworks_gets_relay_access_denied(sink_factory, relay_factory):
     sink = sink_factory()
-    relay = relay_factory({**sink_config(sink), "mynetworks": ["10.0.0.0/8"]})
+    relay = relay_factory({**relay_config(sink.port), "mynetworks": ["10.0.0.0/8"]})
     with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
         client.ehlo("outsider.example")
         client.mail("spammer@outsider.example")
@@ -81,7 +81,7 @@ def test_client_outside_mynetworks_gets_relay_access_denied(sink_factory, relay_
 
 def test_queue_hold_release_delete_flush_while_running(sink_factory, relay_factory):
     sink = sink_factory("-r", "RCPT", "-b", "451 4.3.0 Try again later")
-    relay = relay_factory(sink_config(sink, min_backoff="1h", max_backoff="2h"))
+    relay = relay_factory(relay_config(sink.port, queue={"min_backoff": "1h", "max_backoff": "2h"}))
     send(relay.port)
     send(relay.port)
     first, second = (i["id"] for i in wait_state(relay, "deferred"))

@@ -1,7 +1,7 @@
 """Account health against a real Postfix smarthost (STARTTLS + SASL): `relay test`, one login
 per pause after a 535, and SIGHUP with fixed credentials resuming a paused account.
 
-Peer: Postfix 3.7 as ISP-like smarthost (tests/peers.py: PostfixSmarthost); its maillog
+Peer: Postfix 3.7 as ISP-like smarthost (tests/support/peers.py: PostfixSmarthost); its maillog
 counts the SASL logins (auth_attempts()), its Maildir shows what was delivered.
 """
 
@@ -13,8 +13,8 @@ from email.utils import make_msgid
 import pytest
 import trustme
 
-from tests.peers import free_port
-from tests.relay import PASSWORD, wait_for
+from tests.support.peers import free_port
+from tests.support.relay import PASSWORD, wait_for
 
 pytestmark = pytest.mark.integration
 

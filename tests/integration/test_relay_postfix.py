@@ -1,6 +1,6 @@
 """The whole path against a real Postfix smarthost (STARTTLS + SASL), LAN clients smtplib and swaks.
 
-Peer: Postfix 3.7 as ISP-like smarthost (tests/peers.py: PostfixSmarthost); its Received
+Peer: Postfix 3.7 as ISP-like smarthost (tests/support/peers.py: PostfixSmarthost); its Received
 headers and maillog show which SASL account sent each message.
 """
 
@@ -12,23 +12,10 @@ from email.utils import make_msgid
 
 import pytest
 
-from tests.integration.conftest import ALICE_PASSWORD
-from tests.peers import swaks
-from tests.relay import PASSWORD, wait_for
+from tests.support.peers import swaks
+from tests.support.relay import ALICE_PASSWORD, PASSWORD, postfix_config, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def relay_config(smarthost, password=PASSWORD) -> dict:
-    return {
-        "default_relay": "isp",
-        "relays": {"isp": {"host": "127.0.0.1", "port": smarthost.port, "tls": "starttls",
-                           "ca_file": str(smarthost.ca_file), "username": "office@example.test",
-                           "password": password}},
-        "senders": [{"address": "alice@example.com", "relay": "isp",
-                     "username": "alice@example.test", "password": ALICE_PASSWORD}],
-        "queue": {"min_backoff": "1s", "max_backoff": "2s"},
-    }
 
 
 def send(port: int, sender: str, rcpt: str, subject: str = "test") -> str:
@@ -50,7 +37,7 @@ def by_message_id(smarthost, message_ids, timeout=60):
 
 @pytest.mark.deployed
 def test_two_senders_are_relayed_with_their_own_accounts(smarthost, relay_factory):
-    relay = relay_factory(relay_config(smarthost))
+    relay = relay_factory(postfix_config(smarthost))
     alice = send(relay.port, "alice@example.com", "friend@remote.example", "from alice")
     scanner = send(relay.port, "scanner@lan.test", "office@remote.example", "from the scanner")
     got = by_message_id(smarthost, {alice, scanner})
@@ -62,7 +49,7 @@ def test_two_senders_are_relayed_with_their_own_accounts(smarthost, relay_factor
 
 
 def test_swaks_client_is_relayed(smarthost, relay_factory):
-    relay = relay_factory(relay_config(smarthost))
+    relay = relay_factory(postfix_config(smarthost))
     subject = "swaks " + make_msgid(domain="swaks.test")
     result = swaks("--server", f"127.0.0.1:{relay.port}", "--from", "nas@lan.test",
                    "--to", "someone@remote.example", "--header", f"Subject: {subject}")
@@ -73,7 +60,7 @@ def test_swaks_client_is_relayed(smarthost, relay_factory):
 
 
 def test_wrong_password_defers_and_never_bounces(smarthost, relay_factory):
-    relay = relay_factory(relay_config(smarthost, password="wrong-" + PASSWORD))
+    relay = relay_factory(postfix_config(smarthost, password="wrong-" + PASSWORD))
     send(relay.port, "printer@lan.test", "someone@remote.example")
 
     def deferred():
@@ -89,7 +76,7 @@ def test_wrong_password_defers_and_never_bounces(smarthost, relay_factory):
 
 
 def test_no_secret_in_logs_status_or_spool(smarthost, relay_factory):
-    relay = relay_factory(relay_config(smarthost, password="wrong-" + PASSWORD))
+    relay = relay_factory(postfix_config(smarthost, password="wrong-" + PASSWORD))
     send(relay.port, "alice@example.com", "friend@remote.example")
     send(relay.port, "printer@lan.test", "someone@remote.example")
     wait_for(lambda: relay.queue() and all(i["attempts"] for i in relay.queue()), 60, what="attempts")

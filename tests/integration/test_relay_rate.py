@@ -1,8 +1,8 @@
 """Output rate control end to end: rate_delay, max_per_hour across a restart, two accounts,
 fair order, SIGHUP with a broken config.
 
-Peers: an aiosmtpd recorder in its own process (tests/recorder.py) that notes the time each
-message's DATA ended, for gaps and order; Postfix's smtp-sink (tests/peers.py) for counts.
+Peers: an aiosmtpd recorder in its own process (tests/support/recorder.py) that notes the time each
+message's DATA ended, for gaps and order; Postfix's smtp-sink (tests/support/peers.py) for counts.
 """
 
 import os
@@ -12,9 +12,9 @@ import smtplib
 import pytest
 import tomli_w
 
-from tests.integration.conftest import sink_config
-from tests.recorder import DeliveryRecorder
-from tests.relay import wait_for
+from tests.support.relay import relay_config
+from tests.support.recorder import DeliveryRecorder
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def deferred_with(relay, n: int, text: str):
 
 
 def test_rate_delay_spaces_deliveries_by_at_least_the_delay(recorder, relay_factory):
-    config = sink_config(recorder)
+    config = relay_config(recorder.port)
     config["relays"]["sink"].update(rate_delay="1s", concurrency=2)
     relay = relay_factory(config)
     send_many(relay.port, "scanner@lan.test", 3)
@@ -52,7 +52,7 @@ def test_rate_delay_spaces_deliveries_by_at_least_the_delay(recorder, relay_fact
 
 def test_max_per_hour_delivers_five_and_holds_the_rest_across_a_restart(sink_factory, relay_factory):
     sink = sink_factory()
-    config = sink_config(sink)
+    config = relay_config(sink.port)
     config["relays"]["sink"]["max_per_hour"] = 5
     relay = relay_factory(config)
     send_many(relay.port, "scanner@lan.test", 8)
@@ -76,7 +76,7 @@ def test_max_per_hour_delivers_five_and_holds_the_rest_across_a_restart(sink_fac
 
 def test_two_accounts_do_not_throttle_each_other(sink_factory, relay_factory):
     small, big = sink_factory(), sink_factory()
-    config = sink_config(big)
+    config = relay_config(big.port)
     config["relays"]["small"] = {"host": "127.0.0.1", "port": small.port, "tls": "none", "max_per_hour": 1}
     config["senders"] = [{"address": "@small.lan", "relay": "small"}]
     relay = relay_factory(config)
@@ -88,7 +88,7 @@ def test_two_accounts_do_not_throttle_each_other(sink_factory, relay_factory):
 
 
 def test_single_message_goes_within_a_few_slots_of_a_200_message_backlog(recorder, relay_factory):
-    config = sink_config(recorder)
+    config = relay_config(recorder.port)
     config["relays"]["sink"].update(rate_delay="50ms", concurrency=1)
     relay = relay_factory(config)
     send_many(relay.port, "scanner@lan.test", 200, tag="scan")
@@ -106,7 +106,7 @@ def test_single_message_goes_within_a_few_slots_of_a_200_message_backlog(recorde
 
 def test_sighup_with_a_broken_config_keeps_running_and_logs_the_error(sink_factory, relay_factory):
     sink = sink_factory()
-    relay = relay_factory(sink_config(sink))
+    relay = relay_factory(relay_config(sink.port))
     wait_for(lambda: "daemon started" in relay.log(), 30, what="the queue manager")
     broken = dict(relay.config, relays={"sink": {**relay.config["relays"]["sink"], "max_per_hour": "lots"}})
     with open(relay.config_path, "wb") as handle:

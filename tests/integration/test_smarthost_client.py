@@ -1,4 +1,4 @@
-"""Integration tests for mta_lite.smarthost.client against real peers on 127.0.0.1.
+"""Integration tests for mta_lite.smarthost (pool, connection, transaction) against real peers on 127.0.0.1.
 
 Peers:
 - aiosmtpd's SMTP protocol as a recording smarthost (STARTTLS required, AUTH only inside
@@ -27,8 +27,8 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP, AuthResult, LoginPassword
 
-from mta_lite.config import Relay, Route, Secret
-from mta_lite.smarthost.client import SmarthostPool
+from mta_lite.config.schema import Relay, Route, Secret
+from mta_lite.smarthost.pool import SmarthostPool
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT
 
 pytestmark = pytest.mark.integration

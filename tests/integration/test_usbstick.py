@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from board import usbstick
-from board.mtools import MtoolsRunner
-from board.usbstick import Outcome, provision_from_stick
-from mta_lite import configgen
-from mta_lite.config_load import load_config
-from tests.relay import PASSWORD, secret_needles
-from tests.stickpeer import Recorder, box_state, config_bytes, digest, make_dir, make_stick, put_many, stick_file
+from mta_lite_board import usbstick
+from mta_lite_board.mtools import MtoolsRunner
+from mta_lite_board.usbstick import Outcome, provision_from_stick
+from mta_lite.config import generations as configgen
+from mta_lite.config.load import load_config
+from tests.support.relay import PASSWORD, secret_needles
+from tests.support.stick import Recorder, box_state, config_bytes, digest, make_dir, make_stick, put_many, stick_file
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -51,10 +51,10 @@ def box(tmp_path):
 
 @pytest.fixture
 def stick_logs(caplog):
-    caplog.set_level(logging.INFO, logger="board.usbstick")
+    caplog.set_level(logging.INFO, logger="mta_lite_board.usbstick")
 
     def lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "board.usbstick"]
+        return [r.getMessage() for r in caplog.records if r.name == "mta_lite_board.usbstick"]
     return lines
 
 
@@ -84,10 +84,11 @@ def test_provision_valid_config_installs_new_generation_and_says_ok(tmp_path, bo
     assert newest.current and newest.number == result.generation == 2
     assert Path(newest.path).read_bytes() == new
     assert load_config(box).hostname == "new.lan.test"
-    line, stamp = result_lines(image)
+    line, scrubbed, stamp = result_lines(image)
     assert line == f"OK generation 2 installed (config {newest.digest})"
+    assert scrubbed.startswith("the passwords in mta-lite.toml were replaced by ********")
     assert stamp == "2027-01-15 08:00:00 UTC"
-    assert stick_logs() == [f"{image}: {line}"]
+    assert stick_logs() == [f"{image}: {line} / {scrubbed}"]
     assert PASSWORD not in Path(box).read_text(), "the installed file holds no password (S7)"
     assert_no_secret(*stick_logs())
 
@@ -109,7 +110,8 @@ def test_provision_same_stick_twice_installs_once(tmp_path, box, stick_logs):
     assert first.outcome is Outcome.APPLIED and second.outcome is Outcome.UNCHANGED
     assert second.exit_code == 0 and second.generation == first.generation
     assert box_state(box) == before
-    assert result_lines(image)[0].endswith(", no change")
+    assert result_lines(image)[0] == (f"OK mta-lite.toml already installed (generation {first.generation}, "
+                                      f"config {first.digest}): nothing changed")
 
 
 def test_provision_config_with_bom_and_crlf_installs(tmp_path, box):
@@ -261,7 +263,7 @@ def test_provision_empty_stick_says_nothing_to_do(tmp_path, box):
     result = provision_from_stick(image, box)
     assert result.outcome is Outcome.NOTHING and result.exit_code == 0
     line = result_lines(image)[0]
-    assert line.startswith("NOTHING to do: no mta-lite.toml or ROLLBACK.TXT")
+    assert line.startswith("NOTHING to do: no mta-lite.toml, ROLLBACK.TXT or EXPORT")
     assert "found mta-lite.toml.txt: rename it" in line
     assert box_state(box) == before
 
@@ -429,27 +431,33 @@ def _immutable(path: str) -> bool:
     return subprocess.run(["chattr", "+i", path], capture_output=True).returncode == 0
 
 
-def test_provision_read_only_stick_outcome_applied_result_write_logged(tmp_path, box, stick_logs):
-    image = make_stick(tmp_path / "stick.img", {"mta-lite.toml": config_bytes(hostname="ro.lan.test")})
+def test_provision_read_only_stick_outcome_applied_file_kept_and_logged(tmp_path, box, stick_logs):
+    """A write-protected stick: installed, its file untouched, and since RESULT.TXT cannot be
+    written either, the log says that the password is still on it."""
+    original = config_bytes(hostname="ro.lan.test")
+    image = make_stick(tmp_path / "stick.img", {"mta-lite.toml": original})
     if not _immutable(image):
         pytest.skip("chattr +i is not supported on this file system (the next test covers the write failure)")
     try:
         result = provision_from_stick(image, box)
+        untouched = stick_file(image, "mta-lite.toml")
     finally:
         subprocess.run(["chattr", "-i", image], check=True)
     assert result.outcome is Outcome.APPLIED and result.exit_code == 0 and not result.result_written
     assert load_config(box).hostname == "ro.lan.test"
-    assert stick_file(image, "RESULT.TXT") is None
+    assert untouched == original and stick_file(image, "RESULT.TXT") is None
     lines = stick_logs()
     assert len(lines) == 2 and "RESULT.TXT not written (the outcome stands)" in lines[0]
-    assert lines[1].endswith(result.message)
+    assert lines[1].endswith(f"{result.message} / {result.notes[0]}")
+    assert "the password is still on the stick in clear" in result.notes[0]
+    assert_no_secret(*lines)
 
 
 def test_provision_stick_pulled_before_result_write_outcome_applied(tmp_path, box, stick_logs):
     image = make_stick(tmp_path / "stick.img", {"mta-lite.toml": config_bytes(hostname="late.lan.test")})
 
     def pull(argv):
-        if "-o" in argv:
+        if "-o" in argv and "::/RESULT.TXT" in argv:
             os.unlink(image)
     result = provision_from_stick(image, box, Recorder(before=pull))
     assert result.outcome is Outcome.APPLIED and not result.result_written
@@ -493,7 +501,7 @@ def run_cli(*args, env_config: str | None = None):
     env = {k: v for k, v in os.environ.items() if k != "MTA_LITE_CONFIG"}
     if env_config:
         env["MTA_LITE_CONFIG"] = env_config
-    return subprocess.run([sys.executable, "-m", "board.usbstick", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "mta_lite_board.usbstick", *args], cwd=REPO, env=env,
                           capture_output=True, timeout=60)
 
 
@@ -507,6 +515,6 @@ def test_cli_exit_status_applied_rejected_unreadable(tmp_path, box):
     assert load_config(box).hostname == "cli.lan.test"
     for done in (applied, rejected, unreadable):
         assert done.stdout == b"" and len(done.stderr.splitlines()) == 1, done.stderr
-        assert b"mta-lite/board.usbstick[" in done.stderr
+        assert b"mta-lite/usbstick[" in done.stderr
         assert_no_secret(done.stderr)
     assert b"usb:MTACONFIG/mta-lite.toml: hostname:" in rejected.stderr

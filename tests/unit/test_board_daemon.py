@@ -13,8 +13,8 @@ import logging
 import os
 import signal
 
-from board import daemon
-from tests.relay import PASSWORD
+from mta_lite_board import daemon
+from tests.support.relay import PASSWORD
 
 
 def test_board_run_restarts_a_failing_part_finishes_a_returning_one_and_stops_on_sigterm(monkeypatch, caplog):

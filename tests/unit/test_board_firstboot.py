@@ -1,4 +1,4 @@
-"""board/firstboot.py: a mta-lite.toml on the card's boot partition, installed at boot.
+"""mta_lite_board/firstboot.py: a mta-lite.toml on the card's boot partition, installed at boot.
 
 The boot partition is a real FAT image (dosfstools, mtools: tests/stickpeer.py) labelled
 MTA-BOOT with firmware-like files beside the config; the box's config directory is a temporary
@@ -17,10 +17,10 @@ import tempfile
 
 import pytest
 
-from board import firstboot
-from board.usbstick import Outcome
-from tests.relay import PASSWORD
-from tests.stickpeer import box_state, config_bytes, make_stick, stick_file
+from mta_lite_board import firstboot
+from mta_lite_board.usbstick import Outcome
+from tests.support.relay import PASSWORD
+from tests.support.stick import box_state, config_bytes, make_stick, stick_file
 
 pytestmark = pytest.mark.skipif(not shutil.which("mcopy") or not shutil.which("mkfs.vfat"),
                                 reason="mtools and dosfstools needed: bash tools/install-test-deps.sh")

@@ -1,4 +1,4 @@
-"""board.leds on gpiozero MockFactory pins: applying patterns, the poll loop, no GPIO at all."""
+"""mta_lite_board.leds on gpiozero MockFactory pins: applying patterns, the poll loop, no GPIO at all."""
 
 import asyncio
 import json
@@ -10,10 +10,10 @@ from gpiozero import Device, LED
 from gpiozero.exc import BadPinFactory, PinFactoryFallback
 from gpiozero.pins.mock import MockFactory
 
-from board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, run_leds, serve_leds, update_leds
-from board.patterns import DARK, OFF, ON, SLOW_BLINK, Blink, LedState
+from mta_lite_board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, run_leds, serve_leds, update_leds
+from mta_lite_board.patterns import DARK, OFF, ON, SLOW_BLINK, Blink, LedState
 from mta_lite.status import STATUS_FILE, StatusSnapshot, read_status
-from tests.relay import wait_for
+from tests.support.relay import wait_for
 
 NOW = 1_700_000_000.0
 # Lit briefly, then dark for far longer than any test runs: one blink cycle is recognisable
@@ -100,7 +100,7 @@ def test_status_leds_open_without_gpio_returns_none_with_one_log_line(no_gpio, c
     with caplog.at_level(logging.DEBUG):
         assert StatusLeds.open() is None
     [record] = caplog.records
-    assert record.name == "board.leds" and "status LEDs disabled: BadPinFactory" in record.getMessage()
+    assert record.name == "mta_lite_board.leds" and "status LEDs disabled: BadPinFactory" in record.getMessage()
 
 
 def test_status_leds_open_off_pi_keeps_gpiozeros_fallback_warnings_quiet(monkeypatch, caplog):
@@ -198,7 +198,7 @@ def test_run_leds_reader_raising_shows_not_running_logs_once_and_recovers(leds, 
         if n < 5:
             raise ValueError("Expecting value: line 1 column 1 (char 0)")
         return healthy("ok")
-    with caplog.at_level(logging.INFO, logger="board.leds"):
+    with caplog.at_level(logging.INFO, logger="mta_lite_board.leds"):
         calls, last = run_until(leds, reader, polls=7)
     assert last == LedState(power=ON)
     messages = [r.getMessage() for r in caplog.records]

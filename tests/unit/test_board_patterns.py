@@ -1,8 +1,8 @@
-"""board.patterns: relay status snapshots, built by hand, to the three LEDs' patterns."""
+"""mta_lite_board.patterns: relay status snapshots, built by hand, to the three LEDs' patterns."""
 
 import pytest
 
-from board.patterns import (FAST_BLINK, FLASH, OFF, ON, SLOW_BLINK, Blink, LedState, alert_pattern,
+from mta_lite_board.patterns import (FAST_BLINK, FLASH, OFF, ON, SLOW_BLINK, Blink, LedState, alert_pattern,
                             mail_pattern, pattern_for)
 from mta_lite.status import STALE_AFTER_S, StatusSnapshot
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from board.mtools import Entry, Listing, ListingError, parse_label, parse_mdir, shown
-from board.usbstick import (EX_CANTCREAT, EX_CONFIG, EX_OK, EX_TEMPFAIL, MAX_RESULT_LINE_CHARS, Action, Outcome,
-                            StickResult, decode_config, format_result, generation_number, plan)
-from mta_lite import configgen
+from mta_lite_board.mtools import Entry, Listing, ListingError, parse_label, parse_mdir, shown
+from mta_lite_board.usbstick import (EX_CANTCREAT, EX_CONFIG, EX_OK, EX_TEMPFAIL, MAX_RESULT_LINE_CHARS, Action, Outcome,
+                                     StickResult, copies, decode_config, format_result, generation_number, plan)
+from mta_lite.config import generations as configgen
 from mta_lite.errors import ConfigError
 
 CONFIG = Entry("MTA-LI~1.TOM", "mta-lite.toml", 300, False)
@@ -79,6 +79,29 @@ def test_plan_nothing_there_names_a_near_miss():
     assert plan(listing(Entry("RESULT.TXT", "", 9, False))).hint == ""
 
 
+def test_plan_export_alone_or_beside_a_config():
+    export = Entry("EXPORT", "", 0, False)
+    alone = plan(listing(export))
+    assert (alone.action, alone.export, alone.hint) == (Action.NOTHING, True, "")
+    assert plan(listing(export, CONFIG)).export and plan(listing(export, CONFIG)).action is Action.APPLY
+    assert plan(listing(Entry("export", "", 9, False), ROLLBACK)).export
+    assert not plan(listing(Entry("EXPORT", "", 0, True))).export, "a folder named EXPORT is not the file"
+
+
+def test_plan_export_near_miss_and_reports_are_not_near_misses():
+    assert plan(listing(Entry("EXPORT.TXT", "", 0, False))).hint == " (found EXPORT.TXT: rename it)"
+    reports = listing(Entry("MTA-LI~1.TXT", "mta-lite-report.txt", 9, False),
+                      Entry("MTA-LI~1.JSO", "mta-lite-report.json", 9, False))
+    assert plan(reports).hint == ""
+
+
+def test_copies_of_the_config_named():
+    found = copies(listing(CONFIG, Entry("MTA-LI~1.BAK", "mta-lite.toml.bak", 3, False),
+                           Entry("_MTA-L~1.TOM", "._mta-lite.toml", 3, False),
+                           Entry("MTA-LI~2.TXT", "mta-lite-report.txt", 3, False)))
+    assert found == ["mta-lite.toml.bak", "._mta-lite.toml"]
+
+
 def test_plan_near_miss_with_control_characters_escaped():
     todo = plan(listing(Entry("MTA-LI~1.TXT", "mta-lite\r\nOK generation 9", 3, False)))
     assert "\n" not in todo.hint and "\r" not in todo.hint and "\\r\\n" in todo.hint
@@ -115,6 +138,11 @@ def test_format_result_line_time_crlf():
     assert text == b"OK generation 2 installed (config abc)\r\n1970-01-01 00:00:00 UTC\r\n"
 
 
+def test_format_result_notes_between_line_and_time():
+    text = format_result(StickResult(Outcome.APPLIED, "OK generation 2", notes=("scrubbed", "report")), 0)
+    assert text == b"OK generation 2\r\nscrubbed\r\nreport\r\n1970-01-01 00:00:00 UTC\r\n"
+
+
 def test_format_result_long_line_cut():
     first = format_result(StickResult(Outcome.REJECTED, "ERROR " + "v" * 5000), 0).split(b"\r\n")[0]
     assert len(first) == MAX_RESULT_LINE_CHARS + 3 and first.endswith(b"...")
@@ -123,9 +151,11 @@ def test_format_result_long_line_cut():
 @pytest.mark.parametrize("outcome, code", [(Outcome.APPLIED, EX_OK), (Outcome.UNCHANGED, EX_OK),
                                            (Outcome.NOTHING, EX_OK), (Outcome.IGNORED, EX_OK),
                                            (Outcome.REJECTED, EX_CONFIG), (Outcome.READ_ERROR, EX_TEMPFAIL),
-                                           (Outcome.INSTALL_FAILED, EX_CANTCREAT)])
+                                           (Outcome.INSTALL_FAILED, EX_CANTCREAT), (Outcome.SUPERSEDED, EX_OK),
+                                           (Outcome.EXPORTED, EX_OK), (Outcome.EXPORT_FAILED, EX_CANTCREAT)])
 def test_outcome_exit_status(outcome, code):
     assert StickResult(outcome, "").exit_code == code
+    assert len(set(Outcome)) == len(Outcome.__members__), "no outcome is another's alias"
     assert (EX_CONFIG, EX_TEMPFAIL) == (78, 75)
 
 

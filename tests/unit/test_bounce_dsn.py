@@ -10,10 +10,10 @@ from mta_lite.qmgr import bounce
 from mta_lite.qmgr.bounce import (NOTICE_NONE, NOTICE_POSTMASTER, NOTICE_SENDER, DsnRequest,
                                   FailedRecipient, build_dsn, choose_notice, failed_from_reply,
                                   header_block, status_of)
-from mta_lite.qmgr.manager import load_template
+from mta_lite.qmgr.notices import load_template
 from mta_lite.reply import Reply
 
-from .test_qmgr_support import CONTENT, make_config
+from tests.support.qmgr import CONTENT, make_config
 
 NOW = 1_700_000_000.0
 TEMPLATE = load_template(make_config("/tmp"))

@@ -6,8 +6,8 @@ import sys
 import pytest
 import tomli_w
 
-from mta_lite.config import parse_duration, route_for
-from mta_lite.config_load import effective_dict, load_config, parse_config
+from mta_lite.config.schema import parse_duration, route_for
+from mta_lite.config.load import effective_dict, load_config, parse_config
 from mta_lite.errors import ConfigError
 
 BASE = {
@@ -46,6 +46,7 @@ def test_route_for_unknown_sender_falls_back_to_default_relay():
     ({"queue": {"min_backoff": "six"}}, "queue.min_backoff"),
     ({"mynetworks": ["192.168.0.0/33"]}, "mynetworks[0]"),
     ({"listen": [{"address": "0.0.0.0"}]}, "listen[0].address"),
+    ({"listen": [{"address": "0.0.0.0:25", "bare_newline": "allow"}]}, "listen[0].bare_newline"),
     ({"hostnme": "typo"}, "hostnme"),
     ({"message_size_limit": "big"}, "message_size_limit"),
     ({"relays": {"isp": {"host": "h", "ca_file": "/nonexistent/ca.pem"}}}, "relays.isp.ca_file"),
@@ -54,6 +55,12 @@ def test_parse_config_invalid_names_key(patch, key):
     with pytest.raises(ConfigError) as info:
         parse_config({**BASE, **patch}, "t.toml")
     assert str(info.value).startswith(f"t.toml: {key}: ")
+
+
+def test_listen_bare_newline_defaults_to_normalize_and_takes_reject():
+    listens = parse_config({**BASE, "listen": [{"address": "0.0.0.0:25"},
+                                               {"address": "0.0.0.0:26", "bare_newline": "reject"}]}, "t.toml").listen
+    assert [listen.bare_newline for listen in listens] == ["normalize", "reject"]
 
 
 def test_parse_config_error_never_shows_password():

@@ -9,11 +9,11 @@ import tomllib
 import pytest
 import tomli_w
 
-from mta_lite.config_load import effective_dict, parse_config
+from mta_lite.config.load import effective_dict, parse_config
 from mta_lite.errors import ConfigError
 from mta_lite.identity import Identity
-from mta_lite.secretfree import public_config_toml
-from mta_lite.passwd import hash_password
+from mta_lite.config.public import public_config_toml
+from mta_lite.passhash import hash_password
 
 HASH = hash_password(b"alice-pw", salt=b"0123456789abcdef")
 
@@ -94,6 +94,31 @@ def test_parse_config_bad_listener_mode_names_key(cert, listen, key, hint):
     with pytest.raises(ConfigError) as info:
         parse_config(base(cert, listen=[listen]), "t.toml")
     assert str(info.value).startswith(f"t.toml: {key}: ") and hint in str(info.value)
+
+
+@pytest.mark.parametrize("version", ["TLSv1", "TLSv1.1"])
+def test_parse_config_old_tls_on_submission_open_to_outside_is_refused_saying_why(cert, version):
+    data = base(cert)
+    data["listen"][1]["tls_min_version"] = version
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "t.toml")
+    assert str(info.value).startswith("t.toml: listen[1].tls_min_version: ")
+    assert "reachable from outside mynetworks" in str(info.value) and "passwords" in str(info.value)
+
+
+def test_parse_config_old_tls_allowed_on_lan_listener_and_loopback_submission(cert):
+    data = base(cert)
+    data["listen"][0]["tls_min_version"] = "TLSv1"
+    data["listen"][1].update(address="127.0.0.1:587", tls_min_version="TLSv1.1")
+    cfg = parse_config(data, "t.toml")
+    assert [item.tls_min_version for item in cfg.listen] == ["TLSv1", "TLSv1.1", "TLSv1.2"]
+
+
+def test_parse_config_unknown_tls_min_version_names_key(cert):
+    data = base(cert)
+    data["listen"][0]["tls_min_version"] = "SSLv3"
+    with pytest.raises(ConfigError, match=r"listen\[0\].tls_min_version: expected one of TLSv1, "):
+        parse_config(data, "t.toml")
 
 
 def test_parse_config_submission_without_users_is_an_error(cert):

@@ -8,9 +8,9 @@ import tomllib
 import pytest
 import tomli_w
 
-from mta_lite import configgen
+from mta_lite.config import generations as configgen
 from mta_lite.errors import ConfigError
-from tests.relay import PASSWORD
+from tests.support.relay import PASSWORD
 
 
 def config_bytes(port: int = 2525, inline: bool = False, **extra) -> bytes:

@@ -1,7 +1,7 @@
 """The serial console's protocol (board.console_protocol) with real config files.
 
 Peer: none. A fake clock and a temporary directory holding a real config file; the actions
-are board.console.FileActions, so uploads and rollbacks go through mta_lite.configgen and are
+are board.console.FileActions, so uploads and rollbacks go through mta_lite.config.generations and are
 checked on disk. C1 (nothing changes unless the upload validates), C2 (rollback), C3 (every
 byte untrusted: capped, never echoed, never a crash) and S3 (no password in any reply).
 """
@@ -17,14 +17,14 @@ import re
 import pytest
 import tomli_w
 
-from board.console import FileActions
-from board.console_protocol import (GREETING, HELP, MAX_LINE_BYTES, NOISE_ERR_INTERVAL_S, UPLOAD_IDLE_S,
+from mta_lite_board.console import FileActions
+from mta_lite_board.console_protocol import (GREETING, HELP, MAX_LINE_BYTES, NOISE_ERR_INTERVAL_S, UPLOAD_IDLE_S,
                                     ConsoleProtocol, ascii_line)
-from mta_lite import configgen
-from mta_lite.config_load import load_config
+from mta_lite.config import generations as configgen
+from mta_lite.config.load import load_config
 from mta_lite.errors import ConfigError
 from mta_lite.status import StatusSnapshot, format_status, read_status, write_status
-from tests.relay import PASSWORD, secret_needles
+from tests.support.relay import PASSWORD, secret_needles
 
 NEEDLES = secret_needles({PASSWORD})
 REPLY_LINE = re.compile(rb"[ -~]*\r\n")
@@ -351,7 +351,8 @@ def test_console_abort_drops_the_upload(box):
 
 
 @pytest.mark.parametrize("line", ["STATUS", "HELP", "CONFIG SHOW", "CONFIG BEGIN 5", "CONFIG ROLLBACK", "NONSENSE",
-                                  "A" * (MAX_LINE_BYTES + 1), "DA\x00TA"])
+                                  "A" * (MAX_LINE_BYTES + 1), "DA\x00TA", "TEST RELAY isp", "LOG 5", "QUEUE", "FLUSH",
+                                  "REPORT"])
 def test_console_any_other_line_during_an_upload_drops_it(box, line):
     new = config_bytes(box.spool, port=465)
     box.send(f"CONFIG BEGIN {len(new)}")

@@ -103,7 +103,7 @@ def test_serve_starts_once_a_config_exists_after_the_first_boot_step(serve):
 
 def test_firstboot_reads_the_boot_partition_writes_the_config_directory(firstboot):
     argv = one(firstboot, "Service", "ExecStart").split()
-    assert argv[1:] == ["-m", "board.firstboot", "/dev/disk/by-label/MTA-BOOT"]
+    assert argv[1:] == ["-m", "mta_lite_board.firstboot", "/dev/disk/by-label/MTA-BOOT"]
     assert firstboot["Service"]["DeviceAllow"] == ["/dev/disk/by-label/MTA-BOOT rw"]
     assert one(firstboot, "Service", "DevicePolicy") == "closed"
     assert paths(firstboot, "ReadWritePaths") == ["/etc/mta-lite"]

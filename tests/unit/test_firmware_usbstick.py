@@ -16,8 +16,8 @@ import re
 
 import pytest
 
-from board import usbstick
-from board.mtools import MTOOLS_TIMEOUT_S
+from mta_lite_board import usbstick
+from mta_lite_board.mtools import MTOOLS_TIMEOUT_S
 from tests.unit.test_firmware_units import (_analyze, access, exposure_level, needs_systemd_analyze, one,
                                             parse_unit, paths, words)
 
@@ -88,7 +88,7 @@ def test_usbstick_rule_gives_the_node_to_mta_config_not_disk(rule, unit):
 
 def test_usbstick_unit_runs_the_provisioner_once_on_the_instance_device(unit):
     assert one(unit, "Service", "Type") == "oneshot"
-    assert one(unit, "Service", "ExecStart").split() == [PYTHON, "-m", "board.usbstick", "/dev/%I"]
+    assert one(unit, "Service", "ExecStart").split() == [PYTHON, "-m", "mta_lite_board.usbstick", "/dev/%I"]
     assert words(unit, "Service", "Environment") == ["MTA_LITE_CONFIG=/etc/mta-lite/mta-lite.toml"]
     assert "Install" not in unit, "started by udev only, never enabled"
 

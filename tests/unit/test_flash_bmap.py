@@ -1,7 +1,7 @@
 """mta-lite-flash's bmap reader (tools/mta_lite_tools/flash/bmap.py): bmaptool's format,
 its own checksum, consistency, and where bmaptool looks for it.
 
-The bmaps here are written by tests/flashpeer.bmap_xml() in bmaptool's format 2.0;
+The bmaps here are written by tests.support.flash.bmap_xml() in bmaptool's format 2.0;
 tests/integration/test_flash_loop.py checks the same against `bmaptool create` and `copy`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import random
 import pytest
 
 from mta_lite_tools.flash.bmap import BmapError, find_bmap, load_bmap, parse_bmap, plan
-from tests.flashpeer import bmap_xml, rechecksum
+from tests.support.flash import bmap_xml, rechecksum
 
 BLOCK = 4096
 

@@ -17,7 +17,7 @@ import pytest
 from mta_lite_tools.flash import cli
 from mta_lite_tools.flash.bootconfig import boot_partition, parse_mbr
 from mta_lite_tools.flash.errors import ImageError
-from tests.stickpeer import config_bytes
+from tests.support.stick import config_bytes
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

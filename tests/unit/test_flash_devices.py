@@ -1,7 +1,7 @@
 """mta-lite-flash's guards (tools/mta_lite_tools/flash/devices.py) on a fake /sys/block and
 mount table: every refusal, the confirmation rule and the list of candidates.
 
-The fake trees are built by tests/flashpeer.fake_sys() the way sysfs lays them out (disks
+The fake trees are built by tests.support.flash.fake_sys() the way sysfs lays them out (disks
 as links into /sys/devices, whose path tells the transport). The same guards against a real
 loop device and real device nodes are in tests/integration/test_flash_loop.py."""
 
@@ -14,7 +14,7 @@ import pytest
 from mta_lite_tools.flash import cli
 from mta_lite_tools.flash.devices import (Target, candidates, confirmation, describe, inspect_target, parse_mountinfo,
                                           read_system, refusal, root_disks)
-from tests.flashpeer import FakeDisk, fake_sys
+from tests.support.flash import FakeDisk, fake_sys
 
 IMAGE_SIZE = 800 * 1024 * 1024
 ROOT_DISK = FakeDisk(name="nvme0n1", dev="259:0", size_bytes=512 * 10**9, removable=False, transport="nvme",

@@ -19,7 +19,7 @@ from mta_lite_tools.flash.devices import Target
 from mta_lite_tools.flash.errors import ImageError
 from mta_lite_tools.flash.image import open_image
 from mta_lite_tools.flash.writer import HEAD_BYTES, VERIFY_GRAIN_BYTES, Card, first_difference, verify, write_image
-from tests.flashpeer import bmap_xml, rechecksum
+from tests.support.flash import bmap_xml, rechecksum
 
 BLOCK = 4096
 MIB = 1024 * 1024

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from mta_lite.config import RewriteConfig, SenderRule
+from mta_lite.config.schema import RewriteConfig, SenderRule
 from mta_lite.identity import Identity, ip_in, is_local_sender, owns, parse_identity, rewrite_for, rule_for
 
 HOST = "relay.lan"

@@ -164,3 +164,16 @@ def test_mmdebstrap_command_diverts_initramfs_and_takes_only_the_locked_wheels(t
 def test_shell_scripts_are_strict(script):
     text = (FIRMWARE / "image" / script).read_text()
     assert text.startswith("#!/usr/bin/env bash\n#") and "set -euo pipefail" in text
+
+
+def test_every_runtime_dependency_is_in_the_wheel_lock():
+    """The image installs mta-lite with --no-deps from the locked wheels: a dependency added to
+    pyproject.toml but not to firmware/image/wheels.lock would be missing on the box."""
+    import re
+    import tomllib
+    project = tomllib.loads((FIRMWARE.parent / "pyproject.toml").read_text())["project"]
+    wanted = {re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower().replace("_", "-")
+              for dep in project["dependencies"]}
+    locked = {line.split("==")[0].lower() for line in rootfs.WHEELS_LOCK.read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert wanted <= locked, f"not in wheels.lock: {sorted(wanted - locked)}"

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mta_lite.config_load import parse_config
-from mta_lite.passwd import (EX_DATAERR, EX_USAGE, MAX_SCRYPT_MEMORY_BYTES, ScryptHash, hash_password,
-                             parse_hash, passwd_main, verify)
+from mta_lite.config.load import parse_config
+from mta_lite.commands.passwd import EX_DATAERR, EX_USAGE, passwd_main
+from mta_lite.passhash import MAX_SCRYPT_MEMORY_BYTES, ScryptHash, hash_password, parse_hash, verify
 
 SALT = bytes(range(16))
 STORED = parse_hash(hash_password(b"correct horse", salt=SALT))

@@ -1,15 +1,15 @@
-"""The queue manager runs pickup: a sendmail submission is delivered on the wake-up, on the
-periodic rescan when no wake-up came, and a backlog bigger than one run is not left behind."""
+"""The queue manager runs pickup: a sendmail submission is delivered on a ring of the doorbell, on the
+periodic rescan when no ring came, and a backlog bigger than one run is not left behind."""
 
 import os
 
 from mta_lite.envelope import Envelope
-from mta_lite.qmgr import poke
+from mta_lite.qmgr import ring
 from mta_lite.qmgr.manager import RESCAN_INTERVAL_S
 from mta_lite.qmgr.pickup import MAX_FILES_PER_RUN
 from mta_lite.queue.spool import MAILDROP
 
-from .test_qmgr_support import CONTENT, async_test, running, until
+from tests.support.qmgr import CONTENT, async_test, running, until
 
 
 def submit(h, rcpt="ops@remote.example") -> str:
@@ -24,12 +24,12 @@ def maildrop(h) -> list[str]:
 
 
 @async_test
-async def test_submission_is_delivered_after_a_wakeup_poke():
+async def test_submission_is_delivered_after_a_ring():
     async with running() as h:
         await h.start()
         await h.settle()
         submit(h)
-        assert poke(h.spool.wakeup_socket) is True          # what sendmail does after commit
+        assert ring(h.spool.doorbell_path) is True          # what sendmail does after commit
         await until(lambda: len(h.pool.calls) == 1)
         await h.settle()
         [call] = h.pool.calls
@@ -39,11 +39,11 @@ async def test_submission_is_delivered_after_a_wakeup_poke():
 
 
 @async_test
-async def test_submission_is_delivered_by_the_periodic_rescan_without_a_wakeup():
+async def test_submission_is_delivered_by_the_periodic_rescan_without_a_ring():
     async with running() as h:
         await h.start()
         await h.settle()
-        submit(h)                                           # e.g. the poke was not permitted
+        submit(h)                                           # e.g. the ring was not permitted
         h.clock.advance(RESCAN_INTERVAL_S)
         h.sleep.ring()
         await until(lambda: len(h.pool.calls) == 1)
@@ -62,14 +62,14 @@ async def test_submission_made_while_stopped_is_delivered_at_start():
 
 
 @async_test
-async def test_backlog_larger_than_one_run_is_all_delivered_after_one_wakeup():
+async def test_backlog_larger_than_one_run_is_all_delivered_after_one_ring():
     async with running() as h:
         await h.start()
         await h.settle()
         count = MAX_FILES_PER_RUN + 5
         for i in range(count):
             submit(h, f"r{i}@remote.example")
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await until(lambda: len(h.pool.calls) == count)
         await h.settle()
         assert maildrop(h) == [] and sorted(c.recipients[0] for c in h.pool.calls) == sorted(
@@ -85,7 +85,7 @@ async def test_bad_submission_does_not_stop_the_queue_manager():
         with open(os.path.join(h.spool.root, MAILDROP, "junk"), "wb") as handle:
             handle.write(b"not a queue file")
         submit(h)
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await until(lambda: len(h.pool.calls) == 1)
         await h.settle()
         assert maildrop(h) == [] and len(os.listdir(os.path.join(h.spool.root, "corrupt"))) == 1

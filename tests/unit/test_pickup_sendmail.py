@@ -9,12 +9,12 @@ import stat
 
 import pytest
 
-from mta_lite import sendmail
+from mta_lite.commands import sendmail
 from mta_lite.qmgr.pickup import Pickup
 from mta_lite.queue import Spool, dirsync, read_queue_file
 from mta_lite.queue.spool import MAILDROP
 
-from .test_qmgr_support import make_config
+from tests.support.qmgr import make_config
 
 MESSAGE = b"To: ops@remote.example\nSubject: cron output\n\nbackup ok\n"
 

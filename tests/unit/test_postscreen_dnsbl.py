@@ -12,9 +12,9 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mta_lite.smtpd.dnsbl import (DNSBL_MAX_TTL_S, DNSBL_MIN_TTL_S, ERROR, NXDOMAIN, OK, Answer, DnsblSite,
+from mta_lite.postscreen.dnsbl import (DNSBL_MAX_TTL_S, DNSBL_MIN_TTL_S, ERROR, NXDOMAIN, OK, Answer, DnsblSite,
                                   parse_resolver, parse_site, pass_ttl, query_name, score)
-from mta_lite.smtpd.dnsblclient import DnsblCheck
+from mta_lite.postscreen.dnsblclient import DnsblCheck
 
 ZEN = parse_site("zen.spamhaus.org=127.0.0.[2..11]*3")
 BL = parse_site("bl.example*2")

@@ -6,13 +6,13 @@ import os
 
 import pytest
 
-from mta_lite.config_load import effective_dict, parse_config
+from mta_lite.config.load import effective_dict, parse_config
 from mta_lite.errors import ConfigError
 from mta_lite.reply import R521_PROTOCOL_ERROR, R550_PROTOCOL_ERROR, dnsbl_reply
-from mta_lite.smtpd import pscache
-from mta_lite.smtpd.pscache import DNSBL, PREGREET, PREGREET_TTL_S, PassCache, cache_path, decode
-from mta_lite.smtpd.psengine import COMMAND_LIMIT, EnforceSession
-from mta_lite.smtpd.pspolicy import (DROP, DUNNO, ENFORCE, IGNORE, PERMIT, REJECT, Verdict, access,
+from mta_lite.postscreen import cache as pscache
+from mta_lite.postscreen.cache import DNSBL, PREGREET, PREGREET_TTL_S, PassCache, cache_path, decode
+from mta_lite.postscreen.engine import COMMAND_LIMIT, EnforceSession
+from mta_lite.postscreen.policy import (DROP, DUNNO, ENFORCE, IGNORE, PERMIT, REJECT, Verdict, access,
                                      parse_access, under_stress)
 
 
@@ -196,6 +196,16 @@ def test_enforce_engine_command_limit_replies_421():
         assert e.over_limit() is None
         e.handle_line(b"NOOP\r\n")
     assert str(e.over_limit()) == "421 4.7.0 mx.test Error: too many commands"
+
+
+def test_enforce_engine_rset_noop_quit_answer_as_smtpd_but_rset_takes_arguments():
+    e = engine()
+    e.handle_line(b"HELO x\r\n")
+    e.handle_line(b"MAIL FROM:<spam@bot.example>\r\n")
+    assert str(e.handle_line(b"RSET now\r\n")) == "250 2.0.0 Ok"      # smtpd: 501 (no arguments)
+    assert e.handle_line(b"RCPT TO:<victim@example.org>\r\n").code == 503
+    assert str(e.handle_line(b"NOOP\r\n")) == "250 2.0.0 Ok" and not e.closing
+    assert str(e.handle_line(b"QUIT\r\n")) == "221 2.0.0 Bye" and e.closing
 
 
 @pytest.mark.parametrize("line, code", [(b"MAIL FROM:<a@b>\n", 521), (b"NO\x00OP\r\n", 521), (b"GET / HTTP/1.0\r\n", 221)])

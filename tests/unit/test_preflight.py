@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mta_lite.master import R421_DOWN, turn_away
-from mta_lite.preflight import (Access, Problem, layout_problems, probe_as, reach_problems, secret_problems,
+from mta_lite.process.master import R421_DOWN, turn_away
+from mta_lite.commands.check import (Access, Problem, layout_problems, probe_as, reach_problems, secret_problems,
                                 tamper_problems)
-from mta_lite.privsep import PrivilegeError, ServiceUser
+from mta_lite.process.privsep import PrivilegeError, ServiceUser
 from mta_lite.queue.perms import LAYOUT
 
 SMTPD = ServiceUser("mta-smtpd", 999, 999, (999,))

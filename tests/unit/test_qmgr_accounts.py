@@ -4,12 +4,12 @@ the pause doubles; concurrency per account; snapshot()."""
 import asyncio
 
 from mta_lite.qmgr.backoff import AUTH_PAUSE_MIN_S
-from mta_lite.qmgr.why import explain
+from mta_lite.commands.why import explain
 from mta_lite.reply import Reply
 from mta_lite.status import StatusSnapshot
 from mta_lite.smarthost.result import DeliveryResult
 
-from .test_qmgr_support import R535, T0, async_test, result_for, running, until
+from tests.support.qmgr import R535, T0, async_test, result_for, running, until
 
 WORK = "work:alice@work.example"
 
@@ -56,7 +56,7 @@ async def test_auth_failure_pauses_only_that_account_and_others_keep_delivering(
         assert (snap["isp"]["state"], snap["isp"]["sent"]) == ("ok", 1)
         # later mail for the paused account is deferred without a login attempt
         w3 = h.queue(sender="me@work.example")
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await h.settle()
         assert len(_work_calls(h)) == 1 and h.where(w3) == "deferred"
 

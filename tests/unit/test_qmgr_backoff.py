@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from mta_lite.config import QueueConfig
+from mta_lite.config.schema import QueueConfig
 from mta_lite.qmgr.backoff import (AUTH_PAUSE_MAX_S, AUTH_PAUSE_MIN_S, JITTER_FRACTION,
                                    auth_pause_s, expired, retry_delay_s)
 

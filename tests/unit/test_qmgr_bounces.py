@@ -8,7 +8,7 @@ import logging
 from mta_lite.errors import SpoolError
 from mta_lite.smarthost.result import BOUNCE
 
-from .test_qmgr_support import (ADMIN, DEFER, R451, R550, async_test, bounce_all, result_for,
+from tests.support.qmgr import (ADMIN, DEFER, R451, R550, async_test, bounce_all, result_for,
                                 running)
 
 
@@ -120,7 +120,7 @@ async def test_bounce_cap_drops_dsns_beyond_the_hourly_limit_but_removes_the_mes
         assert caplog.text.count("bounce rate limit exceeded (2 per hour)") == 2
         h.clock.advance(3601)                  # a new hour: notices flow again
         h.queue(rcpts=("late@example.org",))
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await h.settle()
         assert len([c for c in h.pool.calls if c.sender == ""]) == 3
 

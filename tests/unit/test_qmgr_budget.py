@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mta_lite.config_load import effective_dict, parse_config
+from mta_lite.config.load import effective_dict, parse_config
 from mta_lite.errors import ConfigError
 from mta_lite.qmgr.budget import DAY_S, HOUR_S, Budget, BudgetFile, Limits
 from mta_lite.qmgr.fairness import ServedLog, fair_order

@@ -1,16 +1,17 @@
 """QueueManager: pickup, per-recipient results (G3), retries, expiry, corrupt files, admin
-actions during delivery, stop(), wake-ups. Fake clock, seeded rng, fake smarthost pool."""
+actions during delivery, stop(), the doorbell. Fake clock, seeded rng, fake smarthost pool."""
 
 import asyncio
 import logging
 import os
 
 from mta_lite.errors import SpoolError
-from mta_lite.qmgr import poke, wakeup
+from mta_lite.qmgr import ring
+from mta_lite.queue import doorbell
 from mta_lite.qmgr.manager import RESCAN_INTERVAL_S
 from mta_lite.smarthost.result import DeliveryResult
 
-from .test_qmgr_support import (CONTENT, DEFER, R451, SENT, async_test, defer_all, result_for,
+from tests.support.qmgr import (CONTENT, DEFER, R451, SENT, async_test, defer_all, result_for,
                                 running, until)
 
 
@@ -59,7 +60,7 @@ async def test_partial_delivery_records_done_and_retries_only_the_pending_recipi
         assert 270 <= state.next_attempt - h.clock() <= 330          # min_backoff 5m, +-10 %
         h.pool.respond = lambda call: result_for(call.recipients, {})
         h.clock.advance(state.next_attempt - h.clock() + 1)
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await h.settle()
         assert [c.recipients for c in h.pool.calls] == [
             ["bob@example.org", "carol@example.org"], ["carol@example.org"]]
@@ -78,7 +79,7 @@ async def test_deferred_message_is_not_retried_before_its_time():
         await h.settle()
         assert len(h.pool.calls) == 1 and h.where(queue_id) == "deferred"
         h.clock.advance(200)
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await h.settle()
         assert len(h.pool.calls) == 2
         assert h.spool.load_state(queue_id).attempts == 2
@@ -130,7 +131,7 @@ async def test_message_deleted_during_delivery_is_dropped_without_crash():
         await h.settle()
         assert h.where(queue_id) is None and h.dsns() == []
         second = h.queue()                       # still running
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await h.settle()
         assert h.where(second) is None
 
@@ -163,7 +164,7 @@ async def test_stop_with_a_delivery_in_flight_leaves_it_recoverable():
         await until(lambda: h.pool.calls)
         await h.stop(grace_s=0.01)
         assert h.where(queue_id) == "active"
-        assert not os.path.exists(h.spool.wakeup_socket)
+        assert not os.path.exists(h.spool.doorbell_path)
         assert h.spool.recover()["requeued"] == 1 and h.where(queue_id) == "incoming"
 
 
@@ -182,14 +183,14 @@ async def test_stop_waits_for_a_delivery_that_finishes_within_the_grace_time():
 
 
 @async_test
-async def test_poke_on_the_wakeup_socket_triggers_delivery():
+async def test_ring_on_the_doorbell_triggers_delivery():
     async with running() as h:
         await h.start()
         await h.settle()
-        queue_id = h.queue()                    # written by "another process": no wake()
+        queue_id = h.queue()                    # written by "another process": no ring
         await h.settle()
         assert h.pool.calls == []
-        assert poke(h.spool.root, wakeup.WAKE) is True
+        assert ring(h.spool.root, doorbell.NEW_MAIL) is True
         await until(lambda: h.where(queue_id) is None)
         assert len(h.pool.calls) == 1
 
@@ -202,13 +203,13 @@ async def test_flush_retries_deferred_messages_now():
         await h.start()
         await h.settle()
         h.pool.respond = lambda call: result_for(call.recipients, {})
-        assert poke(h.spool.wakeup_socket, wakeup.FLUSH) is True
+        assert ring(h.spool.doorbell_path, doorbell.FLUSH) is True
         await until(lambda: h.where(queue_id) is None)
         assert len(h.pool.calls) == 2
 
 
 @async_test
-async def test_periodic_rescan_finds_mail_whose_wakeup_was_lost():
+async def test_periodic_rescan_finds_mail_whose_ring_was_lost():
     async with running() as h:
         await h.start()
         await h.settle()
@@ -260,7 +261,7 @@ async def test_spool_failure_while_settling_keeps_the_message(monkeypatch):
         h.clock.advance(h.cfg.queue.min_backoff_s)
         monkeypatch.undo()
         h.pool.respond = lambda call: result_for(call.recipients, {})
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         await h.settle()
         assert h.where(queue_id) is None
 

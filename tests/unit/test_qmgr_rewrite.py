@@ -8,11 +8,12 @@ import email.policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mta_lite.envelope import Envelope
 from mta_lite.identity import Identity
-from mta_lite.qmgr.rewrite import (encode_display, header_fields, original_display, outgoing,
-                                   rewrite_message, route_of)
+from mta_lite.qmgr.resolve import resolve
+from mta_lite.qmgr.rewrite import encode_display, header_fields, original_display, rewrite_message
 
-from .test_qmgr_support import async_test, make_config, running, until
+from tests.support.qmgr import async_test, make_config, running, until
 
 NEW = Identity("printer@example.com")
 RECEIVED = b"Received: from pc (unknown [192.168.1.10])\r\n\tby relay.lan (mta-lite) with ESMTP id A1;\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n"
@@ -127,31 +128,27 @@ def test_rewrite_message_arbitrary_bytes_never_raise_and_keep_the_rest(content):
     assert b"From: " in out and len(out) >= len(content)
 
 
-def test_outgoing_null_sender_is_never_rewritten(tmp_path):
+def test_resolve_null_sender_is_never_rewritten(tmp_path):
     cfg = make_config(str(tmp_path), rewrite={"clients": {"0.0.0.0/0": "x@example.com"}})
-    assert outgoing(cfg, "", "192.0.2.7").rewrite is None
-    assert outgoing(cfg, "a@b.example", "192.0.2.7").sender == "x@example.com"
+    assert resolve(cfg, Envelope("", ["a@b.example"], "192.0.2.7")).rewrite is None
+    assert resolve(cfg, Envelope("a@b.example", ["c@d.example"], "192.0.2.7")).sender == "x@example.com"
 
 
-def test_route_of_uses_the_rewritten_senders_account(tmp_path):
+def test_resolve_routes_by_the_rewritten_senders_account(tmp_path):
     cfg = make_config(str(tmp_path), rewrite={"senders": {"root@printer.lan": "scan@work.example"}})
-
-    class Entry:
-        sender, client_address, sasl_username = "root@printer.lan", "192.0.2.7", ""
-    assert route_of(cfg, Entry).account == "work:alice@work.example"
+    out = resolve(cfg, Envelope("root@printer.lan", ["a@b.example"], "192.0.2.7"))
+    assert (out.sender, out.account) == ("scan@work.example", "work:alice@work.example")
+    assert out.route.relay.name == "work" and out.rewrite.rule == "rewrite.senders root@printer.lan"
 
 
 def test_client_rewrite_skips_a_logged_in_submission(tmp_path):
     """A laptop whose user logged in from a LAN address mapped by [rewrite.clients] keeps
     the user's own sender: the login says who sent it, not the network."""
     cfg = make_config(str(tmp_path), rewrite={"clients": {"192.0.2.0/24": "scan@work.example"}})
-
-    class Entry:
-        sender, client_address, sasl_username = "me@example.com", "192.0.2.7", ""
-    assert route_of(cfg, Entry).account == "work:alice@work.example"      # the scanner's identity
-    Entry.sasl_username = "alice"
-    assert route_of(cfg, Entry).account == "isp"
-    assert outgoing(cfg, "me@example.com", "192.0.2.7", "alice").sender == "me@example.com"
+    by_client = resolve(cfg, Envelope("me@example.com", ["a@b.example"], "192.0.2.7"))
+    assert by_client.account == "work:alice@work.example"      # the scanner's identity
+    logged_in = resolve(cfg, Envelope("me@example.com", ["a@b.example"], "192.0.2.7", sasl_username="alice"))
+    assert (logged_in.sender, logged_in.account, logged_in.rewrite) == ("me@example.com", "isp", None)
 
 
 @async_test
@@ -192,5 +189,5 @@ async def test_delivery_without_rule_sends_content_unchanged():
         await h.start()
         await until(lambda: h.pool.calls)
         await h.settle()
-    from .test_qmgr_support import CONTENT
+    from tests.support.qmgr import CONTENT
     assert (h.pool.calls[0].sender, h.pool.calls[0].content) == ("alice@example.com", CONTENT)

@@ -9,18 +9,19 @@ import os
 
 import tomli_w
 
-from mta_lite.config_load import parse_config
-from mta_lite.daemon import QmgrService
+from mta_lite.config.load import parse_config
+from mta_lite.process.services import QmgrService
 from mta_lite.maillog import SecretFilter, config_secrets
 from mta_lite.qmgr.accounts import UNREACHABLE_AFTER_S
 from mta_lite.qmgr.backoff import AUTH_PAUSE_MIN_S
 from mta_lite.qmgr.budget import HOUR_S
-from mta_lite.qmgr.why import explain
+from mta_lite.commands.why import explain
+from mta_lite.queue import WAIT_BUDGET
 from mta_lite.reply import Reply
 from mta_lite.smarthost.result import DeliveryResult
 from mta_lite.status import StatusSnapshot
 
-from .test_qmgr_support import ADMIN, R535, T0, async_test, result_for, running, until
+from tests.support.qmgr import ADMIN, DEFER, R451, R535, T0, async_test, result_for, running, until
 
 WORK = "work:alice@work.example"
 
@@ -132,7 +133,7 @@ async def test_noisy_sender_does_not_starve_a_single_message():
         await h.start()
         await until(lambda: len(h.pool.calls) == 1)
         single = h.queue(sender="printer@lan.test")
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         for _ in range(4):
             h.pool.release()
             await asyncio.sleep(0.01)
@@ -153,7 +154,7 @@ async def test_notice_to_the_admin_goes_ahead_of_a_backlog():
         await until(lambda: len(h.pool.calls) == 1)
         _queue_spaced(h, 3, "nas@lan.test")
         notice = h.queue(sender="", rcpts=(ADMIN,), is_bounce=True)
-        h.mgr.wake()
+        h.mgr.mail_arrived()
         h.pool.release()
         await until(lambda: len(h.pool.calls) >= 3)
         assert "" in [c.sender for c in h.pool.calls[:3]]
@@ -182,10 +183,26 @@ async def test_split_message_over_budget_keeps_done_recipients_and_waits_for_a_s
         state = h.spool.load_state(queue_id)
         assert len(h.pool.calls) == 2 and len(state.done) == 4 and h.where(queue_id) == "deferred"
         assert "over max_per_hour=2" in state.last_error and state.next_attempt == T0 + HOUR_S
+        assert state.wait == WAIT_BUDGET
         h.clock.advance(HOUR_S)
         h.mgr.rescan()
         await h.settle()
         assert h.where(queue_id) is None and h.pool.calls[-1].recipients == ["r4@example.org"]
+
+
+@async_test
+async def test_split_message_deferred_by_the_smarthost_and_over_budget_waits_for_its_backoff():
+    """A recipient the smarthost deferred adds a backoff: the message waits for it (and for
+    the slot), so its wait is the backoff's, and the last reply is the smarthost's."""
+    async with running(relays=relays(isp={"recipient_limit": 2, "max_per_hour": 2})) as h:
+        h.pool.respond = lambda call: result_for(call.recipients, {"r0@example.org": (DEFER, R451)})
+        queue_id = h.queue(rcpts=tuple(f"r{i}@example.org" for i in range(5)))
+        await h.start()
+        await h.settle()
+        state = h.spool.load_state(queue_id)
+        assert len(h.pool.calls) == 2 and h.where(queue_id) == "deferred"
+        assert (state.wait, state.last_error) == ("", "451 4.3.0 later")
+        assert state.next_attempt >= T0 + HOUR_S
 
 
 def _refuse_work(call):

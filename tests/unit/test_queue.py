@@ -32,6 +32,20 @@ def test_commit_puts_complete_file_in_incoming(spool):
     assert os.listdir(os.path.join(spool.root, "tmp")) == []
 
 
+def test_read_entry_carries_its_queue_id_and_the_whole_envelope(spool):
+    writer = spool.begin(Envelope("a@b.example", ["c@d.example"], "192.0.2.7", "scanner", True,
+                                  "8BITMIME", "alice"), is_bounce=True, now=1_700_000_000.5)
+    writer.write(CONTENT)
+    queue_id = writer.commit()
+    spool.move(queue_id, "incoming", "deferred")
+    entry = spool.read("deferred", queue_id)
+    assert entry.queue_id == queue_id and entry.path == spool.path("deferred", queue_id)
+    assert (entry.sender, entry.recipients, entry.client_address, entry.client_helo) == (
+        "a@b.example", ("c@d.example",), "192.0.2.7", "scanner")
+    assert (entry.smtputf8, entry.body, entry.sasl_username) == (True, "8BITMIME", "alice")
+    assert (entry.arrival, entry.is_bounce) == (1_700_000_000.5, True)
+
+
 def test_abort_leaves_nothing(spool):
     writer = spool.begin(Envelope("a@b.example", ["c@d.example"]))
     writer.write(b"partial")
@@ -99,6 +113,18 @@ def test_recover_purges_tmp_requeues_active_and_quarantines_corrupt(spool):
     assert counts == {"purged": 1, "requeued": 1, "corrupt": 1}
     assert spool.list("incoming") == [good]
     assert os.listdir(os.path.join(spool.root, "corrupt")) == [bad]
+
+
+def test_set_aside_under_a_new_name_never_replaces_a_file_in_corrupt(spool):
+    for name in ("submission-1", "submission-2"):
+        with open(spool.path("maildrop", name), "wb") as handle:
+            handle.write(name.encode())
+    assert spool.set_aside("maildrop", "submission-1", new_name="0000000000000AAA") == "0000000000000AAA"
+    with pytest.raises(FileExistsError):
+        spool.set_aside("maildrop", "submission-2", new_name="0000000000000AAA")
+    with open(spool.path("corrupt", "0000000000000AAA"), "rb") as handle:
+        assert handle.read() == b"submission-1"
+    assert os.listdir(os.path.join(spool.root, "maildrop")) == ["submission-2"]
 
 
 def test_state_round_trip_and_remove_drops_it(spool):

@@ -2,7 +2,7 @@
 
 The client hands content to aiosmtplib's SMTP.data() untouched; aiosmtplib must (S2, G3):
 dot-stuff every line that starts with "." (RFC 5321 section 4.5.2), send CRLF line endings
-only, end with CRLF.CRLF, and count SIZE= the way transaction.wire_size() does.
+only, end with CRLF.CRLF, and count SIZE= the way esmtp.wire_size() does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from hypothesis import given, settings, strategies as st
 
 from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
-from mta_lite.smarthost.transaction import wire_size
+from mta_lite.smarthost.esmtp import wire_size
 
 
 class _FakeTransport(asyncio.Transport):

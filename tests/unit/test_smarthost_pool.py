@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 
 import pytest
 
-from mta_lite.config import Relay, Route, Secret
-from mta_lite.smarthost.client import SmarthostPool
+from mta_lite.config.schema import Relay, Route, Secret
+from mta_lite.smarthost.pool import SmarthostPool, TlsContexts
 from mta_lite.smarthost.result import DEFER
 
 PASSWORD = "pool-Secret-99"
@@ -104,3 +105,10 @@ def test_closed_pool_defers_and_empty_recipient_list_is_empty_result():
 def test_helo_name_must_be_one_clean_word(helo):
     with pytest.raises(ValueError):
         SmarthostPool(helo_name=helo)
+
+
+def test_smarthost_tls_context_verifies_and_never_allows_below_tls_1_2():
+    """S3: whatever old TLS a LAN listener allows (tls_min_version), the smarthost side is modern."""
+    context = TlsContexts().get("")
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mta_lite.config import User
-from mta_lite.passwd import hash_password
+from mta_lite.config.schema import User
+from mta_lite.passhash import hash_password
 from mta_lite.reply import Reply
-from mta_lite.smtpd.auth import (AUTH_PENDING, MAX_AUTH_FAILURES, Authenticator, Credentials, FailureLimit,
-                                 decode_base64, decode_plain)
+from mta_lite.smtpd.auth import (MAX_AUTH_FAILURES, Authenticator, AuthRequest, AuthResult, Credentials,
+                                 FailureLimit, decode_base64, decode_plain)
 from mta_lite.smtpd.policy import SenderPolicy
 from mta_lite.smtpd.session import Session, SessionContext
 
@@ -40,8 +40,15 @@ def session(**over) -> Session:
     return s
 
 
-def say(s: Session, line: str) -> Reply:
+def say(s: Session, line: str) -> Reply | AuthRequest:
     return s.handle_line(line.encode() + b"\r\n")
+
+
+def request(s: Session, password: str, user: str = "alice") -> AuthRequest:
+    """AUTH PLAIN with these credentials: the session's request to check them."""
+    outcome = say(s, "AUTH PLAIN " + plain(user, password))
+    assert isinstance(outcome, AuthRequest)
+    return outcome
 
 
 def code(reply: Reply) -> str:
@@ -107,7 +114,8 @@ def test_auth_on_non_submission_listener_replies_503():
                                             ("AUTH PLAIN !!!!", "501 5.5.2")])
 def test_auth_bad_command_replies_error_and_no_exchange(line, expected):
     s = session()
-    assert code(say(s, line)) == expected and not s.auth.in_exchange and s.auth.pending is None
+    reply = say(s, line)
+    assert isinstance(reply, Reply) and code(reply) == expected and not s.auth.in_exchange
 
 
 def test_mail_before_auth_on_submission_replies_530():
@@ -116,21 +124,21 @@ def test_mail_before_auth_on_submission_replies_530():
 
 def test_auth_plain_initial_response_waits_for_the_check():
     s = session()
-    assert say(s, "AUTH PLAIN " + plain("alice", "alice-pw")) is AUTH_PENDING
-    assert s.auth.pending == Credentials("alice", b"alice-pw")
+    assert say(s, "AUTH PLAIN " + plain("alice", "alice-pw")) == \
+        AuthRequest("203.0.113.9", "PLAIN", Credentials("alice", b"alice-pw"))
 
 
 def test_auth_plain_empty_challenge_then_response():
     s = session()
     assert s.handle_line(b"AUTH PLAIN\r\n").to_bytes() == b"334 \r\n"
-    assert say(s, plain("alice", "alice-pw")) is AUTH_PENDING
+    assert isinstance(say(s, plain("alice", "alice-pw")), AuthRequest)
 
 
 def test_auth_login_asks_username_then_password():
     s = session()
     assert say(s, "AUTH LOGIN").to_bytes() == b"334 VXNlcm5hbWU6\r\n"
     assert say(s, b64("alice")).to_bytes() == b"334 UGFzc3dvcmQ6\r\n"
-    assert say(s, b64("alice-pw")) is AUTH_PENDING and s.auth.pending == Credentials("alice", b"alice-pw")
+    assert say(s, b64("alice-pw")) == AuthRequest("203.0.113.9", "LOGIN", Credentials("alice", b"alice-pw"))
 
 
 def test_auth_login_with_initial_username():
@@ -153,8 +161,8 @@ def test_auth_exchange_response_is_not_taken_for_a_command():
 
 def test_auth_success_allows_relay_from_outside_mynetworks_and_marks_protocol():
     s = session()
-    say(s, "AUTH PLAIN " + plain("alice", "alice-pw"))
-    assert str(s.auth_done("alice")) == "235 2.7.0 Authentication successful"
+    request(s, "alice-pw")
+    assert str(s.auth_checked(AuthResult("alice"))) == "235 2.7.0 Authentication successful"
     assert code(say(s, "MAIL FROM:<alice@example.com>")) == "250 2.1.0"
     assert code(say(s, "RCPT TO:<friend@remote.example>")) == "250 2.1.5"
     assert s.protocol == "ESMTPSA"
@@ -163,8 +171,8 @@ def test_auth_success_allows_relay_from_outside_mynetworks_and_marks_protocol():
 
 def test_auth_user_mail_from_other_sender_replies_553():
     s = session()
-    say(s, "AUTH PLAIN " + plain("alice", "alice-pw"))
-    s.auth_done("alice")
+    request(s, "alice-pw")
+    s.auth_checked(AuthResult("alice"))
     assert str(say(s, "MAIL FROM:<bob@example.com>")) == \
         "553 5.7.1 <bob@example.com>: Sender address rejected: not owned by user alice"
 
@@ -172,8 +180,8 @@ def test_auth_user_mail_from_other_sender_replies_553():
 def test_auth_failures_reply_535_then_421_and_close():
     s = session()
     for _ in range(MAX_AUTH_FAILURES):
-        say(s, "AUTH PLAIN " + plain("alice", "wrong"))
-        assert str(s.auth_done(None)) == "535 5.7.8 Error: authentication failed"
+        request(s, "wrong")
+        assert str(s.auth_checked(AuthResult(None))) == "535 5.7.8 Error: authentication failed"
     assert not s.closing
     assert str(say(s, "AUTH PLAIN")) == f"421 4.7.0 {HOST} Error: too many authentication failures"
     assert s.closing
@@ -181,8 +189,8 @@ def test_auth_failures_reply_535_then_421_and_close():
 
 def test_auth_blocked_client_replies_421_and_close():
     s = session()
-    say(s, "AUTH PLAIN " + plain("alice", "alice-pw"))
-    assert s.auth_done(None, blocked=True).code == 421 and s.closing and s.auth.user is None
+    request(s, "alice-pw")
+    assert s.auth_checked(AuthResult(None, blocked=True)).code == 421 and s.closing and s.auth.user is None
 
 
 def test_starttls_resets_login():
@@ -198,11 +206,12 @@ def test_starttls_resets_login():
                 max_size=4))
 def test_auth_exchange_arbitrary_responses_always_get_a_reply(mechanism, responses):
     s = session()
-    replies = [say(s, f"AUTH {mechanism}")]
+
+    def answered(outcome: Reply | AuthRequest) -> Reply:
+        return s.auth_checked(AuthResult(None)) if isinstance(outcome, AuthRequest) else outcome
+    replies = [answered(say(s, f"AUTH {mechanism}"))]
     for raw in responses:
-        if s.auth.pending is not None:
-            replies.append(s.auth_done(None))
-        replies.append(s.handle_line(raw + b"\r\n"))
+        replies.append(answered(s.handle_line(raw + b"\r\n")))
     assert all(isinstance(r, Reply) for r in replies)
     assert s.auth.user is None
 
@@ -235,8 +244,7 @@ def test_authenticator_check_counts_failures_per_client_across_sessions():
 
     async def attempt(password: str) -> Reply:
         s = session()
-        say(s, "AUTH PLAIN " + plain("alice", password))
-        return await authenticator.check(s)
+        return s.auth_checked(await authenticator.check(request(s, password)))
 
     async def main() -> list[str]:
         return [code(await attempt(p)) for p in ("x", "y", "z", "alice-pw")]
@@ -247,6 +255,6 @@ def test_authenticator_check_counts_failures_per_client_across_sessions():
 
 def test_authenticator_unknown_user_fails_like_a_wrong_password():
     s = session()
-    say(s, "AUTH PLAIN " + plain("mallory", "alice-pw"))
-    assert code(asyncio.run(Authenticator(USERS, clock=lambda: 0.0).check(s))) == "535 5.7.8"
-    assert s.auth.pending is None
+    result = asyncio.run(Authenticator(USERS, clock=lambda: 0.0).check(request(s, "alice-pw", user="mallory")))
+    assert code(s.auth_checked(result)) == "535 5.7.8"
+    assert not any(isinstance(value, Credentials) for value in vars(s.auth).values())   # nothing kept (S3)

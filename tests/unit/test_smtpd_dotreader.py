@@ -215,3 +215,72 @@ def test_dotreader_smuggling_variant_anywhere_is_rejected(lines, variant, positi
     data = head + variant + stuff(lines[at:]) + b".\r\n"
     content, terminal, _, _ = run([data])
     assert isinstance(terminal, ProtocolError)
+
+
+# ---------------------------------------------------------------- normalize (S2, LAN clients)
+
+def normalized(chunks, max_bytes=BIG):
+    """Like run(), with a normalizing reader; End's rest includes the chunks not fed."""
+    reader = DotReader(max_bytes, normalize=True)
+    content = []
+    for index, chunk in enumerate(chunks):
+        for event in reader.feed(chunk):
+            if isinstance(event, Content):
+                content.append(event.data)
+            elif isinstance(event, End):
+                return b"".join(content), End(event.rest + b"".join(chunks[index + 1:])), reader
+            else:
+                return b"".join(content), event, reader
+    return b"".join(content), None, reader
+
+
+def test_dotreader_normalize_bare_lf_lines_become_crlf():
+    content, end, reader = normalized([b"Subject: x\n\nline\n..dot\n.\r\n"])
+    assert end is None                    # ".\r\n" after a bare-LF line is not the end
+    content2, end2, _ = normalized([b"Subject: x\n\nline\n..dot\r\n.\r\n"])
+    assert content2 == b"Subject: x\r\n\r\nline\r\n.dot\r\n" and end2 == End(b"")
+    assert reader.bare_lf
+
+
+@pytest.mark.parametrize("data", [b"a\n.\nb\r\n.\r\n", b"a\r\n.\nb\r\n.\r\n", b"a\n.\r\nb\r\n.\r\n"])
+def test_dotreader_normalize_bare_lf_dot_line_is_content_kept_as_dot(data):
+    content, end, _ = normalized([data])
+    assert content == b"a\r\n.\r\nb\r\n" and end == End(b"")
+
+
+def test_dotreader_normalize_dot_line_split_across_chunks_still_needs_crlf():
+    content, end, _ = normalized([b"a\r", b"\n.", b"\r", b"\n", b"rest"])
+    assert content == b"a\r\n" and end == End(b"rest")
+    content, end, _ = normalized([b"a\r", b"\n.", b"\n", b"b\r\n.\r\nrest"])
+    assert content == b"a\r\n.\r\nb\r\n" and end == End(b"rest")
+
+
+def test_dotreader_normalize_empty_message_and_crlf_only_input_unchanged():
+    assert normalized([b".\r\nQUIT\r\n"])[1] == End(b"QUIT\r\n")
+    data = b"x\r\n..y\r\n\r\n.\r\n"
+    assert normalized([data])[:2] == run([data])[:2]
+    assert not normalized([data])[2].bare_lf
+
+
+@pytest.mark.parametrize("data, reply", [
+    (b"a\rb\r\n.\r\n", R521_BARE_CR), (b"a\r\rb\n", R521_BARE_CR), (b"a\r.\n", R521_BARE_CR),
+    (b"a\0\n", R521_NUL), (b"a\r\n.\r.\r\n", R521_BARE_CR)])
+def test_dotreader_normalize_still_refuses_bare_cr_and_nul(data, reply):
+    content, terminal, _ = normalized([data])
+    assert isinstance(terminal, ProtocolError) and terminal.reply == reply
+
+
+@settings(max_examples=300)
+@given(st.lists(ALPHABET, max_size=40), st.lists(st.integers(min_value=0), max_size=10))
+def test_dotreader_normalize_agrees_with_strict_on_strict_input_and_ignores_chunking(pieces, cuts):
+    def kind(result):
+        content, terminal, _ = result
+        if isinstance(terminal, ProtocolError):
+            return ("error",)
+        return ("end", content, terminal.rest) if isinstance(terminal, End) else ("more",)
+    data = b"".join(pieces)
+    whole = kind(normalized([data]))
+    assert whole == kind(normalized(split(data, cuts)))
+    strict = outcome([data])
+    if strict[0] == "end" or b"\n" not in data.replace(b"\r\n", b""):
+        assert whole == strict            # up to the end, or without any bare LF: no change

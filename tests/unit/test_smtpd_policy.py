@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from mta_lite.config import RewriteConfig, SenderRule, User
+from mta_lite.config.schema import RewriteConfig, SenderRule, User
 from mta_lite.identity import Identity
 from mta_lite.smtpd.policy import SenderPolicy
 

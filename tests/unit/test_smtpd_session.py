@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mta_lite.config.schema import Listen
 from mta_lite.reply import R354_DATA, Reply
-from mta_lite.smtpd.session import MultilineReply, Session, SessionContext
+from mta_lite.smtpd.conversation import MultilineReply
+from mta_lite.smtpd.session import Session, SessionContext
+from tests.support.dialogs import make_config
 
 HOST = "relay.lan"
 ADMIN = "admin@example.com"
@@ -416,3 +420,41 @@ def test_line_error_after_rcpt_is_not_attributed_to_rcpt():
     say(s, "RCPT TO:<b@example.org>")
     s.handle_line(b"DATA\n")
     assert s.last_verb == "UNKNOWN"
+
+
+# ---------------------------------------------------------------- bare LF (S2)
+
+def test_bare_lf_command_with_normalize_is_taken_as_crlf_and_noted():
+    s = session(normalize_bare_lf=True)
+    assert say(s, b"EHLO scanner\n").code == 250
+    assert s.bare_lf_seen
+    assert say(s, b"MAIL FROM:<a@example.com>\n").code == 250
+
+
+def test_bare_lf_command_without_normalize_replies_521_and_closes():
+    s = session()
+    assert code(say(s, b"EHLO scanner\n")) == "521 5.5.2" and s.closing and not s.bare_lf_seen
+
+
+@pytest.mark.parametrize("raw", [b"EHLO a\rb\n", b"EHLO a\0\n"])
+def test_bare_cr_or_nul_with_normalize_still_replies_521(raw):
+    s = session(normalize_bare_lf=True)
+    assert code(say(s, raw)) == "521 5.5.2" and s.closing
+
+
+@pytest.mark.parametrize("in_mynetworks, auth, mode, expected", [
+    (True, "none", "normalize", True), (False, "none", "normalize", False),
+    (True, "required", "normalize", False), (True, "none", "reject", False)])
+def test_normalize_only_for_mynetworks_on_a_listener_without_required_auth(in_mynetworks, auth, mode, expected):
+    listen = Listen("127.0.0.1", 0, bare_newline=mode, auth=auth)
+    cfg = make_config(Path("/nonexistent"), listen=listen,
+                      mynetworks=("192.168.1.0/24",) if in_mynetworks else ("10.0.0.0/8",))
+    assert SessionContext.from_config(cfg, "192.168.1.20", lambda: 0, listen=listen).normalize_bare_lf is expected
+
+
+@pytest.mark.parametrize("in_mynetworks, completes", [(True, True), (False, False)])
+def test_completes_headers_only_for_mynetworks_or_logged_in_users(in_mynetworks, completes):
+    s = session(in_mynetworks=in_mynetworks)
+    assert s.completes_headers is completes
+    s.auth.user = "alice"
+    assert s.completes_headers

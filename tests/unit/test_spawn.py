@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
-from mta_lite import spawn
-from mta_lite.spawn import Child
+from mta_lite.process import spawn
+from mta_lite.process.spawn import Child
 
 
 def run_child(child: Child, body) -> int:

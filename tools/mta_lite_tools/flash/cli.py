@@ -42,7 +42,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
-from mta_lite import configgen
+from mta_lite.config import generations as configgen
 from mta_lite.errors import ConfigError
 
 from . import bootconfig

@@ -1,0 +1,73 @@
+"""why — `mta-lite queue why ID`: one line on what holds a queued message back, and until when.
+
+It reads what the queue manager leaves on disk: the message's state file (attempts, next
+attempt, the last reply with its enhanced code, and what it waits for: MessageState.wait),
+state/budgets.json (the account's send history, judged against the limits of the config as
+it is now) and the status file (the account's state: a refused login's pause, an
+unreachable smarthost). In order of weight: on hold, being delivered, paused account, over
+budget, unreachable smarthost, backoff after a failure.
+Works with the daemon stopped, and says so, since then nothing is tried at all.
+Must never: change anything; print message content or a secret.
+"""
+
+from __future__ import annotations
+
+from mta_lite.config.schema import Config
+from mta_lite.queue import WAIT_BUDGET, MessageState, Spool
+from mta_lite.status import StatusSnapshot
+from mta_lite.qmgr.accounts import STATE_AUTH_FAILED, STATE_UNREACHABLE
+from mta_lite.qmgr.budget import Budget, BudgetFile, Limits, budget_path, when
+from mta_lite.qmgr.resolve import resolve
+
+
+def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: StatusSnapshot) -> str:
+    """The line for one message; QueueIdError if it is not in the queue."""
+    where = spool.require(queue_id)
+    state = spool.load_state(queue_id)
+    daemon = "" if status.running else "; the daemon is not running, nothing is tried"
+    if where == "hold":
+        return f"{queue_id}: on hold by the administrator until `queue release {queue_id}`{_last(state)}"
+    if where == "active":
+        return f"{queue_id}: being delivered now"
+    if where == "incoming":
+        return f"{queue_id}: queued, waiting for its first attempt{daemon}"
+    route = resolve(cfg, spool.read(where, queue_id, verify=False)).route   # as the qmgr routes it
+    reasons, next_at = _reasons(route, status.relays.get(route.account, {}), state,
+                              BudgetFile(budget_path(spool.root)), now)
+    # Deferred to its budget slot, the last reply is our own and says what the reason says.
+    last = "" if state.wait == WAIT_BUDGET else _last(state)
+    next_try = when(next_at, now) if next_at > now else "now"
+    return f"{queue_id}: deferred: {'; '.join(reasons)}{last}; next try {next_try}{daemon}"
+
+
+def _reasons(route, account: dict, state: MessageState, book: BudgetFile, now: float) -> tuple[list[str], float]:
+    """The reasons in order of weight, and the earliest next try they allow; `account` is
+    the account's entry in the status file (Account.snapshot())."""
+    name, reasons, next_at = route.account, [], state.next_attempt
+    paused_until = account.get("paused_until") or 0.0
+    if account.get("state") == STATE_AUTH_FAILED and paused_until > now:
+        reasons.append(f"account {name} paused until {when(paused_until, now)}: the smarthost "
+                       "refused its login (fix the credentials and reload to resume at once)")
+        next_at = max(next_at, paused_until)
+    elif account.get("site_down") and paused_until > now:
+        reasons.append(f"account {name} paused until {when(paused_until, now)}: its smarthost did not "
+                       "answer (one probe then; `queue flush` probes now)")
+        next_at = max(next_at, paused_until)
+    book.load()
+    over = Budget.from_dict(book.saved.get(name, {}), Limits.of(route.relay)).over(now)
+    if over is not None:
+        reasons.append(f"account {name} {over[0]}, next slot at {when(over[1], now)}")
+        next_at = max(next_at, over[1])
+    if account.get("state") == STATE_UNREACHABLE and account.get("unreachable_since"):
+        reasons.append(f"the smarthost of account {name} has been unreachable since "
+                       f"{when(account['unreachable_since'], now)}")
+    if not reasons and state.wait == WAIT_BUDGET:
+        reasons.append(f"account {name} was over its budget; its slot has come")
+    if not reasons:
+        attempts = f"{state.attempts} failed attempt{'s' if state.attempts != 1 else ''}"
+        reasons.append(f"retry backoff after {attempts}" if state.attempts else "waiting for its next attempt")
+    return reasons, next_at
+
+
+def _last(state: MessageState) -> str:
+    return f"; last reply: {state.last_error}" if state.last_error else ""

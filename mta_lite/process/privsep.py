@@ -1,0 +1,123 @@
+"""privsep — become a service user after everything that needs root has been read.
+
+    ServiceUser.lookup(name, extra_group)  the user's uid, gid and groups (from passwd/group)
+    enter_spool(path)                      chdir into the spool while still root
+    drop_to(user)                          setgroups, setgid, setuid: no way back
+    preload()                              import what the children import lazily
+    LateImportWatch                        logs any module imported after the drop
+
+Postfix's order, followed here: a daemon started as root opens its key files, lookup tables
+and secrets, changes into the queue directory, and only then gives up root. Files an admin
+writes by hand (a password file root-owned 0600, a TLS key in /etc/ssl/private, a config
+under a 0700 directory) are read while still root; the queue is reached through the working
+directory, so the directories above it need not be open to the service users.
+Guarantees: drop_to() is complete (supplementary groups first, then gid, then uid) and
+checked; after it nothing in this process can regain root. Every module a child may import
+later is imported before the drop (the interpreter's own files may be unreadable to the
+service users: a Python under /root); one that slips through is logged by name, once.
+Must never: drop to a user that does not exist (that is a config error, named), or leave a
+supplementary group of root's behind.
+"""
+
+from __future__ import annotations
+
+import grp
+import importlib
+import logging
+import os
+import pwd
+import sys
+from dataclasses import dataclass
+
+from mta_lite.errors import MtaLiteError
+
+log = logging.getLogger("mta_lite.master")
+
+# Modules the children import on first use, deep inside the standard library or a
+# dependency: codecs looked up by name, the thread pool behind asyncio.to_thread, host name
+# encoding in getaddrinfo, time.strptime's helper, email's header and charset machinery
+# that aiosmtplib and the bounce builder touch per message. The list comes from running the
+# relay's tests with LateImportWatch on; tests/integration/test_privsep_deployed.py fails
+# when a path imports anything after the drop.
+PRELOAD_MODULES = (
+    "concurrent.futures.thread",
+    "encodings.ascii", "encodings.idna", "encodings.latin_1", "encodings.raw_unicode_escape",
+    "encodings.unicode_escape", "encodings.utf_8", "encodings.punycode",
+    "_strptime",
+    "email.charset", "email.encoders", "email.generator", "email.header", "email.headerregistry",
+    "email.message", "email.mime.text", "email.parser", "email.policy", "email.utils",
+    "email._header_value_parser", "email.feedparser", "email.quoprimime", "email.base64mime",
+    "asyncio.sslproto", "ssl", "hmac", "secrets", "uuid",
+)
+
+
+class PrivilegeError(MtaLiteError, PermissionError):
+    """The switch to a service user is not possible as configured; the message says why."""
+
+
+@dataclass(frozen=True)
+class ServiceUser:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]         # supplementary groups: the primary plus any extra
+
+    @classmethod
+    def lookup(cls, name: str, extra_group: str | None = None) -> "ServiceUser":
+        try:
+            entry = pwd.getpwnam(name)
+            extra = (grp.getgrnam(extra_group).gr_gid,) if extra_group else ()
+        except KeyError:
+            missing = extra_group if name_exists(name) else name
+            raise PrivilegeError(f"started as root, but user or group {missing!r} does not exist; create the "
+                                 "service users (firmware/sysusers.d/mta-lite.conf, or useradd --system)") from None
+        return cls(name, entry.pw_uid, entry.pw_gid, (entry.pw_gid, *extra))
+
+
+def name_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def enter_spool(path: str) -> None:
+    """Make the spool the working directory (still root): after the drop, the queue is
+    reached by relative names, whatever the modes of the directories above it."""
+    os.chdir(path)
+
+
+def drop_to(user: ServiceUser) -> None:
+    """Become `user` for good; raises PrivilegeError if the kernel kept any root id."""
+    os.setgroups(list(user.groups))
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+    if os.getuid() == 0 or os.geteuid() == 0 or 0 in os.getgroups() and user.gid != 0:
+        raise PrivilegeError(f"could not give up root for user {user.name!r}")
+
+
+def preload(extra: tuple[str, ...] = ()) -> None:
+    """Import every module a child may otherwise import after the drop."""
+    for name in (*PRELOAD_MODULES, *extra):
+        importlib.import_module(name)
+
+
+class LateImportWatch:
+    """A meta path finder that only watches: a module imported after the drop is logged
+    once by name (the import then goes on, and may fail if the user cannot read it). It is
+    consulted only for modules not yet loaded, so it costs nothing on the hot path."""
+
+    def __init__(self, who: str) -> None:
+        self.who = who
+        self.seen: set[str] = set()
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name not in self.seen:
+            self.seen.add(name)
+            log.warning("warning: %s: module %s imported after the privilege drop", self.who, name)
+        return None
+
+    def install(self) -> "LateImportWatch":
+        sys.meta_path.insert(0, self)
+        return self

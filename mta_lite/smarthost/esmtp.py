@@ -1,0 +1,87 @@
+"""esmtp — what the server's EHLO extensions mean for one message: the MAIL FROM parameters.
+
+Pure: no I/O. plan_mail() chooses SIZE=, BODY=8BITMIME and SMTPUTF8 from the extensions the
+server offered, and decides which messages this server can never take (Postfix's 5.6.7 when
+SMTPUTF8 is needed but not offered, 5.3.4 over its SIZE). unsafe_address() keeps an address
+that would change the command line (a ">", a space, a CR LF) off the wire.
+
+Guarantees: SIZE= counts the octets as aiosmtplib sends them (RFC 1870 section 3: CRLFs
+counted, dot-stuffing not); SMTPUTF8 is only used when offered; a message refused here is
+refused for good (5xx) and nothing of it was sent.
+Must never: put an address on a command line that could smuggle a second command.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mta_lite.reply import Reply
+from mta_lite.smarthost.replies import CONTROL_CHARS, clean_text
+
+_QUOTED_LOCAL = re.compile(r'^"(?:[^"\\]|\\.)*"')
+_UNSAFE_OUTSIDE_QUOTES = re.compile(r'[\s<>"]')
+# The same line-ending rule aiosmtplib applies before it sends DATA, so SIZE= matches the
+# octets on the wire (RFC 1870 section 3: CRLFs counted, dot-stuffing not).
+_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+@dataclass(frozen=True)
+class MailPlan:
+    """The MAIL FROM parameters for one transaction and how addresses are encoded."""
+
+    options: tuple[str, ...]
+    encoding: str               # "utf-8" when SMTPUTF8 is used, else "ascii"
+
+
+def wire_size(content: bytes) -> int:
+    """Octets of the message as sent in DATA: CRLF line endings, final CRLF, no dot-stuffing."""
+    crlf = content.count(b"\r\n")
+    if crlf == content.count(b"\n") == content.count(b"\r"):
+        # Queued mail is CRLF already (smtpd refuses bare CR and normalizes or refuses bare
+        # LF; sendmail normalises): counting is much cheaper than rewriting a copy of the message.
+        return len(content) + (0 if content.endswith(b"\r\n") else 2)
+    normalised = _LINE_END.sub(b"\r\n", content)
+    return len(normalised) + (0 if normalised.endswith(b"\r\n") else 2)
+
+
+def unsafe_address(address: str) -> bool:
+    """True if the address cannot go on a command line as it is (never true for parsed mail)."""
+    if CONTROL_CHARS.search(address):
+        return True
+    return bool(_UNSAFE_OUTSIDE_QUOTES.search(_QUOTED_LOCAL.sub("", address, count=1)))
+
+
+def _size_limit(extensions: dict[str, str]) -> int:
+    value = extensions.get("size", "").strip()
+    return int(value) if value.isdigit() else 0
+
+
+def plan_mail(extensions: dict[str, str], sender: str, recipients: list[str], content: bytes,
+              smtputf8: bool, relay: str) -> MailPlan | Reply:
+    """MAIL FROM parameters for the server's EHLO extensions, or the permanent Reply for a
+    message this server can never take (Postfix: 5.6.7 for SMTPUTF8, 5.3.4 for SIZE)."""
+    if unsafe_address(sender):
+        return Reply(553, "5.1.7", f"<{clean_text(sender)}>: Sender address rejected: unsupported address form")
+    utf8_addresses = not all(address.isascii() for address in [sender, *recipients])
+    headers = content.split(b"\r\n\r\n", 1)[0]
+    needs_utf8 = utf8_addresses or (smtputf8 and not headers.isascii())
+    offers_utf8 = "smtputf8" in extensions
+    if needs_utf8 and not offers_utf8:
+        return Reply(554, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {relay}")
+    size, limit = wire_size(content), _size_limit(extensions)
+    if limit and size > limit:
+        return Reply(552, "5.3.4", f"message size {size} exceeds size limit {limit} of server {relay}")
+    options = []
+    if "size" in extensions:
+        options.append(f"SIZE={size}")
+    if not content.isascii() and "8bitmime" in extensions:
+        options.append("BODY=8BITMIME")
+    use_utf8 = (smtputf8 or utf8_addresses) and offers_utf8
+    if use_utf8:
+        options.append("SMTPUTF8")
+    return MailPlan(tuple(options), "utf-8" if use_utf8 else "ascii")
+
+
+def unsafe_recipient(recipient: str) -> Reply:
+    return Reply(553, "5.1.3", f"<{clean_text(recipient)}>: Recipient address rejected: unsupported address form")
