@@ -60,7 +60,13 @@ def revision() -> str:
 
 
 def version() -> str:
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    """pyproject.toml's version, or mta_lite.__version__ where the version is dynamic."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    if "version" in project:
+        return project["version"]
+    text = (REPO / "mta_lite" / "__init__.py").read_text()
+    return next(line.split("=", 1)[1].strip().strip("\"'") for line in text.splitlines()
+                if line.startswith("__version__"))
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
