@@ -2,7 +2,7 @@
 
 smtpd (network input) runs as mta-smtpd with CAP_NET_BIND_SERVICE only and no view of the
 secrets; qmgr (credentials, delivery) runs as mta-lite with no capability and no listening
-socket. The board daemon (the serial console, C3) runs as mta-config with no network, the UART
+socket. The board daemon (the serial console, C3) runs as mta-config with outbound network only, the UART
 as its only device and the config directory as its only writable path. The units are parsed with a small reader that keeps repeated keys (systemd allows them,
 and an empty assignment resets a list), and a small model of the mount namespace that
 ProtectSystem=strict, ProtectHome=, PrivateTmp= and the *Paths= settings give each service.
@@ -409,17 +409,17 @@ def test_board_runs_the_serial_console_on_the_uart(board):
 
 def test_board_runs_as_mta_config_with_the_uart_and_gpio_groups(board):
     assert one(board, "Service", "User") == "mta-config"
-    assert words(board, "Service", "SupplementaryGroups") == ["dialout", "gpio"]
+    assert words(board, "Service", "SupplementaryGroups") == ["dialout", "gpio", "systemd-journal"]
     assert "DynamicUser" not in board["Service"]
 
 
-def test_board_has_no_capability_and_no_network(board):
+def test_board_has_no_capability_and_never_serves_on_the_network(board):
+    """Outbound only, for TEST RELAY: no capability, and no listen() or accept() at all."""
     assert "CapabilityBoundingSet" in board["Service"]
     assert words(board, "Service", "CapabilityBoundingSet") == []
     assert words(board, "Service", "AmbientCapabilities") == []
-    assert words(board, "Service", "RestrictAddressFamilies") == ["AF_UNIX"]
-    assert one(board, "Service", "PrivateNetwork") == "yes"
-    assert one(board, "Service", "IPAddressDeny") == "any"
+    assert sorted(words(board, "Service", "RestrictAddressFamilies")) == ["AF_INET", "AF_INET6", "AF_UNIX"]
+    assert {"~listen", "accept", "accept4"} <= set(words(board, "Service", "SystemCallFilter"))
 
 
 def test_board_waits_for_the_uart_link_udev_makes(board):
