@@ -45,6 +45,7 @@ from mta_lite.errors import ConfigError
 from mta_lite.process import privsep
 
 from . import usbstick
+from .fatwipe import rewrite_wiping
 from .mtools import (MAX_STDERR_BYTES, ListingError, MtoolsRunner, Runner, StickReadError, StickWriteError,
                      list_root, read_file, shown, write_file)
 from .usbstick import Action, Outcome, StickResult
@@ -136,11 +137,15 @@ def from_boot_partition(device: str, config_path: str, runner: Runner | None = N
 
 
 def _delete(runner: Runner, device: str, name: str, result: StickResult) -> StickResult:
-    """Remove the installed file: its password now lives in secrets/ only. (The bytes stay in
-    the FAT's free clusters until overwritten; docs/box.md says so.) A file that cannot be
-    deleted does not undo the install: the result says so, and the next boot finds it
-    installed already ("no change") and tries again."""
+    """Remove the installed file: its password now lives in secrets/ only. Its clusters are
+    zeroed first (fatwipe: the file rewritten empty), so the password does not stay behind in
+    the FAT's free space either. A file that cannot be deleted does not undo the install: the
+    result says so, and the next boot finds it installed already ("no change") and tries again."""
     try:
+        wiped = rewrite_wiping(runner, device, name, b"")
+        if not wiped.complete:
+            result = replace(result, message=f"{result.message}; its old bytes could not all be wiped "
+                                             f"from the boot partition: {wiped.problem}")
         done = runner(["mdel", "-i", device, "::/" + name], MAX_STDERR_BYTES, b"")
         problem = "" if done.returncode == 0 else (shown(done.stderr.decode("utf-8", "replace").strip())
                                                    or f"mdel exited with status {done.returncode}")

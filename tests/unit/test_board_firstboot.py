@@ -60,6 +60,14 @@ def test_firstboot_valid_config_installed_removed_from_card_result_ok(tmp_path, 
     assert [p.read_text().strip() for p in secrets] == [PASSWORD]
 
 
+def test_firstboot_leaves_no_password_anywhere_on_the_card(tmp_path, box):
+    """Deleting a FAT file frees its clusters but keeps its bytes: they are zeroed first."""
+    image = card(tmp_path, {"mta-lite.toml": config_bytes()})
+    firstboot.from_boot_partition(image, box)
+    assert stick_file(image, "mta-lite.toml") is None
+    assert PASSWORD.encode() not in pathlib.Path(image).read_bytes()
+
+
 def test_firstboot_broken_config_stays_and_result_names_file_key_and_problem(tmp_path, box):
     image = card(tmp_path, {"mta-lite.toml": config_bytes(admin_address="not an address")})
     outcome = firstboot.from_boot_partition(image, box)
