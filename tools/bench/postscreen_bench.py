@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from tests import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
+from tests.support import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
 from relay_bench import BenchError, MtaLiteRelay  # noqa: E402  (same directory)
 
 SERVERS = ("mta-lite", "postfix")

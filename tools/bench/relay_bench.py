@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from tests import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
+from tests.support import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
 
 SIZES = (1024, 20480)
 RELAYS = ("mta-lite", "postfix")
