@@ -46,8 +46,8 @@ from mta_lite.process import privsep
 
 from . import usbstick
 from .fatwipe import rewrite_wiping
-from .mtools import (MAX_STDERR_BYTES, ListingError, MtoolsRunner, Runner, StickReadError, StickWriteError,
-                     list_root, read_file, shown, write_file)
+from .mtools import (MAX_STDERR_BYTES, ListingError, MtoolsRunner, Runner, StickReadError, list_root,
+                     read_file, shown)
 from .usbstick import Action, Outcome, StickResult
 
 BOOT = "boot:"
@@ -132,7 +132,7 @@ def from_boot_partition(device: str, config_path: str, runner: Runner | None = N
                 result = _delete(runner, device, name, result)
     except (StickReadError, ListingError) as exc:
         return _report(device, StickResult(Outcome.READ_ERROR, f"boot partition not read, nothing changed: {exc}"))
-    written = _write_result(runner, device, usbstick.format_result(result, now()))
+    written = usbstick.write_result(runner, device, usbstick.format_result(result, now()), RESULT_NAME)
     return _report(device, replace(result, result_written=written))
 
 
@@ -155,15 +155,6 @@ def _delete(runner: Runner, device: str, name: str, result: StickResult) -> Stic
         return result
     return replace(result, message=f"{result.message}; {name} could not be deleted from the boot partition: "
                    f"{problem}")
-
-
-def _write_result(runner: Runner, device: str, text: bytes) -> bool:
-    try:
-        write_file(runner, device, RESULT_NAME, text)
-    except StickWriteError as exc:
-        log.warning("%s: %s not written (the outcome stands): %s", shown(device), RESULT_NAME, exc)
-        return False
-    return True
 
 
 def _report(device: str, result: StickResult) -> StickResult:

@@ -271,7 +271,7 @@ def provision_from_stick(device: str, config_path: str, runner: Runner | None = 
     if todo.export and result.outcome is not Outcome.READ_ERROR:
         result = _export(runner, device, result, diagnostics or default_diagnostics(config_path))
     if result.outcome is not Outcome.READ_ERROR:
-        result = replace(result, result_written=_write_result(runner, device, format_result(result, now())))
+        result = replace(result, result_written=write_result(runner, device, format_result(result, now())))
     return _report(device, result)
 
 
@@ -326,11 +326,13 @@ def default_diagnostics(config_path: str, log_file: str | None = None,
     return Diagnostics(config_path, relay, default_source(log_file, relay.children))
 
 
-def _write_result(runner: Runner, device: str, text: bytes) -> bool:
+def write_result(runner: Runner, device: str, text: bytes, name: str = RESULT_NAME) -> bool:
+    """Write the result file (the stick's RESULT.TXT, or first boot's on the boot partition);
+    False if it could not be written: the outcome stands either way."""
     try:
-        write_file(runner, device, RESULT_NAME, text)
+        write_file(runner, device, name, text)
     except StickWriteError as exc:
-        log.warning("%s: %s not written (the outcome stands): %s", shown(device), RESULT_NAME, exc)
+        log.warning("%s: %s not written (the outcome stands): %s", shown(device), name, exc)
         return False
     return True
 
