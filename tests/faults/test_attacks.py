@@ -324,16 +324,21 @@ END_VARIANTS = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\
                 b"\r\n\r.\r\n", b"\r\n.\n\r\n"]
 
 
+def open_data(client) -> None:
+    """Greeting, EHLO, one sender and recipient, DATA: the client may now send content."""
+    client.reply()
+    client.command(b"EHLO pc.lan.test\r\n")
+    assert client.command(b"MAIL FROM:<scanner@lan.test>\r\n").startswith(b"250")
+    assert client.command(b"RCPT TO:<ops@remote.example>\r\n").startswith(b"250")
+    assert client.command(b"DATA\r\n").startswith(b"354")
+
+
 def test_smtp_smuggling_variants_reply_521_and_nothing_smuggled_reaches_the_smarthost(relay_factory, smarthost):
     # A listener with bare_newline = "reject": what every client outside mynetworks gets.
     relay = start(relay_factory, smarthost, listen_options={"bare_newline": "reject"})
     for variant in END_VARIANTS:
         with RawClient(relay.port, source=INSIDE) as client:
-            client.reply()
-            client.command(b"EHLO pc.lan.test\r\n")
-            assert client.command(b"MAIL FROM:<scanner@lan.test>\r\n").startswith(b"250")
-            assert client.command(b"RCPT TO:<ops@remote.example>\r\n").startswith(b"250")
-            assert client.command(b"DATA\r\n").startswith(b"354")
+            open_data(client)
             client.send(b"Message-ID: <outer@lan.test>\r\nSubject: outer\r\n\r\nouter body" + variant + SMUGGLED)
             reply = client.reply()
             assert reply.startswith(b"521 5.5.2 Error: "), (variant, reply)
@@ -352,11 +357,7 @@ def test_smtp_smuggling_variants_from_the_lan_under_normalize_arrive_as_one_mess
     accepted = []
     for n, variant in enumerate(END_VARIANTS):
         with RawClient(relay.port, source=INSIDE) as client:
-            client.reply()
-            client.command(b"EHLO pc.lan.test\r\n")
-            assert client.command(b"MAIL FROM:<scanner@lan.test>\r\n").startswith(b"250")
-            assert client.command(b"RCPT TO:<ops@remote.example>\r\n").startswith(b"250")
-            assert client.command(b"DATA\r\n").startswith(b"354")
+            open_data(client)
             client.send(f"Message-ID: <outer-{n}@lan.test>\r\nSubject: outer\r\n\r\nouter body".encode()
                         + variant + SMUGGLED)
             reply = client.reply()
@@ -377,6 +378,7 @@ def test_smtp_smuggling_variants_from_the_lan_under_normalize_arrive_as_one_mess
     assert "taken as <CR><LF>" in relay.log()
 
 
+@pytest.mark.deployed
 def test_lan_scanner_with_bare_lf_everywhere_is_relayed_with_crlf_and_logged_once(relay_factory, smarthost):
     relay = start(relay_factory, smarthost)
     with RawClient(relay.port, source=INSIDE) as client:

@@ -51,6 +51,7 @@ def send_raw(port: int, data: bytes, sender: bytes = b"scanner@lan.test", source
     return reply.split()[-1]
 
 
+@pytest.mark.deployed
 def test_missing_date_message_id_and_from_are_added_once_and_nothing_else_changes(relay_factory, smarthost):
     relay = start(relay_factory, smarthost)
     bare_id = send_raw(relay.port, b"Subject: scan 1\r\n\r\nscanned page\r\n").decode()
@@ -103,6 +104,7 @@ class SevenBitPostfix(PostfixSmarthost):
         return super().main_cf() | {"smtpd_discard_ehlo_keywords": "8bitmime"}
 
 
+@pytest.mark.deployed
 def test_8bit_mail_through_a_postfix_without_8bitmime_arrives_readable(tmp_path_factory, relay_factory):
     with SevenBitPostfix(tmp_path_factory.mktemp("seven-bit"), users=SMARTHOST_USERS) as postfix:
         relay = relay_factory(postfix_config(postfix))

@@ -30,7 +30,8 @@ from mta_lite_board.usbstick import Outcome, provision_from_stick
 from mta_lite.config import generations as configgen
 from mta_lite.config.load import load_config
 from tests.support.relay import PASSWORD, secret_needles
-from tests.support.stick import Recorder, box_state, config_bytes, digest, make_dir, make_stick, put_many, stick_file
+from tests.support.stick import (Recorder, box_state, config_bytes, digest, installed_config, make_dir, make_stick,
+                                 put_many, stick_file)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -42,11 +43,7 @@ HANG_TIMEOUT_S = 1.0
 @pytest.fixture
 def box(tmp_path):
     """A config directory with a config installed (generation 1 after the first apply)."""
-    directory = tmp_path / "etc"
-    directory.mkdir()
-    path = directory / "mta-lite.toml"
-    path.write_bytes(config_bytes())
-    return str(path)
+    return installed_config(tmp_path)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from mta_lite_board.usbstick import Outcome, default_diagnostics, provision_from
 from tests.support.boardrelay import leaks, send_canary, two_accounts, wait_deferred
 from tests.support.peers import free_port
 from tests.support.relay import PASSWORD
-from tests.support.stick import make_stick, stick_file
+from tests.support.stick import installed_config, make_stick, stick_file
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,10 +75,7 @@ def box_config(tmp_path) -> dict:
 
 
 def test_export_beside_a_config_installs_scrubs_then_reports(tmp_path):
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    config = etc / "mta-lite.toml"
-    config.write_bytes(tomli_w.dumps(box_config(tmp_path)).encode())
+    config = Path(installed_config(tmp_path, tomli_w.dumps(box_config(tmp_path)).encode()))
     log = tmp_path / "maillog"
     log.write_text(f"Jan 01 00:00:00 mta-lite/qmgr[1]: old line that said {PASSWORD}\n")
     new = box_config(tmp_path)
@@ -99,10 +96,7 @@ def test_export_beside_a_config_installs_scrubs_then_reports(tmp_path):
 
 
 def test_export_read_only_stick_exit_73_nothing_written(tmp_path):
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    config = etc / "mta-lite.toml"
-    config.write_bytes(tomli_w.dumps(box_config(tmp_path)).encode())
+    config = Path(installed_config(tmp_path, tomli_w.dumps(box_config(tmp_path)).encode()))
     image = make_stick(tmp_path / "stick.img", {"EXPORT": b""})
     if subprocess.run(["chattr", "+i", image], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not supported on this file system")
@@ -116,10 +110,7 @@ def test_export_read_only_stick_exit_73_nothing_written(tmp_path):
 
 
 def test_export_command_line_with_log_file_exit_0(tmp_path):
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    config = etc / "mta-lite.toml"
-    config.write_bytes(tomli_w.dumps(box_config(tmp_path)).encode())
+    config = Path(installed_config(tmp_path, tomli_w.dumps(box_config(tmp_path)).encode()))
     log = tmp_path / "maillog"
     log.write_text("Jan 01 00:00:00 mta-lite/smtpd[1]: connect from [127.0.0.1]\n")
     image = make_stick(tmp_path / "stick.img", {"EXPORT": b""})

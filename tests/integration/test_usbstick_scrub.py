@@ -23,7 +23,7 @@ from mta_lite.config.load import load_config
 from mta_lite_board import usbstick
 from mta_lite_board.usbstick import Outcome, provision_from_stick
 from tests.support.relay import PASSWORD, secret_needles
-from tests.support.stick import Recorder, box_state, config_bytes, make_stick, put_file, stick_file
+from tests.support.stick import Recorder, box_state, config_bytes, installed_config, make_stick, put_file, stick_file
 
 pytestmark = pytest.mark.integration
 NEEDLES = secret_needles({PASSWORD})
@@ -37,11 +37,7 @@ HAND_WRITTEN = (usbstick.UTF8_BOM + b"# office relay, from the ISP's letter\r\n"
 
 @pytest.fixture
 def box(tmp_path):
-    directory = tmp_path / "etc"
-    directory.mkdir()
-    path = directory / "mta-lite.toml"
-    path.write_bytes(config_bytes())
-    return str(path)
+    return installed_config(tmp_path)
 
 
 @pytest.fixture

@@ -32,6 +32,16 @@ BOX_CONFIG = {
 }
 
 
+def installed_config(tmp_path, data: bytes | None = None) -> str:
+    """A box's config directory (tmp_path/etc) with `data` (default config_bytes()) installed
+    as mta-lite.toml; its path."""
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    path = directory / "mta-lite.toml"
+    path.write_bytes(config_bytes() if data is None else data)
+    return str(path)
+
+
 def config_bytes(**changes) -> bytes:
     """BOX_CONFIG with top-level keys changed, as TOML."""
     data = copy.deepcopy(BOX_CONFIG)
