@@ -34,11 +34,11 @@ from mta_lite.errors import MtaLiteError
 log = logging.getLogger("mta_lite.master")
 
 # Modules the children import on first use, deep inside the standard library or a
-# dependency: codecs looked up by name, the thread pool behind asyncio.to_thread, host name
-# encoding in getaddrinfo, time.strptime's helper, email's header and charset machinery
-# that aiosmtplib and the bounce builder touch per message. The list comes from running the
-# relay's tests with LateImportWatch on; tests/integration/test_privsep_deployed.py fails
-# when a path imports anything after the drop.
+# dependency: codecs looked up by name (postscreen's pregreet log line needs unicode_escape),
+# the thread pool behind asyncio.to_thread, host name encoding in getaddrinfo, time.strptime's
+# helper, and email's header and charset machinery that aiosmtplib and the bounce builder
+# touch per message. LateImportWatch logs any module this list misses, and a deployed test
+# (tests/support/relay.py, deployed=True) fails on such a line.
 PRELOAD_MODULES = (
     "concurrent.futures.thread",
     "encodings.ascii", "encodings.idna", "encodings.latin_1", "encodings.raw_unicode_escape",
@@ -47,7 +47,7 @@ PRELOAD_MODULES = (
     "email.charset", "email.encoders", "email.generator", "email.header", "email.headerregistry",
     "email.message", "email.mime.text", "email.parser", "email.policy", "email.utils",
     "email._header_value_parser", "email.feedparser", "email.quoprimime", "email.base64mime",
-    "asyncio.sslproto", "ssl", "hmac", "secrets", "uuid",
+    "asyncio.sslproto", "ssl", "hmac", "secrets",
 )
 
 
