@@ -3,8 +3,19 @@
 For each message size (1 KiB, then 20 KiB) it runs mta-lite and then Postfix (alternating, so
 drift on this machine hits both alike), each with a fresh smtp-sink and a fresh relay, and
 measures end-to-end throughput (from smtp-source's start until the sink has counted every
-message) and the peak PSS of all the relay's processes (sampled every 0.1 s). Prints a table
-and the mta-lite/Postfix ratios, and writes bench-results.json in the current directory.
+message), the peak PSS of all the relay's processes (sampled every 0.1 s), the bytes written
+to the disk per message and the CPU seconds per 1,000 messages. Prints a table and the
+mta-lite/Postfix ratios, and writes bench-results.json in the current directory.
+
+Both relays run the way they run in production: mta-lite as `mta-lite serve` started as root,
+dropping to mta-smtpd and mta-lite (the box's unit); Postfix as root's `postfix start`.
+Disk: each relay's queue (mta-lite's spool_dir, Postfix's queue_directory) is on a fresh ext4
+file system of its own on a loop device (meter.LoopFs, made like the box's data partition),
+and the figure is that device's sectors written from the idle relay to the empty queue,
+after a syncfs: file data, inodes, directories and the journal alike. Logs go elsewhere for
+both (mta-lite's stderr, Postfix's maillog_file), as on the box (the journal, in RAM).
+CPU: each relay runs in a cgroup of its own (meter.CpuCgroup), whose cpu.stat counts every
+process that ran in it, Postfix's short-lived cleanup/smtp/trivial-rewrite included.
 Guarantees: every process it starts is stopped by PID, a run that stalls fails after --timeout
 seconds with the relay's log tail, and the exit status is non-zero if any run failed.
 Never: talks to anything but 127.0.0.1, compares against stored figures, or tunes Postfix.
@@ -27,10 +38,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from tests.support import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
+from meter import CpuCgroup, LoopFs, MeterError  # noqa: E402  (same directory)
 
 SIZES = (1024, 20480)
 RELAYS = ("mta-lite", "postfix")
 SAMPLE_INTERVAL = 0.1
+# The services' users of the box (firmware/systemd/mta-lite.service runs serve as root).
+DEPLOYED_USERS = "[master]\nsmtpd_user = \"mta-smtpd\"\nqmgr_user = \"mta-lite\"\n"
+# After the sink has every message, the relay still removes the last queue files.
+DRAIN_TIMEOUT_S = 30.0
 
 
 class BenchError(RuntimeError):
@@ -67,8 +83,14 @@ class PssSampler:
         self.sample()
 
 
+def queue_files(top: Path) -> int:
+    """Files (queue entries) anywhere below the given queue directories."""
+    return sum(len(files) for directory in top for _, _, files in os.walk(directory))
+
+
 class MtaLiteRelay:
-    """``mta-lite -c CONFIG serve`` relaying everything to the sink; stderr goes to a log."""
+    """``mta-lite -c CONFIG serve`` as root, dropping to its users, relaying everything to
+    the sink; its spool on a LoopFs, its processes in a CpuCgroup; stderr goes to a log."""
 
     def __init__(self, workdir: Path, sink_port: int, start_timeout: float = 30.0):
         self.workdir = workdir
@@ -78,28 +100,38 @@ class MtaLiteRelay:
         self.config = workdir / "mta-lite.toml"
         self.log = workdir / "mta-lite.log"
         self.proc: subprocess.Popen | None = None
+        self.fs = LoopFs(workdir, "spoolfs")
+        self.cgroup: CpuCgroup | None = None
+
+    @property
+    def spool(self) -> Path:
+        return self.fs.mount / "spool"
+
+    def queue_dirs(self) -> list[Path]:
+        return [self.spool / name for name in ("incoming", "active", "deferred")]
 
     def config_text(self) -> str:
         q = json.dumps  # a JSON string is a valid TOML basic string
-        return (f"hostname = \"bench.lan.test\"\nspool_dir = {q(str(self.workdir / 'spool'))}\n"
+        return (f"hostname = \"bench.lan.test\"\nspool_dir = {q(str(self.spool))}\n"
                 "mynetworks = [\"127.0.0.0/8\"]\nadmin_address = \"admin@lan.test\"\n"
                 "default_relay = \"sink\"\n\n[[listen]]\n"
                 f"address = \"{peers.LOOPBACK}:{self.port}\"\n\n[relays.sink]\n"
                 f"host = \"{peers.LOOPBACK}\"\nport = {self.sink_port}\ntls = \"none\"\n"
-                "concurrency = 10\n\n"
-                # Both halves as the bench's user: the work directory is root's alone.
-                "[master]\nsmtpd_user = \"\"\nqmgr_user = \"\"\n")
+                "concurrency = 10\n\n" + DEPLOYED_USERS)
 
     def __enter__(self) -> MtaLiteRelay:
         exe = Path(sys.executable).parent / "mta-lite"
         if not exe.exists():
             exe = REPO / ".venv" / "bin" / "mta-lite"
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.fs.__enter__()
+        self.cgroup = CpuCgroup(f"mta-lite-{self.port}")
         self.config.write_text(self.config_text())
+        self.config.chmod(0o600)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([str(exe), "-c", str(self.config), "serve"],
                                          cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log)
+                                         stdout=log, stderr=log, preexec_fn=self.cgroup.enter)
         try:
             peers.poll_until(lambda: self.proc.poll() is not None
                              or (peers.smtp_probe(self.port) or b"").startswith(b"220"),
@@ -108,17 +140,22 @@ class MtaLiteRelay:
             self.__exit__()
             raise BenchError(f"{exc}\n{self.log_tail()}") from None
         if self.proc.poll() is not None:
+            self.__exit__()
             raise BenchError(f"mta-lite exited with {self.proc.returncode}\n{self.log_tail()}")
         return self
 
     def __exit__(self, *exc_info) -> None:
-        """SIGTERM the serve process, wait for its whole tree (SIGKILL after 15 s), reap it."""
+        """SIGTERM the serve process, wait for its whole tree (SIGKILL after 15 s), reap it,
+        unmount its spool."""
         if self.proc is not None:
             tree = self.pids()
             if self.alive():
                 self.proc.terminate()
             peers.stop_pids(tree, timeout=15.0, sig=0)
             self.proc.wait(5.0)
+        self.fs.__exit__()
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -131,7 +168,51 @@ class MtaLiteRelay:
 
 
 class PostfixRelay(peers.PostfixNullClient):
-    """The Postfix null client with the small interface the bench needs."""
+    """The Postfix null client with its queue_directory on a LoopFs of its own and its
+    processes in a CpuCgroup (`postfix start` runs in it; the master and all it forks stay)."""
+
+    def __init__(self, workdir: Path, sink_port: int):
+        super().__init__(workdir, sink_port)
+        self.fs: LoopFs | None = None
+        self.cgroup: CpuCgroup | None = None
+
+    @property
+    def queue(self) -> Path:
+        return self.root / "queuefs" / "queue"
+
+    def queue_dirs(self) -> list[Path]:
+        return [self.queue / name for name in ("incoming", "active", "deferred", "maildrop")]
+
+    def main_cf(self) -> dict[str, str]:
+        return super().main_cf() | {"queue_directory": str(self.queue)}
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        self.fs = LoopFs(self.root, "queuefs").__enter__()
+        self.queue.mkdir(mode=0o755)
+        self.cgroup = CpuCgroup(f"postfix-{self.port}")
+
+    def _postfix(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        enter = self.cgroup.enter if args[:1] == ("start",) and self.cgroup else None
+        return subprocess.run([peers.POSTFIX, "-c", str(self.conf_dir), *args], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+                              preexec_fn=enter)
+
+    def master_pid(self) -> int | None:
+        try:
+            pid = int((self.queue / "pid" / "master.pid").read_text().split()[0])
+        except (FileNotFoundError, IndexError, ValueError):
+            return None
+        return pid if peers.pid_alive(pid) else None
+
+    def _archive(self) -> None:
+        if self.fs is not None:
+            self.fs.__exit__()
+            self.fs = None
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+        super()._archive()
 
     def alive(self) -> bool:
         return self.master_pid() is not None
@@ -173,10 +254,21 @@ def source_argv(port: int, size: int, messages: int, sessions: int) -> list[str]
             "-f", "a@lan.test", "-t", "b@ext.test", f"{peers.LOOPBACK}:{port}"]
 
 
+def drained(relay) -> None:
+    """Wait until the relay's queue is empty (the sink has all, the files are being removed)."""
+    try:
+        peers.poll_until(lambda: queue_files(relay.queue_dirs()) == 0, DRAIN_TIMEOUT_S,
+                         "the relay's queue to empty")
+    except TimeoutError as exc:
+        raise BenchError(f"{exc}\n{relay.log_tail()}") from None
+
+
 def run_one(name: str, size: int, args, workdir: Path) -> dict:
-    """One relay, one size: fresh sink, fresh relay, smtp-source, end-to-end time, peak PSS."""
+    """One relay, one size: fresh sink, fresh relay, smtp-source, end-to-end time, peak PSS,
+    disk bytes and CPU seconds from the idle relay to its empty queue."""
     with peers.SmtpSink(workdir, dump=False) as sink, make_relay(name, workdir, sink.port) as relay:
         idle_kib = peers.pss_kib(relay.pids())
+        disk_before, cpu_before = relay.fs.written_bytes(), relay.cgroup.cpu_seconds()
         out = open(workdir / f"smtp-source-{name}-{size}.log", "wb")
         with out, PssSampler(relay.pids) as sampler:
             start = time.monotonic()
@@ -186,38 +278,49 @@ def run_one(name: str, size: int, args, workdir: Path) -> dict:
                 wait_delivered(sink, source, relay, args.messages, args.timeout)
                 seconds = time.monotonic() - start
                 source.wait(30.0)
+                drained(relay)
             except (BenchError, subprocess.TimeoutExpired) as exc:
                 peers.stop_pids([source.pid])
                 source.wait(5.0)
                 raise BenchError(f"{name} {size} B: {exc}\n{relay.log_tail()}") from None
+        disk = relay.fs.written_bytes() - disk_before
+        cpu = relay.cgroup.cpu_seconds() - cpu_before
     return {"relay": name, "size": size, "messages": args.messages, "sessions": args.sessions,
             "seconds": round(seconds, 3), "msgs_per_s": round(args.messages / seconds, 1),
             "peak_pss_kib": sampler.peak_kib, "idle_pss_kib": idle_kib,
+            "disk_bytes_per_msg": round(disk / args.messages),
+            "cpu_s_per_1000": round(cpu * 1000 / args.messages, 3),
             "pss_samples": sampler.samples, "smtp_source_rc": source.returncode}
+
+
+# ratio name -> result field
+RATIOS = {"throughput": "msgs_per_s", "peak_pss": "peak_pss_kib", "disk_per_msg": "disk_bytes_per_msg",
+          "cpu_per_msg": "cpu_s_per_1000"}
 
 
 def ratios(results: list[dict]) -> dict[str, dict[str, float]]:
     """mta-lite / Postfix per size, for throughput and peak PSS (only where both ran)."""
     out = {}
-    for size in SIZES:
+    for size in sorted({r["size"] for r in results}):
         by = {r["relay"]: r for r in results if r["size"] == size}
         if {"mta-lite", "postfix"} <= by.keys():
             mine, theirs = by["mta-lite"], by["postfix"]
-            out[str(size)] = {
-                "throughput": round(mine["msgs_per_s"] / theirs["msgs_per_s"], 3),
-                "peak_pss": round(mine["peak_pss_kib"] / theirs["peak_pss_kib"], 3)}
+            out[str(size)] = {key: round(mine[field] / theirs[field], 3) if theirs[field] else 0.0
+                              for key, field in RATIOS.items()}
     return out
 
 
 def print_table(results: list[dict], failures: list[str]) -> None:
     print(f"\n{'relay':<10} {'size':>7} {'msgs/s e2e':>11} {'seconds':>8} {'peak PSS MiB':>13}"
-          f" {'idle PSS MiB':>13}")
+          f" {'idle PSS MiB':>13} {'disk KiB/msg':>13} {'CPU s/1000':>11}")
     for r in results:
         print(f"{r['relay']:<10} {r['size']:>7} {r['msgs_per_s']:>11.1f} {r['seconds']:>8.2f}"
-              f" {r['peak_pss_kib'] / 1024:>13.1f} {r['idle_pss_kib'] / 1024:>13.1f}")
+              f" {r['peak_pss_kib'] / 1024:>13.1f} {r['idle_pss_kib'] / 1024:>13.1f}"
+              f" {r['disk_bytes_per_msg'] / 1024:>13.1f} {r['cpu_s_per_1000']:>11.2f}")
     for size, ratio in ratios(results).items():
         print(f"mta-lite/Postfix at {size} B: throughput x{ratio['throughput']:.2f},"
-              f" peak PSS x{ratio['peak_pss']:.2f}")
+              f" peak PSS x{ratio['peak_pss']:.2f}, disk bytes per message x{ratio['disk_per_msg']:.2f},"
+              f" CPU per message x{ratio['cpu_per_msg']:.2f}")
     for failure in failures:  # details (log tails) were printed when the run failed
         print(f"FAILED: {failure.splitlines()[0]}", file=sys.stderr)
 
@@ -227,6 +330,7 @@ def parse_args(argv=None):
     parser.add_argument("--messages", type=int, default=2000, help="messages per run")
     parser.add_argument("--sessions", type=int, default=10, help="parallel smtp-source sessions")
     parser.add_argument("--only", choices=RELAYS, help="run one relay only")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="message sizes in bytes")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--json", default="bench-results.json", help="results file")
     return parser.parse_args(argv)
@@ -240,13 +344,13 @@ def main(argv=None) -> int:
     relays = [args.only] if args.only else list(RELAYS)
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     results, failures = [], []
-    for size in SIZES:
+    for size in args.sizes:
         for name in relays:
             print(f"relay_bench: {name}, {args.messages} x {size} B, {args.sessions} sessions ...",
                   flush=True)
             try:
                 results.append(run_one(name, size, args, tmp / f"{name}-{size}"))
-            except (BenchError, RuntimeError, TimeoutError) as exc:
+            except (BenchError, MeterError, RuntimeError, TimeoutError) as exc:
                 failures.append(str(exc))
                 print(f"relay_bench: FAILED {exc}", file=sys.stderr, flush=True)
     print_table(results, failures)
