@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from mta_lite import maillog, safeio
 from mta_lite.envelope import Envelope
 from mta_lite.errors import CorruptQueueFileError, QueueIdError, SpoolError
-from mta_lite.queue import dirsync
+from mta_lite.queue import groupcommit
 from mta_lite.queue.queuefile import QueueEntry, StoredEnvelope, encode_header, encode_trailer, read_queue_file
 
 log = logging.getLogger("mta_lite.queue")
@@ -148,27 +148,29 @@ class QueueWriter:
         self._put(chunk)
 
     def commit(self) -> str:
-        """Trailer, fsync, link into the target, sync that entry; then the ID is safe to announce."""
-        try:
-            self._file.write(encode_trailer(self.size, self._digest.hexdigest()))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            final = self._link()
-        except OSError as exc:
-            self.abort()
-            raise SpoolError(exc.errno, f"queue file write error: {exc.strerror}") from None
-        try:
-            # The file stays open until here: syncfs() needs a descriptor on the file system.
-            dirsync.sync_entry(os.path.dirname(final), self._file.fileno())
-        except OSError as exc:
-            # Not durable, so not accepted: take it back rather than deliver a message
-            # the client was told to send again.
-            safeio.unlink_quietly(final)
-            self.abort()
-            raise SpoolError(exc.errno, f"queue file write error: {exc.strerror}") from None
+        """Trailer, fsync, link into the target, sync that entry; then the ID is safe to
+        announce. The steps are groupcommit.commit_batch's, here for one message."""
+        result = groupcommit.commit_batch([self])[0]
+        if isinstance(result, OSError):
+            raise groupcommit.refusal(result)
+        return result
+
+    def finish(self) -> None:
+        """The trailer, and everything buffered handed to the kernel."""
+        self._file.write(encode_trailer(self.size, self._digest.hexdigest()))
+        self._file.flush()
+
+    def fileno(self) -> int:
+        # The file stays open until release(): syncfs() needs a descriptor on the file system.
+        return self._file.fileno()
+
+    def link(self) -> None:
+        self.final = self._link()
+
+    def release(self) -> None:
+        """After the commit: the staging name goes, the file stays under its final name."""
         self._close()
         safeio.unlink_quietly(self.path)
-        return self.queue_id
 
     def _link(self) -> str:
         """link() into the target: unlike rename(), never replaces an existing ID. The ID is
@@ -209,6 +211,7 @@ class Spool:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self._group: groupcommit.GroupCommit | None = None
 
     def ensure(self) -> "Spool":
         for name in DIRS:
@@ -231,6 +234,11 @@ class Spool:
         """A writer for one new message; see QueueWriter for `target` and `mode`."""
         return QueueWriter(self, envelope, is_bounce, time.time() if now is None else now,
                            target=target, mode=mode)
+
+    async def commit_async(self, writer: QueueWriter) -> str:
+        """commit() in an event loop: sessions that finish together share flushes."""
+        self._group = self._group or groupcommit.GroupCommit()
+        return await self._group.commit(writer)
 
     def enqueue(self, envelope: Envelope, content: bytes, is_bounce: bool = False) -> str:
         """Queue a message given whole (bounces, sendmail): same durability as SMTP."""

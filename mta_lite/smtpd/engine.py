@@ -24,7 +24,7 @@ import logging
 import ssl
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from mta_lite.config.schema import Config, Listen
 from mta_lite.reply import (R250_OK, R354_DATA, R421_SHUTDOWN, R451_LOCAL_ERROR, R552_LINE_TOO_LONG, R552_TOO_BIG,
@@ -44,8 +44,9 @@ log = logging.getLogger("mta_lite.smtpd")
 class _Sink:
     """The queue writer of one message; a failed write or commit becomes a flag (G1)."""
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, commit: Callable[[Any], Awaitable[str]]) -> None:
         self.writer = writer
+        self._commit = commit
         self.queue_id: str = writer.queue_id
         self.failed = False
         self.open = True
@@ -62,10 +63,10 @@ class _Sink:
 
     async def commit(self) -> str | None:
         try:
-            # fsync has no non-blocking form: in a worker thread it keeps the other sessions
-            # moving while the disk flushes, and concurrent commits share journal flushes.
-            # The 250 still waits for it (G1); the thread touches only this message's file.
-            queue_id = await asyncio.to_thread(self.writer.commit)
+            # fsync has no non-blocking form: the spool flushes in a worker thread, which keeps
+            # the other sessions moving while the disk works, and sessions that finish
+            # together share the flushes (queue/groupcommit.py). The 250 waits for it (G1).
+            queue_id = await self._commit(self.writer)
         except OSError as exc:
             log.warning("%s: warning: queue file commit error: %s", self.queue_id, exc)
             self.failed = True
@@ -214,7 +215,7 @@ class SmtpEngine:
 
     async def _data(self, conn: SmtpStream, session: Session, client: Client) -> None:
         try:
-            sink = _Sink(self.spool.begin(session.envelope()))
+            sink = _Sink(self.spool.begin(session.envelope()), self.spool.commit_async)
         except OSError as exc:
             log.warning("warning: queue file write error: %s", exc)
             self.counters.rejects += 1

@@ -72,6 +72,9 @@ class FakeSpool:
     def free_bytes(self) -> int:
         return self.free
 
+    async def commit_async(self, writer: FakeWriter) -> str:
+        return writer.commit()
+
     def begin(self, envelope: Envelope) -> FakeWriter:
         if self.fail == "begin":
             raise SpoolError("injected begin failure")
