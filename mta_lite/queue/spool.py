@@ -104,6 +104,7 @@ class QueueWriter:
         self._digest = hashlib.sha256()
         header = encode_header(StoredEnvelope.of(envelope, now, is_bounce).record())
         self._file = self._create(mode)     # sets queue_id and path
+        spool.writers.add(self)
         self._put(header)
         self.size = 0
 
@@ -189,6 +190,7 @@ class QueueWriter:
         return final
 
     def _close(self) -> None:
+        self.spool.writers.discard(self)
         try:
             self._file.close()
         except OSError:
@@ -212,6 +214,7 @@ class Spool:
     def __init__(self, root: str) -> None:
         self.root = root
         self._group: groupcommit.GroupCommit | None = None
+        self.writers: set[QueueWriter] = set()      # begun, not yet committed or aborted
 
     def ensure(self) -> "Spool":
         for name in DIRS:
@@ -237,7 +240,7 @@ class Spool:
 
     async def commit_async(self, writer: QueueWriter) -> str:
         """commit() in an event loop: sessions that finish together share flushes."""
-        self._group = self._group or groupcommit.GroupCommit()
+        self._group = self._group or groupcommit.GroupCommit(lambda: len(self.writers))
         return await self._group.commit(writer)
 
     def enqueue(self, envelope: Envelope, content: bytes, is_bounce: bool = False) -> str:
