@@ -29,16 +29,21 @@ def parent_dir(path: str) -> str:
     return os.path.dirname(path) or "."
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None,
+                 durable: bool = True) -> None:
     """Write `data` to `path` atomically and durably (see the module docstring); `owner`
-    (uid, gid) is set before the rename, so no reader sees the file with the wrong owner."""
+    (uid, gid) is set before the rename, so no reader sees the file with the wrong owner.
+    durable=False skips both fsyncs, for a file rewritten all the time whose loss in a
+    power cut costs nothing (status): readers still never see it half-written, and the
+    write reaches the disk with the file system's next commit instead of forcing one."""
     directory = parent_dir(path)
     fd, tmp = _create_tmp(directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if owner is not None and owner != _owner_of(tmp):
             os.chown(tmp, *owner)
         os.chmod(tmp, mode)
@@ -46,7 +51,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, owner: tuple[int, in
     except BaseException:
         unlink_quietly(tmp)
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 def _create_tmp(directory: str) -> tuple[int, str]:

@@ -61,7 +61,10 @@ def queue_counts(spool_dir: str) -> dict[str, int]:
 
 def write_status(spool_dir: str, snapshot: StatusSnapshot) -> None:
     snapshot.written = time.time()
-    safeio.atomic_write(os.path.join(spool_dir, STATUS_FILE), snapshot.to_json().encode(), mode=0o644)
+    # Not durable: it is rewritten every few seconds, and after a power cut the next write
+    # replaces whatever the cut left (readers take an unreadable file for a stopped daemon).
+    safeio.atomic_write(os.path.join(spool_dir, STATUS_FILE), snapshot.to_json().encode(), mode=0o644,
+                        durable=False)
 
 
 def write_processes(spool_dir: str, record: dict) -> None:

@@ -42,6 +42,10 @@ from mta_lite.status import StatusSnapshot, queue_counts, write_status
 log = logging.getLogger("mta_lite.master")
 EX_CONFIG = 78
 STATUS_INTERVAL_S = 2.0
+# An unchanged status snapshot is rewritten only this often, as a heartbeat: readers take a
+# snapshot older than status.STALE_AFTER_S (30 s) for a dead daemon. Rewriting it every
+# STATUS_INTERVAL_S cost about 115 MiB an hour on the SD card of an idle box (docs/benchmark.md).
+STATUS_HEARTBEAT_S = 10.0
 
 
 def _sum_counters(listeners: list[Listener]) -> dict[str, int]:
@@ -153,11 +157,17 @@ class QmgrService:
                               config=self.cfg.digest)
 
     async def _status_loop(self) -> None:
+        """Look every STATUS_INTERVAL_S; write when the snapshot changed or the heartbeat is due."""
+        written, at = "", -STATUS_HEARTBEAT_S
         while True:
-            try:
-                write_status(self.cfg.spool_dir, self.snapshot())
-            except OSError as exc:
-                log.warning("cannot write status file: %s", exc.strerror)
+            snapshot = self.snapshot()
+            content = snapshot.to_json()            # before write_status() stamps `written`
+            if content != written or time.monotonic() - at >= STATUS_HEARTBEAT_S:
+                try:
+                    write_status(self.cfg.spool_dir, snapshot)
+                    written, at = content, time.monotonic()
+                except OSError as exc:
+                    log.warning("cannot write status file: %s", exc.strerror)
             await asyncio.sleep(STATUS_INTERVAL_S)
 
     def reload(self) -> bool:

@@ -1,0 +1,102 @@
+"""Group commit (G1): queue files committed together, each durable before its ID is returned.
+
+Peers: the real Spool and QueueWriter on a temporary directory, the kernel's /dev/full for
+a file whose flush fails, a real event loop. The only spy counts the directory fsyncs
+(dirsync.sync_entry, still called through): what the sharing is for.
+"""
+
+import asyncio
+import os
+
+import pytest
+
+from mta_lite.envelope import Envelope
+from mta_lite.errors import SpoolError
+from mta_lite.queue import Spool, dirsync, groupcommit
+from mta_lite.queue.spool import WRITE_BUFFER_BYTES
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return Spool(str(tmp_path / "spool")).ensure()
+
+
+@pytest.fixture
+def dir_syncs(monkeypatch):
+    calls = []
+    real = dirsync.sync_entry
+
+    def counting(directory, fd):
+        calls.append(directory)
+        real(directory, fd)
+    monkeypatch.setattr(dirsync, "sync_entry", counting)
+    return calls
+
+
+def _writer(spool, n, full=False):
+    writer = spool.begin(Envelope("a@lan.test", ["b@remote.example"]))
+    if full:
+        writer._file.close()
+        writer._file = open("/dev/full", "wb", buffering=WRITE_BUFFER_BYTES)
+    writer.write(b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n))
+    return writer
+
+
+def _listing(spool, state):
+    return sorted(os.listdir(os.path.join(spool.root, state)))
+
+
+def test_commit_batch_commits_every_file_with_one_directory_fsync(spool, dir_syncs):
+    writers = [_writer(spool, n) for n in range(5)]
+    results = groupcommit.commit_batch(writers)
+    assert results == [w.queue_id for w in writers]
+    assert _listing(spool, "incoming") == sorted(results) and _listing(spool, "tmp") == []
+    for n, queue_id in enumerate(results):
+        assert spool.read("incoming", queue_id).read_content() == b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n)
+    assert len(dir_syncs) == 1
+    assert spool.writers == set()
+
+
+def test_commit_batch_refuses_only_the_file_that_failed(spool):
+    writers = [_writer(spool, 0), _writer(spool, 1, full=True), _writer(spool, 2)]
+    results = groupcommit.commit_batch(writers)
+    assert isinstance(results[1], OSError) and "No space left" in str(results[1])
+    assert _listing(spool, "incoming") == sorted([results[0], results[2]])
+    assert _listing(spool, "tmp") == []
+
+
+def test_sessions_finishing_together_share_flushes_and_each_gets_its_id(spool, dir_syncs):
+    async def main():
+        writers = [_writer(spool, n) for n in range(8)]
+        return writers, await asyncio.gather(*(spool.commit_async(w) for w in writers))
+    writers, ids = asyncio.run(main())
+    assert ids == [w.queue_id for w in writers]
+    assert _listing(spool, "incoming") == sorted(ids) and _listing(spool, "tmp") == []
+    assert len(dir_syncs) < len(ids)
+
+
+def test_a_failed_file_raises_spool_error_for_its_session_only(spool):
+    async def main():
+        writers = [_writer(spool, 0), _writer(spool, 1, full=True), _writer(spool, 2)]
+        return await asyncio.gather(*(spool.commit_async(w) for w in writers), return_exceptions=True)
+    first, failed, last = asyncio.run(main())
+    assert isinstance(failed, SpoolError) and str(failed).startswith("[Errno 28] queue file write error")
+    assert _listing(spool, "incoming") == sorted([first, last]) and _listing(spool, "tmp") == []
+
+
+def test_a_lone_session_is_committed_without_waiting_for_others(spool, dir_syncs):
+    async def main():
+        return await spool.commit_async(_writer(spool, 0))
+    queue_id = asyncio.run(main())
+    assert _listing(spool, "incoming") == [queue_id] and len(dir_syncs) == 1
+
+
+def test_sequential_commits_are_each_sealed_before_they_return(spool, dir_syncs):
+    async def main():
+        ids = []
+        for n in range(3):
+            ids.append(await spool.commit_async(_writer(spool, n)))
+            assert _listing(spool, "incoming") == sorted(ids)      # durable and visible on return
+        return ids
+    asyncio.run(main())
+    assert len(dir_syncs) == 3
