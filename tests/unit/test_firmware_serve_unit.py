@@ -143,3 +143,9 @@ def test_systemd_analyze_security_exposure_of_image_units(unit_dir, name, limit)
     # serve runs as root with the capabilities of a supervisor that drops: "MEDIUM" is what
     # that costs; its children, which face the network, hold nothing at all.
     assert exposure_level(unit_dir, name) <= limit
+
+
+def test_serve_may_hold_ten_thousand_connections():
+    """The postscreen benchmark holds 10,000 idle connections (docs/benchmark.md): the
+    unit must allow smtpd that many descriptors, and more, not systemd's default 1024."""
+    assert int(one(load(SERVE), "Service", "LimitNOFILE")) >= 10_000 + 1024

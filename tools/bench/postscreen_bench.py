@@ -7,8 +7,11 @@ per-client limit) and keep them waiting in the pregreet test (greet wait 60 s); 
 they are held, open --new connections with --concurrency at a time, each reading the first line
 (the `220-` teaser) and hanging up, and report that connection rate; then the RSS and PSS of
 the server's processes (all of them, and the screening process alone) with the idle
-connections still held. Prints a table and the mta-lite/Postfix ratios; writes
-postscreen-bench.json.
+connections still held. Then one more run per server holding --large-idle (10,000)
+connections, for the total PSS at that count. Prints a table and the mta-lite/Postfix
+ratios; writes postscreen-bench.json. mta-lite runs as the box runs it (`mta-lite serve` as
+root, dropping to mta-smtpd and mta-lite). The file descriptor limit (RLIMIT_NOFILE) is
+raised in the bench, which both servers inherit; the box's unit sets LimitNOFILE=16384.
 Guarantees: every process it starts is stopped by PID; a run that fails is reported with the
 server's log tail and makes the exit status non-zero.
 Never: talks to anything but 127.0.0.1, or compares against stored figures.
@@ -31,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from tests.support import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
-from relay_bench import BenchError, MtaLiteRelay  # noqa: E402  (same directory)
+from relay_bench import DEPLOYED_USERS, BenchError, MtaLiteRelay  # noqa: E402  (same directory)
 
 SERVERS = ("mta-lite", "postfix")
 GREET_WAIT = "60s"          # long enough that the idle connections stay in the pregreet test
@@ -69,14 +72,14 @@ class MtaLiteScreen(MtaLiteRelay):
 
     def config_text(self) -> str:
         q = json.dumps
-        return (f"hostname = \"bench.lan.test\"\nspool_dir = {q(str(self.workdir / 'spool'))}\n"
+        return (f"hostname = \"bench.lan.test\"\nspool_dir = {q(str(self.spool))}\n"
                 "mynetworks = [\"10.0.0.0/8\"]\nadmin_address = \"admin@lan.test\"\n"
                 f"[[listen]]\naddress = \"{peers.LOOPBACK}:{self.port}\"\npostscreen = true\n"
                 f"[postscreen]\ngreet_wait = \"{GREET_WAIT}\"\ngreet_action = \"enforce\"\n"
                 f"max_connections = {self.max_connections}\n"
                 f"max_connections_per_client = {self.max_connections}\n"
                 f"[relays.sink]\nhost = \"{peers.LOOPBACK}\"\nport = {self.sink_port}\ntls = \"none\"\n"
-                "[master]\nsmtpd_user = \"\"\nqmgr_user = \"\"\n")
+                + DEPLOYED_USERS)
 
 
 class PostfixScreen(peers._PostfixInstance):
@@ -164,7 +167,7 @@ async def measure(server, args, round_no: int) -> dict:
 
 def run_one(name: str, args, workdir: Path, round_no: int) -> dict:
     make = MtaLiteScreen if name == "mta-lite" else PostfixScreen
-    with make(workdir, args.idle * 3) as server:
+    with make(workdir, max(args.idle * 3, 1000)) as server:
         try:
             result = asyncio.run(measure(server, args, round_no))
         except (BenchError, OSError, asyncio.TimeoutError) as exc:
@@ -174,13 +177,17 @@ def run_one(name: str, args, workdir: Path, round_no: int) -> dict:
     return {"server": name, "round": round_no, **result}
 
 
-def summary(results: list[dict]) -> dict:
+def summary(results: list[dict], idle: int) -> dict:
+    """Means over the rounds with `idle` connections held, and the PSS of the large run."""
     def mean(name, key):
-        values = [r[key] for r in results if r["server"] == name]
+        values = [r[key] for r in results if r["server"] == name and r["idle_held"] == idle]
         return sum(values) / len(values) if values else 0
     out = {name: {key: round(mean(name, key), 1) for key in ("conn_per_s", "rss_kib", "pss_kib",
                                                             "screener_rss_kib", "screener_pss_kib")}
            for name in SERVERS}
+    for r in results:
+        if r["idle_held"] != idle:
+            out[r["server"]][f"pss_kib_{r['idle_held']}_idle"] = r["pss_kib"]
     if all(out[name]["conn_per_s"] for name in SERVERS):
         out["ratio"] = {key: round(out["mta-lite"][key] / out["postfix"][key], 3)
                         for key in ("conn_per_s", "pss_kib", "screener_rss_kib")}
@@ -198,10 +205,18 @@ def print_table(results: list[dict], totals: dict) -> None:
         ratio = totals["ratio"]
         print(f"mta-lite/Postfix postscreen: connection rate x{ratio['conn_per_s']:.2f}, "
               f"PSS (all processes) x{ratio['pss_kib']:.2f}, screening process RSS x{ratio['screener_rss_kib']:.2f}")
+    for name in SERVERS:
+        for key, value in totals.get(name, {}).items():
+            if key.startswith("pss_kib_"):
+                print(f"{name}: PSS of all processes with {key.split('_')[2]} idle connections held:"
+                      f" {value / 1024:.1f} MiB")
 
 
 def raise_fd_limit(need: int) -> None:
+    """Soft (and, as root, hard) RLIMIT_NOFILE to at least `need`; the servers inherit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < need and os.geteuid() == 0:
+        hard = min(need, int(Path("/proc/sys/fs/nr_open").read_text()))
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
 
@@ -212,6 +227,8 @@ def parse_args(argv=None):
     parser.add_argument("--new", type=int, default=3000, help="new connections measured")
     parser.add_argument("--concurrency", type=int, default=50, help="new connections in flight")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server")
+    parser.add_argument("--large-idle", type=int, default=10000,
+                        help="idle connections of the last run per server, for its PSS (0: no such run)")
     parser.add_argument("--only", choices=SERVERS, help="run one server only")
     parser.add_argument("--json", default="postscreen-bench.json", help="results file")
     return parser.parse_args(argv)
@@ -222,7 +239,7 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("postscreen_bench: needs root (private Postfix instance)", file=sys.stderr)
         return 2
-    raise_fd_limit(4 * (args.idle + args.concurrency) + 1024)
+    raise_fd_limit(4 * (max(args.idle, args.large_idle) + args.concurrency) + 1024)
     names = [args.only] if args.only else list(SERVERS)
     tmp = Path(tempfile.mkdtemp(prefix="postscreen-bench-"))
     results, failures = [], []
@@ -234,7 +251,15 @@ def main(argv=None) -> int:
             except (BenchError, RuntimeError, TimeoutError) as exc:
                 failures.append(str(exc))
                 print(f"postscreen_bench: FAILED {exc}", file=sys.stderr, flush=True)
-    totals = summary(results)
+    large = argparse.Namespace(**{**vars(args), "idle": args.large_idle, "new": min(args.new, 1000)})
+    for name in names if args.large_idle else ():
+        print(f"postscreen_bench: {name}: {large.idle} idle, {large.new} new ...", flush=True)
+        try:
+            results.append(run_one(name, large, tmp / f"{name}-large", args.rounds))
+        except (BenchError, RuntimeError, TimeoutError) as exc:
+            failures.append(str(exc))
+            print(f"postscreen_bench: FAILED {exc}", file=sys.stderr, flush=True)
+    totals = summary(results, args.idle)
     print_table(results, totals)
     Path(args.json).write_text(json.dumps({"runs": results, "summary": totals, "failures": failures,
                                            "cpus": os.cpu_count()}, indent=2) + "\n")
