@@ -85,6 +85,16 @@ class LoopFs:
         return int(fields[6]) * SECTOR_BYTES
 
 
+    def journal_commits(self) -> int | None:
+        """Transactions the file system's journal (jbd2) has committed since the mount;
+        None where /proc/fs/jbd2 does not show them (some containers)."""
+        name = f"{os.path.basename(self.device)}-8"
+        try:
+            return int(Path(f"/proc/fs/jbd2/{name}/info").read_text().split(None, 1)[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+
 class CpuCgroup:
     """A cgroup for one relay's processes: enter() from the child before exec (preexec_fn)."""
 

@@ -5,9 +5,10 @@ queue on its own ext4 loop device), attaches `strace -f` to every process of the
 it is idle (so Postfix's processes forked later are traced too), sends --messages messages
 of --size bytes with smtp-source (--sessions at once) through it to smtp-sink, waits for the
 empty queue, detaches, and prints per message: all system calls, the flushes (fsync,
-fdatasync, syncfs, sync, sync_file_range), files created (open with O_CREAT), link(),
-rename(), unlink(), and the bytes written to the queue's device (under strace, so batching
-differs from an untraced run: relay_bench's figure is the one to quote).
+fdatasync, syncfs, sync, sync_file_range), the journal commits of the queue's file system
+(/proc/fs/jbd2), files created (open with O_CREAT), link(), rename(), unlink(), and the
+bytes written to the queue's device (under strace, so batching differs from an untraced
+run: relay_bench's figure is the one to quote).
 Counts do not depend on the machine's load; the strace overhead changes timing only.
 Never: talks to anything but 127.0.0.1. Needs root: `python3 tools/bench/syscall_profile.py`.
 """
@@ -71,7 +72,7 @@ def _traced(pid: int) -> bool:
 def profile_one(name: str, args, workdir: Path) -> dict:
     out = workdir / f"strace-{name}.out"
     with peers.SmtpSink(workdir, dump=False) as sink, make_relay(name, workdir, sink.port) as relay:
-        disk_before = relay.fs.written_bytes()
+        disk_before, commits_before = relay.fs.written_bytes(), relay.fs.journal_commits()
         tracer = attach(relay.pids(), out)
         try:
             source = subprocess.Popen(source_argv(relay.port, args.size, args.messages, args.sessions),
@@ -85,15 +86,24 @@ def profile_one(name: str, args, workdir: Path) -> dict:
             tracer.terminate()          # SIGTERM detaches; the relay runs on
             tracer.wait(30.0)
         disk = relay.fs.written_bytes() - disk_before
+        commits_after = relay.fs.journal_commits()
     counts = classify(out.read_text(errors="replace"))
     per = {key: round(value / args.messages, 2) for key, value in counts.items()}
     per["(all syscalls)"] = round(sum(v for k, v in counts.items() if not k.startswith("(")) / args.messages, 1)
     per["(disk KiB)"] = round(disk / args.messages / 1024, 1)
+    if commits_before is not None and commits_after is not None:
+        per["(journal commits)"] = round((commits_after - commits_before) / args.messages, 2)
     return per
 
 
-ROWS = ("(all syscalls)", "(flushes)", "fsync", "fdatasync", "syncfs", "(files created)", "(link)",
-        "(rename)", "(unlink)", "(disk KiB)")
+ROWS = ("(all syscalls)", "(flushes)", "fsync", "fdatasync", "syncfs", "sync_file_range", "(journal commits)",
+        "(files created)", "(link)", "(rename)", "(unlink)", "(disk KiB)")
+
+
+def _cell(result: dict, row: str) -> str:
+    if row == "(journal commits)" and row not in result:
+        return "n/a"
+    return f"{result.get(row, 0):g}"
 
 
 def print_table(results: dict[str, dict], args) -> None:
@@ -102,7 +112,7 @@ def print_table(results: dict[str, dict], args) -> None:
     print("| | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for row in ROWS:
-        print(f"| {row.strip('()')} | " + " | ".join(f"{results[n].get(row, 0):g}" for n in names) + " |")
+        print(f"| {row.strip('()')} | " + " | ".join(_cell(results[n], row) for n in names) + " |")
     print("\ntop system calls per message:")
     for name in names:
         top = sorted(((v, k) for k, v in results[name].items() if not k.startswith("(")), reverse=True)[:12]
