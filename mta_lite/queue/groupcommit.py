@@ -163,9 +163,10 @@ class GroupCommit:
     async def commit(self, writer) -> str:
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((writer, future))
-        self._arrived.set()
         if self._flusher is None:
+            self._arrived = asyncio.Event()     # bound to this loop, as the flusher is
             self._flusher = asyncio.create_task(self._flush(), name="group-commit")
+        self._arrived.set()
         result = await future
         if isinstance(result, OSError):
             raise refusal(result)
@@ -196,8 +197,11 @@ class GroupCommit:
 
     @staticmethod
     def _refuse(writers: list, exc: Exception) -> dict:
+        """Refuse every writer of a batch that broke: no link of theirs stays behind."""
         failure = OSError(f"queue file commit failed: {exc}")
         for writer in writers:
+            if getattr(writer, "final", ""):
+                safeio.unlink_quietly(writer.final)
             writer.abort()
         return {id(writer): failure for writer in writers}
 

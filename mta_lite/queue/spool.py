@@ -99,6 +99,7 @@ class QueueWriter:
         if target not in STAGING:
             raise ValueError(f"cannot write queue files into {target}/")
         self.spool, self.target = spool, target
+        self.final = ""                     # the name in `target`, once linked
         self._now = now
         self.size = 0
         self._digest = hashlib.sha256()
