@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from mta_lite import maillog
 from mta_lite.config.schema import Config
 from mta_lite.errors import CorruptQueueFileError
+from mta_lite.history import History
 from mta_lite.queue import WAIT_AUTH, WAIT_BUDGET, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
 from mta_lite.reply import Reply
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
@@ -70,11 +72,13 @@ class Deliverer:
     """Runs single delivery attempts; the QueueManager decides which and when."""
 
     def __init__(self, cfg: Config, spool: Spool, pool, accounts: Accounts, notices: Notices, *,
-                 clock=time.time, rng: random.Random, on_deferred, sleep=asyncio.sleep) -> None:
+                 clock=time.time, rng: random.Random, on_deferred, sleep=asyncio.sleep,
+                 history: History | None = None) -> None:
         self.cfg, self.spool, self.pool, self.accounts = cfg, spool, pool, accounts
         self.notices = notices
         self.clock, self.rng, self.sleep = clock, rng, sleep
         self.on_deferred = on_deferred          # (queue_id, next_attempt) -> None
+        self.history = history or History(os.devnull, clock=clock)    # the status page's record
         self.stats = {"corrupt": 0}
 
     # ------------------------------------------------------------------ one message
@@ -238,6 +242,7 @@ class Deliverer:
             status = rcpt.status if rcpt.status in (SENT, BOUNCE) else DEFER
             maillog.delivery(entry.queue_id, recipient, result.relay, now - entry.arrival,
                              bounce.status_of(rcpt.reply), status, str(rcpt.reply))
+            self.history.record(entry.queue_id, entry.sender, recipient, status, str(rcpt.reply), result.relay)
             if status == DEFER:
                 last_error = last_error or str(rcpt.reply)
                 continue
@@ -253,6 +258,7 @@ class Deliverer:
         failed = []
         for recipient in still:
             state.done[recipient] = BOUNCE
+            self.history.record(entry.queue_id, entry.sender, recipient, BOUNCE, reason, "none")
             failed.append(bounce.FailedRecipient(recipient, EXPIRED_STATUS, reason,
                                                  last_error or "message expired in queue"))
         return failed

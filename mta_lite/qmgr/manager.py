@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 from mta_lite.config.schema import Config
 from mta_lite.envelope import lookup_key
+from mta_lite.history import History, history_path
+from mta_lite.maillog import config_secrets
 from mta_lite.errors import MtaLiteError
 from mta_lite.identity import bound_to_other_clients
 from mta_lite.queue import WAIT_AUTH, Spool
@@ -86,10 +88,13 @@ class QueueManager:
         self.budget_file = BudgetFile(budget_path(spool.root))
         self.budget_file.load()
         self.accounts = Accounts(cfg, self.budget_file)
+        self.history = History(history_path(spool.root), clock=clock)    # for the status page
+        self.history.load()
+        self.history.secrets = sorted(config_secrets(cfg), key=len, reverse=True)
         self.notices = Notices(cfg, spool, clock=clock, on_new_mail=self._new_mail, template=template)
         self.deliverer = Deliverer(cfg, spool, pool, self.accounts, self.notices, clock=clock,
                                    rng=rng or random.Random(), sleep=sleep,
-                                   on_deferred=self._deferred_until)
+                                   on_deferred=self._deferred_until, history=self.history)
         self.pickup = Pickup(spool, cfg.message_size_limit, clock=clock, sender_bound=self._locally_bound)
         self._incoming: dict[str, None] = {}        # IDs in incoming/, in arrival order
         self._deferred: dict[str, float] = {}       # ID -> next attempt
@@ -122,6 +127,7 @@ class QueueManager:
         finally:
             listening.close()
             self._save_budgets(force=True)
+            self.history.save_if_due(force=True)
             self._stopped.set()
 
     def mail_arrived(self) -> None:
@@ -164,6 +170,7 @@ class QueueManager:
         budgets, counters and pauses stay; new credentials end an auth pause at once."""
         self.cfg = self.deliverer.cfg = cfg
         self.notices.reconfigure(cfg)
+        self.history.secrets = sorted(config_secrets(cfg), key=len, reverse=True)
         self.pickup.size_limit = cfg.message_size_limit
         resumed = self.accounts.reconfigure(cfg)
         self._meta_of.clear()                       # routes may have changed
@@ -247,6 +254,7 @@ class QueueManager:
             self.accounts.end_pauses(now)
         self._start_due(now)
         self._save_budgets()
+        self.history.save_if_due()
 
     def _pickup(self) -> None:
         """maildrop/ -> incoming/ before incoming/ is read; a backlog continues next pass."""
