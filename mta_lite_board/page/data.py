@@ -32,6 +32,8 @@ CLOCK_FILE = "clock.json"          # the board's NTP report, in its runtime dire
 MAX_CLOCK_FILE_BYTES = 4096
 MAX_STATUS_FILE_BYTES = 1024 * 1024
 MAX_TEXT_CHARS = 300
+# Times past the year 9999 are garbage (and beyond what gmtime() can show).
+MAX_EPOCH = 253_402_300_799
 MAX_ACCOUNTS = 50                   # a home relay has a handful; a garbled file must not make a huge page
 SMTPD_KEYS = {"connections": "connections", "accepted": "accepted", "rejected": "rejects",
               "refused": "refused", "errors": "errors"}
@@ -188,7 +190,7 @@ def _count(value) -> int:
 
 def _time(value) -> float | None:
     """An epoch time, or None for a missing or nonsensical one."""
-    return float(value) if _is_number(value) and value > 0 else None
+    return float(value) if _is_number(value) and 0 < value <= MAX_EPOCH else None
 
 
 def _text(value) -> str:

@@ -42,7 +42,10 @@ def _e(value) -> str:
 
 
 def when(epoch) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)) if epoch else "unknown"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)) if epoch else "unknown"
+    except (OverflowError, ValueError, OSError):
+        return "unknown"
 
 
 def age(seconds) -> str:
