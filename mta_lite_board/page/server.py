@@ -7,9 +7,10 @@
 
 SECURITY: faces the LAN, unauthenticated, read-only by construction: it parses one request
 line and ignores every header and any body; there is no form, no action and no login. At
-most MAX_CONNECTIONS clients are served at once; more are answered 503 and closed at once, so
-a flood costs a refused connection each, never memory; slow readers and writers are cut off
-after their timeouts. Every response carries a strict Content-Security-Policy (no script at
+most MAX_CONNECTIONS clients are served at once: a new one takes the place of the connection
+that has waited longest without sending its request (so a flood of idle connections cannot
+lock a browser out), else it is answered 503 and closed; slow readers and writers are cut
+off after their timeouts. Every response carries a strict Content-Security-Policy (no script at
 all, only the page's own hashed style, inline images), nosniff, no-referrer, no framing,
 no-store. The data are rebuilt at most once every CACHE_S, however many requests come.
 Started as root with --user, it binds, enters the spool, then drops to that user (no
@@ -122,23 +123,41 @@ class Server:
         self.active = 0
         self.served = 0
         self.turned_away = 0
+        self.evicted = 0
+        # Connections still waiting for their request head, oldest first: a flood of idle
+        # connections is what fills the slots, so a new client takes the oldest idle one's.
+        self._idle: dict[asyncio.StreamWriter, None] = {}
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         return await asyncio.start_server(self.handle, host, port, limit=MAX_REQUEST_BYTES,
                                           reuse_address=True)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.active >= MAX_CONNECTIONS:
+        if self.active >= MAX_CONNECTIONS and not self._evict_idle():
             self.turned_away += 1
             await self._send(writer, plain(503), head_only=False)
             return
         self.active += 1
+        self._idle[writer] = None
         try:
             method, response = await self._read(reader)
-            await self._send(writer, response, head_only=method == "HEAD")
-            self.served += 1
+            self._idle.pop(writer, None)
+            if not writer.transport.is_closing():
+                await self._send(writer, response, head_only=method == "HEAD")
+                self.served += 1
         finally:
+            self._idle.pop(writer, None)
             self.active -= 1
+
+    def _evict_idle(self) -> bool:
+        """Drop the connection that has waited longest without sending its request."""
+        if not self._idle:
+            return False
+        victim = next(iter(self._idle))
+        del self._idle[victim]
+        victim.transport.abort()
+        self.evicted += 1
+        return True
 
     async def _read(self, reader: asyncio.StreamReader) -> tuple[str, Response]:
         try:
