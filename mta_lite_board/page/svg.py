@@ -27,12 +27,12 @@ GAP = 2             # between bars
 
 
 def nice_top(value: int) -> int:
-    """The scale's top: 1, 2 or 5 times a power of ten, at least `value` (and at least 1)."""
+    """The scale's top: 1, 2, 2.5 or 5 times a power of ten, at least `value` (and at least 1)."""
     top = 1
     while True:
-        for step in (1, 2, 5):
-            if step * top >= value:
-                return step * top
+        for step in (1, 2, 2.5, 5):
+            if step * top >= value and step * top == int(step * top):
+                return int(step * top)
         top *= 10
 
 

@@ -41,7 +41,7 @@ def busy_page(tmp_path):
 @needs_chromium
 def test_busy_status_in_a_real_browser_reads_right(busy_page, tmp_path):
     shot = tmp_path / "status-page.png"
-    result = chromium("--window-size=1000,2200", f"--screenshot={shot}", busy_page.url + "/")
+    result = chromium("--window-size=1000,1900", f"--screenshot={shot}", busy_page.url + "/")
     assert result.returncode == 0, result.stderr[-2000:]
     png = shot.read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 50_000      # a drawn page, not a blank one

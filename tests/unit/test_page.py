@@ -93,7 +93,7 @@ def test_plots_are_well_formed_svg_with_a_bar_per_bucket(tmp_path):
     assert not empty.findall(".//{http://www.w3.org/2000/svg}rect")
 
 
-@pytest.mark.parametrize("value, top", [(0, 1), (1, 1), (3, 5), (11, 20), (250, 500), (10 ** 9 + 1, 2 * 10 ** 9)])
+@pytest.mark.parametrize("value, top", [(0, 1), (1, 1), (3, 5), (11, 20), (250, 250), (251, 500), (10 ** 9 + 1, 2 * 10 ** 9)])
 def test_scale_top_is_a_round_number_at_least_the_value(value, top):
     assert svg.nice_top(value) == top
 
