@@ -2,8 +2,10 @@
 
     mta-lite-page address [--config FILE] --out FILE
         As root, before the page starts (systemd's ExecStartPre=+): write `[board] http` of the
-        config ("" = off) to FILE, 0644. A config that does not load keeps FILE as it is (the
-        page goes on at the address it had); without FILE it is an error (exit 78).
+        config ("" = off) to FILE, 0644, and beside it config.json: the config's digest and
+        its generation number (generations/ is root's and mta-config's only). A config that
+        does not load keeps FILE as it is (the page goes on at the address it had); without
+        FILE it is an error (exit 78).
     mta-lite-page serve [--spool DIR] [--board-run DIR] (--listen HOST:PORT | --listen-file FILE)
                         [--user USER]
         Serve the status page. An empty address means the page is off: exit 0 at once.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import re
@@ -28,6 +31,7 @@ import signal
 import sys
 
 from mta_lite import safeio
+from mta_lite.config.generations import generations
 from mta_lite.config.load import load_config
 from mta_lite.config.schema import DEFAULT_CONFIG_PATH
 from mta_lite.errors import ConfigError
@@ -41,6 +45,7 @@ DEFAULT_SPOOL = "/var/spool/mta-lite"
 DEFAULT_BOARD_RUN = "/run/mta-lite-board"
 ADDRESS = re.compile(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)")
 MAX_ADDRESS_BYTES = 300
+CONFIG_INFO_FILE = "config.json"
 
 
 def parse_address(text: str) -> tuple[str, int] | None:
@@ -65,8 +70,16 @@ def write_address(config_path: str, out: str) -> int:
         log.error("%s; the status page's address is unknown", exc)
         return EX_CONFIG
     safeio.atomic_write(out, (cfg.board.http + "\n").encode(), mode=0o644)
+    current = next((g.number for g in generations(config_path) if g.current), None)
+    info = {"digest": cfg.digest, "generation": current}
+    safeio.atomic_write(config_info_path(out), json.dumps(info).encode(), mode=0o644)
     log.info("status page: %s", cfg.board.http or "off ([board] http is empty)")
     return 0
+
+
+def config_info_path(listen_file: str) -> str:
+    """config.json beside the address file: what the root step knows of the config."""
+    return os.path.join(os.path.dirname(os.path.abspath(listen_file)), CONFIG_INFO_FILE)
 
 
 def read_address(args: argparse.Namespace) -> tuple[str, int] | None:
@@ -76,13 +89,17 @@ def read_address(args: argparse.Namespace) -> tuple[str, int] | None:
         return parse_address(handle.read(MAX_ADDRESS_BYTES).decode("utf-8", "replace"))
 
 
-async def serve(address: tuple[str, int], spool: str, board_run: str | None, user: str | None) -> int:
-    server = Server(Page(spool, board_run))
+async def serve(address: tuple[str, int], spool: str, board_run: str | None, user: str | None,
+                config_info: str | None = None) -> int:
+    server = Server(Page(spool, board_run, config_info))
     listener = await server.start(*address)     # as root if started so: a port below 1024 works
     if user:
         os.chdir(spool)       # reached as root; afterwards only what the user may open by name
         drop_privileges(user)
         server.page.spool_dir = "."
+    if os.access(DEFAULT_CONFIG_PATH, os.R_OK):         # asked, never opened
+        log.warning("this user could read %s: run the page under its unit (InaccessiblePaths=) "
+                    "or as a user the config's mode keeps out", DEFAULT_CONFIG_PATH)
     log.info("status page on http://%s:%d/ (read-only)", *address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -125,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("status page off ([board] http is empty)")
         return 0
     try:
-        return asyncio.run(serve(address, args.spool, args.board_run, args.user))
+        info = config_info_path(args.listen_file) if args.listen_file else None
+        return asyncio.run(serve(address, args.spool, args.board_run, args.user, info))
     except (OSError, KeyError) as exc:
         log.error("status page: cannot start: %s", exc)
         return 1

@@ -1,15 +1,17 @@
 """page.data — what the status page shows, as one plain dict: the body of /status.json.
 
-    collect(spool_dir, board_run_dir, now)   reads spool/public/status.json and master.json
-                                             (mta_lite.status.read_status), public/history.json
-                                             (mta_lite.history) and the board's clock.json
-    build(snapshot, book, ntp, now)          pure: the dict, with stable keys (docs/status.schema.json)
+    collect(spool_dir, board_run_dir, now, config_info)
+        reads spool/public/status.json and master.json (mta_lite.status.read_status),
+        public/history.json (mta_lite.history), the board's clock.json and the config.json
+        the page's root start step wrote (the config's digest and generation number)
+    build(snapshot, book, relay_clock, ntp, now, config_info)
+        pure: the dict, with stable keys (docs/status.schema.json)
 
 Every value is checked for its type here, because every file read is another process's and
 may be torn, garbage or hostile: a wrong type becomes 0, "", null or "unknown", never an
 exception, so the page always answers. Strings are copied as they are; escaping them is the
 renderer's job (render.py), and a JSON encoder's for /status.json.
-Guarantees: only those four files are read, by name; nothing is written. The dict holds what
+Guarantees: only those files are read, by name; nothing is written. The dict holds what
 the status snapshot holds (counters, states, the last delivery results with recipient
 domains only) and never a secret: the relay never puts one into those files.
 Must never: read the config, the queue, or anything under /etc/mta-lite; raise on bad input.
@@ -55,7 +57,7 @@ ALERT_OFF_NOT_RUNNING = "the accounts' state is unknown while the relay is not r
 CLOCK_STATES = ("ok", "not_set")
 
 
-def collect(spool_dir: str, board_run_dir: str | None, now: float) -> dict:
+def collect(spool_dir: str, board_run_dir: str | None, now: float, config_info: str | None = None) -> dict:
     """Read the files and build the page's data; missing or bad files give "unknown"s."""
     snapshot = read_status(spool_dir, now)
     relay_clock = getattr(snapshot, "clock", None)
@@ -66,7 +68,8 @@ def collect(spool_dir: str, board_run_dir: str | None, now: float) -> dict:
     except (OSError, ValueError):
         book = history.Book()
     ntp = _load_json(os.path.join(board_run_dir, CLOCK_FILE), MAX_CLOCK_FILE_BYTES) if board_run_dir else {}
-    return build(snapshot, book, relay_clock, ntp, now)
+    info = _load_json(config_info, MAX_CLOCK_FILE_BYTES) if config_info else {}
+    return build(snapshot, book, relay_clock, ntp, now, info)
 
 
 def _load_json(path: str, limit: int) -> dict:
@@ -79,13 +82,14 @@ def _load_json(path: str, limit: int) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def build(snapshot: StatusSnapshot, book: history.Book, relay_clock, ntp: dict, now: float) -> dict:
+def build(snapshot: StatusSnapshot, book: history.Book, relay_clock, ntp: dict, now: float,
+          config_info: dict | None = None) -> dict:
     """The page's data (pure)."""
     running = patterns.relay_running(snapshot, now)
     return {
         "version": SCHEMA_VERSION,
         "generated": now,
-        "relay": _relay(snapshot, running, now),
+        "relay": _relay(snapshot, running, now, _mapping(config_info)),
         "leds": _leds(snapshot, running, now),
         "mail": _mail(snapshot, now),
         "accounts": [_account(name, entry) for name, entry in list(_mapping(snapshot.relays).items())[:MAX_ACCOUNTS]],
@@ -98,7 +102,7 @@ def build(snapshot: StatusSnapshot, book: history.Book, relay_clock, ntp: dict, 
     }
 
 
-def _relay(snapshot: StatusSnapshot, running: bool, now: float) -> dict:
+def _relay(snapshot: StatusSnapshot, running: bool, now: float, config_info: dict) -> dict:
     started = _number(snapshot.started)
     problems = []
     for name, entry in sorted(_mapping(snapshot.processes).items()):
@@ -108,7 +112,18 @@ def _relay(snapshot: StatusSnapshot, running: bool, now: float) -> dict:
                              "since": _time(entry.get("since")), "reason": _text(entry.get("reason"))})
     return {"running": running, "pid": _count(snapshot.pid) if running else 0,
             "up_s": max(0.0, now - started) if running and started else None,
-            "config": _text(snapshot.config), "problems": problems}
+            "config": _text(snapshot.config), "config_generation": _generation(snapshot, config_info),
+            "problems": problems}
+
+
+def _generation(snapshot: StatusSnapshot, config_info: dict) -> int | None:
+    """The generation number of the config the relay runs: known when the installed file the
+    root step saw is the one the relay reports (same digest)."""
+    number = config_info.get("generation")
+    if not (isinstance(number, int) and not isinstance(number, bool) and number > 0):
+        return None
+    same = isinstance(snapshot.config, str) and snapshot.config and snapshot.config == config_info.get("digest")
+    return number if same else None
 
 
 def _leds(snapshot: StatusSnapshot, running: bool, now: float) -> dict:

@@ -184,5 +184,14 @@ def _box(data: dict) -> str:
             f"<tr><td>clock</td><td>{clock_words.get(clock['state'], 'unknown')}</td></tr>"
             f"<tr><td>NTP offset</td><td>{_e(ntp)}"
             f"{'' if not clock['ntp_checked'] else ', checked ' + _e(when(clock['ntp_checked']))}</td></tr>"
-            f"<tr><td>config</td><td>{_e(data['relay']['config'] or 'unknown')}</td></tr>"
+            f"<tr><td>config</td><td>{_config(data['relay'])}</td></tr>"
             f"</table>{alert}")
+
+
+def _config(relay: dict) -> str:
+    """`generation 4 (3f9a0c1d2e4b)`, or the digest alone when the generation is unknown."""
+    if not relay["config"]:
+        return "unknown"
+    if relay["config_generation"] is None:
+        return _e(relay["config"])
+    return f"generation {_e(relay['config_generation'])} ({_e(relay['config'])})"

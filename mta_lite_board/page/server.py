@@ -92,10 +92,13 @@ def parse_request_line(head: bytes) -> tuple[str, str] | None:
 
 
 class Page:
-    """The two routes over the files in `spool_dir` and `board_run_dir`; data cached CACHE_S."""
+    """The two routes over the files in `spool_dir` and `board_run_dir` (and the root step's
+    config.json, for the config's generation); data cached CACHE_S."""
 
-    def __init__(self, spool_dir: str, board_run_dir: str | None, clock=time.time) -> None:
+    def __init__(self, spool_dir: str, board_run_dir: str | None, config_info: str | None = None,
+                 clock=time.time) -> None:
         self.spool_dir, self.board_run_dir, self.clock = spool_dir, board_run_dir, clock
+        self.config_info = config_info
         self._cache: dict[str, tuple[float, bytes]] = {}
 
     def respond(self, method: str, path: str) -> Response:
@@ -109,7 +112,7 @@ class Page:
         return Response(200, ROUTES[path], body)
 
     def _build(self, path: str, now: float) -> bytes:
-        data = page_data.collect(self.spool_dir, self.board_run_dir, now)
+        data = page_data.collect(self.spool_dir, self.board_run_dir, now, self.config_info)
         if path == "/status.json":
             return json.dumps(data, indent=1, sort_keys=True).encode()
         return render.page(data).encode()

@@ -11,6 +11,7 @@ import pytest
 import tomli_w
 
 from mta_lite import history
+from mta_lite.config import generations
 from mta_lite.status import StatusSnapshot
 from mta_lite_board.page import cli, data, render, svg
 from mta_lite_board.page.server import HEADERS, Page, parse_request_line
@@ -154,3 +155,19 @@ def test_address_step_keeps_the_last_address_when_the_config_breaks(tmp_path):
 def test_bad_addresses_are_refused(text):
     with pytest.raises(ValueError):
         cli.parse_address(text)
+
+
+def test_address_step_tells_the_page_the_generation_of_the_config_the_relay_runs(tmp_path):
+    raw = open(_config(tmp_path, http="0.0.0.0:8080"), "rb").read()
+    (tmp_path / "etc").mkdir()
+    installed = str(tmp_path / "etc" / "mta-lite.toml")
+    result = generations.apply_config(installed, raw, "test")
+    out = str(tmp_path / "run" / "listen")
+    os.makedirs(os.path.dirname(out))
+    assert cli.write_address(installed, out) == 0
+    info = json.loads(open(cli.config_info_path(out)).read())
+    running = data.build(StatusSnapshot(config=result.digest), history.Book(), None, {}, NOW, info)
+    assert running["relay"]["config_generation"] == result.generation
+    assert f"generation {result.generation} ({result.digest})" in render.page(running)
+    other = data.build(StatusSnapshot(config="0123456789ab"), history.Book(), None, {}, NOW, info)
+    assert other["relay"]["config_generation"] is None          # the relay runs another file
