@@ -178,7 +178,9 @@ def _box(data: dict) -> str:
     ntp = "unknown" if offset is None else f"{offset:+.3f} s against {clock['ntp_server'] or 'NTP'}"
     if clock["ntp_error"]:
         ntp += f" (last check failed: {clock['ntp_error']})"
-    alert = '<p class="bad">The clock is far off: the alert LED shows it.</p>' if clock["ntp_alert"] else ""
+    limit = clock["ntp_alert_after_s"]
+    alert = (f'<p class="bad">The clock is off by more than {_e("%g" % limit if limit is not None else "the limit")} s '
+             "against NTP.</p>" if clock["ntp_alert"] else "")
     return ("<h2>The box</h2><table>"
             f"<tr><td>disk free</td><td>{_e(size(disk['free_bytes']))} of {_e(size(disk['total_bytes']))}</td></tr>"
             f"<tr><td>clock</td><td>{clock_words.get(clock['state'], 'unknown')}</td></tr>"
