@@ -11,7 +11,8 @@ Order and pace per account: notices first, then round-robin between senders (fai
 at most the account's concurrency deliver while a few more wait, or one at a time at least
 rate_delay apart; over max_per_hour/max_per_day the due messages are deferred to their
 slots (budget.py), whose history is saved in state/budgets.json (at most once a second)
-and read back at start. reconfigure() applies a reloaded config without losing budgets,
+and read back at start; the status page's counts go to public/history.json (mta_lite.history)
+at most once a minute. reconfigure() applies a reloaded config without losing budgets,
 counters or pauses, except that new credentials end an account's auth pause at once.
 
 Guarantees: a message is handled by at most one delivery at a time; at most
