@@ -48,7 +48,7 @@ WRITE_TIMEOUT_S = 10.0
 # once a second would only cost CPU under load.
 CACHE_S = 1.0
 ROUTES = {"/": "text/html; charset=utf-8", "/status.json": "application/json"}
-REASONS = {200: "OK", 404: "Not Found", 408: "Request Timeout", 431: "Request Header Fields Too Large",
+REASONS = {200: "OK", 404: "Not Found", 500: "Internal Server Error", 408: "Request Timeout", 431: "Request Header Fields Too Large",
            503: "Service Unavailable", 400: "Bad Request"}
 HEADERS = {
     "Content-Security-Policy": (f"default-src 'none'; style-src '{render.STYLE_HASH}'; img-src data:; "
@@ -174,7 +174,11 @@ class Server:
         request = parse_request_line(head)
         if request is None:
             return "", plain(400)
-        return request[0], self.page.respond(*request)
+        try:
+            return request[0], self.page.respond(*request)
+        except Exception:       # a bug must cost one answer, never the server
+            log.exception("internal error answering %s %s", *request)
+            return request[0], plain(500)
 
     async def _send(self, writer: asyncio.StreamWriter, response: Response, head_only: bool) -> None:
         try:
