@@ -53,12 +53,12 @@ SAVE_INTERVAL_S = 60.0
 # A file bigger than this is not ours (HOURS + DAYS buckets take about 3 KB): not even parsed.
 MAX_FILE_BYTES = 64 * 1024
 # The last deliveries shown on the page: enough for "what just happened", small enough that
-# the status file (rewritten every 2 s) stays a few KB.
-RECENT_LIMIT = 20
+# the status file, rewritten every 2 s on the SD card, grows by at most about 4 KB.
+RECENT_LIMIT = 10
 # Caps on what a recent entry carries: an address is at most 254 octets (RFC 5321 4.5.3.1.3),
 # a reply line at most 512; a smarthost reply is cut at a length a page can show.
 MAX_ADDRESS_CHARS = 254
-MAX_REPLY_CHARS = 300
+MAX_REPLY_CHARS = 200
 MASK = "*****"
 
 
