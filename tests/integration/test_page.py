@@ -209,3 +209,20 @@ def test_page_started_as_root_runs_as_its_user_and_cannot_read_config_or_queue(d
                    "import os; os.listdir('public')", f"open({relay.config_path!r}).read()"):
         result = _as_page_user(relay.spool, denied)
         assert result.returncode != 0 and "PermissionError" in result.stderr, denied
+
+
+def test_a_garbage_history_file_never_stops_the_relay(tmp_path, sink_factory, relay_factory):
+    sink = sink_factory()
+    relay = relay_factory(relay_config(sink.port), start=False)
+    os.makedirs(os.path.join(relay.spool, "public"))
+    path = os.path.join(relay.spool, "public", "history.json")
+    with open(path, "wb") as handle:
+        handle.write(b'{"version": 1, "hours": {"12')          # torn mid-write (a power cut)
+    relay.start()
+    send(relay.port)
+    sink.wait_count(1, timeout=60)
+    relay.stop()
+    assert "history starts afresh" in relay.log()
+    with open(path, "rb") as handle:
+        days = json.loads(handle.read())["days"]
+    assert sum(counts["relayed"] for counts in days.values()) == 1     # replaced by a good one
