@@ -4,8 +4,8 @@
         As root, before the page starts (systemd's ExecStartPre=+): write `[board] http` of the
         config ("" = off) to FILE, 0644, and beside it config.json: the config's digest and
         its generation number (generations/ is root's and mta-config's only). A config that
-        does not load keeps FILE as it is (the page goes on at the address it had); without
-        FILE it is an error (exit 78).
+        does not load (or none yet, on a fresh card) keeps FILE as it is (the page goes on at
+        the address it had), or writes "" (off) if there is none; never an error.
     mta-lite-page serve [--spool DIR] [--board-run DIR] (--listen HOST:PORT | --listen-file FILE)
                         [--user USER]
         Serve the status page. An empty address means the page is off: exit 0 at once.
@@ -64,11 +64,14 @@ def write_address(config_path: str, out: str) -> int:
     try:
         cfg = load_config(config_path, secrets=False)
     except ConfigError as exc:
+        # Never a failed start: systemd would retry every few seconds for as long as a fresh
+        # card has no config. The path unit starts the page again when the config changes.
         if os.path.exists(out):
             log.warning("%s; the status page keeps its address", exc)
-            return 0
-        log.error("%s; the status page's address is unknown", exc)
-        return EX_CONFIG
+        else:
+            log.warning("%s; the status page is off until a config loads", exc)
+            safeio.atomic_write(out, b"\n", mode=0o644)
+        return 0
     safeio.atomic_write(out, (cfg.board.http + "\n").encode(), mode=0o644)
     current = next((g.number for g in generations(config_path) if g.current), None)
     info = {"digest": cfg.digest, "generation": current}
