@@ -6,7 +6,7 @@ modules that do not use them never start them).
 
 Guarantees: one server and one smarthost per module (Postfix's cold start is ~2.5 s); the
 function-scoped ``oauth_server`` hands out the module's server and, after the test, puts it back
-to normal service (no fault, default access-token lifetime), so a fault never leaks into the
+to normal service (no fault, default access-token lifetime and polling interval, no on_issued hook), so a fault never leaks into the
 next test. ``oauth_server_factory`` makes private servers (e.g. without refresh-token rotation)
 that are stopped at the end of the test.
 """
@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.oauthserver import OAuthServer
 from tests.support.oauthsmarthost import OAuthSmarthost
-from tests.support.oauthstore import ACCESS_LIFETIME_S
+from tests.support.oauthstore import ACCESS_LIFETIME_S, DEVICE_INTERVAL_S
 
 __all__ = ["oauth_server_module", "oauth_server", "oauth_smarthost", "oauth_server_factory"]
 
@@ -34,6 +34,8 @@ def oauth_server(oauth_server_module):
     yield oauth_server_module
     oauth_server_module.set_fault(None)
     oauth_server_module.set_access_lifetime(ACCESS_LIFETIME_S)
+    oauth_server_module.store.device_interval_s = DEVICE_INTERVAL_S
+    oauth_server_module.on_issued = None
 
 
 @pytest.fixture(scope="module")
