@@ -2,9 +2,10 @@
 introspection → Maildir with a minimal XOAUTH2 / OAUTHBEARER client written here (aiosmtplib's
 ``execute_command``, so the 334 challenge is seen as the relay will see it).
 
-The server's own endpoints are tested in test_oauth_server.py. These tests are the contract the relay's OAuth2 tests rely on: a good token delivers on both
-ports with both mechanisms; an expired, a revoked and a wrong-user token get the decoded JSON
-challenge and then 535 5.7.8; a rotated refresh token is dead after its one use.
+The server's own endpoints are tested in test_oauth_server.py. These tests are the contract the
+relay's OAuth2 tests rely on: a good token delivers on both ports with both mechanisms; an
+expired, a revoked and a wrong-user token get the decoded JSON challenge and then 535 5.7.8; a
+rotated refresh token is dead after its one use.
 """
 from __future__ import annotations
 

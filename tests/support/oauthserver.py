@@ -11,13 +11,14 @@ Two listeners: the main one (``port``; HTTPS by default with a certificate for 1
 trustme CA written to ``ca_file``, which the relay must verify) and a plain-HTTP one
 (``plain_port``) for Dovecot's introspection, which never takes a fault. Fault modes act on the
 main listener only, as the relay sees its provider: "down" (the listener is closed: connection
-refused), "slow" (answers after ``slow_s``), "garbage" (200 with an HTML page), "garbage_json"
-(200 with JSON without access_token), "error" (400 invalid_grant); they apply to the token and
-device-authorisation endpoints.
+refused), "slow" (answers after ``slow_s``; hangs up if the fault is lifted first), "garbage"
+(200 with an HTML page), "garbage_json" (200 with JSON without access_token), "error" (400
+invalid_grant); they apply to the token and device-authorisation endpoints. ``on_issued`` runs
+after a token answer has left, so a test can kill -9 the relay right there.
 
 Guarantees: ``start`` returns once both ports accept; ``stop`` closes both and releases any
-request held by "slow". Counters: ``requests`` per endpoint, ``grants`` per grant type asked
-for, ``store.issued`` per grant type answered with tokens.
+request held by "slow" (dropped unanswered). Counters: ``requests`` per endpoint, ``grants`` per
+grant type asked for, ``store.issued`` per grant type answered with tokens.
 Never: listens on anything but 127.0.0.1, logs a token, a secret or a request body (the access
 log has the method, the path and the status only). Does not import pytest.
 """
@@ -54,6 +55,7 @@ MAX_BODY_BYTES = 64 * 1024    # a token request is a few hundred bytes
 SLOW_S = 60.0                 # longer than any client's token-endpoint timeout
 FAULTS = ("down", "slow", "garbage", "garbage_json", "error")
 FAULTY_PATHS = ("/token", "/devicecode")
+DROP = 0                      # the status of an answer that is never sent: the server hangs up
 Answer = tuple[int, dict[str, str], bytes]
 
 
@@ -99,6 +101,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, answer: Answer) -> None:
         status, headers, body = answer
+        if status == DROP:
+            self.close_connection = True    # hang up without a word
+            return
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -215,7 +220,10 @@ class OAuthServer:
             self._main = None
         if mode != "down" and self._main is None:
             self._main = self._serve(self.port, self._context, main=True)
-        self._release.set() if mode != "slow" else self._release.clear()
+        if mode == "slow":
+            self._release.clear()
+        else:
+            self._release.set()   # lets go of requests held by an earlier "slow"
         self.fault = mode
 
     # -- addresses ---------------------------------------------------------------------------
@@ -321,8 +329,11 @@ class OAuthServer:
 
     def _fault_answer(self) -> Answer | None:
         if self.fault == "slow":
-            self._release.wait(self.slow_s)
-            return None
+            # A request still held when the fault is lifted (or the server stops) is dropped,
+            # not answered: its client gave up long ago, and a late grant would change the
+            # counters and the tokens of whatever the test does next.
+            released = self._release.wait(self.slow_s)
+            return (DROP, {}, b"") if released else None
         if self.fault == "garbage":
             return 200, {"Content-Type": "text/html"}, b"<html><body>Service busy</body></html>"
         if self.fault == "garbage_json":

@@ -124,8 +124,8 @@ class Dovecot:
         self.port = free_port()
         conf = self._write_config()
         with open(self.run / "dovecot.stderr", "wb") as err:
-            self._proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                          stdout=err, stderr=err)
+            self._proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)],
+                                          stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         try:
             poll_until(lambda: self._proc.poll() is not None or self._greets(),
                        self.start_timeout, f"Dovecot auth on port {self.port}")
