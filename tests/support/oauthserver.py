@@ -7,14 +7,15 @@ refresh_token with rotation, the RFC 8628 device_code grant), ``/devicecode`` (d
 authorisation), ``/introspect`` (RFC 7662, the resource server authenticates with HTTP basic
 auth), ``/revoke`` (RFC 7009), and GET ``/device``, the verification page a person would open.
 
-Two listeners: the main one (``port``; HTTPS by default with a certificate for 127.0.0.1 from a
-trustme CA written to ``ca_file``, which the relay must verify) and a plain-HTTP one
-(``plain_port``) for Dovecot's introspection, which never takes a fault. Fault modes act on the
-main listener only, as the relay sees its provider: "down" (the listener is closed: connection
-refused), "slow" (answers after ``slow_s``; hangs up if the fault is lifted first), "garbage"
-(200 with an HTML page), "garbage_json" (200 with JSON without access_token), "error" (400
-invalid_grant); they apply to the token and device-authorisation endpoints. ``on_issued`` runs
-after a token answer has left, so a test can kill -9 the relay right there.
+Two listeners, both HTTPS by default with a certificate for 127.0.0.1 from a trustme CA written
+to ``ca_file``, which every client must verify: the main one (``port``), the provider as the
+relay sees it, and one for the resource server's introspection (``introspect_port``, Dovecot),
+which never takes a fault, as a provider's login service and its mail service fail apart. Fault
+modes act on the main listener only, as the relay sees its provider: "down" (the listener is
+closed: connection refused), "slow" (answers after ``slow_s``; hangs up if the fault is lifted
+first), "garbage" (200 with an HTML page), "garbage_json" (200 with JSON without access_token),
+"error" (400 invalid_grant); they apply to the token and device-authorisation endpoints.
+``on_issued`` runs after a token answer has left, so a test can kill -9 the relay right there.
 
 Guarantees: ``start`` returns once both ports accept; ``stop`` closes both and releases any
 request held by "slow" (dropped unanswered). Counters: ``requests`` per endpoint, ``grants`` per
@@ -136,7 +137,7 @@ class OAuthServer:
         self.requests: Counter[str] = Counter()
         self.grants: Counter[str] = Counter()
         self.port = 0
-        self.plain_port = 0
+        self.introspect_port = 0
         # World-readable, so a relay that dropped to its own user can read the CA file.
         self.root = Path(tempfile.mkdtemp(prefix="mta-oauth-", dir="/tmp"))
         self.root.chmod(0o755)
@@ -144,7 +145,7 @@ class OAuthServer:
         self.log = self.workdir / "oauthserver.log"
         self._context: ssl.SSLContext | None = None
         self._main: _Listener | None = None
-        self._plain: _Listener | None = None
+        self._resource: _Listener | None = None
         self._release = threading.Event()
         self._log_lock = threading.Lock()
         self._build_endpoints()
@@ -178,8 +179,8 @@ class OAuthServer:
         self._release.clear()
         self._main = self._serve(0, self._context, main=True)
         self.port = self._main.server_address[1]
-        self._plain = self._serve(0, None, main=False)
-        self.plain_port = self._plain.server_address[1]
+        self._resource = self._serve(0, self._context, main=False)
+        self.introspect_port = self._resource.server_address[1]
         self._device = DeviceAuthorizationEndpoint(
             self.store, verification_uri=f"{self.base_url}/device",
             expires_in=int(self.store.device_expires_s),
@@ -203,11 +204,11 @@ class OAuthServer:
 
     def stop(self) -> None:
         self._release.set()
-        for listener in (self._main, self._plain):
+        for listener in (self._main, self._resource):
             if listener is not None:
                 listener.shutdown()
                 listener.server_close()
-        self._main = self._plain = None
+        self._main = self._resource = None
         shutil.rmtree(self.root, ignore_errors=True)
 
     def set_fault(self, mode: str | None) -> None:
@@ -255,9 +256,10 @@ class OAuthServer:
             with error:
                 return error.code, error.read()
 
-    def plain_introspect_url(self, user: str, password: str) -> str:
-        """The introspection URL on the plain-HTTP port with basic-auth credentials in it."""
-        return f"http://{user}:{password}@{LOOPBACK}:{self.plain_port}/introspect"
+    def resource_introspect_url(self, user: str, password: str) -> str:
+        """The introspection URL on the resource server's port, basic-auth credentials in it."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{user}:{password}@{LOOPBACK}:{self.introspect_port}/introspect"
 
     # -- the test API ------------------------------------------------------------------------
 
