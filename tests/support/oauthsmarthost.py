@@ -26,6 +26,7 @@ import pwd
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -135,10 +136,11 @@ class Dovecot:
         except TimeoutError:
             self.stop()
             raise
-        if self._proc.poll() is not None:
+        status = self._proc.poll()
+        if status is not None:
             detail = tail_file(self.run / "dovecot.stderr") + "\n" + tail_file(self.log)
             self.stop()
-            raise RuntimeError(f"dovecot exited with {self._proc.returncode}:\n{detail}")
+            raise RuntimeError(f"dovecot exited with {status}:\n{detail}")
 
     def _greets(self) -> bool:
         """True once the auth service sends its handshake ("VERSION\\t1\\t...")."""
@@ -225,9 +227,14 @@ class OAuthSmarthost(PostfixSmarthost):
                    f"Postfix implicit TLS on port {self.implicit_port}")
 
     def _implicit_answers(self) -> bool:
+        """True once the implicit-TLS port completes a verified handshake and greets."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
         try:
-            with socket.create_connection((LOOPBACK, self.implicit_port), timeout=2.0):
-                return True
+            with socket.create_connection((LOOPBACK, self.implicit_port), timeout=2.0) as raw, \
+                    context.wrap_socket(raw, server_hostname=LOOPBACK) as sock:
+                greeting = sock.recv(64)
+                sock.sendall(b"QUIT\r\n")
+                return greeting.startswith(b"220")
         except OSError:
             return False
 
