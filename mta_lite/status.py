@@ -131,7 +131,7 @@ def format_status(snapshot: StatusSnapshot) -> str:
         if entry.get("state") not in (None, "running"):
             since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(_number(entry.get("since"))))
             lines.append(f"{name}: {str(entry.get('state')).replace('_', ' ')} since {since}: {entry.get('reason', '')}")
-    if isinstance(snapshot.clock, dict) and snapshot.clock.get("state") == "not_set":
+    if snapshot.running and isinstance(snapshot.clock, dict) and snapshot.clock.get("state") == "not_set":
         floor = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(_number(snapshot.clock.get("trusted_floor"))))
         lines.append(f"clock: not set (earlier than {floor}): mail for smarthosts with TLS waits for it")
     lines.append("queue: " + ", ".join(f"{k} {v}" for k, v in snapshot.queue.items()))

@@ -13,8 +13,9 @@ rate_delay apart; over max_per_hour/max_per_day the due messages are deferred to
 slots (budget.py), whose history is saved in state/budgets.json (at most once a second)
 and read back at start. While the system clock is not set (clock.py), mail for relays that
 check certificates is deferred without a connection; the clock is read again every
-CHECK_INTERVAL_S, and when it is set that mail is due at once. reconfigure() applies a reloaded config without losing budgets,
-counters or pauses, except that new credentials end an account's auth pause at once.
+CHECK_INTERVAL_S, and when it is set that mail is due at once. reconfigure() applies a
+reloaded config without losing budgets, counters or pauses, except that new credentials end
+an account's auth pause at once.
 
 Guarantees: a message is handled by at most one delivery at a time; at most
 MAX_ACTIVE_MESSAGES are in flight, so one slow, paused or throttled smarthost cannot starve
