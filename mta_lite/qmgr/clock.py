@@ -7,7 +7,7 @@ floor, the later of
 
     BUILD_TIME   when this software was released (a constant, see below)
     last_seen    the latest time the queue manager saw while the clock was set, kept in
-                 spool/state/clock.json
+                 spool/state/clock.json, less STEP_SLACK_S
 
 While not set, the queue manager defers every delivery that needs a certificate check
 (relay tls = starttls or implicit) with `clock not set`, without a connection; mail to a
@@ -50,6 +50,10 @@ CLOCK_FILE = os.path.join("state", "clock.json")
 # must not get a write per message. The price of a power cut is a floor up to five minutes
 # old, which still catches a Pi that booted at its image's date or at 1970.
 SAVE_INTERVAL_S = 300.0
+# NTP may step a good clock back by a fraction of a second (timesyncd steps beyond 0.4 s):
+# that must not read as "not set" and hold mail back. A clock that is really not set is
+# hours to decades behind, far beyond this.
+STEP_SLACK_S = 60.0
 # While the clock is not set the queue manager looks again this often, so the mail waiting
 # for it goes out within about a second of NTP setting the clock.
 CHECK_INTERVAL_S = 1.0
@@ -69,7 +73,7 @@ class ClockRecord:
     suspect_before: float = 0.0  # arrival stamps before this may come from a clock not set
 
     def floor(self, build_time: float = BUILD_TIME) -> float:
-        return max(build_time, self.last_seen)
+        return max(build_time, self.last_seen - STEP_SLACK_S)
 
 
 def observe(record: ClockRecord, now: float, build_time: float = BUILD_TIME) -> ClockRecord:

@@ -7,7 +7,7 @@ import logging
 import os
 import random
 
-from mta_lite.qmgr.clock import (CHECK_INTERVAL_S, NOT_SET, OK, SAVE_INTERVAL_S, ClockRecord, ClockWatch,
+from mta_lite.qmgr.clock import (CHECK_INTERVAL_S, NOT_SET, OK, SAVE_INTERVAL_S, STEP_SLACK_S, ClockRecord, ClockWatch,
                                  effective_arrival, observe, read_record)
 from mta_lite.qmgr import QueueManager
 from mta_lite.queue import WAIT_CLOCK
@@ -41,9 +41,15 @@ def test_clock_found_good_again_counts_suspect_arrivals_from_that_moment():
     lost = observe(seen, 60.0, BUILD)                          # a power cut: back at 1970
     back = observe(lost, BUILD + 6 * DAY, BUILD)               # NTP answered
     assert back.state == OK and back.good_since == BUILD + 6 * DAY
-    assert back.suspect_before == BUILD + 5 * DAY              # the floor at that moment
+    assert back.suspect_before == BUILD + 5 * DAY - STEP_SLACK_S   # the floor at that moment
     assert effective_arrival(70.0, back) == BUILD + 6 * DAY    # accepted while not set
     assert effective_arrival(BUILD + 6 * DAY + 9, back) == BUILD + 6 * DAY + 9
+
+
+def test_clock_stepped_back_a_little_by_ntp_stays_set():
+    seen = observe(ClockRecord(), BUILD + DAY, BUILD)
+    assert observe(seen, BUILD + DAY - 2.5, BUILD).state == OK
+    assert observe(seen, BUILD + DAY - STEP_SLACK_S - 1, BUILD).state == NOT_SET
 
 
 def test_good_clock_only_moves_last_seen_forward():
