@@ -71,8 +71,7 @@ PACKAGES=(postfix sasl2-bin libsasl2-modules swaks libnet-ssleay-perl strace fak
 # Programs the tests call directly: a package can be "installed" yet broken (half-configured).
 PROGRAMS=(/usr/sbin/postfix /usr/sbin/smtp-sink /usr/sbin/smtp-source /usr/sbin/saslpasswd2
           swaks strace faketime socat openssl /usr/sbin/dnsmasq mtype mcopy
-          /usr/sbin/mkfs.vfat /usr/sbin/sfdisk /usr/sbin/losetup /usr/sbin/mkfs.ext4 bmaptool xz zstd
-          /usr/sbin/chronyd)
+          /usr/sbin/mkfs.vfat /usr/sbin/sfdisk /usr/sbin/losetup /usr/sbin/mkfs.ext4 bmaptool xz zstd)
 
 missing_packages() {
     local p
