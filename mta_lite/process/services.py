@@ -150,7 +150,7 @@ class QmgrService:
         return StatusSnapshot(pid=os.getpid(), started=self.started, running=True,
                               queue=queue_counts(self.cfg.spool_dir),
                               relays=data["accounts"], qmgr=data["totals"], smtpd=smtpd,
-                              config=self.cfg.digest)
+                              config=self.cfg.digest, clock=data["clock"])
 
     async def _status_loop(self) -> None:
         while True:
