@@ -46,6 +46,9 @@ class StatusSnapshot:
     smtpd: dict[str, int] = field(default_factory=dict)
     config: str = ""                  # digest of the config file the queue manager runs
     processes: dict[str, dict] = field(default_factory=dict)   # from the master, while it runs
+    # The queue manager's view of the system clock (qmgr/clock.py): {"state": "ok" | "not_set",
+    # "trusted_floor": epoch it must not be below, "since": the clock's reading when that began}.
+    clock: dict = field(default_factory=dict)
     recent: list[dict] = field(default_factory=list)    # the last delivery results, newest first
     disk: dict[str, int] = field(default_factory=dict)  # the spool's file system: free_bytes, total_bytes
     oldest: float | None = None       # arrival of the oldest message waiting to go out
@@ -169,6 +172,9 @@ def format_status(snapshot: StatusSnapshot) -> str:
         if entry.get("state") not in (None, "running"):
             since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(_number(entry.get("since"))))
             lines.append(f"{name}: {str(entry.get('state')).replace('_', ' ')} since {since}: {entry.get('reason', '')}")
+    if snapshot.running and isinstance(snapshot.clock, dict) and snapshot.clock.get("state") == "not_set":
+        floor = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(_number(snapshot.clock.get("trusted_floor"))))
+        lines.append(f"clock: not set (earlier than {floor}): mail for smarthosts with TLS waits for it")
     lines.append("queue: " + ", ".join(f"{k} {v}" for k, v in snapshot.queue.items()))
     for name, relay in sorted(snapshot.relays.items()):
         extra = f"  last_error: {relay['last_error']}" if relay.get("last_error") else ""

@@ -150,7 +150,7 @@ class QmgrService:
         return StatusSnapshot(pid=os.getpid(), started=self.started, running=True,
                               queue=queue_counts(self.cfg.spool_dir),
                               relays=data["accounts"], qmgr=data["totals"], smtpd=smtpd,
-                              config=self.cfg.digest, recent=self.qmgr.history.snapshot(),
+                              config=self.cfg.digest, clock=data["clock"], recent=self.qmgr.history.snapshot(),
                               disk=disk_usage(self.cfg.spool_dir), oldest=oldest_arrival(self.cfg.spool_dir))
 
     async def _status_loop(self) -> None:

@@ -24,7 +24,7 @@ import math
 import os
 
 from mta_lite import history
-from mta_lite.status import STATUS_FILE, QUEUE_DIRS, StatusSnapshot, read_status
+from mta_lite.status import QUEUE_DIRS, StatusSnapshot, read_status
 
 from mta_lite_board import patterns
 
@@ -32,7 +32,6 @@ SCHEMA_VERSION = 1
 CLOCK_FILE = "clock.json"          # the board's NTP report, in its runtime directory
 # The board's clock report is a few hundred bytes; anything bigger is not it.
 MAX_CLOCK_FILE_BYTES = 4096
-MAX_STATUS_FILE_BYTES = 1024 * 1024
 MAX_TEXT_CHARS = 300
 # Times past the year 9999 are garbage (and beyond what gmtime() can show).
 MAX_EPOCH = 253_402_300_799
@@ -42,7 +41,7 @@ SMTPD_KEYS = {"connections": "connections", "accepted": "accepted", "rejected": 
 POSTSCREEN_KEYS = ("passed", "cache_hits", "pregreet", "dnsbl", "dropped", "enforced", "allowlisted",
                    "denylisted", "stress")
 PATTERN_WORDS = {patterns.OFF: "off", patterns.ON: "on", patterns.SLOW_BLINK: "slow blink",
-                 patterns.FAST_BLINK: "fast blink", patterns.FLASH: "short flash"}
+                 patterns.FAST_BLINK: "fast blink", patterns.FLASH: "short flash", patterns.WINK: "wink"}
 # The LED meanings of patterns.py, in plain words.
 POWER_WORDS = {patterns.ON: "the relay is running", patterns.SLOW_BLINK: "the relay is not running"}
 MAIL_WORDS = {patterns.OFF: "no mail in the box", patterns.ON: "mail is waiting in the box",
@@ -52,7 +51,9 @@ ALERT_WORDS = {patterns.OFF: "every smarthost account is fine",
                patterns.FAST_BLINK: "a part of the relay cannot start because of its configuration",
                patterns.ON: "a smarthost refused an account's login: fix its username or password",
                patterns.SLOW_BLINK: "a smarthost has not answered for 10 minutes",
-               patterns.FLASH: "an account is throttled by its own sending budget"}
+               patterns.FLASH: "an account is throttled by its own sending budget",
+               patterns.WINK: "the clock is off: NTP servers disagree with it, or none answered for long"}
+ALERT_CLOCK_NOT_SET = "the clock is not set: mail for smarthosts with TLS waits for it"
 ALERT_OFF_NOT_RUNNING = "the accounts' state is unknown while the relay is not running"
 CLOCK_STATES = ("ok", "not_set")
 
@@ -61,8 +62,6 @@ def collect(spool_dir: str, board_run_dir: str | None, now: float, config_info: 
     """Read the files and build the page's data; missing or bad files give "unknown"s."""
     snapshot = read_status(spool_dir, now)
     relay_clock = getattr(snapshot, "clock", None)
-    if relay_clock is None:        # a snapshot class without the field: read it from the file
-        relay_clock = _load_json(os.path.join(spool_dir, STATUS_FILE), MAX_STATUS_FILE_BYTES).get("clock")
     try:
         book = history.read_book(history.history_path(spool_dir), now)
     except (OSError, ValueError):
@@ -90,14 +89,14 @@ def build(snapshot: StatusSnapshot, book: history.Book, relay_clock, ntp: dict, 
         "version": SCHEMA_VERSION,
         "generated": now,
         "relay": _relay(snapshot, running, now, _mapping(config_info)),
-        "leds": _leds(snapshot, running, now),
+        "leds": _leds(snapshot, running, now, _mapping(ntp).get("alert") is True),
         "mail": _mail(snapshot, now),
         "accounts": [_account(name, entry) for name, entry in list(_mapping(snapshot.relays).items())[:MAX_ACCOUNTS]],
         "recent": [_recent(entry) for entry in _list(getattr(snapshot, "recent", None))[:history.RECENT_LIMIT]],
         "smtpd": {key: _count(_mapping(snapshot.smtpd).get(name)) for key, name in SMTPD_KEYS.items()},
         "postscreen": {key: _count(_mapping(snapshot.smtpd).get(f"postscreen_{key}")) for key in POSTSCREEN_KEYS},
         "disk": _disk(_mapping(getattr(snapshot, "disk", None))),
-        "clock": _clock(relay_clock, ntp),
+        "clock": _clock(relay_clock if running else None, ntp),     # a stopped relay's view is stale
         "history": history.series(book, now),
     }
 
@@ -126,11 +125,13 @@ def _generation(snapshot: StatusSnapshot, config_info: dict) -> int | None:
     return number if same else None
 
 
-def _leds(snapshot: StatusSnapshot, running: bool, now: float) -> dict:
-    state = patterns.pattern_for(snapshot, now)
+def _leds(snapshot: StatusSnapshot, running: bool, now: float, ntp_alert: bool) -> dict:
+    state = patterns.pattern_for(snapshot, now, ntp_alert)
     alert = ALERT_WORDS.get(state.alert, "")
     if state.alert == patterns.OFF and not running:
         alert = ALERT_OFF_NOT_RUNNING
+    if state.alert == patterns.WINK and running and patterns.clock_not_set(snapshot):
+        alert = ALERT_CLOCK_NOT_SET
     return {"power": {"pattern": PATTERN_WORDS.get(state.power, "?"), "meaning": POWER_WORDS.get(state.power, "")},
             "mail": {"pattern": PATTERN_WORDS.get(state.mail, "?"), "meaning": MAIL_WORDS.get(state.mail, "")},
             "alert": {"pattern": PATTERN_WORDS.get(state.alert, "?"), "meaning": alert}}

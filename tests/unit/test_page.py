@@ -178,11 +178,17 @@ def test_address_step_tells_the_page_the_generation_of_the_config_the_relay_runs
 def test_a_clock_not_set_and_a_large_ntp_offset_are_said_plainly():
     ntp = {"checked": NOW - 5, "server": "pool.ntp.org", "offset_s": -3600.5, "error": "", "alert": True,
            "alert_after_s": 10.0}
-    page = data.build(StatusSnapshot(), history.Book(), {"state": "not_set", "since": NOW}, ntp, NOW)
+    running = StatusSnapshot(pid=os.getpid(), written=NOW, running=True, clock={"state": "not_set", "since": NOW})
+    page = data.build(running, history.Book(), running.clock, ntp, NOW)
     jsonschema.validate(page, SCHEMA)
     assert (page["clock"]["state"], page["clock"]["ntp_offset_s"], page["clock"]["ntp_alert"]) == ("not_set", -3600.5, True)
+    assert page["leds"]["alert"] == {"pattern": "wink", "meaning": data.ALERT_CLOCK_NOT_SET}
     text = render.page(page)
     assert "not set: deliveries that need a certificate wait" in text
     assert "-3600.500 s against pool.ntp.org" in text and "off by more than 10 s" in text
-    failed = data.build(StatusSnapshot(), history.Book(), None, {**ntp, "offset_s": None, "error": "timed out"}, NOW)
+    failed = data.build(StatusSnapshot(), history.Book(), {"state": "not_set"}, {**ntp, "offset_s": None,
+                                                                                 "error": "timed out"}, NOW)
     assert "unknown (last check failed: timed out)" in render.page(failed)
+    assert failed["clock"]["state"] == "unknown"        # a stopped relay's view is stale
+    assert failed["leds"]["alert"]["pattern"] == "wink"  # the board's own NTP check still shows
+    assert failed["leds"]["alert"]["meaning"].startswith("the clock is off")
