@@ -48,6 +48,22 @@ STATUS_INTERVAL_S = 2.0
 STATUS_HEARTBEAT_S = 10.0
 
 
+@dataclasses.dataclass
+class StatusHeartbeat:
+    """When the status file is due: its content changed, or `heartbeat_s` passed since the
+    last write (readers need a fresh `written` to tell a live daemon from a dead one)."""
+
+    heartbeat_s: float = STATUS_HEARTBEAT_S
+    content: str = ""
+    at: float | None = None
+
+    def due(self, content: str, now: float) -> bool:
+        return content != self.content or self.at is None or now - self.at >= self.heartbeat_s
+
+    def wrote(self, content: str, now: float) -> None:
+        self.content, self.at = content, now
+
+
 def _sum_counters(listeners: list[Listener]) -> dict[str, int]:
     total: dict[str, int] = {}
     for listener in listeners:
@@ -159,7 +175,7 @@ class QmgrService:
 
     async def _status_loop(self) -> None:
         """Look every STATUS_INTERVAL_S; write when the snapshot changed or the heartbeat is due."""
-        written, at = "", -STATUS_HEARTBEAT_S
+        heartbeat = StatusHeartbeat()
         while True:
             try:
                 snapshot = self.snapshot()
@@ -167,9 +183,9 @@ class QmgrService:
                 # What changed, before write_status() stamps `written`; the free space moves
                 # with any write on the file system and is brought up to date by the heartbeat.
                 content = dataclasses.replace(snapshot, disk={}).to_json()
-                if content != written or time.monotonic() - at >= STATUS_HEARTBEAT_S:
+                if heartbeat.due(content, time.monotonic()):
                     write_status(self.cfg.spool_dir, snapshot)
-                    written, at = content, time.monotonic()
+                    heartbeat.wrote(content, time.monotonic())
             except OSError as exc:
                 log.warning("cannot write status file: %s", exc.strerror)
             await asyncio.sleep(STATUS_INTERVAL_S)
