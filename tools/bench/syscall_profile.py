@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from relay_bench import REPO, RELAYS, BenchError, drained, make_relay, source_argv, wait_delivered  # noqa: F401
+from relay_bench import RELAYS, BenchError, drained, make_relay, source_argv, wait_delivered  # (same directory)
 
 from tests.support import peers  # noqa: E402  (relay_bench put the repository on sys.path)
 
