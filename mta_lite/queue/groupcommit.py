@@ -41,6 +41,10 @@ SYNC_FILE_RANGE_WRITE = 2       # <linux/fs.h>: start writeback of dirty pages, 
 # few milliseconds against a flush that takes one (SSD) to twenty (SD card); a lone
 # session, or one whose companions are all waiting already, does not wait at all.
 LINGER_S = 0.002
+# A batch bigger than this is flushed only after the previous batch is sealed: a big
+# message's fsync (a 10 MB one takes about a second on an SD card) must not hold back the
+# 250s of small messages that are on disk already.
+PIPELINE_MAX_BYTES = 256 * 1024
 
 
 def commit_batch(writers: list) -> list:
@@ -95,6 +99,9 @@ def pipeline_step(batch: list, linked: list) -> tuple[dict, list]:
     committed already: one journal commit per batch under load instead of two. Returns
     the results so far and the writers of `batch` now linked, to be sealed next."""
     results: dict[int, object] = {}
+    if sum(writer.size for writer in batch) > PIPELINE_MAX_BYTES:
+        seal(linked, results)
+        linked = []
     synced = flush(batch, results)
     seal(linked, results)
     return results, link(synced, results)

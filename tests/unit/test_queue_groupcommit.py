@@ -100,3 +100,26 @@ def test_sequential_commits_are_each_sealed_before_they_return(spool, dir_syncs)
         return ids
     asyncio.run(main())
     assert len(dir_syncs) == 3
+
+
+def test_a_big_batch_does_not_hold_back_the_batch_before_it(spool, dir_syncs, monkeypatch):
+    small = [_writer(spool, n) for n in range(3)]
+    results, linked = groupcommit.pipeline_step(small, [])
+    assert results == {} and linked == small            # on disk, linked, not yet sealed
+    big = spool.begin(Envelope("a@lan.test", ["b@remote.example"]))
+    big.write(b"x" * (groupcommit.PIPELINE_MAX_BYTES + 1))
+    big_fd, real_fsync, big_synced_after = big.fileno(), os.fsync, []
+
+    def fsync(fd):
+        if fd == big_fd:
+            big_synced_after.append(len(dir_syncs))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    results, linked = groupcommit.pipeline_step([big], small)
+    assert big_synced_after == [1]                      # the small ones were sealed first
+    assert [results[id(w)] for w in small] == [w.queue_id for w in small]
+    assert linked == [big] and len(dir_syncs) == 1
+    results, linked = groupcommit.pipeline_step([], [big])
+    assert results[id(big)] == big.queue_id and linked == []
+    assert _listing(spool, "incoming") == sorted(w.queue_id for w in small + [big])
+    assert _listing(spool, "tmp") == []
