@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,10 +126,15 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--only", choices=RELAYS)
+    parser.add_argument("--keep", action="store_true", help="keep the strace logs and the relays' logs")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="syscall-profile-"))
     results = {name: profile_one(name, args, tmp / name) for name in ([args.only] if args.only else RELAYS)}
     print_table(results, args)
+    if args.keep:
+        print(f"syscall_profile: logs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
