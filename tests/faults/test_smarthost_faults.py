@@ -18,7 +18,8 @@ import pytest
 
 from tests.faults.conftest import fault_config, tls_relay_config
 from tests.support.faults import RawSmarthost, TlsSmarthost, message_id
-from tests.support.relay import free_port, wait_for
+from tests.support.peers import free_port
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,8 @@ import time
 import pytest
 
 from .test_image_boot import (BOOT_DEADLINE_S, BOOT_OFFSET, CARD_EXTRA, DATA_OFFSET, DELIVERY_DEADLINE_S, IMAGE,
-                              debugfs, free_port, mtype)
+                              debugfs, mtype)
+from tests.support.peers import free_port     # qemu's hostfwd takes ports on its command line
 from .test_image_boot import pytestmark  # noqa: F401  (the same skip: without MTA_LITE_IMAGE)
 
 MTOOLS_ENV = dict(os.environ, MTOOLS_SKIP_CHECK="1")

@@ -27,7 +27,7 @@ from mta_lite_board.patterns import FAST_BLINK, pattern_for
 from mta_lite.status import read_status
 from tests.support.relay import relay_config
 from tests.integration.test_privsep import children
-from tests.support.peers import dump_message_id, swaks
+from tests.support.peers import dump_message_id, free_port, swaks
 from tests.support.relay import PASSWORD, RelayProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -108,7 +108,7 @@ def first_line(port: int, timeout: float = 5.0) -> bytes:
 
 
 def tls_listener(relay: RelayProcess, cert: tuple[str, str]) -> None:
-    relay.config["listen"] = [{"address": f"127.0.0.1:{relay.port}", "tls_cert": cert[0], "tls_key": cert[1]}]
+    relay.config["listen"] = [{"address": "127.0.0.1:0", "tls_cert": cert[0], "tls_key": cert[1]}]
     relay.write_config()
 
 
@@ -141,7 +141,8 @@ def test_admin_written_files_work_the_first_time(smarthost, box, lan_cert):
 
 
 def test_check_names_path_user_and_fix_and_serve_refuses_before_binding(sink_factory, open_box):
-    relay = open_box({**relay_config(sink_factory().port), "relays": {"isp": {
+    port = free_port()      # a port known beforehand: the test shows that it is never bound
+    relay = open_box({**relay_config(sink_factory().port), "listen": [{"address": f"127.0.0.1:{port}"}], "relays": {"isp": {
         "host": "127.0.0.1", "port": 9, "tls": "starttls", "username": "office@example.test", "password": PASSWORD}},
         "default_relay": "isp"}, start=False)
     password_file = next(Path(relay.etc).glob("*.pw"))
@@ -155,7 +156,7 @@ def test_check_names_path_user_and_fix_and_serve_refuses_before_binding(sink_fac
         relay.start(timeout=20)
     assert line in relay.log().splitlines()
     with pytest.raises(ConnectionRefusedError):
-        first_line(relay.port)              # nothing was ever bound
+        first_line(port)                    # nothing was ever bound
     os.chmod(password_file, 0o600)
     assert relay.cli("check").returncode == 0
 

@@ -69,7 +69,7 @@ class Client:
 def screened(relay_factory, config: dict, **postscreen):
     """The real daemon with its listener screened by postscreen."""
     relay = relay_factory(config, start=False)
-    relay.config["listen"] = [{"address": f"127.0.0.1:{relay.port}", "postscreen": True}]
+    relay.config["listen"] = [{"address": "127.0.0.1:0", "postscreen": True}]
     relay.config["postscreen"] = {"greet_wait": f"{int(GREET_WAIT_S * 1000)}ms", **postscreen}
     relay.write_config()
     return relay.start()

@@ -16,7 +16,7 @@ import trustme
 
 from mta_lite.passhash import hash_password
 from tests.support.peers import dump_envelope, dump_message, swaks
-from tests.support.relay import free_port, postfix_config, relay_config, secret_needles, wait_for
+from tests.support.relay import postfix_config, relay_config, secret_needles, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -138,19 +138,17 @@ def submission_cert(tmp_path_factory):
 
 @pytest.mark.deployed
 def test_swaks_submission_with_auth_relays_with_the_users_sender_account(smarthost, relay_factory, submission_cert):
-    port, submission, implicit = free_port(), free_port(), free_port()
     tls = {"tls_cert": submission_cert[0], "tls_key": submission_cert[1], "auth": "required"}
     relay = relay_factory(postfix_config(
         smarthost, mynetworks=["192.0.2.0/24"],                 # 127.0.0.1 is outside: S1 holds
-        listen=[{"address": f"127.0.0.1:{port}"}, {"address": f"127.0.0.1:{submission}", **tls},
-                {"address": f"127.0.0.1:{implicit}", "tls": "implicit", **tls}],
+        listen=[{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:0", **tls},
+                {"address": "127.0.0.1:0", "tls": "implicit", **tls}],
         users={"alice": {"password_hash": hash_password(SUBMIT_PASSWORD.encode()), "senders": ["alice@example.com"]}},
         # The laptop's address is mapped for the LAN's devices; a login is never rewritten by
         # it, or alice's mail would leave as the scanner, through the office account.
         rewrite={"clients": {"127.0.0.0/8": "Office Scanner <scanner@example.com>"}}),
         start=False)
-    relay.port = port
-    relay.start()
+    port, submission, implicit = relay.start().ports          # the relay's ports, from its log
 
     def swaks_as_alice(server: int, *args: str, sender: str = "alice@example.com"):
         subject = "submission " + make_msgid(domain="laptop.test")

@@ -58,7 +58,13 @@ def poll_until(predicate: Callable[[], _T], timeout: float, what: str,
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick)."""
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick), for a peer that
+    must be told its port and cannot report one it bound itself: smtp-sink and Postfix take
+    the address on their command line or in master.cf, dnsmasq in its config, qemu's hostfwd
+    on its command line. Racy by nature (another process may take the port between this
+    close and the peer's bind), so every caller retries on a fresh port when the peer says
+    "in use". Peers that can bind port 0 (the relay under test, asyncio and aiosmtpd servers)
+    never use this: they bind 0 and report the port (tests/support/relay.py RelayProcess)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
