@@ -34,6 +34,7 @@ from mta_lite.postscreen.service import PostscreenService
 from mta_lite.postscreen.policy import StressLimits
 
 from tests.support.dialogs import FakeSpool, make_config
+from tests.support.waiting import wait_until_async
 from .test_dialogs import READ_TIMEOUT_S, SMTPD_SETTINGS, Dialog, LogCapture, read_line
 
 DIALOGS = sorted((Path(__file__).parent / "postscreen").glob("*.txt"))
@@ -93,9 +94,7 @@ def build_screened(tmp_path: Path, settings: dict[str, str]) -> tuple[Listener, 
 
 
 async def wait_idle(listener: Listener) -> None:
-    deadline = time.monotonic() + READ_TIMEOUT_S
-    while listener.active and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)      # polling with a deadline, not waiting blindly
+    await wait_until_async(lambda: not listener.active, READ_TIMEOUT_S, what="the listener's sessions to end")
 
 
 async def still_serves(listener: Listener) -> None:

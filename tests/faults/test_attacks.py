@@ -19,7 +19,8 @@ import pytest
 
 from tests.faults.conftest import fault_config
 from tests.support.faults import RawClient, RawSmarthost, elapsed, message_id, smtp_transaction
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +45,9 @@ def barrier(relay, smarthost, tag: str = "barrier") -> list:
     replies = smtp_transaction(relay.port, source=INSIDE,
                                body=f"Message-ID: <{tag}@lan.test>\r\nSubject: {tag}\r\n\r\nok\r\n".encode())
     assert replies[-1].startswith(b"250 2.0.0 Ok: queued as"), replies
-    wait_for(lambda: tag in "".join(str(message_id(t.content)) for t in smarthost.messages()), 30,
-             what=f"the {tag} message at the smarthost")
-    wait_for(lambda: relay.queue() == [], 30, what="an empty queue")
+    wait_until(lambda: tag in "".join(str(message_id(t.content)) for t in smarthost.messages()), 30,
+               what=f"the {tag} message at the smarthost")
+    wait_until(lambda: relay.queue() == [], 30, what="an empty queue")
     return smarthost.messages()
 
 

@@ -19,7 +19,8 @@ import pytest
 from tests.faults.conftest import fault_config, tls_relay_config
 from tests.support.faults import RawSmarthost, TlsSmarthost, message_id
 from tests.support.peers import free_port
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def deferred(relay, n: int = 1, timeout: float = 60) -> list[dict]:
     def check():
         items = relay.queue()
         return items if len(items) == n and all(i["state"] == "deferred" and i["attempts"] for i in items) else None
-    return wait_for(check, timeout, what=f"{n} deferred messages")
+    return wait_until(check, timeout, what=f"{n} deferred messages")
 
 
 def never_bounced(relay) -> None:
@@ -98,7 +99,7 @@ def test_smarthost_reset_mid_data_defers_then_delivers_once_whole(relay_factory,
         assert "while sending message content -- message may be sent more than once" in item["last_error"]
         smarthost.data_reset_after = None
         got = smarthost.wait_messages(1)
-        wait_for(lambda: relay.queue() == [], 30, what="the queue to empty")
+        wait_until(lambda: relay.queue() == [], 30, what="the queue to empty")
         assert [message_id(t.content) for t in smarthost.messages()] == ["<reset@lan.test>"]
         assert got[0].content.endswith(b"body of reset\r\n")
     never_bounced(relay)
@@ -124,7 +125,7 @@ def test_smarthost_550_for_one_of_two_recipients_bounces_that_one_and_delivers_t
         relay = relay_factory(fault_config(smarthost.port))
         send(relay.port, "half", rcpts=("ops@remote.example", "gone@remote.example"))
         got = smarthost.wait_messages(2)            # the message, then the bounce to its sender
-        wait_for(lambda: relay.queue() == [], 30, what="the queue to empty")
+        wait_until(lambda: relay.queue() == [], 30, what="the queue to empty")
         message, dsn = got
         assert message.rcpts == [b"ops@remote.example"] and message_id(message.content) == "<half@lan.test>"
         assert dsn.mail_from.startswith(b"<>") and dsn.rcpts == [b"scanner@lan.test"]
@@ -142,7 +143,7 @@ def test_tls_smarthost_with_valid_certificate_gets_auth_inside_tls_and_the_mail(
     with TlsSmarthost(peers_loop, tls=pki.server_context("good")) as smarthost:
         relay = relay_factory(tls_relay_config(smarthost.port, pki.ca_file))
         send(relay.port, "tls-ok")
-        wait_for(lambda: smarthost.messages, 30, what="the message at the TLS smarthost")
+        wait_until(lambda: smarthost.messages, 30, what="the message at the TLS smarthost")
         assert smarthost.auth_attempts == [("PLAIN", "office@example.test", True)]
         assert message_id(smarthost.messages[0][2]) == "<tls-ok@lan.test>"
 
@@ -201,11 +202,11 @@ def test_smarthost_refusing_login_defers_pauses_the_account_and_retries_no_storm
         relay = relay_factory(tls_relay_config(smarthost.port, pki.ca_file))
         for n in range(4):
             send(relay.port, f"refused-login-{n}")
-        wait_for(lambda: relay.status()["relays"].get("isp:office@example.test", {}).get("state") == "auth_failed",
-                 30, what="the account to show auth_failed")
+        wait_until(lambda: relay.status()["relays"].get("isp:office@example.test", {}).get("state") == "auth_failed",
+                   30, what="the account to show auth_failed")
         # Observe for a few backoff periods (min_backoff 1 s): a paused account is not retried.
         watch_until = time.monotonic() + 3.0
-        wait_for(lambda: time.monotonic() > watch_until, 10, what="the observation window")
+        wait_until(lambda: time.monotonic() > watch_until, 10, what="the observation window")
         assert 1 <= len(smarthost.auth_attempts) <= 2          # concurrency 2: at most one per slot
         assert all(in_tls for _, _, in_tls in smarthost.auth_attempts)
         items = relay.queue()
@@ -222,7 +223,7 @@ def test_smarthost_starttls_response_injection_is_discarded_and_mail_goes_out_in
         relay = relay_factory(tls_relay_config(smarthost.port, pki.ca_file))
         send(relay.port, "after-injection")
         got = smarthost.wait_messages(1)
-        wait_for(lambda: relay.queue() == [], 30, what="the queue to empty")
+        wait_until(lambda: relay.queue() == [], 30, what="the queue to empty")
         assert [message_id(t.content) for t in got] == ["<after-injection@lan.test>"]
         assert smarthost.auth == [("office@example.test", True)]
     assert "status=deferred" not in relay.log()

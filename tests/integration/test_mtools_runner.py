@@ -14,7 +14,7 @@ import time
 import pytest
 
 from mta_lite_board.mtools import MAX_STDERR_BYTES, MTOOLS_ENV, MtoolsRunner, StickReadError, StickTimeoutError
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 TIMEOUT_S = 1.0
@@ -66,7 +66,7 @@ def test_runner_leftover_process_holding_pipes_killed_at_deadline(tmp_path):
     with pytest.raises(StickTimeoutError):
         MtoolsRunner(TIMEOUT_S)(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; exit 0"], 100)
     pid = int(pidfile.read_text())
-    wait_for(lambda: not pid_alive(pid), 5, what="the process group killed, not only the child")
+    wait_until(lambda: not pid_alive(pid), 5, what="the process group killed, not only the child")
 
 
 def test_runner_missing_program_read_error():

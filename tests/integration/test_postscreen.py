@@ -24,7 +24,8 @@ from mta_lite.postscreen.dnsbl import ERROR, NXDOMAIN, OK, parse_site
 from mta_lite.postscreen.dnsblclient import DnsblCheck, DnsPythonLookup
 from tests.support.dns import Dnsmasq, bad_dns_server
 from tests.support.relay import relay_config
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -219,7 +220,7 @@ def test_postscreen_counters_reach_status_json(outsider_relay):
     def counters():
         smtpd = outsider_relay.status()["smtpd"]
         return smtpd if smtpd.get("postscreen_pregreet", 0) >= 1 else None
-    smtpd = wait_for(counters, 15, what="postscreen counters in status --json")
+    smtpd = wait_until(counters, 15, what="postscreen counters in status --json")
     for key in ("passed", "pregreet", "dnsbl", "dropped", "cache_hits", "stress"):
         assert isinstance(smtpd[f"postscreen_{key}"], int), key
 

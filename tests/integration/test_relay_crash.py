@@ -14,7 +14,8 @@ import pytest
 
 from tests.support.relay import relay_config
 from tests.support.peers import dump_message_id
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def test_kill9_under_load_loses_no_acknowledged_message(sink_factory, relay_fact
     threads = [threading.Thread(target=_client, args=(relay.port, t, acked, stop)) for t in range(CLIENTS)]
     for thread in threads:
         thread.start()
-    wait_for(lambda: len(acked) >= CLIENTS * PER_CLIENT // 3, 60, what="a third of the load to be acknowledged")
+    wait_until(lambda: len(acked) >= CLIENTS * PER_CLIENT // 3, 60, what="a third of the load to be acknowledged")
     relay.kill9()
     stop.set()
     for thread in threads:
@@ -54,7 +55,7 @@ def test_kill9_under_load_loses_no_acknowledged_message(sink_factory, relay_fact
     def all_arrived():
         ids = [dump_message_id(m) for m in sink.messages()]
         return ids if set(acked) <= set(ids) else None
-    ids = wait_for(all_arrived, 120, what=f"all {before_restart} acknowledged messages at the sink")
+    ids = wait_until(all_arrived, 120, what=f"all {before_restart} acknowledged messages at the sink")
     print(f"acknowledged before kill: {before_restart}, arrived: {len(ids)}, unique: {len(set(ids))}")
     duplicates = len(ids) - len(set(ids))
     # Only messages in flight to the smarthost at the kill may arrive twice (G3).

@@ -21,7 +21,8 @@ import dns.message
 import dns.rcode
 import dns.resolver
 
-from tests.support.peers import LOOPBACK, poll_until, tail_file
+from tests.support.peers import LOOPBACK, tail_file
+from tests.support.waiting import wait_until
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
@@ -88,7 +89,7 @@ class Dnsmasq:
                 return False
             return True
         try:
-            poll_until(answers, timeout, f"dnsmasq on port {self.port}")
+            wait_until(answers, timeout, f"dnsmasq on port {self.port}")
         except TimeoutError as exc:
             self.stop()
             raise TimeoutError(f"{exc}\n{tail_file(self.log)}") from None

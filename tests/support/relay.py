@@ -39,9 +39,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import tomli_w
+
+from tests.support.waiting import wait_until
 
 PASSWORD = "Tr0ub4dor-zebra-7c1"     # distinctive: tests grep logs and files for it
 # Every RelayProcess ever created in this test session, for the secret scan (tests/conftest.py).
@@ -128,16 +129,6 @@ def postfix_config(smarthost, *, password: str = PASSWORD, **top) -> dict:
         "queue": {"min_backoff": "1s", "max_backoff": "2s"},
         **top,
     }
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 # The line a smtpd logs for each listener once it serves (mta_lite/smtpd/listener.py).
@@ -281,8 +272,8 @@ class RelayProcess:
         """The ports a smtpd started after log position `offset` reports, once it reports one
         per [[listen]] (after a start, or a reload that binds new addresses); sets ports/port."""
         count = len(self.config["listen"])
-        self.ports = wait_for(lambda: listening_ports(self._log_from(offset), count), timeout,
-                              what=f"{count} 'listening on' line(s) in the relay's log")
+        self.ports = wait_until(lambda: listening_ports(self._log_from(offset), count), timeout,
+                                what=f"{count} 'listening on' line(s) in the relay's log")
         return self.ports
 
     def _log_from(self, offset: int) -> str:
@@ -311,8 +302,8 @@ class RelayProcess:
                                       "serve"], stdout=log, stderr=log, env=self.env, start_new_session=True)
         self.secret_findings = None
         log.close()
-        wait_for(lambda: self.proc.poll() is not None or self._serving(offset), timeout,
-                 what="the relay's listeners and its 220 banner")
+        wait_until(lambda: self.proc.poll() is not None or self._serving(offset), timeout,
+                   what="the relay's listeners and its 220 banner")
         if self.proc.poll() is not None:
             raise RuntimeError(f"mta-lite exited with {self.proc.returncode}:\n{self.log()}")
         return self
@@ -322,7 +313,7 @@ class RelayProcess:
         (faketime forks and waits for the program it runs)."""
         if not self.prefix:
             return self.proc.pid
-        return wait_for(lambda: next(iter(_children_of(self.proc.pid)), None), timeout, what="the master under the prefix")
+        return wait_until(lambda: next(iter(_children_of(self.proc.pid)), None), timeout, what="the master under the prefix")
 
     def pids(self) -> list[int]:
         """Every live process of this daemon (its process group), the master first."""
@@ -364,7 +355,7 @@ class RelayProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            wait_for(lambda: not _group_members(self.proc.pid), timeout, what="the daemon's processes to exit")
+            wait_until(lambda: not _group_members(self.proc.pid), timeout, what="the daemon's processes to exit")
 
     # ---------------------------------------------------------------- S3: secret scan
     def scan_secrets(self) -> list[str]:

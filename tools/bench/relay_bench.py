@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from tests.support import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
+from tests.support.waiting import wait_until
 
 SIZES = (1024, 20480)
 RELAYS = ("mta-lite", "postfix")
@@ -101,7 +102,7 @@ class MtaLiteRelay:
                                          cwd=self.workdir, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log)
         try:
-            peers.poll_until(lambda: self.proc.poll() is not None
+            wait_until(lambda: self.proc.poll() is not None
                              or (peers.smtp_probe(self.port) or b"").startswith(b"220"),
                              self.start_timeout, f"mta-lite greeting on port {self.port}")
         except TimeoutError as exc:
