@@ -9,7 +9,6 @@ hang); the runner treats every program alike. The fixed environment is checked w
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -53,10 +52,9 @@ def test_runner_stderr_bounded_and_drained():
 
 
 def test_runner_child_ignoring_sigterm_killed_at_deadline():
-    started = time.monotonic()
+    # Unkilled, the child would end by itself (status 0, no error) after 60 s.
     with pytest.raises(StickTimeoutError) as caught:
         MtoolsRunner(TIMEOUT_S)(["sh", "-c", "trap '' TERM; exec sleep 60"], 100)
-    assert time.monotonic() - started < TIMEOUT_S + 5
     assert "sh did not finish within 1 s and was killed" in str(caught.value)
     assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, StickReadError)
 
@@ -87,10 +85,9 @@ def test_runner_environment_fixed():
 def test_runner_large_stdin_to_a_child_that_never_reads_ends_at_deadline():
     """A report or a config is more than a pipe holds: feeding it must not block past the
     deadline when the child (mtools stuck in open()) never reads."""
-    started = time.monotonic()
+    # Blocked on the full pipe, the feed would end only with the child (60 s, a broken pipe).
     with pytest.raises(StickTimeoutError):
         MtoolsRunner(TIMEOUT_S)(["sleep", "60"], 100, b"x" * (1024 * 1024))
-    assert time.monotonic() - started < TIMEOUT_S + 5
 
 
 def test_runner_large_stdin_fed_completely():

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import socket
-import time
 
 import pytest
 
@@ -131,17 +130,20 @@ def test_dnsbl_check_against_dnsmasq_scores_client_addresses(dnsmasq):
 
 @pytest.mark.parametrize("mode", ["servfail", "refused", "garbage", "silent"])
 def test_dnspython_lookup_bad_server_counts_as_error_within_deadline(mode):
+    deadline_s = 0.5
+
     async def main():
         transport, server, port = await bad_dns_server(mode)
         try:
-            lookup = DnsPythonLookup(f"127.0.0.1:{port}", 0.5)
-            started = time.monotonic()
-            answer = await lookup("2.0.0.127.zen.test")
-            return answer, time.monotonic() - started, server.queries
+            lookup = DnsPythonLookup(f"127.0.0.1:{port}", deadline_s)
+            # The lookup's own deadline must end it before this timer ten times as long on
+            # the same event loop (timers fire in order, however slow the machine is).
+            answer = await asyncio.wait_for(lookup("2.0.0.127.zen.test"), 10 * deadline_s)
+            return answer, server.queries
         finally:
             transport.close()
-    answer, took, queries = asyncio.run(main())
-    assert answer.status == ERROR and queries >= 1 and took < 1.5
+    answer, queries = asyncio.run(main())
+    assert answer.status == ERROR and queries >= 1
 
 
 # ---------------------------------------------------------------- the daemon
@@ -204,10 +206,10 @@ def test_postscreen_error_code_or_garbage_answer_fails_open(outsider_relay, sour
 def test_postscreen_allowlisted_client_skips_the_greet_wait(outsider_relay):
     client = Client(outsider_relay.port, "127.0.0.3")
     try:
-        started = time.monotonic()
         assert client.line().startswith("220-")
         assert client.line().startswith("220 relay.lan.test ESMTP")
-        assert time.monotonic() - started < GREET_WAIT_S * 0.7
+        # What ended the wait: the DNSWL score, logged before the banner is completed.
+        assert "DNSBL rank -2 for [127.0.0.3]: allowlisted" in outsider_relay.log()
     finally:
         client.close()
 
