@@ -1,11 +1,15 @@
 """G3/S3/S5 through the whole daemon: smarthosts that fail in every way the client must survive.
 
 Peers: the real daemon (tests/support/relay.py), Postfix's smtp-sink (`-w`: slow DATA reply), a raw
-recording smarthost (silent, reset mid-DATA, 452, 550 for one recipient; tests/support/faults.py
+recording smarthost (silent, reset mid-DATA, 550 for one recipient; tests/support/faults.py
 RawSmarthost), aiosmtpd with STARTTLS and AUTH (TlsSmarthost) serving certificates made with
 `cryptography` (wrong host, expired, not yet valid, self-signed), the daemon itself under
 `faketime '1970-01-01 00:00:00'`, and the system resolver for a name that does not resolve.
 Clients: stdlib smtplib.
+Each behaviour is tested once: here what the whole daemon makes of a failing smarthost (the
+queue's last_error, the log line, a bounce); the smarthost client's own handling, tested
+in-process, is in tests/integration/test_smarthost_client.py (no STARTTLS offered, STARTTLS
+refused, a 452 at RCPT, replies at each step, the pool).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def test_smarthost_refusing_connections_defers_with_4_4_1(relay_factory):
     send(relay.port, "refused")
     item, = deferred(relay)
     assert item["last_error"] == f"451 4.4.1 connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused"
+    assert "relay=none, " in relay.log()            # no smarthost was reached
     never_bounced(relay)
 
 
@@ -105,19 +110,6 @@ def test_smarthost_reset_mid_data_defers_then_delivers_once_whole(relay_factory,
     never_bounced(relay)
 
 
-def test_smarthost_452_at_rcpt_defers_sends_no_data_and_delivers_later(relay_factory, peers_loop):
-    with RawSmarthost(peers_loop) as smarthost:
-        smarthost.replies["RCPT"] = b"452 4.3.1 Insufficient system storage\r\n"
-        relay = relay_factory(fault_config(smarthost.port))
-        send(relay.port, "full-smarthost")
-        item, = deferred(relay)
-        assert item["last_error"] == "452 4.3.1 Insufficient system storage (in reply to RCPT TO command)"
-        assert not smarthost.saw(b"DATA")
-        del smarthost.replies["RCPT"]
-        smarthost.wait_messages(1)
-    never_bounced(relay)
-
-
 def test_smarthost_550_for_one_of_two_recipients_bounces_that_one_and_delivers_the_other_once(
         relay_factory, peers_loop):
     with RawSmarthost(peers_loop) as smarthost:
@@ -132,7 +124,9 @@ def test_smarthost_550_for_one_of_two_recipients_bounces_that_one_and_delivers_t
         assert b"gone@remote.example" in dsn.content and b"550 5.1.1" in dsn.content
         assert len(smarthost.messages()) == 2           # the accepted recipient got it once
     log = relay.log()
-    assert "to=<gone@remote.example>" in log and "status=bounced" in log
+    relay_field = f"relay=127.0.0.1[127.0.0.1]:{smarthost.port}"
+    assert (f"to=<gone@remote.example>, {relay_field}" in log and "dsn=5.1.1, status=bounced "
+            "(550 5.1.1 <gone@remote.example>: User unknown (in reply to RCPT TO command))" in log)
     assert log.count("to=<ops@remote.example>") == 1
 
 
@@ -146,17 +140,6 @@ def test_tls_smarthost_with_valid_certificate_gets_auth_inside_tls_and_the_mail(
         wait_until(lambda: smarthost.messages, 30, what="the message at the TLS smarthost")
         assert smarthost.auth_attempts == [("PLAIN", "office@example.test", True)]
         assert message_id(smarthost.messages[0][2]) == "<tls-ok@lan.test>"
-
-
-def test_smarthost_without_starttls_gets_no_auth_and_mail_defers(relay_factory, peers_loop, pki):
-    with TlsSmarthost(peers_loop, tls=None) as smarthost:      # offers AUTH in clear, no STARTTLS
-        relay = relay_factory(tls_relay_config(smarthost.port, pki.ca_file))
-        send(relay.port, "no-starttls")
-        item, = deferred(relay)
-        assert item["last_error"] == (f"451 4.7.5 TLS is required, but host 127.0.0.1[127.0.0.1]:{smarthost.port}"
-                                      " does not offer STARTTLS")
-        assert smarthost.auth_attempts == [] and smarthost.messages == []
-    never_bounced(relay)
 
 
 CERTIFICATE_FAULTS = {

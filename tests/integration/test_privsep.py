@@ -97,6 +97,7 @@ def test_kill9_smtpd_keeps_delivery_going(sink_factory, relay_factory):
     assert "process smtpd pid" in relay.log() and "killed by signal 9" in relay.log()
 
 
+@pytest.mark.deployed
 def test_kill9_qmgr_under_load_keeps_acceptance_and_loses_nothing(sink_factory, relay_factory):
     sink = sink_factory()
     relay = relay_factory(relay_config(sink.port))
