@@ -47,16 +47,16 @@ def delivered(smarthost, message_id: str) -> bool:
 
 def test_config_apply_on_running_relay_takes_effect_without_restart(smarthost, relay_factory):
     relay = relay_factory(isp_config(smarthost))
-    master = relay.master_pid()
-    new_port = free_port()
+    master, old_port, log_end = relay.master_pid(), relay.port, relay.log_size()
+    new_port = free_port()      # a port named in the new config: the relay moves to it
     config = {**relay.config, "listen": [{"address": f"127.0.0.1:{new_port}"}]}
     status, out = apply(relay, config)
     assert status == 0, out
     digest = out.rsplit("config ", 1)[1].strip(")\n")
-    wait_until(lambda: smtp_probe(new_port), 20, what="the new listener")
+    assert relay.listening_since(log_end, 20) == [new_port]        # the new smtpd serves there
     wait_until(lambda: running_digest(relay) == digest, 20, what="the queue manager on the new config")
-    assert smtp_probe(relay.port) is None, "the old port must be closed after the reload"
-    message_id = send(new_port)
+    assert smtp_probe(old_port) is None, "the old port must be closed after the reload"
+    message_id = send(relay.port)
     wait_until(lambda: delivered(smarthost, message_id), 60, what="delivery after the reload")
     assert relay.master_pid() == master and relay.proc.poll() is None
 

@@ -42,17 +42,29 @@ SINK_USER = "nobody"
 # Small helpers
 
 
-def free_port() -> int:
+def free_port(*, udp_too: bool = False) -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick), for a peer that
     must be told its port and cannot report one it bound itself: smtp-sink and Postfix take
-    the address on their command line or in master.cf, dnsmasq in its config, qemu's hostfwd
-    on its command line. Racy by nature (another process may take the port between this
-    close and the peer's bind), so every caller retries on a fresh port when the peer says
-    "in use". Peers that can bind port 0 (the relay under test, asyncio and aiosmtpd servers)
-    never use this: they bind 0 and report the port (tests/support/relay.py RelayProcess)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    the address on their command line or in master.cf, dnsmasq in its config (udp_too: a
+    port free for UDP as well, dnsmasq binds both), aiosmtpd's command line, qemu's hostfwd;
+    and for a port nobody listens on (a smarthost that refuses connections). Racy by nature
+    (another process may take the port between this close and the peer's bind), so the peers
+    here retry on a fresh port when one says "in use". What can bind port 0 itself (the relay
+    under test, asyncio and aiosmtpd servers in-process) never uses this: it binds 0 and
+    reports the port (tests/support/relay.py RelayProcess)."""
+    kind = socket.SOCK_DGRAM if udp_too else socket.SOCK_STREAM
+    while True:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((LOOPBACK, port))
+                except OSError:
+                    continue        # taken for TCP: another pick
+                return port
 
 
 def smtp_probe(port: int, timeout: float = 2.0) -> bytes | None:
