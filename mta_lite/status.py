@@ -4,8 +4,9 @@ The daemon writes the snapshot atomically to spool/public/status.json every few 
 readers never see a half-written file. Queue counts are taken live from the spool
 directories the reader may list, so `status` is right even while the daemon is stopped; for
 those it may not (the board), the queue manager's counts in the snapshot stand.
-Guarantees: the snapshot holds counters and states only — never an address book, a
-password, or message content. board/ reads it through read_status() and nothing else.
+Guarantees: the snapshot holds counters and states, and the last few delivery results
+(mta_lite.history: queue ID, sender, recipient domain, status, the smarthost's reply with
+secrets masked) — never an address book, a password, or message content. board/ reads it through read_status() and nothing else.
 Must never: block the daemon on a slow reader (the file is replaced, not locked).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -26,6 +28,10 @@ PROCESSES_FILE = os.path.join("public", "master.json")
 STALE_AFTER_S = 30.0
 PID_LIMIT = 2 ** 22         # Linux's pid_max ceiling
 QUEUE_DIRS = ("incoming", "active", "deferred", "hold", "corrupt")
+# Where mail waits to go out: the oldest message among these is "the oldest message".
+WAITING_DIRS = ("incoming", "active", "deferred", "hold")
+# A queue ID's first 13 hex digits are microseconds since the epoch (queue.spool.new_queue_id).
+QUEUE_ID_TIME_DIGITS = 13
 
 
 @dataclass
@@ -40,6 +46,12 @@ class StatusSnapshot:
     smtpd: dict[str, int] = field(default_factory=dict)
     config: str = ""                  # digest of the config file the queue manager runs
     processes: dict[str, dict] = field(default_factory=dict)   # from the master, while it runs
+    # The queue manager's view of the system clock (qmgr/clock.py): {"state": "ok" | "not_set",
+    # "trusted_floor": epoch it must not be below, "since": the clock's reading when that began}.
+    clock: dict = field(default_factory=dict)
+    recent: list[dict] = field(default_factory=list)    # the last delivery results, newest first
+    disk: dict[str, int] = field(default_factory=dict)  # the spool's file system: free_bytes, total_bytes
+    oldest: float | None = None       # arrival of the oldest message waiting to go out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -57,6 +69,38 @@ def queue_counts(spool_dir: str) -> dict[str, int]:
         except PermissionError:
             continue
     return counts
+
+
+def oldest_arrival(spool_dir: str) -> float | None:
+    """Arrival time of the oldest message waiting to go out, from the queue IDs (which sort
+    by arrival); None when nothing waits or the directories may not be listed."""
+    oldest = None
+    for name in WAITING_DIRS:
+        try:
+            names = os.listdir(os.path.join(spool_dir, name))
+        except OSError:
+            continue
+        for queue_id in names:
+            arrival = _arrival(queue_id)
+            if arrival is not None and (oldest is None or arrival < oldest):
+                oldest = arrival
+    return oldest
+
+
+def _arrival(queue_id: str) -> float | None:
+    digits = queue_id[:QUEUE_ID_TIME_DIGITS]
+    if len(queue_id) != 16 or not all(c in "0123456789ABCDEF" for c in queue_id):
+        return None
+    return int(digits, 16) / 1_000_000
+
+
+def disk_usage(spool_dir: str) -> dict[str, int]:
+    """The spool's file system: {"free_bytes", "total_bytes"}; {} if it cannot be asked."""
+    try:
+        usage = shutil.disk_usage(spool_dir)
+    except OSError:
+        return {}
+    return {"free_bytes": usage.free, "total_bytes": usage.total}
 
 
 def write_status(spool_dir: str, snapshot: StatusSnapshot) -> None:
@@ -128,6 +172,9 @@ def format_status(snapshot: StatusSnapshot) -> str:
         if entry.get("state") not in (None, "running"):
             since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(_number(entry.get("since"))))
             lines.append(f"{name}: {str(entry.get('state')).replace('_', ' ')} since {since}: {entry.get('reason', '')}")
+    if snapshot.running and isinstance(snapshot.clock, dict) and snapshot.clock.get("state") == "not_set":
+        floor = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(_number(snapshot.clock.get("trusted_floor"))))
+        lines.append(f"clock: not set (earlier than {floor}): mail for smarthosts with TLS waits for it")
     lines.append("queue: " + ", ".join(f"{k} {v}" for k, v in snapshot.queue.items()))
     for name, relay in sorted(snapshot.relays.items()):
         extra = f"  last_error: {relay['last_error']}" if relay.get("last_error") else ""

@@ -1,14 +1,17 @@
 """daemon — mta-lite-board: the box's hardware side as one process of asyncio tasks.
 
     mta-lite-board [--config FILE] [--serial DEVICE] [--spool DIR] [--no-leds]
-                   [--log-file FILE] [--relay-command CMD]
+                   [--log-file FILE] [--relay-command CMD] [--runtime-dir DIR] [--no-clock]
 
 --config defaults to $MTA_LITE_CONFIG, else /etc/mta-lite/mta-lite.toml; --spool to the
 config's spool_dir (read without secrets, each time it is needed). With --serial the serial
 console (board.console) runs on DEVICE; the status LEDs (board.leds) show the status file
 of the spool unless --no-leds (no GPIO: no LEDs, one log line). The console's LOG and REPORT
 read the journal, or --log-file; its QUEUE, TEST RELAY, FLUSH and REPORT run the relay's
-command line, this Python's `-m mta_lite.cli` or --relay-command (board/relaycli.py). Each board part is a named task factory given to
+command line, this Python's `-m mta_lite.cli` or --relay-command (board/relaycli.py). Unless
+--no-clock, the clock check (board.clock) asks `[board] ntp_servers` and writes clock.json
+into --runtime-dir (default /run/mta-lite-board), which the status page and the alert LED
+read. Each board part is a named task factory given to
 run(); a part that fails is logged and restarted with backoff, the others go on; one that
 returns is done (LEDs on a board without GPIO). SIGTERM or SIGINT stops every part and the
 process exits 0.
@@ -33,13 +36,14 @@ import signal
 import sys
 from typing import Awaitable, Callable, Sequence
 
-from mta_lite.config.schema import DEFAULT_CONFIG_PATH
+from mta_lite.config.schema import DEFAULT_CONFIG_PATH, BoardConfig
 from mta_lite.config.load import load_config
 from mta_lite.errors import ConfigError
 from mta_lite.maillog import setup_logging
 
 from mta_lite.status import read_status
 
+from mta_lite_board.clock import NTP_PORT, REPORT_NAME, RUNTIME_DIR, ClockCheck, read_alert
 from mta_lite_board.console import FileActions, SerialConsole
 from mta_lite_board.leds import serve_leds
 from mta_lite_board.console_protocol import ConsoleProtocol, error_location
@@ -103,9 +107,16 @@ def console_part(config_path: str, device: str, spool_dir: str | None, log_file:
     return "console", SerialConsole(device, protocol, children=actions.children).run
 
 
-def leds_part(spool_dir: str) -> Part:
-    """The status LEDs, from the status file the queue manager writes (board.leds)."""
-    return "leds", lambda: serve_leds(lambda: read_status(spool_dir))
+def leds_part(spool_dir: str, runtime_dir: str = RUNTIME_DIR) -> Part:
+    """The status LEDs, from the status file the queue manager writes (board.leds) and the
+    clock check's report (board.clock)."""
+    report = os.path.join(runtime_dir, REPORT_NAME)
+    return "leds", lambda: serve_leds(lambda: read_status(spool_dir), ntp_alert=lambda: read_alert(report))
+
+
+def clock_part(servers, runtime_dir: str = RUNTIME_DIR, port: int = NTP_PORT) -> Part:
+    """The clock check (board.clock): NTP offset into runtime_dir/clock.json."""
+    return "clock", ClockCheck(servers, runtime_dir, port=port).run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,6 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spool", metavar="DIR", help="the relay's spool (default: spool_dir of the config)")
     parser.add_argument("--no-leds", action="store_true", help="leave the GPIO pins alone")
     parser.add_argument("--log-file", metavar="FILE", help="LOG and REPORT read this file, not the journal")
+    parser.add_argument("--runtime-dir", metavar="DIR", default=RUNTIME_DIR,
+                        help="where the clock check writes clock.json (default: %(default)s)")
+    parser.add_argument("--no-clock", action="store_true", help="do not ask NTP servers")
+    parser.add_argument("--ntp-port", type=int, default=NTP_PORT, help=argparse.SUPPRESS)   # tests
     parser.add_argument("--relay-command", metavar="CMD",
                         help="the relay's command line for QUEUE, TEST RELAY, FLUSH and REPORT "
                              "(default: this Python's -m mta_lite.cli)")
@@ -143,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_leds:
         log.info("--no-leds: the LEDs are off")
     elif spool_dir:
-        parts.append(leds_part(spool_dir))
+        parts.append(leds_part(spool_dir, args.runtime_dir))
     else:
         log.warning("no spool directory known (no config, no --spool): the LEDs are off")
+    if args.no_clock:
+        log.info("--no-clock: the clock check is off")
+    else:
+        servers = cfg.board.ntp_servers if cfg else BoardConfig().ntp_servers
+        parts.append(clock_part(servers, args.runtime_dir, args.ntp_port))
     return asyncio.run(run(parts))
 
 

@@ -3,7 +3,8 @@
 StatusLeds owns three gpiozero LEDs and applies a board.patterns.LedState to them; an LED
 is touched only when its pattern changes, so a blink keeps its rhythm across polls.
 run_leds() polls a snapshot reader (the daemon passes `lambda: read_status(spool_dir)`),
-maps it with pattern_for() and applies it, until cancelled. serve_leds() is the daemon's
+maps it with pattern_for() (with the board's clock check: `ntp_alert`, board.clock.read_alert)
+and applies it, until cancelled. serve_leds() is the daemon's
 one call: open the LEDs, run them, close them; without GPIO it logs one line and returns.
 
 Guarantees: a reader that raises, or a garbled status file, shows "relay not running"
@@ -45,6 +46,11 @@ ALERT_PIN = 22
 POLL_INTERVAL_S = 1.0
 
 SnapshotReader = Callable[[], StatusSnapshot]
+AlertReader = Callable[[], bool]
+
+
+def _no_alert() -> bool:
+    return False
 
 
 class StatusLeds:
@@ -157,7 +163,7 @@ class _Trouble:
 
 
 def read_pattern(read_snapshot: SnapshotReader, clock: Callable[[], float] = time.time,
-                 trouble: _Trouble | None = None) -> LedState:
+                 trouble: _Trouble | None = None, ntp_alert: AlertReader = _no_alert) -> LedState:
     """The LED state for the current snapshot; "relay not running" if it cannot be read."""
     trouble = trouble or _Trouble("reading the relay status")
     try:
@@ -169,14 +175,14 @@ def read_pattern(read_snapshot: SnapshotReader, clock: Callable[[], float] = tim
         snapshot = StatusSnapshot()
     else:
         trouble.ok()
-    return pattern_for(snapshot, clock())
+    return pattern_for(snapshot, clock(), ntp_alert())
 
 
 def update_leds(leds: StatusLeds, read_snapshot: SnapshotReader, clock: Callable[[], float] = time.time,
-                troubles: tuple[_Trouble, _Trouble] | None = None) -> LedState:
+                troubles: tuple[_Trouble, _Trouble] | None = None, ntp_alert: AlertReader = _no_alert) -> LedState:
     """One poll: read the status, show its pattern; returns the state shown (or meant)."""
     reading, switching = troubles or (_Trouble("reading the relay status"), _Trouble("switching the LEDs"))
-    state = read_pattern(read_snapshot, clock, reading)
+    state = read_pattern(read_snapshot, clock, reading, ntp_alert)
     try:
         leds.apply(state)
     # A pin that stops working (a pin library error of any type) must not end the poll loop:
@@ -189,12 +195,12 @@ def update_leds(leds: StatusLeds, read_snapshot: SnapshotReader, clock: Callable
 
 
 async def run_leds(leds: StatusLeds, read_snapshot: SnapshotReader, interval_s: float = POLL_INTERVAL_S,
-                   clock: Callable[[], float] = time.time) -> None:
+                   clock: Callable[[], float] = time.time, ntp_alert: AlertReader = _no_alert) -> None:
     """Poll and show the relay's status every interval_s until cancelled; then all LEDs off."""
     troubles = (_Trouble("reading the relay status"), _Trouble("switching the LEDs"))
     try:
         while True:
-            update_leds(leds, read_snapshot, clock, troubles)
+            update_leds(leds, read_snapshot, clock, troubles, ntp_alert)
             await asyncio.sleep(interval_s)
     finally:
         _all_off(leds)
@@ -210,11 +216,11 @@ def _all_off(leds: StatusLeds) -> None:
 
 async def serve_leds(read_snapshot: SnapshotReader, *, power_pin: int = POWER_PIN, mail_pin: int = MAIL_PIN,
                      alert_pin: int = ALERT_PIN, pin_factory=None,
-                     interval_s: float = POLL_INTERVAL_S) -> None:
+                     interval_s: float = POLL_INTERVAL_S, ntp_alert: AlertReader = _no_alert) -> None:
     """The board daemon's task: open the LEDs and run them until cancelled, then release the
     pins. Without GPIO it returns at once (StatusLeds.open() has logged why)."""
     leds = StatusLeds.open(power_pin, mail_pin, alert_pin, pin_factory=pin_factory)
     if leds is None:
         return
     with leds:
-        await run_leds(leds, read_snapshot, interval_s)
+        await run_leds(leds, read_snapshot, interval_s, ntp_alert=ntp_alert)

@@ -1,7 +1,8 @@
 """patterns — what the three status LEDs show for a relay status snapshot: pure, no pins.
 
-pattern_for(snapshot, now) maps one mta_lite.status.StatusSnapshot (as read_status() returns
-it) to a LedState: one pattern per LED, each Off(), On() or Blink(on_s, off_s).
+pattern_for(snapshot, now, ntp_alert) maps one mta_lite.status.StatusSnapshot (as read_status()
+returns it), and the board's own clock check (board.clock: a large NTP offset, or no NTP
+answer for long), to a LedState: one pattern per LED, each Off(), On() or Blink(on_s, off_s).
 
     LED            pattern            meaning
     power (green)  on                 the relay is running
@@ -21,8 +22,15 @@ it) to a LedState: one pattern per LED, each Off(), On() or Blink(on_s, off_s).
                                       its username or password (S5)
                    slow blink         a smarthost has not answered for 10 minutes (unreachable)
                    short flash        an account is throttled by its own sending budget
-    Priority on the alert LED: config error, then over all accounts auth_failed, then
-    unreachable, then throttled.
+                   wink (on, short    the clock is wrong: the relay finds it not set (mail
+                   dark gap)          for TLS smarthosts waits), or NTP servers say it is
+                                      off by more than board.clock.OFFSET_ALERT_S (or none
+                                      answered for long); `mta-lite status` and the status
+                                      page say which
+    Priority on the alert LED: config error, then clock not set (it holds back every TLS
+    delivery and would show as nothing else), then over all accounts auth_failed, then
+    unreachable, then throttled, then a large NTP offset (mail still flows). A large NTP
+    offset shows even while the relay is not running: the board measures it itself.
 
 Guarantees: pattern_for is total: any snapshot, even one built from a garbled status file
 (wrong types anywhere), gives a LedState and never raises. The snapshot holds counters and
@@ -48,6 +56,10 @@ FAST_BLINK_OFF_S = 0.2
 # A short flash every two seconds: "note this" without the urgency of the other two.
 FLASH_ON_S = 0.1
 FLASH_OFF_S = 1.9
+# The clock: mostly lit with a short dark gap every two seconds, the inverse of the flash,
+# so it is told apart from steady on (a refused login) from across a room.
+WINK_ON_S = 1.8
+WINK_OFF_S = 0.2
 
 # Relay account states as mta_lite.qmgr.accounts writes them into the status file. They are
 # spelled out here rather than imported: board/ reads mta_lite.status only.
@@ -56,6 +68,8 @@ STATE_UNREACHABLE = "unreachable"
 STATE_THROTTLED = "throttled"
 # The master's state for a child that exits with a config error (mta_lite.process.spawn).
 STATE_CONFIG_ERROR = "config_error"
+# The queue manager's clock state in the status file's `clock` entry (mta_lite.qmgr.clock).
+CLOCK_NOT_SET = "not_set"
 # Queue directories whose messages are still to go out (hold included: they are in the box).
 WAITING_DIRS = ("incoming", "active", "deferred", "hold")
 CORRUPT_DIR = "corrupt"
@@ -85,6 +99,7 @@ ON = On()
 SLOW_BLINK = Blink(SLOW_BLINK_ON_S, SLOW_BLINK_OFF_S)
 FAST_BLINK = Blink(FAST_BLINK_ON_S, FAST_BLINK_OFF_S)
 FLASH = Blink(FLASH_ON_S, FLASH_OFF_S)
+WINK = Blink(WINK_ON_S, WINK_OFF_S)
 
 # Alert patterns in priority order: the first state any account is in decides.
 ALERT_BY_STATE = ((STATE_AUTH_FAILED, ON), (STATE_UNREACHABLE, SLOW_BLINK), (STATE_THROTTLED, FLASH))
@@ -103,13 +118,17 @@ DARK = LedState()
 LED_NAMES = ("power", "mail", "alert")
 
 
-def pattern_for(snapshot: StatusSnapshot, now: float) -> LedState:
-    """The LEDs for this snapshot at time `now` (seconds since the epoch)."""
+def pattern_for(snapshot: StatusSnapshot, now: float, ntp_alert: bool = False) -> LedState:
+    """The LEDs for this snapshot at time `now` (seconds since the epoch); `ntp_alert`: the
+    board's clock check raised its alert."""
     running = relay_running(snapshot, now)
     if config_error(snapshot):
         alert = FAST_BLINK
+    elif running and clock_not_set(snapshot):
+        alert = WINK
     else:
         alert = alert_pattern(snapshot) if running else OFF
+        alert = WINK if alert == OFF and ntp_alert is True else alert
     return LedState(power=ON if running else SLOW_BLINK, mail=mail_pattern(snapshot), alert=alert)
 
 
@@ -117,6 +136,11 @@ def config_error(snapshot: StatusSnapshot) -> bool:
     """The master reports a child that cannot start because of its configuration."""
     processes = _mapping(getattr(snapshot, "processes", None))
     return any(_mapping(entry).get("state") == STATE_CONFIG_ERROR for entry in processes.values())
+
+
+def clock_not_set(snapshot: StatusSnapshot) -> bool:
+    """The queue manager finds the system clock not set (earlier than its trusted floor)."""
+    return _mapping(getattr(snapshot, "clock", None)).get("state") == CLOCK_NOT_SET
 
 
 def relay_running(snapshot: StatusSnapshot, now: float) -> bool:

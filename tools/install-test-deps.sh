@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # install-test-deps.sh - install the real peers the integration tests and the bench run
 # (Postfix + smtp-sink/smtp-source, cyrus SASL tools, swaks, strace, faketime, socat, openssl,
-# dnsmasq as the DNSBL server of the postscreen tests, mtools and dosfstools for USB stick
+# dnsmasq as the DNSBL server of the postscreen tests, dovecot-core as the OAuth2 token checker
+# behind the OAuth2 smarthost (auth only, started by the tests, never as a service), mtools and dosfstools for USB stick
 # images, chrony; for the SD-card flash tool's tests fdisk (sfdisk), mount (losetup), bmap-tools,
-# xz-utils, zstd and e2fsprogs; apt starts none of them as a service here).
+# xz-utils, zstd and e2fsprogs; chromium, headless, for the status page's tests; apt starts
+# none of them as a service here).
 #
 # Also creates the users of the privilege-separated layout (same as
 # firmware/sysusers.d/mta-lite.conf): system users mta-lite (queue manager, supplementary group
-# mta-smtpd), mta-smtpd (SMTP server) and mta-config (config installer, group mta-lite), and the
-# unprivileged mta-test-user that the tests use
-# as "any local user" running sendmail.
+# mta-smtpd), mta-smtpd (SMTP server), mta-config (config installer, group mta-lite) and
+# mta-page (the status page: no supplementary group at all), and the unprivileged
+# mta-test-user that the tests use as "any local user" running sendmail.
 #
 # Guarantees: idempotent; when everything is already installed it only runs `dpkg -s`/`command -v`
 # and `getent`/`id`, and exits 0 within a second (no apt-get update). Installs non-interactively
@@ -19,7 +21,7 @@
 set -euo pipefail
 
 NOLOGIN=/usr/sbin/nologin
-SYSTEM_USERS=(mta-smtpd mta-lite mta-config)   # in this order: each joins a group made before
+SYSTEM_USERS=(mta-smtpd mta-lite mta-config mta-page)   # in this order: each joins a group made before
 TEST_USER=mta-test-user
 
 missing_users() {
@@ -51,6 +53,7 @@ create_users() {
     usermod --append --groups mta-smtpd mta-lite
     getent passwd mta-config >/dev/null || add_user mta-config --system --comment "mta-lite config installer"
     usermod --append --groups mta-lite mta-config
+    getent passwd mta-page >/dev/null || add_user mta-page --system --comment "mta-lite status page"
     getent passwd "$TEST_USER" >/dev/null || add_user "$TEST_USER" --comment "mta-lite tests, any local user"
 }
 
@@ -67,11 +70,13 @@ fi
 
 # libnet-ssleay-perl is only a Recommends of swaks, but `swaks --tls` needs it.
 PACKAGES=(postfix sasl2-bin libsasl2-modules swaks libnet-ssleay-perl strace faketime socat openssl
-          ca-certificates dnsmasq mtools dosfstools chrony fdisk mount bmap-tools xz-utils zstd e2fsprogs)
+          ca-certificates dnsmasq dovecot-core mtools dosfstools chrony fdisk mount bmap-tools xz-utils zstd e2fsprogs
+          chromium)
 # Programs the tests call directly: a package can be "installed" yet broken (half-configured).
 PROGRAMS=(/usr/sbin/postfix /usr/sbin/smtp-sink /usr/sbin/smtp-source /usr/sbin/saslpasswd2
-          swaks strace faketime socat openssl /usr/sbin/dnsmasq mtype mcopy
-          /usr/sbin/mkfs.vfat /usr/sbin/sfdisk /usr/sbin/losetup /usr/sbin/mkfs.ext4 bmaptool xz zstd)
+          swaks strace faketime socat openssl /usr/sbin/dnsmasq /usr/sbin/dovecot mtype mcopy
+          /usr/sbin/mkfs.vfat /usr/sbin/sfdisk /usr/sbin/losetup /usr/sbin/mkfs.ext4 bmaptool xz zstd
+          chromium)
 
 missing_packages() {
     local p

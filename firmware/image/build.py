@@ -154,7 +154,7 @@ def install_python(root: pathlib.Path, wheel_files: list[pathlib.Path]) -> None:
     # Only what was just installed: the rest of the venv was compiled with the cached root.
     site = next((root / venv.lstrip("/")).glob("lib/python3*/site-packages"))
     fresh = [f"/{p.relative_to(root)}" for p in sorted(site.iterdir())
-             if p.name in ("mta_lite", "board", "mta_lite_tools") or p.name.startswith("lgpio")
+             if p.name in ("mta_lite", "mta_lite_board", "mta_lite_tools") or p.name.startswith("lgpio")
              and p.suffix in (".py", "")]
     run(["chroot", str(root), f"{venv}/bin/python3", "-m", "compileall", "-q", "-f",
          "--invalidation-mode", "unchecked-hash", *fresh], env=env)

@@ -43,7 +43,7 @@ DPKG_INCLUDES = ("/usr/share/doc/*/copyright",)
 
 VENV = "/usr/lib/mta-lite/venv"
 LIBEXEC = "/usr/lib/mta-lite"
-COMMANDS = ("mta-lite", "mta-lite-board")        # /usr/bin links into the venv
+COMMANDS = ("mta-lite", "mta-lite-board", "mta-lite-page")        # /usr/bin links into the venv
 
 MIB = 1024 * 1024
 SECTOR_BYTES = 512
@@ -86,7 +86,7 @@ DEVICE_TIMEOUT_S = 120
 # mta-lite-smtpd/qmgr.service and mta-lite.target stay in the repository, not enabled.
 ENABLED_UNITS = (
     "mta-lite-data.service", "mta-lite-firstboot.service", "mta-lite.service", "mta-lite.path",
-    "mta-lite-board.service", "mta-lite-maillog.service",
+    "mta-lite-board.service", "mta-lite-maillog.service", "mta-lite-page.service", "mta-lite-page.path",
     "systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service",
 )
 DISABLED_UNITS = ("mta-lite.target", "mta-lite-smtpd.service", "mta-lite-qmgr.service",

@@ -5,7 +5,9 @@ attempt, the last reply with its enhanced code, and what it waits for: MessageSt
 state/budgets.json (the account's send history, judged against the limits of the config as
 it is now) and the status file (the account's state: a refused login's pause, an
 unreachable smarthost). In order of weight: on hold, being delivered, paused account, over
-budget, unreachable smarthost, backoff after a failure.
+budget, unreachable smarthost, backoff after a failure. A message waiting for the system
+clock (wait "clock") is judged by the clock as it reads now against the queue manager's
+record of it (state/clock.json; qmgr/clock.py).
 Works with the daemon stopped, and says so, since then nothing is tried at all.
 Must never: change anything; print message content or a secret.
 """
@@ -13,14 +15,16 @@ Must never: change anything; print message content or a secret.
 from __future__ import annotations
 
 from mta_lite.config.schema import Config
-from mta_lite.queue import WAIT_BUDGET, MessageState, Spool
+from mta_lite.queue import WAIT_BUDGET, WAIT_CLOCK, MessageState, Spool
 from mta_lite.status import StatusSnapshot
 from mta_lite.qmgr.accounts import STATE_AUTH_FAILED, STATE_UNREACHABLE
 from mta_lite.qmgr.budget import Budget, BudgetFile, Limits, budget_path, when
+from mta_lite.qmgr.clock import BUILD_TIME, NOT_SET, clock_path, not_set_reason, observe, read_record
 from mta_lite.qmgr.resolve import resolve
 
 
-def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: StatusSnapshot) -> str:
+def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: StatusSnapshot,
+            build_time: float = BUILD_TIME) -> str:
     """The line for one message; QueueIdError if it is not in the queue."""
     where = spool.require(queue_id)
     state = spool.load_state(queue_id)
@@ -32,6 +36,8 @@ def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: Status
     if where == "incoming":
         return f"{queue_id}: queued, waiting for its first attempt{daemon}"
     route = resolve(cfg, spool.read(where, queue_id, verify=False)).route   # as the qmgr routes it
+    if state.wait == WAIT_CLOCK:
+        return f"{queue_id}: deferred: {_clock(spool, route.account, now, build_time)}{daemon}"
     reasons, next_at = _reasons(route, status.relays.get(route.account, {}), state,
                               BudgetFile(budget_path(spool.root)), now)
     # Deferred to its budget slot, the last reply is our own and says what the reason says.
@@ -67,6 +73,17 @@ def _reasons(route, account: dict, state: MessageState, book: BudgetFile, now: f
         attempts = f"{state.attempts} failed attempt{'s' if state.attempts != 1 else ''}"
         reasons.append(f"retry backoff after {attempts}" if state.attempts else "waiting for its next attempt")
     return reasons, next_at
+
+
+def _clock(spool: Spool, account: str, now: float, build_time: float) -> str:
+    """Waiting for the clock: still not set, or set since (then it goes at once)."""
+    record = observe(read_record(clock_path(spool.root)), now, build_time)
+    if record.state != NOT_SET:
+        return "it waited for the system clock to be set; the clock is set now; next try now"
+    detail = not_set_reason(record, now, build_time).removeprefix("clock not set: ")
+    return (f"the system clock is not set ({detail}), so the certificate of the smarthost of account "
+            f"{account} cannot be checked; no connection is made until the clock is set (NTP); "
+            "next try as soon as it is set")
 
 
 def _last(state: MessageState) -> str:

@@ -231,6 +231,22 @@ def _hostport(table: Table, name: str, value: str) -> tuple[str, int]:
     return host, port
 
 
+def _optional_hostport(table: Table, name: str, value: str) -> str:
+    """"HOST:PORT" checked and kept as written; "" (off) as it is."""
+    if value:
+        _hostport(table, name, value)
+    return value
+
+
+def _host_names(table: Table, name: str, values: list) -> tuple[str, ...]:
+    out = []
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or not _HOSTNAME.fullmatch(value):
+            raise table.error(f"{name}[{i}]", f"expected a host name or address, got {value!r}")
+        out.append(value)
+    return tuple(out)
+
+
 def _show_hostport(value: tuple[str, int], mode: Mode) -> str:
     host, port = value
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -265,3 +281,5 @@ ADDRESS = Kind(str, address)
 HOSTNAME = Kind(str, _hostname)
 HOSTPORT = Kind(str, _hostport, _show_hostport)
 MYNETWORKS = Kind(list, _mynetworks, show_networks)
+OPTIONAL_HOSTPORT = Kind(str, _optional_hostport)
+HOST_NAMES = Kind(list, _host_names, lambda value, mode: list(value))

@@ -28,8 +28,8 @@ import socket
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mta_lite.config.keys import (ADDRESS, COUNT, DURATION, FILE, FLAG, HOSTNAME, HOSTPORT, INTEGER,
-                                  MYNETWORKS, POSITIVE, SECRET, TEXT, TLS_MODES, Table, choice, key)
+from mta_lite.config.keys import (ADDRESS, COUNT, DURATION, FILE, FLAG, HOSTNAME, HOSTPORT, HOST_NAMES,
+                                  INTEGER, MYNETWORKS, OPTIONAL_HOSTPORT, POSITIVE, SECRET, TEXT, TLS_MODES, Table, choice, key)
 from mta_lite.config.postscreen import (ACCESS, ACTION, BANNER, CACHE_FILE, DNSBL_SITES, RESOLVER, WAIT, WEIGHT,
                                         threshold_checks)
 from mta_lite.config.senders import (CLIENTS, LOCAL_SENDER, PASSWORD_HASH, REWRITE_CLIENTS, REWRITE_SENDERS,
@@ -211,6 +211,15 @@ class MasterConfig:
 
 
 @dataclass(frozen=True)
+class BoardConfig:
+    """The box's own side (mta-lite-board and the status page): read by the board's
+    processes; the relay itself never acts on it."""
+
+    http: str = key(OPTIONAL_HOSTPORT, "")             # the status page, "0.0.0.0:8080"; "" = off
+    ntp_servers: tuple[str, ...] = key(HOST_NAMES, ("pool.ntp.org",))   # the clock check asks these
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole file. Its keys are read in the order below (relays first: default_relay and
     [[senders]] name them; users before [[listen]], admin_address before [rewrite]); the others
@@ -236,6 +245,7 @@ class Config:
     master: MasterConfig = key(table_of(MasterConfig), factory=MasterConfig)
     postscreen: PostscreenConfig = key(table_of(PostscreenConfig), factory=PostscreenConfig)
     rewrite: RewriteConfig = key(table_of(RewriteConfig), factory=RewriteConfig)
+    board: BoardConfig = key(table_of(BoardConfig), factory=BoardConfig)
     users: dict = key(map_of(User, user_name), factory=dict, hide_default=True)    # name -> User
     digest: str = ""                # config_digest() of the file's bytes; "" if not from a file
 

@@ -37,7 +37,7 @@ from mta_lite.queue import Spool
 from mta_lite.smarthost.pool import SmarthostPool
 from mta_lite.smtpd.listener import Listener
 from mta_lite.postscreen.service import PostscreenService
-from mta_lite.status import StatusSnapshot, queue_counts, write_status
+from mta_lite.status import StatusSnapshot, disk_usage, oldest_arrival, queue_counts, write_status
 
 log = logging.getLogger("mta_lite.master")
 EX_CONFIG = 78
@@ -150,12 +150,15 @@ class QmgrService:
         return StatusSnapshot(pid=os.getpid(), started=self.started, running=True,
                               queue=queue_counts(self.cfg.spool_dir),
                               relays=data["accounts"], qmgr=data["totals"], smtpd=smtpd,
-                              config=self.cfg.digest)
+                              config=self.cfg.digest, clock=data["clock"], recent=self.qmgr.history.snapshot(),
+                              disk=disk_usage(self.cfg.spool_dir), oldest=oldest_arrival(self.cfg.spool_dir))
 
     async def _status_loop(self) -> None:
         while True:
             try:
-                write_status(self.cfg.spool_dir, self.snapshot())
+                snapshot = self.snapshot()
+                self.qmgr.history.observe_smtpd(snapshot.smtpd)     # smtpd's refusals, for the history
+                write_status(self.cfg.spool_dir, snapshot)
             except OSError as exc:
                 log.warning("cannot write status file: %s", exc.strerror)
             await asyncio.sleep(STATUS_INTERVAL_S)

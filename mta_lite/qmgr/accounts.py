@@ -60,6 +60,7 @@ class Account:
         self.counts = {SENT: 0, DEFER: 0, BOUNCE: 0}
         self.last_error = ""
         self.auth_failures = 0               # consecutive refused logins; 0 once one succeeds
+        self.auth_failed_since = 0.0         # the first of them (the status page shows it)
         self.paused_until = 0.0
         # The smarthost gave no answer (connect refused, timeout, 421): like Postfix's dead
         # destination, the account pauses for min_backoff and then sends one probe, instead
@@ -119,12 +120,13 @@ class Account:
             # A sibling that failed first already paused the account: do not double again.
             if not self.paused(now):
                 self.auth_failures += 1
+                self.auth_failed_since = self.auth_failed_since or now
                 self.paused_until = now + auth_pause_s(self.auth_failures, queue)
             return
         # SENT or BOUNCE proves the smarthost took our login (or needed none); a bare
         # connection failure proves nothing, so the next attempt is a probe again.
         if result.with_status(SENT) or result.with_status(BOUNCE):
-            self.auth_failures = 0
+            self.auth_failures, self.auth_failed_since = 0, 0.0
             self.paused_until = 0.0
         self._deferring = bool(deferred) and not result.with_status(SENT)
         if deferred and len(deferred) == len(result.recipients) and all(_no_answer(r.reply) for r in deferred):
@@ -155,7 +157,7 @@ class Account:
         digest, self.digest = self.digest, credentials_digest(route)
         if digest == self.digest or not self.auth_failures:
             return False
-        self.auth_failures, self.paused_until = 0, 0.0
+        self.auth_failures, self.paused_until, self.auth_failed_since = 0, 0.0, 0.0
         return True
 
     def snapshot(self, now: float) -> dict:
@@ -167,6 +169,7 @@ class Account:
                 "site_down": self.site_down,
                 "throttled_until": over[1] if over else None,
                 "unreachable_since": self.unreachable_since or None,
+                "auth_failed_since": self.auth_failed_since or None,
                 "sent_last_hour": self.budget.used(now, HOUR_S), "sent_last_day": self.budget.used(now, DAY_S),
                 "max_per_hour": limits.max_per_hour, "max_per_day": limits.max_per_day,
                 "rate_delay": limits.rate_delay_s}

@@ -11,7 +11,10 @@ recorded in the message's state file before the message leaves active/ (G3). Mai
 account's budget is deferred to its slot, with the reason and the time in last_error, and
 never bounced for it. A DSN is in the queue before the message it reports on is removed or
 marks its recipients done, so a crash can repeat a DSN but never lose one. A transient failure of a message older than the
-queue lifetime bounces its remaining recipients (4.4.7). An invalid queue file goes to
+queue lifetime bounces its remaining recipients (4.4.7); the age counts from the effective
+arrival (clock.py), so mail accepted while the clock was not set does not bounce as old.
+While the clock is not set, mail to a relay that checks certificates is deferred with
+`clock not set` (wait "clock"): no connection, no attempt counted, no account pause. An invalid queue file goes to
 corrupt/ (G4). A message deleted or held by the administrator while in flight is respected:
 deleted -> results dropped; held -> results saved, so a release resends nothing.
 Must never: bounce on a transient or unknown result; remove a message before its DSN is
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -29,13 +33,15 @@ from dataclasses import dataclass
 from mta_lite import maillog
 from mta_lite.config.schema import Config
 from mta_lite.errors import CorruptQueueFileError
-from mta_lite.queue import WAIT_AUTH, WAIT_BUDGET, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
+from mta_lite.history import History
+from mta_lite.queue import WAIT_AUTH, WAIT_BUDGET, WAIT_CLOCK, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
 from mta_lite.reply import R451_INTERNAL, Reply
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
 from mta_lite.qmgr import bounce
 from mta_lite.qmgr.accounts import PAUSED, PROBE, Account, Accounts
 from mta_lite.qmgr.backoff import expired, retry_delay_s
 from mta_lite.qmgr.budget import Slot, Ticket, when
+from mta_lite.qmgr.clock import ClockWatch, needs_clock
 from mta_lite.qmgr.notices import Notices
 from mta_lite.qmgr.resolve import Outgoing, resolve
 
@@ -45,6 +51,7 @@ log = logging.getLogger("mta_lite.qmgr")
 # the only trace of it in the log (a raised error is R451_INTERNAL, its traceback logged).
 R451_NO_RESULT = Reply(451, "4.3.0", "Error: no result from the smarthost client")
 EXPIRED_STATUS = "4.4.7"          # RFC 3463: delivery time expired
+CLOCK_STATUS = "4.3.0"            # RFC 3463: other mail system status (our own clock)
 
 
 @dataclass
@@ -71,11 +78,14 @@ class Deliverer:
     """Runs single delivery attempts; the QueueManager decides which and when."""
 
     def __init__(self, cfg: Config, spool: Spool, pool, accounts: Accounts, notices: Notices, *,
-                 clock=time.time, rng: random.Random, on_deferred, sleep=asyncio.sleep) -> None:
+                 clock=time.time, rng: random.Random, on_deferred, sleep=asyncio.sleep,
+                 watch: ClockWatch | None = None, history: History | None = None) -> None:
         self.cfg, self.spool, self.pool, self.accounts = cfg, spool, pool, accounts
+        self.watch = watch                      # None: the clock is taken as set (tests)
         self.notices = notices
         self.clock, self.rng, self.sleep = clock, rng, sleep
         self.on_deferred = on_deferred          # (queue_id, next_attempt) -> None
+        self.history = history or History(os.devnull, clock=clock)    # the status page's record
         self.stats = {"corrupt": 0}
 
     # ------------------------------------------------------------------ one message
@@ -96,6 +106,9 @@ class Deliverer:
             return
         # [rewrite]: the message leaves as `out.sender`, through that sender's route (S4).
         out = out or resolve(self.cfg, entry)
+        if slot is None and self.waits_for_clock(out):
+            self._hold_for_clock(entry, state, pending)
+            return
         account = self.accounts.for_route(out.route)
         if slot is not None:
             attempt = self._to_slot(account, pending, slot)
@@ -105,6 +118,24 @@ class Deliverer:
             attempt = await self._attempt(account, out, entry, pending, ticket)
         if attempt is not None:
             self._settle(entry, state, pending, attempt)
+
+    def waits_for_clock(self, out: Outgoing) -> bool:
+        """The clock is not set and this route's certificate would be checked against it."""
+        return self.watch is not None and not self.watch.is_set() and needs_clock(out.route.relay.tls)
+
+    def _hold_for_clock(self, entry: QueueEntry, state: MessageState, pending) -> None:
+        """Deferred without a connection: `status=deferred (clock not set: ...)`. The queue
+        manager releases it the moment the clock is set; until then it is looked at again
+        after max_backoff. Attempts, backoff and account stay as they were."""
+        now = self.clock()
+        reason = f"{self.watch.reason()}; TLS to the smarthost waits for it"
+        for recipient in pending:
+            maillog.delivery(entry.queue_id, recipient, "none", now - entry.arrival, CLOCK_STATUS,
+                             DEFER, reason)
+            self.history.record(entry.queue_id, entry.sender, recipient, DEFER, reason, "none")
+        state.last_error, state.wait = reason, WAIT_CLOCK
+        state.next_attempt = now + self.cfg.queue.max_backoff_s
+        self._finish(entry, state, [], complete=False)
 
     def _activate(self, queue_id: str, src: str) -> QueueEntry | None:
         """incoming/ or deferred/ -> active/, then read and validated; None if gone or corrupt."""
@@ -214,7 +245,8 @@ class Deliverer:
         now = self.clock()
         failed, last_error = self._record(entry, state, pending, attempt.result, now)
         still = state.pending(entry.recipients)
-        if still and expired(entry.arrival, now, self.cfg.queue):
+        arrival = self.watch.arrival(entry.arrival) if self.watch else entry.arrival
+        if still and expired(arrival, now, self.cfg.queue):
             failed += self._expire(entry, state, still, last_error or state.last_error)
             still = []
         if still:
@@ -239,6 +271,7 @@ class Deliverer:
             status = rcpt.status if rcpt.status in (SENT, BOUNCE) else DEFER
             maillog.delivery(entry.queue_id, recipient, result.relay, now - entry.arrival,
                              bounce.status_of(rcpt.reply), status, str(rcpt.reply))
+            self.history.record(entry.queue_id, entry.sender, recipient, status, str(rcpt.reply), result.relay)
             if status == DEFER:
                 last_error = last_error or str(rcpt.reply)
                 continue
@@ -254,6 +287,7 @@ class Deliverer:
         failed = []
         for recipient in still:
             state.done[recipient] = BOUNCE
+            self.history.record(entry.queue_id, entry.sender, recipient, BOUNCE, reason, "none")
             failed.append(bounce.FailedRecipient(recipient, EXPIRED_STATUS, reason,
                                                  last_error or "message expired in queue"))
         return failed

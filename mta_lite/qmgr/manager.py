@@ -11,8 +11,12 @@ Order and pace per account: notices first, then round-robin between senders (fai
 at most the account's concurrency deliver while a few more wait, or one at a time at least
 rate_delay apart; over max_per_hour/max_per_day the due messages are deferred to their
 slots (budget.py), whose history is saved in state/budgets.json (at most once a second)
-and read back at start. reconfigure() applies a reloaded config without losing budgets,
-counters or pauses, except that new credentials end an account's auth pause at once.
+and read back at start; the status page's counts go to public/history.json (mta_lite.history)
+at most once a minute. While the system clock is not set (clock.py), mail for relays that
+check certificates is deferred without a connection; the clock is read again every
+CHECK_INTERVAL_S, and when it is set that mail is due at once. reconfigure() applies a
+reloaded config without losing budgets, counters or pauses, except that new credentials end
+an account's auth pause at once.
 
 Guarantees: a message is handled by at most one delivery at a time; at most
 MAX_ACTIVE_MESSAGES are in flight, so one slow, paused or throttled smarthost cannot starve
@@ -36,12 +40,15 @@ from typing import NamedTuple
 
 from mta_lite.config.schema import Config
 from mta_lite.envelope import lookup_key
+from mta_lite.history import History, history_path
+from mta_lite.maillog import config_secrets
 from mta_lite.errors import MtaLiteError
 from mta_lite.identity import bound_to_other_clients
-from mta_lite.queue import WAIT_AUTH, Spool
+from mta_lite.queue import WAIT_AUTH, WAIT_CLOCK, Spool
 from mta_lite.queue import doorbell
 from mta_lite.qmgr.accounts import Account, Accounts
 from mta_lite.qmgr.budget import BudgetFile, Slot, Ticket, budget_path
+from mta_lite.qmgr.clock import BUILD_TIME, CHECK_INTERVAL_S, ClockWatch, clock_path
 from mta_lite.qmgr.delivery import Deliverer
 from mta_lite.qmgr.fairness import fair_order
 from mta_lite.qmgr.notices import Notices
@@ -80,16 +87,22 @@ class QueueManager:
 
     def __init__(self, cfg: Config, spool: Spool, pool, *, clock=time.time,
                  rng: random.Random | None = None, sleep=asyncio.sleep,
-                 template: str | None = None, after_reload: bool = False) -> None:
+                 template: str | None = None, after_reload: bool = False,
+                 build_time: float = BUILD_TIME) -> None:
         self.cfg, self.spool, self.pool = cfg, spool, pool
         self.clock, self.sleep = clock, sleep
         self.budget_file = BudgetFile(budget_path(spool.root))
         self.budget_file.load()
         self.accounts = Accounts(cfg, self.budget_file)
+        self.history = History(history_path(spool.root), clock=clock)    # for the status page
+        self.history.load()
+        self.history.secrets = sorted(config_secrets(cfg), key=len, reverse=True)
+        self.watch = ClockWatch(clock_path(spool.root), clock=clock, build_time=build_time)
         self.notices = Notices(cfg, spool, clock=clock, on_new_mail=self._new_mail, template=template)
         self.deliverer = Deliverer(cfg, spool, pool, self.accounts, self.notices, clock=clock,
                                    rng=rng or random.Random(), sleep=sleep,
-                                   on_deferred=self._deferred_until)
+                                   on_deferred=self._deferred_until, watch=self.watch,
+                                   history=self.history)
         self.pickup = Pickup(spool, cfg.message_size_limit, clock=clock, sender_bound=self._locally_bound)
         self._incoming: dict[str, None] = {}        # IDs in incoming/, in arrival order
         self._deferred: dict[str, float] = {}       # ID -> next attempt
@@ -122,6 +135,8 @@ class QueueManager:
         finally:
             listening.close()
             self._save_budgets(force=True)
+            self.watch.save(force=True)
+            self.history.save_if_due(force=True)
             self._stopped.set()
 
     def mail_arrived(self) -> None:
@@ -164,6 +179,7 @@ class QueueManager:
         budgets, counters and pauses stay; new credentials end an auth pause at once."""
         self.cfg = self.deliverer.cfg = cfg
         self.notices.reconfigure(cfg)
+        self.history.secrets = sorted(config_secrets(cfg), key=len, reverse=True)
         self.pickup.size_limit = cfg.message_size_limit
         resumed = self.accounts.reconfigure(cfg)
         self._meta_of.clear()                       # routes may have changed
@@ -188,7 +204,8 @@ class QueueManager:
         totals.update(in_flight=len(self._inflight), incoming=len(self._incoming),
                       deferred_queue=len(self._deferred), **self.deliverer.stats, **self.notices.stats,
                       bounces_last_hour=self.notices.limit.used(self.clock()))
-        return {"accounts": accounts, "totals": totals, "smtpd": dict(self.smtpd_stats)}
+        return {"accounts": accounts, "totals": totals, "smtpd": dict(self.smtpd_stats),
+                "clock": self.watch.snapshot()}
 
     # ------------------------------------------------------------------ the doorbell
     def _on_stats(self, counters: dict) -> None:
@@ -221,6 +238,8 @@ class QueueManager:
         by busy slots waits for a delivery that ends to signal work."""
         now = self.clock()
         wake_at = [self._last_scan + RESCAN_INTERVAL_S, self._pace_at]
+        if not self.watch.is_set():             # look again soon: NTP may set it any moment
+            wake_at.append(now + CHECK_INTERVAL_S)
         save_at = self.budget_file.due(self.accounts.budgets(), now)
         future = [t for q, t in self._deferred.items() if t > now and q not in self._inflight]
         return max(0.0, min([*wake_at, *future, *([save_at] if save_at is not None else [])]) - now)
@@ -230,8 +249,10 @@ class QueueManager:
 
     # ------------------------------------------------------------------ scheduling
     def _pass(self) -> None:
+        clock_set = self.watch.check()
         now = self.clock()
         want, self._want = self._want, {"incoming": False, "rescan": False, "flush": False}
+        want["rescan"] = want["rescan"] or clock_set
         full = now - self._last_scan >= RESCAN_INTERVAL_S or want["rescan"] or want["flush"]
         try:
             if full or want["incoming"]:
@@ -245,8 +266,19 @@ class QueueManager:
         if want["flush"]:
             self._deferred = dict.fromkeys(self._deferred, now)
             self.accounts.end_pauses(now)
+        if clock_set:
+            self._release_clock_waits(now)
         self._start_due(now)
         self._save_budgets()
+        self.history.save_if_due()
+
+    def _release_clock_waits(self, now: float) -> None:
+        """The clock was just set: mail deferred for it is due now (its wait is in its state)."""
+        waiting = [q for q in self._deferred if self.spool.load_state(q).wait == WAIT_CLOCK]
+        for queue_id in waiting:
+            self._deferred[queue_id] = now
+        if waiting:
+            log.info("clock is set: %d message%s waiting for it go out now", len(waiting), "s" if len(waiting) != 1 else "")
 
     def _pickup(self) -> None:
         """maildrop/ -> incoming/ before incoming/ is read; a backlog continues next pass."""
@@ -317,6 +349,10 @@ class QueueManager:
         for i, item in enumerate(ordered):
             if started >= room:
                 break
+            if self.deliverer.waits_for_clock(item.meta.out):     # deferred without a connection,
+                self._start(item.queue_id, item.src, None, item.meta.out)   # budget or pause
+                started += 1
+                continue
             # A paused account defers its mail without an attempt; no budget involved.
             counted = bool(budget.limits.windows()) and not account.paused(now)
             if counted and budget.over(now) is not None:

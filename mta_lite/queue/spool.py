@@ -59,6 +59,7 @@ STAGING = {"incoming": ("tmp", ""), MAILDROP: (MAILDROP, ".tmp-")}
 WAIT_AUTH = "auth"                  # its account's login was refused (paused, S5)
 WAIT_UNREACHABLE = "unreachable"    # its smarthost did not answer (paused, probe first)
 WAIT_BUDGET = "budget"              # its account's budget is used up: it waits for its slot alone
+WAIT_CLOCK = "clock"                # the system clock is not set: its certificate check waits for it
 
 
 @dataclass
@@ -70,7 +71,7 @@ class MessageState:
     next_attempt: float = 0.0
     last_error: str = ""
     done: dict[str, str] = field(default_factory=dict)   # recipient -> "sent" | "bounced"
-    wait: str = ""      # what holds it back, as data: WAIT_AUTH, WAIT_UNREACHABLE, WAIT_BUDGET, "" backoff
+    wait: str = ""      # what holds it back, as data: WAIT_AUTH, WAIT_UNREACHABLE, WAIT_BUDGET, WAIT_CLOCK, "" backoff
 
     def pending(self, recipients) -> list[str]:
         return [r for r in recipients if r not in self.done]

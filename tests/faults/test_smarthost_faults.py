@@ -164,7 +164,9 @@ def test_smarthost_certificate_fault_defers_without_auth(relay_factory, peers_lo
     never_bounced(relay)
 
 
-def test_box_clock_at_1970_defers_on_certificate_not_yet_valid_never_bounces(relay_factory, peers_loop, pki):
+def test_box_clock_at_1970_defers_with_clock_not_set_without_connecting_never_bounces(relay_factory, peers_loop, pki):
+    """C4: a clock before the release time is not set; the certificate is never checked
+    against it (which would fail as "not yet valid"): no connection at all."""
     if shutil.which("faketime") is None:
         pytest.skip("faketime is not installed (tools/install-test-deps.sh installs it)")
     with TlsSmarthost(peers_loop, tls=pki.server_context("good-1970")) as smarthost:
@@ -172,11 +174,13 @@ def test_box_clock_at_1970_defers_on_certificate_not_yet_valid_never_bounces(rel
         relay.prefix = ("faketime", "1970-01-01 00:00:00")
         relay.start()
         send(relay.port, "at-1970")
-        item, = deferred(relay)
+        item, = wait_until(lambda: [i for i in relay.queue() if i["state"] == "deferred"], 60,
+                           what="the message to be deferred")
         assert item["arrival"] < 86400                # the daemon really lives on 1 January 1970
-        assert item["last_error"].startswith("451 4.7.5 Server certificate not verified: ")
-        assert "certificate is not yet valid" in item["last_error"]
-        assert smarthost.auth_attempts == [] and smarthost.messages == []
+        assert item["last_error"].startswith("clock not set: it reads 1970-01-01 ")
+        assert item["attempts"] == 0                  # nothing was tried: no backoff growth
+        assert "not yet valid" not in relay.log()
+        assert smarthost.connections == 0 and smarthost.auth_attempts == [] and smarthost.messages == []
     never_bounced(relay)
 
 

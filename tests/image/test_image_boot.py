@@ -90,7 +90,8 @@ def test_read_only_root_in_fstab_and_units_enabled():
     fstab = debugfs(pathlib.Path(IMAGE), ROOT_OFFSET, "cat /etc/fstab")
     assert fstab == layout.fstab()
     wants = debugfs(pathlib.Path(IMAGE), ROOT_OFFSET, "ls -l /etc/systemd/system/multi-user.target.wants")
-    for unit in ("mta-lite.service", "mta-lite.path", "mta-lite-board.service", "mta-lite-firstboot.service"):
+    for unit in ("mta-lite.service", "mta-lite.path", "mta-lite-board.service", "mta-lite-firstboot.service",
+                 "mta-lite-page.service", "mta-lite-page.path"):
         assert unit in wants, unit
     for unit in layout.DISABLED_UNITS:
         assert unit not in wants

@@ -62,7 +62,7 @@ class Board:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "mta_lite_board.daemon", "--serial", self.device,
-                                          "--config", self.config, "--spool", self.spool, *self.extra],
+                                          "--config", self.config, "--spool", self.spool, "--no-clock", *self.extra],
                                          stdout=log, stderr=log, cwd=ROOT, start_new_session=True)
         wait_until(lambda: b"console: on " in self.log(), 10, what="the board daemon's console")
 

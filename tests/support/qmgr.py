@@ -155,9 +155,11 @@ def defer_all(call: Call) -> DeliveryResult:
 
 
 class Harness:
-    """A spool in a short temp dir (AF_UNIX paths max 108 bytes), a manager, and its fakes."""
+    """A spool in a short temp dir (AF_UNIX paths max 108 bytes), a manager, and its fakes.
+    build_time: the manager's clock floor (qmgr/clock.py); by default a year before T0, so
+    the fake clock counts as set."""
 
-    def __init__(self, queue: dict | None = None, **top) -> None:
+    def __init__(self, queue: dict | None = None, build_time: float = T0 - 365 * 86400.0, **top) -> None:
         self.root = tempfile.mkdtemp(prefix="mq")
         self.spool = Spool(os.path.join(self.root, "s")).ensure()
         self.cfg = make_config(self.root, queue, **top)
@@ -165,7 +167,7 @@ class Harness:
         self.sleep = ManualSleep()
         self.pool = FakePool()
         self.mgr = QueueManager(self.cfg, self.spool, self.pool, clock=self.clock,
-                                rng=random.Random(7), sleep=self.sleep)
+                                rng=random.Random(7), sleep=self.sleep, build_time=build_time)
         self._task: asyncio.Task | None = None
 
     def queue(self, sender="alice@example.com", rcpts=("bob@example.org",), content=CONTENT,

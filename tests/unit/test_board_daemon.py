@@ -66,5 +66,5 @@ def test_board_without_serial_runs_no_console(monkeypatch, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="board")
     assert daemon.main(["--config", str(tmp_path / "missing.toml")]) == 0
     assert daemon.main(["--config", str(tmp_path / "missing.toml"), "--serial", "/dev/null"]) == 0
-    assert ran == [[], ["console"]]
+    assert ran == [["clock"], ["console", "clock"]]
     assert "file not found" in caplog.text and "the console is off" in caplog.text

@@ -11,7 +11,8 @@ from gpiozero.exc import BadPinFactory, PinFactoryFallback
 from gpiozero.pins.mock import MockFactory
 
 from mta_lite_board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, run_leds, serve_leds, update_leds
-from mta_lite_board.patterns import DARK, OFF, ON, SLOW_BLINK, Blink, LedState
+from mta_lite_board.clock import read_alert
+from mta_lite_board.patterns import DARK, OFF, ON, SLOW_BLINK, WINK, Blink, LedState
 from mta_lite.status import STATUS_FILE, StatusSnapshot, read_status
 from tests.support.waiting import wait_until
 
@@ -266,3 +267,41 @@ def test_serve_leds_runs_until_cancelled_then_releases_the_pins(factory):
     assert [pin.state for pin in pins(factory)] == [False, False, False]
     for number in (POWER_PIN, MAIL_PIN, ALERT_PIN):
         LED(number, pin_factory=factory).close()
+
+
+def _blinks(pin) -> None:
+    """The pin goes dark and lit again: a blink, not a steady level."""
+    wait_until(lambda: levels(pin).count(True) >= 2, 10, what="the alert LED to blink")
+
+
+def test_update_leds_clock_not_set_winks_the_alert_led(leds, factory):
+    snapshot = healthy("ok", deferred=1)
+    snapshot.clock = {"state": "not_set", "trusted_floor": NOW, "since": 60.0}
+    state = update_leds(leds, lambda: snapshot, clock=lambda: NOW)
+    assert state == LedState(power=ON, mail=ON, alert=WINK)
+    power, mail, alert = pins(factory)
+    assert (power.state, mail.state) == (True, True)
+    _blinks(alert)
+    on, off = alert.states[1:3]                         # lit long, dark briefly
+    assert off.timestamp - on.timestamp >= WINK.on_s * 0.9
+
+
+def test_update_leds_large_ntp_offset_winks_the_alert_led_and_clears_when_fixed(leds, factory, tmp_path):
+    report = tmp_path / "clock.json"
+    report.write_text(json.dumps({"checked": NOW, "server": "127.0.0.1", "offset_s": 3600.0, "error": "",
+                                  "alert": True, "alert_after_s": 2.0}))
+    state = update_leds(leds, lambda: healthy("ok"), clock=lambda: NOW, ntp_alert=lambda: read_alert(str(report)))
+    assert state.alert == WINK
+    _blinks(factory.pin(ALERT_PIN))
+    report.write_text(json.dumps({"checked": NOW, "server": "127.0.0.1", "offset_s": 0.001, "error": "",
+                                  "alert": False, "alert_after_s": 2.0}))
+    state = update_leds(leds, lambda: healthy("ok"), clock=lambda: NOW, ntp_alert=lambda: read_alert(str(report)))
+    assert state.alert == OFF and factory.pin(ALERT_PIN).state is False
+
+
+def test_update_leds_garbled_clock_report_raises_no_alert(leds, tmp_path):
+    report = tmp_path / "clock.json"
+    for data in ('{"alert": "yes"}', "[true]", '{"alert": tru'):
+        report.write_text(data)
+        state = update_leds(leds, lambda: healthy("ok"), clock=lambda: NOW, ntp_alert=lambda: read_alert(str(report)))
+        assert state.alert == OFF

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mta_lite_board.patterns import (FAST_BLINK, FLASH, OFF, ON, SLOW_BLINK, Blink, LedState, alert_pattern,
+from mta_lite_board.patterns import (FAST_BLINK, FLASH, OFF, ON, SLOW_BLINK, WINK, Blink, LedState, alert_pattern,
                             mail_pattern, pattern_for)
 from mta_lite.status import STALE_AFTER_S, StatusSnapshot
 
@@ -138,3 +138,39 @@ def test_pattern_for_garbled_processes_record_never_raises():
     for garbage in (None, [], {"smtpd": "config_error"}, {"smtpd": {"state": 7}}):
         state.processes = garbage
         assert pattern_for(state, NOW).alert == OFF
+
+
+def _with_clock(snap: StatusSnapshot, state) -> StatusSnapshot:
+    snap.clock = {"state": state, "trusted_floor": NOW + 60, "since": 12.0}
+    return snap
+
+
+def test_pattern_for_clock_not_set_winks_the_alert_led():
+    state = pattern_for(_with_clock(snapshot("ok", deferred=1), "not_set"), NOW)
+    assert state == LedState(power=ON, mail=ON, alert=WINK)
+
+
+def test_pattern_for_clock_not_set_wins_over_account_states_but_not_a_config_error():
+    assert pattern_for(_with_clock(snapshot("auth_failed", "unreachable"), "not_set"), NOW).alert == WINK
+    snap = _with_clock(snapshot("ok"), "not_set")
+    snap.processes = {"qmgr": {"state": "config_error"}}
+    assert pattern_for(snap, NOW).alert == FAST_BLINK
+
+
+def test_pattern_for_clock_ok_or_garbled_clock_entry_shows_nothing_for_it():
+    for clock in ("ok", None, 17, ["not_set"]):
+        assert pattern_for(_with_clock(snapshot("ok"), clock), NOW).alert == OFF
+    snap = snapshot("ok")
+    snap.clock = "not_set"                    # not even a mapping
+    assert pattern_for(snap, NOW).alert == OFF
+
+
+def test_pattern_for_large_ntp_offset_winks_when_nothing_more_urgent():
+    assert pattern_for(snapshot("ok"), NOW, ntp_alert=True).alert == WINK
+    assert pattern_for(snapshot("auth_failed"), NOW, ntp_alert=True).alert == ON
+    assert pattern_for(snapshot("throttled"), NOW, ntp_alert=True).alert == FLASH
+    assert pattern_for(snapshot("ok", running=False), NOW, ntp_alert=True).alert == WINK   # the board's own view
+
+
+def test_wink_is_distinct_from_every_other_pattern():
+    assert len({ON, OFF, SLOW_BLINK, FAST_BLINK, FLASH, WINK}) == 6

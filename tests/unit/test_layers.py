@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / "mta_lite"
 RANKS = {
     "errors": 0, "reply": 0, "envelope": 0, "safeio": 0, "identity": 0, "passhash": 0, "text": 0,
     "config": 1,
-    "maillog": 2, "status": 2,
+    "maillog": 2, "status": 2, "history": 2,
     "queue": 3, "smarthost": 3, "smtpd": 3,
     "postscreen": 4, "qmgr": 4,
     "process": 5,

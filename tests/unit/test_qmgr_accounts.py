@@ -81,6 +81,7 @@ async def test_exactly_one_attempt_when_the_pause_expires_and_the_pause_doubles_
         assert len(_work_calls(h)) == 4                         # one probe, still refused
         account = h.mgr.snapshot()["accounts"][WORK]
         assert account["paused_until"] == h.clock() + 2 * AUTH_PAUSE_MIN_S
+        assert account["auth_failed_since"] == T0               # the first refusal, for the status page
         h.clock.advance(2 * AUTH_PAUSE_MIN_S + 1)
         h.pool.respond = lambda call: result_for(call.recipients, {})
         h.mgr.rescan()
@@ -88,6 +89,7 @@ async def test_exactly_one_attempt_when_the_pause_expires_and_the_pause_doubles_
         assert len(_work_calls(h)) == 7                         # the probe succeeded, the rest follow
         assert all(h.where(q) is None for q in ids)
         assert h.mgr.snapshot()["accounts"][WORK]["state"] == "ok"
+        assert h.mgr.snapshot()["accounts"][WORK]["auth_failed_since"] is None
 
 
 @async_test
@@ -142,7 +144,7 @@ async def test_snapshot_lists_every_configured_account_with_totals():
         assert set(snap["accounts"]) == {"isp", WORK}
         assert snap["accounts"]["isp"] == {"state": "ok", "sent": 0, "deferred": 0, "bounced": 0,
                                            "last_error": "", "paused_until": None, "concurrency": 2, "site_down": False,
-                                           "throttled_until": None, "unreachable_since": None,
+                                           "throttled_until": None, "unreachable_since": None, "auth_failed_since": None,
                                            "sent_last_hour": 0, "sent_last_day": 0,
                                            "max_per_hour": 0, "max_per_day": 0, "rate_delay": 0.0}
         assert snap["totals"]["sent"] == 0 and snap["totals"]["in_flight"] == 0

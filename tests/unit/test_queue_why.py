@@ -3,7 +3,7 @@ account's entry in the status file and the budget history, never from the text o
 
 from mta_lite.commands.why import explain
 from mta_lite.envelope import Envelope
-from mta_lite.queue import WAIT_BUDGET, MessageState, Spool
+from mta_lite.queue import WAIT_BUDGET, WAIT_CLOCK, MessageState, Spool
 from mta_lite.status import StatusSnapshot
 
 from tests.support.qmgr import T0, make_config
@@ -41,3 +41,30 @@ def test_why_paused_account_comes_from_the_status_file(tmp_path):
     assert line.startswith(f"{queue_id}: deferred: account isp paused until ")
     assert "; last reply: 451 4.3.0 later; next try " in line
     assert "refused its login" in line and line.endswith("; the daemon is not running, nothing is tried")
+
+
+def test_why_message_waiting_for_the_clock_says_the_clock_is_not_set(tmp_path):
+    cfg, spool, queue_id = _deferred(tmp_path, last_error="clock not set: it reads ...", wait=WAIT_CLOCK,
+                                     next_attempt=T0 + 3600)
+    line = explain(cfg, spool, queue_id, 60.0, StatusSnapshot(running=True), build_time=T0)
+    assert line.startswith(f"{queue_id}: deferred: the system clock is not set (it reads "
+                           "1970-01-01 00:01:00 UTC, earlier than ")
+    assert "(this software's release)" in line and "account isp" in line
+    assert line.endswith("no connection is made until the clock is set (NTP); next try as soon as it is set")
+    assert "last reply" not in line
+
+
+def test_why_message_waiting_for_a_clock_that_is_set_now_goes_at_once(tmp_path):
+    cfg, spool, queue_id = _deferred(tmp_path, last_error="clock not set: it reads ...", wait=WAIT_CLOCK)
+    line = explain(cfg, spool, queue_id, T0 + 10, StatusSnapshot(running=False), build_time=T0)
+    assert line == (f"{queue_id}: deferred: it waited for the system clock to be set; the clock is set now; "
+                    "next try now; the daemon is not running, nothing is tried")
+
+
+def test_why_clock_record_with_a_later_last_time_seen_names_it(tmp_path):
+    cfg, spool, queue_id = _deferred(tmp_path, wait=WAIT_CLOCK)
+    with open(tmp_path / "spool" / "state" / "clock.json", "w") as handle:
+        handle.write('{"last_seen": %r, "state": "ok", "since": %r, "good_since": %r, "suspect_before": 0}'
+                     % (T0 + 500, T0, T0))
+    line = explain(cfg, spool, queue_id, T0 + 100, StatusSnapshot(running=True), build_time=T0)
+    assert "earlier than 2023-11-14 22:20:40 UTC (the last time this relay saw)" in line   # less the slack

@@ -68,3 +68,12 @@ def test_read_status_with_a_bad_processes_file_shows_none(tmp_path, text):
     (tmp_path / "public").mkdir()
     (tmp_path / "public" / "master.json").write_text(text)
     assert read_status(str(tmp_path)).processes == {}
+
+
+def test_status_shows_a_clock_not_set_only_while_the_relay_runs():
+    from mta_lite.status import StatusSnapshot, format_status
+    clock = {"state": "not_set", "trusted_floor": 1796515200.0, "since": 7.0}
+    running = format_status(StatusSnapshot(pid=1, running=True, clock=clock))
+    assert "clock: not set (earlier than 2026-12-06 00:00:00 UTC): mail for smarthosts with TLS waits for it" in running
+    assert "clock:" not in format_status(StatusSnapshot(running=False, clock=clock))
+    assert "clock:" not in format_status(StatusSnapshot(pid=1, running=True, clock={"state": "ok"}))
