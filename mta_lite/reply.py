@@ -70,6 +70,8 @@ R421_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Error: too many connections")
 R421_PORTS_BUSY = Reply(421, "4.3.2", "All server ports are busy")
 R421_TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")
 R451_LOCAL_ERROR = Reply(451, "4.3.0", "Error: queue file write error")
+# Our own bug, in smtpd or in the smarthost client: try again later (the traceback is logged
+# beside it, naming where). The one "try again later" for every internal error.
 R451_INTERNAL = Reply(451, "4.3.0", "Error: internal error, please try again later")
 R452_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 R452_TOO_MANY_RCPTS = Reply(452, "4.5.3", "Error: too many recipients")

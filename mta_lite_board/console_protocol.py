@@ -28,7 +28,8 @@ start with `| `. Commands:
 
 Guarantees: the same bytes give the same replies however they are chunked. Every reply line
 is printable ASCII ended by CRLF. An upload is installed only after its size and SHA-256
-match what the sender declared, and then only through configgen (C1), which changes nothing
+match what the sender declared (board/console_upload.py has the upload's own rules), and then
+only through configgen (C1), which changes nothing
 unless the config validates. A line other than DATA, CONFIG COMMIT, CONFIG ABORT or HELLO
 during an upload drops the upload; so does UPLOAD_IDLE_S without a line.
 Slow commands (QUEUE, LOG, TEST RELAY, FLUSH, REPORT) ask the relay through its command line
@@ -53,36 +54,28 @@ an exception out of feed() or tick().
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import re
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from mta_lite.config.generations import MAX_CONFIG_BYTES, ApplyResult, Generation
 from mta_lite.errors import ConfigError
 
+from mta_lite_board import console_upload
+from mta_lite_board.console_upload import UPLOAD_IDLE_S, UPLOAD_SOURCE, Upload
 from mta_lite_board.logsource import LogTail, LogUnavailableError
 from mta_lite_board.relaycli import RelayCliError, RelayTest
 from mta_lite_board.report import Report
 
 PROTOCOL_VERSION = 1
 GREETING = f"OK mta-lite console {PROTOCOL_VERSION}"
-# A command is a few dozen bytes; a DATA line is "DATA " + DATA_CHUNK_BYTES of base64 (768
-# characters). The cap bounds what one line can hold in memory; longer lines are noise.
+# A command is a few dozen bytes; a DATA line is "DATA " + console_upload.DATA_CHUNK_BYTES of
+# base64 (768 characters). The cap bounds what one line can hold in memory; longer lines are noise.
 MAX_LINE_BYTES = 1024
-# The provisioning client's DATA chunk: 576 bytes are 768 base64 characters, well under the cap.
-DATA_CHUNK_BYTES = 576
-# An upload that gets no line for this long is dropped: the sender is gone, and the next
-# user of the console must not find half an upload waiting.
-UPLOAD_IDLE_S = 60.0
 # Line noise on an open UART can be continuous; one ERR per second of it is enough to show
 # that the link is bad, and keeps the box from flooding a slow line with replies.
 NOISE_ERR_INTERVAL_S = 1.0
-UPLOAD_SOURCE = "console upload"
 # LOG without N shows a screenful; more than 200 lines is ~40 KiB, 3.5 s at 115200 baud, and a
 # report (REPORT, or a stick's EXPORT) is the way to take 500 away.
 LOG_DEFAULT_LINES = 20
@@ -93,9 +86,7 @@ REPORT_INTERVAL_S = 30.0
 
 _EOL = re.compile(rb"[\r\n]")
 _PRINTABLE = re.compile(rb"[ -~]*")
-_SIZE = re.compile(r"[0-9]{1,9}")
 _GENERATION = re.compile(r"[0-9]{1,6}")
-_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _COUNT = re.compile(r"[0-9]{1,4}")
 # Relay names are TOML keys; one a person can type on the console is a bare key.
 _RELAY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -140,13 +131,6 @@ class ConsoleActions(Protocol):
     def report(self) -> Report: ...
 
 
-@dataclass
-class _Upload:
-    size: int
-    last_s: float
-    data: bytearray = field(default_factory=bytearray)
-
-
 def ascii_line(text: str) -> bytes:
     """One reply line: printable ASCII (anything else as a backslash escape) plus CRLF."""
     if not text.isascii() or not text.isprintable():
@@ -170,7 +154,7 @@ class ConsoleProtocol:
         self._actions, self._clock, self._log = actions, clock, log
         self._line = bytearray()
         self._too_long = False
-        self._upload: _Upload | None = None
+        self._upload: Upload | None = None
         self._noise_at: float | None = None     # when the last reply, a noise ERR, went out
         self._out: list[bytes] = []             # reply lines of the current feed()
         self._last_run: dict[str, float] = {}   # rate-limited command -> when it last ran
@@ -199,7 +183,7 @@ class ConsoleProtocol:
             self.stream(lines)
 
     def tick(self) -> list[bytes]:
-        if self._upload is None or self._clock() - self._upload.last_s < UPLOAD_IDLE_S:
+        if self._upload is None or not self._upload.idle(self._clock()):
             return []
         self._drop_upload(f"no data for {UPLOAD_IDLE_S:.0f}s")
         return [ascii_line(f"ERR upload dropped after {UPLOAD_IDLE_S:.0f}s without data")]
@@ -220,7 +204,7 @@ class ConsoleProtocol:
         self._line.clear()
         self._too_long = False
         now = self._clock()
-        if self._upload is not None and now - self._upload.last_s >= UPLOAD_IDLE_S:
+        if self._upload is not None and self._upload.idle(now):
             self._drop_upload(f"no data for {UPLOAD_IDLE_S:.0f}s")
         if too_long:
             return self._noise(f"line too long (limit {MAX_LINE_BYTES} bytes)", now)
@@ -289,43 +273,25 @@ class ConsoleProtocol:
         return (lines or ["| no generations kept yet"]) + ["OK"]
 
     def cmd_CONFIG_BEGIN(self, args: list[str], now: float) -> list[str]:
-        if len(args) != 1 or not _SIZE.fullmatch(args[0]):
-            return ["ERR usage: CONFIG BEGIN <size>"]
-        size = int(args[0])
-        if not 1 <= size <= MAX_CONFIG_BYTES:
-            return [f"ERR size must be 1 to {MAX_CONFIG_BYTES} bytes"]
-        self._upload = _Upload(size, now)
-        return [f"OK send {size} bytes as base64 lines"]
+        self._upload, reply = console_upload.begin(args, now)
+        return [reply]
 
     def cmd_DATA(self, args: list[str], now: float) -> list[str]:
-        upload = self._upload
-        if upload is None:
+        if self._upload is None:
             return ["ERR no upload in progress"]
-        try:
-            chunk = base64.b64decode(args[0], validate=True) if len(args) == 1 else None
-        except (binascii.Error, ValueError):
-            chunk = None
-        if not chunk:
-            self._drop_upload("bad DATA line")
-            return ["ERR upload dropped: DATA takes one word of base64"]
-        if len(upload.data) + len(chunk) > upload.size:
-            self._drop_upload("more data than declared")
-            return [f"ERR upload dropped: more than the {upload.size} bytes declared"]
-        upload.data += chunk
-        upload.last_s = now
-        return [f"OK {len(upload.data)} of {upload.size} bytes"]
+        dropped, reply = console_upload.add(self._upload, args, now)
+        if dropped:
+            self._drop_upload(dropped)
+        return [reply]
 
     def cmd_CONFIG_COMMIT(self, args: list[str], now: float) -> list[str]:
         upload, self._upload = self._upload, None
         if upload is None:
             return ["ERR no upload in progress"]
-        if len(args) != 1 or not _SHA256_HEX.fullmatch(args[0]):
-            self._log(f"console: upload of {upload.size} bytes dropped: bad COMMIT line")
-            return ["ERR upload dropped: usage: CONFIG COMMIT <sha256-hex>"]
-        if len(upload.data) != upload.size:
-            return self._corrupted(f"received {len(upload.data)} of {upload.size} bytes")
-        if hashlib.sha256(upload.data).hexdigest() != args[0].lower():
-            return self._corrupted("SHA-256 does not match")
+        refusal = console_upload.verify(upload, args)
+        if refusal is not None:
+            self._log(refusal.log)
+            return [refusal.reply]
         return self._installed(self._actions.apply(bytes(upload.data), UPLOAD_SOURCE), UPLOAD_SOURCE)
 
     def cmd_CONFIG_ABORT(self, args: list[str], now: float) -> list[str]:
@@ -394,10 +360,6 @@ class ConsoleProtocol:
             return max(1, round(interval_s - (now - last)))
         self._last_run[key] = now
         return 0
-
-    def _corrupted(self, problem: str) -> list[str]:
-        self._log(f"console: upload rejected: {problem}")
-        return [f"ERR upload corrupted: {problem}; nothing changed"]
 
     def _installed(self, result: ApplyResult, source: str) -> list[str]:
         if not result.changed:

@@ -73,14 +73,20 @@ TURN_AWAY_PER_ROUND = 64
 R421_DOWN = b"421 4.3.2 Service currently unavailable\r\n"
 
 
+def listen_keys(cfg: Config) -> list[tuple]:
+    """Each [[listen]]'s socket across a reload: its (host, port); port 0 (the kernel picks the
+    port, as the tests do) adds the entry's index, since such entries share one address."""
+    return [(item.host, item.port, *(() if item.port else (index,))) for index, item in enumerate(cfg.listen)]
+
+
 def bind_listeners(cfg: Config, bound: dict | None = None) -> list[socket.socket]:
-    """One listening socket per [[listen]], in order; those in `bound` ((host, port) ->
+    """One listening socket per [[listen]], in order; those in `bound` (listen_keys() ->
     socket, from before a reload) are reused: a port that stays open is never closed."""
     socks = []
     bound = bound or {}
     try:
-        for item in cfg.listen:
-            sock = bound.get((item.host, item.port))
+        for item, key in zip(cfg.listen, listen_keys(cfg)):
+            sock = bound.get(key)
             if sock is None:
                 family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
                 sock = socket.create_server((item.host, item.port), family=family, backlog=LISTEN_BACKLOG)
@@ -310,7 +316,7 @@ class Master:
             if getattr(cfg, key) != getattr(self.cfg, key):
                 log.warning("reload: %s changes only with a restart; keeping the running value", key)
         cfg = replace(cfg, spool_dir=self.cfg.spool_dir, master=self.cfg.master)
-        bound = {(item.host, item.port): sock for item, sock in zip(self.cfg.listen, self.socks)}
+        bound = dict(zip(listen_keys(self.cfg), self.socks))
         try:
             socks = bind_listeners(cfg, bound)
         except OSError as exc:

@@ -35,7 +35,7 @@ from mta_lite.config.schema import Config
 from mta_lite.errors import CorruptQueueFileError
 from mta_lite.history import History
 from mta_lite.queue import WAIT_AUTH, WAIT_BUDGET, WAIT_CLOCK, WAIT_UNREACHABLE, MessageState, QueueEntry, Spool
-from mta_lite.reply import Reply
+from mta_lite.reply import R451_INTERNAL, Reply
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
 from mta_lite.qmgr import bounce
 from mta_lite.qmgr.accounts import PAUSED, PROBE, Account, Accounts
@@ -47,7 +47,8 @@ from mta_lite.qmgr.resolve import Outgoing, resolve
 
 log = logging.getLogger("mta_lite.qmgr")
 
-R451_CLIENT_ERROR = Reply(451, "4.3.0", "Error: internal error in the smarthost client")
+# A recipient the client's result left out: a bug with no traceback, so its own words are
+# the only trace of it in the log (a raised error is R451_INTERNAL, its traceback logged).
 R451_NO_RESULT = Reply(451, "4.3.0", "Error: no result from the smarthost client")
 EXPIRED_STATUS = "4.4.7"          # RFC 3463: delivery time expired
 CLOCK_STATUS = "4.3.0"            # RFC 3463: other mail system status (our own clock)
@@ -231,7 +232,7 @@ class Deliverer:
                                              smtputf8=entry.smtputf8)
         except Exception:   # a client bug must cost a retry, never the message or the manager
             log.exception("%s: smarthost client failed", entry.queue_id)
-            result = DeliveryResult.transient(part, R451_CLIENT_ERROR)
+            result = DeliveryResult.transient(part, R451_INTERNAL)
         now = self.clock()
         if not result.with_status(SENT):
             account.budget.give_back(stamp)     # the smarthost took nothing: not counted

@@ -32,7 +32,7 @@ import time
 from typing import Callable, NamedTuple
 
 from mta_lite.config.schema import Route
-from mta_lite.reply import Reply
+from mta_lite.reply import R451_INTERNAL, Reply
 from mta_lite.smarthost.connection import Connection, Failure, Opener, Progress, Resolver, system_resolver
 from mta_lite.smarthost.replies import ca_file_unusable
 from mta_lite.smarthost.result import DeliveryResult
@@ -45,7 +45,8 @@ log = logging.getLogger("mta_lite.smtp")
 REUSE_RSET_TIMEOUT_S = 30.0
 # RFC 8996: TLS 1.0 and 1.1 are deprecated; the smarthost side is modern TLS only (S3).
 SMARTHOST_MIN_TLS = ssl.TLSVersion.TLSv1_2
-R451_INTERNAL = Reply(451, "4.3.0", "internal error in the smarthost client; will try again later")
+# Not an error: mail handed over while the queue manager stops; its log line must not read
+# like one (an internal error is reply.R451_INTERNAL).
 R451_CLOSED = Reply(451, "4.3.0", "smarthost client is shutting down; will try again later")
 
 

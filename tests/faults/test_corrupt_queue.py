@@ -22,7 +22,8 @@ from mta_lite.queue.spool import new_queue_id
 from tests.faults.conftest import fault_config
 from tests.support.faults import LoopThread, RawSmarthost, message_id
 from tests.fuzz.profiles import fuzz_settings
-from tests.support.relay import RelayProcess, wait_for
+from tests.support.relay import RelayProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ def test_daemon_start_with_damaged_queue_files_quarantines_them_and_delivers_onl
             damaged.add(damaged_copy(spool, "truncated", cut_state, lambda data: data[:cut % len(data)]))
             relay.start()
             got = smarthost.wait_messages(GOOD, timeout=30)
-            wait_for(lambda: relay.queue() == [], 30, what="the good messages to leave the queue")
+            wait_until(lambda: relay.queue() == [], 30, what="the good messages to leave the queue")
             assert sorted(os.listdir(os.path.join(relay.spool, "corrupt"))) == sorted(damaged)
             assert {message_id(t.content) for t in smarthost.messages()} == good and len(got) == GOOD
             assert relay.log().count("corrupt queue file moved to corrupt/") == len(damaged)

@@ -23,7 +23,8 @@ import pytest
 
 from tests.faults.conftest import fault_config
 from tests.support.peers import dump_message_id, pid_alive
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +75,7 @@ def test_daemon_killed_20_times_under_load_loses_no_acknowledged_message(sink_fa
                    for c in range(CLIENTS)]
         for thread in threads:
             thread.start()
-        wait_for(lambda: len(acked) > before, 30, what=f"round {round_no}: the first 250")
+        wait_until(lambda: len(acked) > before, 30, what=f"round {round_no}: the first 250")
         # The random moment of the crash (seeded): not a wait for a condition.
         time.sleep(rng.uniform(0.0, 0.4))
         relay.kill9()
@@ -83,14 +84,14 @@ def test_daemon_killed_20_times_under_load_loses_no_acknowledged_message(sink_fa
             thread.join(30)
         assert relay.pids() == [], "a process of the daemon survived kill -9 of its group"
     relay.start()
-    ids = wait_for(lambda: (got := _complete_ids(sink)) and set(acked) <= set(got) and got, 120,
-                   what=f"all {len(acked)} acknowledged messages at the sink")
+    ids = wait_until(lambda: (got := _complete_ids(sink)) and set(acked) <= set(got) and got, 120,
+                     what=f"all {len(acked)} acknowledged messages at the sink")
     duplicates = len(ids) - len(set(ids))
     print(f"{ROUNDS} kills in {time.monotonic() - started:.1f}s: {len(acked)} acknowledged, "
           f"{len(ids)} delivered, {duplicates} duplicates")
     # G3: only what was in flight to the smarthost at a kill may arrive twice.
     assert duplicates <= ROUNDS * CONCURRENCY
-    wait_for(lambda: relay.queue() == [], 30, what="an empty queue")
+    wait_until(lambda: relay.queue() == [], 30, what="an empty queue")
     assert os.listdir(os.path.join(relay.spool, "corrupt")) == []     # no torn queue file, ever
     assert relay.log().count("killed by signal") == 0                 # the group died at once
 
@@ -98,16 +99,16 @@ def test_daemon_killed_20_times_under_load_loses_no_acknowledged_message(sink_fa
 def test_master_killed_alone_takes_its_children_along_and_restarts_cleanly(sink_factory, relay_factory):
     sink = sink_factory()
     relay = relay_factory(fault_config(sink.port))
-    children = wait_for(lambda: (pids := relay.pids()) and len(pids) == 3 and pids[1:], 10, what="smtpd and qmgr")
+    children = wait_until(lambda: (pids := relay.pids()) and len(pids) == 3 and pids[1:], 10, what="smtpd and qmgr")
     os.kill(relay.proc.pid, signal.SIGKILL)
     relay.proc.wait()
-    wait_for(lambda: not any(pid_alive(pid) for pid in children), 10,
-             what="the orphaned smtpd and qmgr to stop (they would hold the port and the queue)")
+    wait_until(lambda: not any(pid_alive(pid) for pid in children), 10,
+               what="the orphaned smtpd and qmgr to stop (they would hold the port and the queue)")
     relay.start()
     assert relay.proc.poll() is None
     with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
         client.sendmail("cron@lan.test", ["ops@remote.example"], "Message-ID: <after-master-kill@lan.test>\r\n\r\nx\r\n")
-    wait_for(lambda: "<after-master-kill@lan.test>" in sink.message_ids(), 30, what="delivery after the restart")
+    wait_until(lambda: "<after-master-kill@lan.test>" in sink.message_ids(), 30, what="delivery after the restart")
 
 
 # ------------------------------------------------------------------ G1: fsync order, observed
@@ -147,7 +148,7 @@ def _smtpd_pid(relay) -> int:
             except OSError:
                 continue
         return None
-    return wait_for(find, 10, what="the smtpd process")
+    return wait_until(find, 10, what="the smtpd process")
 
 
 def _traced(pid: int) -> bool:
@@ -167,7 +168,7 @@ def test_smtpd_replies_250_only_after_file_fsync_link_and_directory_fsync(sink_f
                                "-p", str(smtpd)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         try:
-            wait_for(lambda: tracer.poll() is not None or _traced(smtpd), 10, what="strace to attach")
+            wait_until(lambda: tracer.poll() is not None or _traced(smtpd), 10, what="strace to attach")
         except TimeoutError:
             pass
         if tracer.poll() is not None or not _traced(smtpd):

@@ -15,7 +15,8 @@ import pytest
 
 from tests.faults.conftest import fault_config
 from tests.support.faults import RawClient, RawSmarthost, message_id, smtp_transaction
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,7 @@ def remount(mountpoint: str, mode: str) -> None:
     every 2 s): retried against a deadline."""
     def attempt():
         return subprocess.run(["mount", "-o", f"remount,{mode}", mountpoint], capture_output=True).returncode == 0
-    wait_for(attempt, 10, what=f"remount,{mode} of {mountpoint}")
+    wait_until(attempt, 10, what=f"remount,{mode} of {mountpoint}")
 
 
 def tmp_files(relay) -> list[str]:
@@ -86,8 +87,8 @@ def test_mail_from_with_spool_low_replies_452_then_resumes_when_delivery_frees_s
         assert tmp_files(relay) == []
         # The smarthost takes mail again: deliveries free the space, acceptance resumes alone.
         smarthost.replies.clear()
-        wait_for(lambda: mail_from_reply(relay.port).startswith(b"250"), 60,
-                 what="MAIL FROM to be accepted again after deliveries freed the spool")
+        wait_until(lambda: mail_from_reply(relay.port).startswith(b"250"), 60,
+                   what="MAIL FROM to be accepted again after deliveries freed the spool")
         got = smarthost.wait_messages(len(accepted), timeout=60)
         assert sorted({message_id(t.content) for t in got}) == sorted(accepted)
     assert relay.proc.poll() is None and len(relay.pids()) == 3

@@ -1,11 +1,15 @@
 """G3/S3/S5 through the whole daemon: smarthosts that fail in every way the client must survive.
 
 Peers: the real daemon (tests/support/relay.py), Postfix's smtp-sink (`-w`: slow DATA reply), a raw
-recording smarthost (silent, reset mid-DATA, 452, 550 for one recipient; tests/support/faults.py
+recording smarthost (silent, reset mid-DATA, 550 for one recipient; tests/support/faults.py
 RawSmarthost), aiosmtpd with STARTTLS and AUTH (TlsSmarthost) serving certificates made with
 `cryptography` (wrong host, expired, not yet valid, self-signed), the daemon itself under
 `faketime '1970-01-01 00:00:00'`, and the system resolver for a name that does not resolve.
 Clients: stdlib smtplib.
+Each behaviour is tested once: here what the whole daemon makes of a failing smarthost (the
+queue's last_error, the log line, a bounce); the smarthost client's own handling, tested
+in-process, is in tests/integration/test_smarthost_client.py (no STARTTLS offered, STARTTLS
+refused, a 452 at RCPT, replies at each step, the pool).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import pytest
 
 from tests.faults.conftest import fault_config, tls_relay_config
 from tests.support.faults import RawSmarthost, TlsSmarthost, message_id
-from tests.support.relay import free_port, wait_for
+from tests.support.peers import free_port
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +40,7 @@ def deferred(relay, n: int = 1, timeout: float = 60) -> list[dict]:
     def check():
         items = relay.queue()
         return items if len(items) == n and all(i["state"] == "deferred" and i["attempts"] for i in items) else None
-    return wait_for(check, timeout, what=f"{n} deferred messages")
+    return wait_until(check, timeout, what=f"{n} deferred messages")
 
 
 def never_bounced(relay) -> None:
@@ -50,6 +56,7 @@ def test_smarthost_refusing_connections_defers_with_4_4_1(relay_factory):
     send(relay.port, "refused")
     item, = deferred(relay)
     assert item["last_error"] == f"451 4.4.1 connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused"
+    assert "relay=none, " in relay.log()            # no smarthost was reached
     never_bounced(relay)
 
 
@@ -97,22 +104,9 @@ def test_smarthost_reset_mid_data_defers_then_delivers_once_whole(relay_factory,
         assert "while sending message content -- message may be sent more than once" in item["last_error"]
         smarthost.data_reset_after = None
         got = smarthost.wait_messages(1)
-        wait_for(lambda: relay.queue() == [], 30, what="the queue to empty")
+        wait_until(lambda: relay.queue() == [], 30, what="the queue to empty")
         assert [message_id(t.content) for t in smarthost.messages()] == ["<reset@lan.test>"]
         assert got[0].content.endswith(b"body of reset\r\n")
-    never_bounced(relay)
-
-
-def test_smarthost_452_at_rcpt_defers_sends_no_data_and_delivers_later(relay_factory, peers_loop):
-    with RawSmarthost(peers_loop) as smarthost:
-        smarthost.replies["RCPT"] = b"452 4.3.1 Insufficient system storage\r\n"
-        relay = relay_factory(fault_config(smarthost.port))
-        send(relay.port, "full-smarthost")
-        item, = deferred(relay)
-        assert item["last_error"] == "452 4.3.1 Insufficient system storage (in reply to RCPT TO command)"
-        assert not smarthost.saw(b"DATA")
-        del smarthost.replies["RCPT"]
-        smarthost.wait_messages(1)
     never_bounced(relay)
 
 
@@ -123,14 +117,16 @@ def test_smarthost_550_for_one_of_two_recipients_bounces_that_one_and_delivers_t
         relay = relay_factory(fault_config(smarthost.port))
         send(relay.port, "half", rcpts=("ops@remote.example", "gone@remote.example"))
         got = smarthost.wait_messages(2)            # the message, then the bounce to its sender
-        wait_for(lambda: relay.queue() == [], 30, what="the queue to empty")
+        wait_until(lambda: relay.queue() == [], 30, what="the queue to empty")
         message, dsn = got
         assert message.rcpts == [b"ops@remote.example"] and message_id(message.content) == "<half@lan.test>"
         assert dsn.mail_from.startswith(b"<>") and dsn.rcpts == [b"scanner@lan.test"]
         assert b"gone@remote.example" in dsn.content and b"550 5.1.1" in dsn.content
         assert len(smarthost.messages()) == 2           # the accepted recipient got it once
     log = relay.log()
-    assert "to=<gone@remote.example>" in log and "status=bounced" in log
+    relay_field = f"relay=127.0.0.1[127.0.0.1]:{smarthost.port}"
+    assert (f"to=<gone@remote.example>, {relay_field}" in log and "dsn=5.1.1, status=bounced "
+            "(550 5.1.1 <gone@remote.example>: User unknown (in reply to RCPT TO command))" in log)
     assert log.count("to=<ops@remote.example>") == 1
 
 
@@ -141,20 +137,9 @@ def test_tls_smarthost_with_valid_certificate_gets_auth_inside_tls_and_the_mail(
     with TlsSmarthost(peers_loop, tls=pki.server_context("good")) as smarthost:
         relay = relay_factory(tls_relay_config(smarthost.port, pki.ca_file))
         send(relay.port, "tls-ok")
-        wait_for(lambda: smarthost.messages, 30, what="the message at the TLS smarthost")
+        wait_until(lambda: smarthost.messages, 30, what="the message at the TLS smarthost")
         assert smarthost.auth_attempts == [("PLAIN", "office@example.test", True)]
         assert message_id(smarthost.messages[0][2]) == "<tls-ok@lan.test>"
-
-
-def test_smarthost_without_starttls_gets_no_auth_and_mail_defers(relay_factory, peers_loop, pki):
-    with TlsSmarthost(peers_loop, tls=None) as smarthost:      # offers AUTH in clear, no STARTTLS
-        relay = relay_factory(tls_relay_config(smarthost.port, pki.ca_file))
-        send(relay.port, "no-starttls")
-        item, = deferred(relay)
-        assert item["last_error"] == (f"451 4.7.5 TLS is required, but host 127.0.0.1[127.0.0.1]:{smarthost.port}"
-                                      " does not offer STARTTLS")
-        assert smarthost.auth_attempts == [] and smarthost.messages == []
-    never_bounced(relay)
 
 
 CERTIFICATE_FAULTS = {
@@ -189,8 +174,8 @@ def test_box_clock_at_1970_defers_with_clock_not_set_without_connecting_never_bo
         relay.prefix = ("faketime", "1970-01-01 00:00:00")
         relay.start()
         send(relay.port, "at-1970")
-        item, = wait_for(lambda: [i for i in relay.queue() if i["state"] == "deferred"], 60,
-                         what="the message to be deferred")
+        item, = wait_until(lambda: [i for i in relay.queue() if i["state"] == "deferred"], 60,
+                           what="the message to be deferred")
         assert item["arrival"] < 86400                # the daemon really lives on 1 January 1970
         assert item["last_error"].startswith("clock not set: it reads 1970-01-01 ")
         assert item["attempts"] == 0                  # nothing was tried: no backoff growth
@@ -204,11 +189,11 @@ def test_smarthost_refusing_login_defers_pauses_the_account_and_retries_no_storm
         relay = relay_factory(tls_relay_config(smarthost.port, pki.ca_file))
         for n in range(4):
             send(relay.port, f"refused-login-{n}")
-        wait_for(lambda: relay.status()["relays"].get("isp:office@example.test", {}).get("state") == "auth_failed",
-                 30, what="the account to show auth_failed")
+        wait_until(lambda: relay.status()["relays"].get("isp:office@example.test", {}).get("state") == "auth_failed",
+                   30, what="the account to show auth_failed")
         # Observe for a few backoff periods (min_backoff 1 s): a paused account is not retried.
         watch_until = time.monotonic() + 3.0
-        wait_for(lambda: time.monotonic() > watch_until, 10, what="the observation window")
+        wait_until(lambda: time.monotonic() > watch_until, 10, what="the observation window")
         assert 1 <= len(smarthost.auth_attempts) <= 2          # concurrency 2: at most one per slot
         assert all(in_tls for _, _, in_tls in smarthost.auth_attempts)
         items = relay.queue()
@@ -225,7 +210,7 @@ def test_smarthost_starttls_response_injection_is_discarded_and_mail_goes_out_in
         relay = relay_factory(tls_relay_config(smarthost.port, pki.ca_file))
         send(relay.port, "after-injection")
         got = smarthost.wait_messages(1)
-        wait_for(lambda: relay.queue() == [], 30, what="the queue to empty")
+        wait_until(lambda: relay.queue() == [], 30, what="the queue to empty")
         assert [message_id(t.content) for t in got] == ["<after-injection@lan.test>"]
         assert smarthost.auth == [("office@example.test", True)]
     assert "status=deferred" not in relay.log()

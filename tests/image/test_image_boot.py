@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import subprocess
 
 import pytest
@@ -35,12 +34,6 @@ CARD_EXTRA = "+768M"
 # Full-system emulation of a Cortex-A53 on 2 busy cores: systemd, mkfs and Python are slow.
 BOOT_DEADLINE_S = 900
 DELIVERY_DEADLINE_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def debugfs(image: pathlib.Path, offset: int, command: str) -> str:

@@ -22,7 +22,9 @@ import time
 import pytest
 
 from .test_image_boot import (BOOT_DEADLINE_S, BOOT_OFFSET, CARD_EXTRA, DATA_OFFSET, DELIVERY_DEADLINE_S, IMAGE,
-                              debugfs, free_port, mtype)
+                              debugfs, mtype)
+from tests.support.peers import free_port     # qemu's hostfwd takes ports on its command line
+from tests.support.waiting import wait_until
 from .test_image_boot import pytestmark  # noqa: F401  (the same skip: without MTA_LITE_IMAGE)
 
 MTOOLS_ENV = dict(os.environ, MTOOLS_SKIP_CHECK="1")
@@ -80,13 +82,12 @@ class Sink:
         shutil.rmtree(self.dump, ignore_errors=True)
 
     def wait_for(self, subject: str, deadline_s: float) -> float:
+        """Seconds until a mail with `subject` is at the sink."""
         start = time.monotonic()
-        while time.monotonic() - start < deadline_s:
-            for path in self.dump.rglob("*"):
-                if path.is_file() and f"Subject: {subject}" in path.read_text(errors="replace"):
-                    return time.monotonic() - start
-            time.sleep(1)
-        raise AssertionError(f"no mail with Subject: {subject} at the sink within {deadline_s} s")
+        wait_until(lambda: any(path.is_file() and f"Subject: {subject}" in path.read_text(errors="replace")
+                               for path in self.dump.rglob("*")),
+                   deadline_s, what=f"a mail with Subject: {subject} at the sink", interval=1.0)
+        return time.monotonic() - start
 
 
 class Guest:
@@ -115,17 +116,21 @@ class Guest:
 
     def wait_smtp(self, deadline_s: float) -> float:
         """Seconds from power-on until the relay's 220 greeting comes through hostfwd."""
-        while time.monotonic() - self.started < deadline_s:
-            assert self.proc.poll() is None, "qemu exited:\n" + self.log()[-3000:]
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-                    sock.settimeout(20)
-                    if sock.recv(512).startswith(b"220"):
-                        return time.monotonic() - self.started
-            except OSError:
-                pass
-            time.sleep(2)
-        raise AssertionError("no SMTP greeting within the deadline; console:\n" + self.log()[-5000:])
+        try:
+            wait_until(self._greets, deadline_s - (time.monotonic() - self.started),
+                       what="the relay's SMTP greeting", interval=2.0)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; console:\n" + self.log()[-5000:]) from None
+        return time.monotonic() - self.started
+
+    def _greets(self) -> bool:
+        assert self.proc.poll() is None, "qemu exited:\n" + self.log()[-3000:]
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.settimeout(20)
+                return sock.recv(512).startswith(b"220")
+        except OSError:
+            return False
 
     def wait_log(self, condition, deadline_s: float) -> None:
         """Poll the console (the journal is forwarded to it) until `condition(text)` holds."""

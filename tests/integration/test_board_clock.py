@@ -16,7 +16,9 @@ import tomli_w
 
 from mta_lite_board.clock import OFFSET_ALERT_S, REPORT_NAME, ClockCheck, read_alert, write_report
 from tests.support.ntp import ChronyServer, chrony_available
-from tests.support.relay import REPO, free_port, relay_config, wait_for
+from tests.support.peers import free_port
+from tests.support.relay import REPO, relay_config
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not chrony_available(), reason="chrony or faketime not installed "
@@ -85,7 +87,7 @@ def test_board_daemon_writes_the_clock_report_from_the_configs_servers(tmp_path)
                                  "--no-leds", "--runtime-dir", str(run), "--ntp-port", str(server.port)],
                                 stdout=log, stderr=log, cwd=REPO, start_new_session=True)
         try:
-            wait_for(lambda: (run / REPORT_NAME).exists(), 30, what="clock.json")
+            wait_until(lambda: (run / REPORT_NAME).exists(), 30, what="clock.json")
             report = json.loads((run / REPORT_NAME).read_text())
         finally:
             proc.terminate()

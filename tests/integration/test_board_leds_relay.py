@@ -14,7 +14,8 @@ from gpiozero.pins.mock import MockFactory
 from mta_lite_board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, update_leds
 from mta_lite_board.patterns import OFF, ON, SLOW_BLINK, LedState
 from mta_lite.status import read_status
-from tests.support.relay import PASSWORD, wait_for
+from tests.support.relay import PASSWORD
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +41,12 @@ def test_s5_smarthost_refusing_login_lights_the_alert_led(smarthost, relay_facto
     relay = relay_factory(wrong_password_config(smarthost))
     factory = MockFactory()
     with StatusLeds(pin_factory=factory) as leds:
-        wait_for(lambda: account_state(relay.spool) == "ok", 10, what="the first status file")
+        wait_until(lambda: account_state(relay.spool) == "ok", 10, what="the first status file")
         state = update_leds(leds, lambda: read_status(relay.spool))
         assert state == LedState(power=ON)       # no mail, no login tried yet: all is well
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
             client.sendmail("scanner@lan.test", ["ops@remote.example"], "Subject: s5 leds\r\n\r\nhello\r\n")
-        wait_for(lambda: account_state(relay.spool) == "auth_failed", 12, what="status auth_failed")
+        wait_until(lambda: account_state(relay.spool) == "auth_failed", 12, what="status auth_failed")
         state = update_leds(leds, lambda: read_status(relay.spool))
         assert state == LedState(power=ON, mail=ON, alert=ON)    # the message waits, deferred
         assert factory.pin(ALERT_PIN).state is True

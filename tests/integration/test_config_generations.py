@@ -15,7 +15,8 @@ import tomli_w
 from mta_lite.status import read_status
 from tests.integration.test_relay_health import isp_config
 from tests.support.peers import free_port, smtp_probe
-from tests.support.relay import PASSWORD, wait_for
+from tests.support.relay import PASSWORD
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +47,17 @@ def delivered(smarthost, message_id: str) -> bool:
 
 def test_config_apply_on_running_relay_takes_effect_without_restart(smarthost, relay_factory):
     relay = relay_factory(isp_config(smarthost))
-    master = relay.master_pid()
-    new_port = free_port()
+    master, old_port, log_end = relay.master_pid(), relay.port, relay.log_size()
+    new_port = free_port()      # a port named in the new config: the relay moves to it
     config = {**relay.config, "listen": [{"address": f"127.0.0.1:{new_port}"}]}
     status, out = apply(relay, config)
     assert status == 0, out
     digest = out.rsplit("config ", 1)[1].strip(")\n")
-    wait_for(lambda: smtp_probe(new_port), 20, what="the new listener")
-    wait_for(lambda: running_digest(relay) == digest, 20, what="the queue manager on the new config")
-    assert smtp_probe(relay.port) is None, "the old port must be closed after the reload"
-    message_id = send(new_port)
-    wait_for(lambda: delivered(smarthost, message_id), 60, what="delivery after the reload")
+    assert relay.listening_since(log_end, 20) == [new_port]        # the new smtpd serves there
+    wait_until(lambda: running_digest(relay) == digest, 20, what="the queue manager on the new config")
+    assert smtp_probe(old_port) is None, "the old port must be closed after the reload"
+    message_id = send(relay.port)
+    wait_until(lambda: delivered(smarthost, message_id), 60, what="delivery after the reload")
     assert relay.master_pid() == master and relay.proc.poll() is None
 
 
@@ -64,14 +65,14 @@ def test_config_rollback_after_wrong_password_resumes_delivery(smarthost, relay_
     """C2: the new config is valid but breaks delivery (wrong smarthost password); rolling
     back to the previous generation brings the deferred mail out."""
     relay = relay_factory(isp_config(smarthost))
-    good = running_digest(relay) or wait_for(lambda: running_digest(relay), 20, what="status")
+    good = running_digest(relay) or wait_until(lambda: running_digest(relay), 20, what="status")
     broken = isp_config(smarthost, password=PASSWORD + "-typo")
     status, out = apply(relay, {**relay.config, **broken})
     assert status == 0, out
-    wait_for(lambda: running_digest(relay) not in ("", good), 20, what="the broken config in use")
+    wait_until(lambda: running_digest(relay) not in ("", good), 20, what="the broken config in use")
     message_id = send(relay.port)
-    wait_for(lambda: relay.status()["relays"].get(ACCOUNT, {}).get("state") == "auth_failed", 60,
-             what="the account paused after 535")
+    wait_until(lambda: relay.status()["relays"].get(ACCOUNT, {}).get("state") == "auth_failed", 60,
+               what="the account paused after 535")
     assert not delivered(smarthost, message_id)
     result = relay.cli("config", "rollback")
     assert result.returncode == 0, result.stderr.decode()
@@ -79,8 +80,8 @@ def test_config_rollback_after_wrong_password_resumes_delivery(smarthost, relay_
     # again, the password moves to secrets/, so the bytes (and the digest) differ.
     assert "generation 3 installed" in result.stdout.decode()
     rolled_back = result.stdout.decode().rsplit("config ", 1)[1].strip(")\n")
-    wait_for(lambda: delivered(smarthost, message_id), 60, what="delivery after the rollback")
-    wait_for(lambda: running_digest(relay) == rolled_back, 20, what="status showing the rolled-back config")
+    wait_until(lambda: delivered(smarthost, message_id), 60, what="delivery after the rollback")
+    wait_until(lambda: running_digest(relay) == rolled_back, 20, what="status showing the rolled-back config")
     with open(relay.config_path, "rb") as handle:
         assert PASSWORD.encode() not in handle.read()
 
@@ -88,13 +89,13 @@ def test_config_rollback_after_wrong_password_resumes_delivery(smarthost, relay_
 def test_config_broken_hand_edit_keeps_running_config(smarthost, relay_factory):
     """C1: a file that does not validate is never used; mail keeps flowing on the old one."""
     relay = relay_factory(isp_config(smarthost))
-    digest = wait_for(lambda: running_digest(relay), 20, what="status")
+    digest = wait_until(lambda: running_digest(relay), 20, what="status")
     with open(relay.config_path, "ab") as handle:
         handle.write(b'\n[relays.second]\nhost = "smtp.example.test"\nport = "587"\n')
-    wait_for(lambda: "reload (config file changed) failed, keeping the running configuration" in relay.log(),
-             20, what="the rejected reload")
+    wait_until(lambda: "reload (config file changed) failed, keeping the running configuration" in relay.log(),
+               20, what="the rejected reload")
     assert "relays.second.port" in relay.log()
     message_id = send(relay.port)
-    wait_for(lambda: delivered(smarthost, message_id), 60, what="delivery on the running config")
+    wait_until(lambda: delivered(smarthost, message_id), 60, what="delivery on the running config")
     assert running_digest(relay) == digest
     assert relay.proc.poll() is None

@@ -31,7 +31,8 @@ from mta_lite_board.console_protocol import NOISE_ERR_INTERVAL_S
 from mta_lite.config import generations as configgen
 from mta_lite.config.load import load_config
 from tests.support.board import Board, PtyPair, RawClient
-from tests.support.relay import PASSWORD, secret_needles, wait_for
+from tests.support.relay import PASSWORD, secret_needles
+from tests.support.waiting import wait_until, wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVISION = ["-m", "mta_lite_tools.provision"]     # the laptop client, as `mta-lite-provision` runs it
@@ -146,7 +147,7 @@ def test_console_serial_port_gone_and_back_daemon_survives(rig):
     board.start()
     assert provision(pty.b, seen, "status").returncode == 0
     pty.stop()
-    wait_for(lambda: b"gone" in board.log(), 10, what="the daemon to notice the port is gone")
+    wait_until(lambda: b"gone" in board.log(), 10, what="the daemon to notice the port is gone")
     # The port stays away through several reopen attempts (REOPEN_MIN_S doubling): the
     # daemon must stay up, and log the outage once, not once per attempt.
     with pytest.raises(subprocess.TimeoutExpired):
@@ -154,7 +155,7 @@ def test_console_serial_port_gone_and_back_daemon_survives(rig):
     pty.start()
     status = provision(pty.b, seen, "status")
     assert status.returncode == 0, status.stderr
-    wait_for(lambda: b"back" in board.log(), 10, what="the daemon to log the port back")
+    wait_until(lambda: b"back" in board.log(), 10, what="the daemon to log the port back")
     log = board.log().decode()
     assert len(re.findall(r"console: \S+ gone: .*; retrying", log)) == 1, log
     assert board.proc.poll() is None
@@ -164,7 +165,7 @@ def test_console_serial_broken_config_at_start_can_be_replaced(rig, tmp_path):
     pty, board, seen = rig
     Path(board.config).write_bytes(b"hostname = \n")
     board.start()
-    wait_for(lambda: b"not valid TOML" in board.log(), 10, what="the config error in the log")
+    wait_until(lambda: b"not valid TOML" in board.log(), 10, what="the config error in the log")
     assert provision(pty.b, seen, "show").returncode == 1
     good = tmp_path / "good.toml"
     good.write_bytes(config_bytes(board.spool))
@@ -195,17 +196,19 @@ def memory_protocol(directory: Path):
 
 
 async def read_until(fd: int, needle: bytes, timeout: float = 10) -> bytes:
-    import asyncio
-    got = b""
-    deadline = time.monotonic() + timeout
-    while needle not in got:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {needle!r} in {got[-200:]!r}")
+    """Everything read from the non-blocking `fd` up to and including `needle`'s arrival."""
+    got = bytearray()
+
+    def arrived() -> bytes | None:
         try:
-            got += os.read(fd, 65536)
+            got.extend(os.read(fd, 65536))
         except BlockingIOError:
-            await asyncio.sleep(0.01)
-    return got
+            pass
+        return bytes(got) if needle in got else None
+    try:
+        return await wait_until_async(arrived, timeout, what=repr(needle), interval=0.01)
+    except TimeoutError:
+        raise TimeoutError(f"no {needle!r} in {bytes(got[-200:])!r}") from None
 
 
 def open_pty() -> tuple[int, str, int]:
@@ -254,10 +257,8 @@ def test_serial_console_on_a_pty_replies_and_never_blocks_when_nobody_reads(tmp_
         for _ in range(MAX_PENDING_OUTPUT_BYTES // 700 + 200):
             os.write(master, b"HELP\r\n")
             await asyncio.sleep(0)
-        deadline = time.monotonic() + 10
-        while "nobody reads the port" not in board_log(caplog):
-            assert time.monotonic() < deadline, "the replies were never capped"
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: "nobody reads the port" in board_log(caplog), 10,
+                               what="the replies to be capped")
         assert not task.done()
         await read_until(master, b"| HELP ", timeout=5)
         # Once the line is read again the console answers again (HELLO until it does, as
@@ -292,10 +293,7 @@ def test_serial_console_port_that_fails_to_open_logs_once_then_comes_back(tmp_pa
 
     async def scenario(master, task):
         await greeted(master)
-        deadline = time.monotonic() + 5
-        while "back" not in board_log(caplog):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: "back" in board_log(caplog), 5, what="the port logged back")
 
     name = run_console_on_pty(lambda name: console.SerialConsole(name, memory_protocol(tmp_path), opener), scenario)
     text = board_log(caplog)

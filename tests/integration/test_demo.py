@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def test_demo_relays_samples_with_their_accounts_and_keeps_running(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "mta_lite.cli", "demo"], stdout=handle,
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        text = wait_for(lambda: "Try:" in out.read_text() and out.read_text(), 60, what="the demo table")
+        text = wait_until(lambda: "Try:" in out.read_text() and out.read_text(), 60, what="the demo table")
         assert proc.poll() is None, "the demo must keep running"
     finally:
         proc.send_signal(signal.SIGINT)

@@ -27,8 +27,9 @@ from mta_lite_board.patterns import FAST_BLINK, pattern_for
 from mta_lite.status import read_status
 from tests.support.relay import relay_config
 from tests.integration.test_privsep import children
-from tests.support.peers import dump_message_id, swaks
-from tests.support.relay import PASSWORD, RelayProcess, wait_for
+from tests.support.peers import dump_message_id, free_port, swaks
+from tests.support.relay import PASSWORD, RelayProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +109,7 @@ def first_line(port: int, timeout: float = 5.0) -> bytes:
 
 
 def tls_listener(relay: RelayProcess, cert: tuple[str, str]) -> None:
-    relay.config["listen"] = [{"address": f"127.0.0.1:{relay.port}", "tls_cert": cert[0], "tls_key": cert[1]}]
+    relay.config["listen"] = [{"address": "127.0.0.1:0", "tls_cert": cert[0], "tls_key": cert[1]}]
     relay.write_config()
 
 
@@ -128,20 +129,21 @@ def test_admin_written_files_work_the_first_time(smarthost, box, lan_cert):
     check = relay.cli("check")
     assert check.returncode == 0, check.stderr.decode()
     relay.start()
-    pids = wait_for(lambda: children(relay), 15, what="smtpd and qmgr")
-    wait_for(lambda: {_uid(pids["smtpd"]), _uid(pids["qmgr"])}.isdisjoint({0}), 15, what="the drop")
+    pids = wait_until(lambda: children(relay), 15, what="smtpd and qmgr")
+    wait_until(lambda: {_uid(pids["smtpd"]), _uid(pids["qmgr"])}.isdisjoint({0}), 15, what="the drop")
     subject = "deployed " + make_msgid(domain="lan.test")
     result = swaks("--server", f"127.0.0.1:{relay.port}", "--tls", "--from", "scanner@lan.test",
                    "--to", "ops@remote.example", "--header", f"Subject: {subject}")
     assert result.returncode == 0, result.stdout
-    got = wait_for(lambda: next((d for d in smarthost.delivered() if subject.encode() in d.raw), None), 60,
-                   what="delivery through the smarthost")
+    got = wait_until(lambda: next((d for d in smarthost.delivered() if subject.encode() in d.raw), None), 60,
+                     what="delivery through the smarthost")
     assert got.sasl_username == "office@example.test"
     assert "restarting in" not in relay.log()
 
 
 def test_check_names_path_user_and_fix_and_serve_refuses_before_binding(sink_factory, open_box):
-    relay = open_box({**relay_config(sink_factory().port), "relays": {"isp": {
+    port = free_port()      # a port known beforehand: the test shows that it is never bound
+    relay = open_box({**relay_config(sink_factory().port), "listen": [{"address": f"127.0.0.1:{port}"}], "relays": {"isp": {
         "host": "127.0.0.1", "port": 9, "tls": "starttls", "username": "office@example.test", "password": PASSWORD}},
         "default_relay": "isp"}, start=False)
     password_file = next(Path(relay.etc).glob("*.pw"))
@@ -155,7 +157,7 @@ def test_check_names_path_user_and_fix_and_serve_refuses_before_binding(sink_fac
         relay.start(timeout=20)
     assert line in relay.log().splitlines()
     with pytest.raises(ConnectionRefusedError):
-        first_line(relay.port)              # nothing was ever bound
+        first_line(port)                    # nothing was ever bound
     os.chmod(password_file, 0o600)
     assert relay.cli("check").returncode == 0
 
@@ -188,33 +190,32 @@ def test_smtpd_config_error_is_reported_not_looped_and_its_ports_answer_421(sink
     key = next(Path(relay.etc).glob("*key.pem"))
     good = key.read_bytes()
     key.write_bytes(b"not a key\n")                     # replaced badly by hand; then smtpd dies
-    os.kill(wait_for(lambda: children(relay), 15, what="smtpd")["smtpd"], signal.SIGKILL)
-    wait_for(lambda: _processes(relay).get("smtpd", {}).get("state") == "config_error", 20, what="config error")
+    os.kill(wait_until(lambda: children(relay), 15, what="smtpd")["smtpd"], signal.SIGKILL)
+    wait_until(lambda: _processes(relay).get("smtpd", {}).get("state") == "config_error", 20, what="config error")
     reason = _processes(relay)["smtpd"]["reason"]
     assert "cannot use tls_cert" in reason and str(key) in reason
     assert "smtpd: config error since" in relay.cli("status").stdout.decode()
     assert pattern_for(read_status(relay.spool), time.time()).alert == FAST_BLINK
-    started = time.monotonic()
+    # Answered by the master (a client left waiting would time out in first_line instead).
     assert first_line(relay.port).startswith(b"421 4.3.2 Service currently unavailable")
-    assert time.monotonic() - started < 2.0             # at once, not after a client timeout
     # Delivery goes on while smtpd is down: a local submission reaches the sink.
     submitted = relay.cli("sendmail", "-f", "cron@lan.test", "ops@remote.example",
                           stdin=b"Message-ID: <while-down@lan.test>\r\n\r\nnightly\r\n")
     assert submitted.returncode == 0, submitted.stderr.decode()
-    wait_for(lambda: "<while-down@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
-             what="delivery while smtpd is down")
+    wait_until(lambda: "<while-down@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
+               what="delivery while smtpd is down")
     # One line per restart attempt, each with the reason, the waits growing: no tight loop.
-    wait_for(lambda: relay.log().count("exit status 78 (config error:") >= 2, 20, what="a second attempt")
+    wait_until(lambda: relay.log().count("exit status 78 (config error:") >= 2, 20, what="a second attempt")
     waits = [line.rsplit("restarting in ", 1)[1] for line in relay.log().splitlines()
-             if "process smtpd" in line and "exit status 78 (config error:" in line]
+               if "process smtpd" in line and "exit status 78 (config error:" in line]
     assert waits[:2] == ["2s", "4s"]
     key.write_bytes(good)
     relay.proc.send_signal(signal.SIGHUP)               # the admin's fix, then a reload
-    wait_for(lambda: first_line(relay.port).startswith(b"220 "), 20, what="smtpd back")
-    wait_for(lambda: _processes(relay)["smtpd"]["state"] == "running", 20, what="the config error cleared")
+    wait_until(lambda: first_line(relay.port).startswith(b"220 "), 20, what="smtpd back")
+    wait_until(lambda: _processes(relay)["smtpd"]["state"] == "running", 20, what="the config error cleared")
     send(relay.port, "<after-fix@lan.test>")
-    wait_for(lambda: "<after-fix@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
-             what="delivery after the fix")
+    wait_until(lambda: "<after-fix@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
+               what="delivery after the fix")
 
 
 def test_qmgr_config_error_keeps_mail_coming_in(sink_factory, box):
@@ -228,14 +229,14 @@ def test_qmgr_config_error_keeps_mail_coming_in(sink_factory, box):
     password_file = next(Path(relay.etc).glob("*.pw"))
     moved = password_file.with_suffix(".away")
     shutil.move(password_file, moved)                   # gone from under a running relay
-    os.kill(wait_for(lambda: children(relay), 15, what="qmgr")["qmgr"], signal.SIGKILL)
-    wait_for(lambda: _processes(relay).get("qmgr", {}).get("state") == "config_error", 20, what="config error")
+    os.kill(wait_until(lambda: children(relay), 15, what="qmgr")["qmgr"], signal.SIGKILL)
+    wait_until(lambda: _processes(relay).get("qmgr", {}).get("state") == "config_error", 20, what="config error")
     assert "password_file" in _processes(relay)["qmgr"]["reason"]
     send(relay.port, "<queued-while-qmgr-down@lan.test>")      # smtpd still takes mail: 250
     shutil.move(moved, password_file)
-    wait_for(lambda: "<queued-while-qmgr-down@lan.test>" in [dump_message_id(m) for m in sink.messages()], 90,
-             what="delivery once qmgr can start again")
-    wait_for(lambda: _processes(relay)["qmgr"]["state"] == "running", 20, what="the config error cleared")
+    wait_until(lambda: "<queued-while-qmgr-down@lan.test>" in [dump_message_id(m) for m in sink.messages()], 90,
+               what="delivery once qmgr can start again")
+    wait_until(lambda: _processes(relay)["qmgr"]["state"] == "running", 20, what="the config error cleared")
 
 
 def test_reload_that_fails_the_preflight_keeps_the_running_config(sink_factory, open_box):
@@ -247,9 +248,9 @@ def test_reload_that_fails_the_preflight_keeps_the_running_config(sink_factory, 
     password_file = next(Path(relay.etc).glob("*.pw"))
     os.chmod(password_file, 0o644)
     relay.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reload (SIGHUP) failed, keeping the running configuration" in relay.log(), 20,
-             what="the refused reload")
+    wait_until(lambda: "reload (SIGHUP) failed, keeping the running configuration" in relay.log(), 20,
+               what="the refused reload")
     assert f"mta-smtpd: can read this password file; fix: chmod o-rwx {password_file}" in relay.log()
     send(relay.port, "<still-running@lan.test>")
-    wait_for(lambda: "<still-running@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
-             what="delivery with the running config")
+    wait_until(lambda: "<still-running@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
+               what="delivery with the running config")

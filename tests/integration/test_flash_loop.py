@@ -40,6 +40,7 @@ from mta_lite_tools.flash.writer import Card
 from tests.support.flash import (BOOT_OFFSET, MIB, MTOOLS_ENV, FakeDisk, LoopDevice, digest, fake_sys, have, loop_skip_reason,
                              make_bmap, make_card_image, run)
 from tests.support.stick import config_bytes
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(loop_skip_reason() is not None, reason=loop_skip_reason() or ""),
@@ -124,17 +125,16 @@ def test_flash_loop_byte_changed_on_the_card_found_by_verify(image, loop):
 
 def _open_fifo_for_writing(fifo: Path, proc: subprocess.Popen) -> int:
     """Open the FIFO once the flash tool opened it for reading (polled, with a deadline)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
+    def opened() -> int | None:
         try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         except OSError:                             # ENXIO: no reader yet
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mta-lite-flash never opened the image: {proc.communicate()}")
-            time.sleep(0.01)
-            continue
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return fd
+            if proc.poll() is not None:
+                raise AssertionError(f"mta-lite-flash exited without opening the image: {proc.communicate()}")
+            return None
+    fd = wait_until(opened, DEADLINE_S, what="mta-lite-flash to open the image", interval=0.01)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
 
 
 def _feed(fd: int, data: bytes) -> None:

@@ -9,12 +9,11 @@ hang); the runner treats every program alike. The fixed environment is checked w
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
 from mta_lite_board.mtools import MAX_STDERR_BYTES, MTOOLS_ENV, MtoolsRunner, StickReadError, StickTimeoutError
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 TIMEOUT_S = 1.0
@@ -53,10 +52,9 @@ def test_runner_stderr_bounded_and_drained():
 
 
 def test_runner_child_ignoring_sigterm_killed_at_deadline():
-    started = time.monotonic()
+    # Unkilled, the child would end by itself (status 0, no error) after 60 s.
     with pytest.raises(StickTimeoutError) as caught:
         MtoolsRunner(TIMEOUT_S)(["sh", "-c", "trap '' TERM; exec sleep 60"], 100)
-    assert time.monotonic() - started < TIMEOUT_S + 5
     assert "sh did not finish within 1 s and was killed" in str(caught.value)
     assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, StickReadError)
 
@@ -66,7 +64,7 @@ def test_runner_leftover_process_holding_pipes_killed_at_deadline(tmp_path):
     with pytest.raises(StickTimeoutError):
         MtoolsRunner(TIMEOUT_S)(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; exit 0"], 100)
     pid = int(pidfile.read_text())
-    wait_for(lambda: not pid_alive(pid), 5, what="the process group killed, not only the child")
+    wait_until(lambda: not pid_alive(pid), 5, what="the process group killed, not only the child")
 
 
 def test_runner_missing_program_read_error():
@@ -87,10 +85,9 @@ def test_runner_environment_fixed():
 def test_runner_large_stdin_to_a_child_that_never_reads_ends_at_deadline():
     """A report or a config is more than a pipe holds: feeding it must not block past the
     deadline when the child (mtools stuck in open()) never reads."""
-    started = time.monotonic()
+    # Blocked on the full pipe, the feed would end only with the child (60 s, a broken pipe).
     with pytest.raises(StickTimeoutError):
         MtoolsRunner(TIMEOUT_S)(["sleep", "60"], 100, b"x" * (1024 * 1024))
-    assert time.monotonic() - started < TIMEOUT_S + 5
 
 
 def test_runner_large_stdin_fed_completely():

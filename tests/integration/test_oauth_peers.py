@@ -19,7 +19,7 @@ import aiosmtplib
 import pytest
 
 from tests.support.oauthfixtures import *  # noqa: F403 (the OAuth2 peer fixtures)
-from tests.support.peers import poll_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ def test_good_token_logs_in_and_delivers(oauth_server, oauth_smarthost, implicit
     replies = smtp_login(oauth_smarthost, implicit, mechanism, USER, token, send=True)
     assert replies[0][0] == 235, replies
     message_id = replies[-1][1]
-    poll_until(lambda: message_id in delivered_ids(oauth_smarthost), 30, "the delivery")
+    wait_until(lambda: message_id in delivered_ids(oauth_smarthost), 30, "the delivery")
     got = next(d for d in oauth_smarthost.delivered() if d.message_id == message_id)
     assert got.sasl_username == USER
 
@@ -117,7 +117,7 @@ def test_refused_token_gets_json_challenge_then_535(oauth_server, oauth_smarthos
     challenge = json.loads(base64.b64decode(replies[0][1]))
     assert challenge == (XOAUTH2_CHALLENGE if mechanism == "XOAUTH2" else OAUTHBEARER_CHALLENGE)
     assert replies[1][1].startswith("5.7.8 ")
-    poll_until(lambda: oauth_smarthost.logins()[1] == failed_before + 1, 10,
+    wait_until(lambda: oauth_smarthost.logins()[1] == failed_before + 1, 10,
                "Dovecot to log the refused login")
 
 
@@ -164,6 +164,6 @@ def test_each_login_asks_the_server_once_and_failures_are_not_slowed(oauth_serve
         assert smtp_login(oauth_smarthost, False, "XOAUTH2", USER, token)[-1][0] == 535
     good = oauth_server.issue_token(USER, SCOPE)["access_token"]
     assert smtp_login(oauth_smarthost, True, "XOAUTH2", USER, good)[0][0] == 235
-    poll_until(lambda: oauth_smarthost.logins() == (ok_before + 1, failed_before + 5), 10,
+    wait_until(lambda: oauth_smarthost.logins() == (ok_before + 1, failed_before + 5), 10,
                "Postfix and Dovecot to log six logins")
     assert oauth_smarthost.introspections() == asked_before + 6

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from tests.support.oauthfixtures import *  # noqa: F403 (the OAuth2 peer fixtures)
-from tests.support.peers import poll_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -212,7 +212,7 @@ def test_counters_and_the_issued_hook(oauth_server):
     finally:
         oauth_server.on_issued = None
     # The hook runs after the answer left, in the server's thread: wait for it.
-    poll_until(lambda: seen, 10, "the on_issued hook")
+    wait_until(lambda: seen, 10, "the on_issued hook")
     assert seen == [("client_credentials", answer["access_token"])]
     after = (oauth_server.requests["token"], oauth_server.grants["client_credentials"],
              oauth_server.store.issued["client_credentials"])

@@ -22,7 +22,8 @@ import pytest
 
 from mta_lite_board.page import server as page_server
 from tests.support.page import CHROMIUM, HOSTILE_REPLY, HOSTILE_SENDER, PageProcess, busy_spool, chromium, get
-from tests.support.relay import relay_config, wait_for
+from tests.support.relay import relay_config
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -153,8 +154,8 @@ def test_relay_history_shows_a_delivered_and_a_bounced_message_across_a_restart(
     relay = relay_factory(config)
     send(relay.port, "scanner@lan.test")
     send(relay.port, "printer@lan.test")
-    wait_for(lambda: relay.queue() == [] and "status=bounced" in relay.log() and relay.log().count("status=sent") >= 2,
-             90, what="one delivered, one bounced (and its DSN delivered)")
+    wait_until(lambda: relay.queue() == [] and "status=bounced" in relay.log() and relay.log().count("status=sent") >= 2,
+               90, what="one delivered, one bounced (and its DSN delivered)")
     relay.stop()                                        # the history is saved at stop, at the latest
     with PageProcess(relay.spool, None) as page:
         data = json.loads(get(page.url, "/status.json")[2])
@@ -188,7 +189,7 @@ def test_page_started_as_root_runs_as_its_user_and_cannot_read_config_or_queue(d
     relay = relay_factory(relay_config(sink.port, with_secret=True))
     send(relay.port)
     sink.wait_count(1, timeout=60)
-    wait_for(lambda: os.path.exists(os.path.join(relay.spool, "public", "history.json")), 30, what="history.json")
+    wait_until(lambda: os.path.exists(os.path.join(relay.spool, "public", "history.json")), 30, what="history.json")
     user = "mta-page" if deployed else None
     if deployed:
         pwd.getpwnam(user)

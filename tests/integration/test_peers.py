@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from tests.support import peers
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -65,7 +66,7 @@ def test_wrong_password_fails_and_is_counted(smarthost):
     attempts, failures = smarthost.auth_attempts(), smarthost.auth_failures()
     result = smarthost_swaks(smarthost, "--auth", "PLAIN", "--au", ALICE, "--ap", "wrong")
     assert result.returncode == 28, result.stdout
-    peers.poll_until(lambda: smarthost.auth_attempts() == attempts + 1, 10, "AUTH logged")
+    wait_until(lambda: smarthost.auth_attempts() == attempts + 1, 10, "AUTH logged")
     assert smarthost.auth_failures() == failures + 1
 
 

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import socket
-import time
 
 import pytest
 
@@ -24,7 +23,8 @@ from mta_lite.postscreen.dnsbl import ERROR, NXDOMAIN, OK, parse_site
 from mta_lite.postscreen.dnsblclient import DnsblCheck, DnsPythonLookup
 from tests.support.dns import Dnsmasq, bad_dns_server
 from tests.support.relay import relay_config
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ class Client:
 def screened(relay_factory, config: dict, **postscreen):
     """The real daemon with its listener screened by postscreen."""
     relay = relay_factory(config, start=False)
-    relay.config["listen"] = [{"address": f"127.0.0.1:{relay.port}", "postscreen": True}]
+    relay.config["listen"] = [{"address": "127.0.0.1:0", "postscreen": True}]
     relay.config["postscreen"] = {"greet_wait": f"{int(GREET_WAIT_S * 1000)}ms", **postscreen}
     relay.write_config()
     return relay.start()
@@ -130,17 +130,20 @@ def test_dnsbl_check_against_dnsmasq_scores_client_addresses(dnsmasq):
 
 @pytest.mark.parametrize("mode", ["servfail", "refused", "garbage", "silent"])
 def test_dnspython_lookup_bad_server_counts_as_error_within_deadline(mode):
+    deadline_s = 0.5
+
     async def main():
         transport, server, port = await bad_dns_server(mode)
         try:
-            lookup = DnsPythonLookup(f"127.0.0.1:{port}", 0.5)
-            started = time.monotonic()
-            answer = await lookup("2.0.0.127.zen.test")
-            return answer, time.monotonic() - started, server.queries
+            lookup = DnsPythonLookup(f"127.0.0.1:{port}", deadline_s)
+            # The lookup's own deadline must end it before this timer ten times as long on
+            # the same event loop (timers fire in order, however slow the machine is).
+            answer = await asyncio.wait_for(lookup("2.0.0.127.zen.test"), 10 * deadline_s)
+            return answer, server.queries
         finally:
             transport.close()
-    answer, took, queries = asyncio.run(main())
-    assert answer.status == ERROR and queries >= 1 and took < 1.5
+    answer, queries = asyncio.run(main())
+    assert answer.status == ERROR and queries >= 1
 
 
 # ---------------------------------------------------------------- the daemon
@@ -203,10 +206,10 @@ def test_postscreen_error_code_or_garbage_answer_fails_open(outsider_relay, sour
 def test_postscreen_allowlisted_client_skips_the_greet_wait(outsider_relay):
     client = Client(outsider_relay.port, "127.0.0.3")
     try:
-        started = time.monotonic()
         assert client.line().startswith("220-")
         assert client.line().startswith("220 relay.lan.test ESMTP")
-        assert time.monotonic() - started < GREET_WAIT_S * 0.7
+        # What ended the wait: the DNSWL score, logged before the banner is completed.
+        assert "DNSBL rank -2 for [127.0.0.3]: allowlisted" in outsider_relay.log()
     finally:
         client.close()
 
@@ -219,7 +222,7 @@ def test_postscreen_counters_reach_status_json(outsider_relay):
     def counters():
         smtpd = outsider_relay.status()["smtpd"]
         return smtpd if smtpd.get("postscreen_pregreet", 0) >= 1 else None
-    smtpd = wait_for(counters, 15, what="postscreen counters in status --json")
+    smtpd = wait_until(counters, 15, what="postscreen counters in status --json")
     for key in ("passed", "pregreet", "dnsbl", "dropped", "cache_hits", "stress"):
         assert isinstance(smtpd[f"postscreen_{key}"], int), key
 

@@ -17,7 +17,8 @@ import pytest
 
 from tests.support.relay import relay_config
 from tests.support.peers import dump_message_id
-from tests.support.relay import PASSWORD, wait_for
+from tests.support.relay import PASSWORD
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 MEMGREP = Path(__file__).resolve().parents[1] / "support" / "memgrep.py"
@@ -61,7 +62,7 @@ def send(port: int, message_id: str) -> None:
 def test_smtpd_holds_no_secret_in_memory_environment_or_files(sink_factory, relay_factory):
     relay = relay_factory(secret_config(sink_factory()))
     send(relay.port, "<before-scan@lan.test>")         # the smtpd has done real work
-    pids = wait_for(lambda: children(relay), 10, what="smtpd and qmgr processes")
+    pids = wait_until(lambda: children(relay), 10, what="smtpd and qmgr processes")
     b64 = base64.b64encode(PASSWORD.encode()).decode()
     plain = base64.b64encode(f"\0office@example.test\0{PASSWORD}".encode()).decode()
     smtpd = pids["smtpd"]
@@ -80,26 +81,27 @@ def test_smtpd_holds_no_secret_in_memory_environment_or_files(sink_factory, rela
 def test_kill9_smtpd_keeps_delivery_going(sink_factory, relay_factory):
     sink = sink_factory()
     relay = relay_factory(relay_config(sink.port))
-    before = wait_for(lambda: children(relay), 10, what="children")
+    before = wait_until(lambda: children(relay), 10, what="children")
     os.kill(before["smtpd"], signal.SIGKILL)
     result = relay.cli("sendmail", "-f", "cron@lan.test", "ops@remote.example",
                        stdin=b"Message-ID: <while-smtpd-dead@lan.test>\n\nqueued without smtpd\n")
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: "<while-smtpd-dead@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
-             what="delivery by qmgr")
-    after = wait_for(lambda: (c := children(relay)) and c["smtpd"] != before["smtpd"] and c, 30,
-                     what="the master to restart smtpd")
+    wait_until(lambda: "<while-smtpd-dead@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
+               what="delivery by qmgr")
+    after = wait_until(lambda: (c := children(relay)) and c["smtpd"] != before["smtpd"] and c, 30,
+                       what="the master to restart smtpd")
     assert after["qmgr"] == before["qmgr"]              # the other half never noticed
     send(relay.port, "<after-restart@lan.test>")
-    wait_for(lambda: "<after-restart@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
-             what="delivery after the restart")
+    wait_until(lambda: "<after-restart@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
+               what="delivery after the restart")
     assert "process smtpd pid" in relay.log() and "killed by signal 9" in relay.log()
 
 
+@pytest.mark.deployed
 def test_kill9_qmgr_under_load_keeps_acceptance_and_loses_nothing(sink_factory, relay_factory):
     sink = sink_factory()
     relay = relay_factory(relay_config(sink.port))
-    before = wait_for(lambda: children(relay), 10, what="children")
+    before = wait_until(lambda: children(relay), 10, what="children")
     acked: list[str] = []
     errors: list[Exception] = []
 
@@ -113,12 +115,12 @@ def test_kill9_qmgr_under_load_keeps_acceptance_and_loses_nothing(sink_factory, 
     threads = [threading.Thread(target=client, args=(t,)) for t in range(3)]
     for thread in threads:
         thread.start()
-    wait_for(lambda: len(acked) >= 20, 30, what="load to start")
+    wait_until(lambda: len(acked) >= 20, 30, what="load to start")
     os.kill(before["qmgr"], signal.SIGKILL)
     for thread in threads:
         thread.join(60)
     assert errors == [] and len(acked) == 120            # acceptance never stopped
-    ids = wait_for(lambda: (got := [dump_message_id(m) for m in sink.messages()]) and set(acked) <= set(got) and got,
-                   90, what="every acknowledged message at the sink")
+    ids = wait_until(lambda: (got := [dump_message_id(m) for m in sink.messages()]) and set(acked) <= set(got) and got,
+                     90, what="every acknowledged message at the sink")
     assert len(ids) - len(set(ids)) <= 10                # only what was in flight at the kill
     assert children(relay)["smtpd"] == before["smtpd"]

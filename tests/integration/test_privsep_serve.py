@@ -19,7 +19,8 @@ import pytest
 from tests.support.relay import relay_config
 from tests.integration.test_privsep import children
 from tests.support.peers import dump_message_id
-from tests.support.relay import PASSWORD, RelayProcess, wait_for
+from tests.support.relay import PASSWORD, RelayProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -78,14 +79,14 @@ def box(sink_factory):
 def test_serve_as_root_runs_each_half_as_its_own_user_and_relays(box):
     relay, sink, qmgr_uid, smtpd_uid, password_file = box
     relay.start()
-    pids = wait_for(lambda: children(relay), 15, what="smtpd and qmgr processes")
+    pids = wait_until(lambda: children(relay), 15, what="smtpd and qmgr processes")
     # Each child reads its config and keys as root first, then drops for good.
-    wait_for(lambda: (_uid(pids["smtpd"]), _uid(pids["qmgr"])) == (smtpd_uid, qmgr_uid), 15,
-             what="both halves to run as their own users")
+    wait_until(lambda: (_uid(pids["smtpd"]), _uid(pids["qmgr"])) == (smtpd_uid, qmgr_uid), 15,
+               what="both halves to run as their own users")
     with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
         client.sendmail("scanner@lan.test", ["ops@remote.example"], "Message-ID: <privsep@lan.test>\r\n\r\nscan\r\n")
-    wait_for(lambda: "<privsep@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
-             what="delivery through the separated halves")
+    wait_until(lambda: "<privsep@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
+               what="delivery through the separated halves")
     # qmgr read the password file (its config names it, and it delivered); smtpd's user cannot.
     denied = subprocess.run(["cat", str(password_file)], user="mta-smtpd", capture_output=True)
     assert denied.returncode != 0 and PASSWORD.encode() not in denied.stdout

@@ -17,7 +17,8 @@ import pytest
 
 from tests.integration.test_relay_postfix import by_message_id, send
 from tests.support import faketime
-from tests.support.relay import postfix_config, wait_for
+from tests.support.relay import postfix_config
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not faketime.available(), reason="libfaketime is not installed "
@@ -35,7 +36,7 @@ def waiting_for_the_clock(relay) -> dict:
     def found():
         items = relay.queue()
         return items[0] if items and items[0]["last_error"].startswith("clock not set") else None
-    return wait_for(found, 60, what="the message to be deferred with `clock not set`")
+    return wait_until(found, 60, what="the message to be deferred with `clock not set`")
 
 
 def connections_from_us(smarthost) -> int:
@@ -54,8 +55,8 @@ def assert_clock_not_set_shown(relay, queue_id: str, env: dict) -> None:
     why = cli_at(relay, env, "queue", "why", queue_id)
     assert why.startswith(f"{queue_id}: deferred: the system clock is not set (it reads 1970-01-01 ")
     assert "next try as soon as it is set" in why
-    status = wait_for(lambda: relay.status().get("clock", {}).get("state") == "not_set" and relay.status(),
-                      30, what="the status file to show the clock not set")
+    status = wait_until(lambda: relay.status().get("clock", {}).get("state") == "not_set" and relay.status(),
+                        30, what="the status file to show the clock not set")
     assert status["clock"]["trusted_floor"] > 1_700_000_000
     # `status` on the daemon's clock: read at another time, its snapshot from 1970 looks stale.
     assert "clock: not set (earlier than " in cli_at(relay, env, "status")
@@ -87,7 +88,7 @@ def test_relay_at_1970_defers_starttls_mail_until_the_clock_is_set_then_delivers
     got = by_message_id(smarthost, {message_id})
     print(f"clock set -> delivered at the smarthost: {time.monotonic() - set_at:.2f} s")
     assert got[message_id].sasl_username == "office@example.test"
-    wait_for(lambda: relay.queue() == [], 30, what="the queue to empty")
+    wait_until(lambda: relay.queue() == [], 30, what="the queue to empty")
     assert "clock is set: 1 message waiting for it go out now" in relay.log()
     assert_never_a_certificate_failure_or_bounce(relay)
 
@@ -105,5 +106,5 @@ def test_relay_restarted_with_a_good_clock_delivers_what_waited_for_it(smarthost
     relay.prefix = ()                                       # the next boot: NTP has set the clock
     relay.start()
     by_message_id(smarthost, {message_id})
-    wait_for(lambda: relay.queue() == [], 30, what="the queue to empty")
+    wait_until(lambda: relay.queue() == [], 30, what="the queue to empty")
     assert_never_a_certificate_failure_or_bounce(relay)

@@ -17,7 +17,8 @@ import pytest
 from tests.integration.conftest import SMARTHOST_USERS
 from tests.support.faults import LoopThread, RawClient, RawSmarthost, message_id
 from tests.support.peers import PostfixSmarthost
-from tests.support.relay import postfix_config, relay_config, wait_for
+from tests.support.relay import postfix_config, relay_config
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,7 @@ def test_missing_date_message_id_and_from_are_added_once_and_nothing_else_change
                b"Subject: scan 2\r\n\r\nscanned page\r\n"
     send_raw(relay.port, complete)
     got = smarthost.wait_messages(2)
-    wait_for(lambda: relay.queue() == [], 30, what="an empty queue")
+    wait_until(lambda: relay.queue() == [], 30, what="an empty queue")
     by_subject = {re.search(rb"Subject: (scan \d)", t.content).group(1): t.content for t in got}
     added = by_subject[b"scan 1"]
     assert message_id(added) == f"<{message_id(added)[1:15]}.{bare_id}@relay.lan.test>"
@@ -90,7 +91,7 @@ def test_8bit_text_to_a_smarthost_without_8bitmime_arrives_as_quoted_printable(r
     send_raw(relay.port, b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
                          b"Content-Transfer-Encoding: 8bit\r\nSubject: scan\r\n\r\n" + body)
     got, = seven_bit_smarthost.wait_messages(1)
-    wait_for(lambda: relay.queue() == [], 30, what="an empty queue")
+    wait_until(lambda: relay.queue() == [], 30, what="an empty queue")
     assert got.wire.isascii() and b"BODY=8BITMIME" not in got.mail_from
     assert b"\r\nContent-Transfer-Encoding: quoted-printable\r\nSubject: scan\r\n" in got.wire
     assert got.wire.endswith(b"\r\n\r\nScan vom Drucker: Gr=C3=BC=C3=9Fe, 5 Seiten\r\n")
@@ -112,8 +113,8 @@ def test_8bit_mail_through_a_postfix_without_8bitmime_arrives_readable(tmp_path_
         send_raw(relay.port, b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
                              b"Content-Transfer-Encoding: 8bit\r\nMessage-ID: <qp@lan.test>\r\nSubject: qp\r\n\r\n"
                              + body, source="127.0.0.1")
-        delivered = wait_for(lambda: [d for d in postfix.delivered() if d.message_id == "<qp@lan.test>"], 60,
-                             what="the message at the Postfix smarthost")
+        delivered = wait_until(lambda: [d for d in postfix.delivered() if d.message_id == "<qp@lan.test>"], 60,
+                               what="the message at the Postfix smarthost")
     raw = delivered[0].raw
     assert b"Content-Transfer-Encoding: quoted-printable\n" in raw and raw.isascii()
     message = email.message_from_bytes(raw, policy=email.policy.default)

@@ -9,7 +9,8 @@ import smtplib
 import pytest
 
 from tests.support.relay import relay_config
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ def wait_state(relay, state: str, timeout: float = 60):
     def check():
         items = relay.queue()
         return items if items and all(i["state"] == state and i["attempts"] for i in items) else None
-    return wait_for(check, timeout, what=f"queue state {state}")
+    return wait_until(check, timeout, what=f"queue state {state}")
 
 
 def test_delivery_to_sink_empties_the_queue(sink_factory, relay_factory):
@@ -34,7 +35,7 @@ def test_delivery_to_sink_empties_the_queue(sink_factory, relay_factory):
     for i in range(5):
         send(relay.port, body=f"message {i}")
     sink.wait_count(5, timeout=60)
-    wait_for(lambda: relay.queue() == [], 30, what="empty queue")
+    wait_until(lambda: relay.queue() == [], 30, what="empty queue")
     assert relay.log().count("status=sent") == 5 and relay.log().count(": removed") == 5
 
 
@@ -60,7 +61,7 @@ def test_permanent_failure_bounces_without_looping(sink_factory, relay_factory, 
     sink = sink_factory(*flags)
     relay = relay_factory(relay_config(sink.port))
     send(relay.port)
-    wait_for(lambda: relay.queue() == [] and relay.log().count(": removed") >= 2, 60, what="bounce cycle")
+    wait_until(lambda: relay.queue() == [] and relay.log().count(": removed") >= 2, 60, what="bounce cycle")
     log = relay.log()
     assert "status=bounced" in log and "sender non-delivery notification" in log
     # The DSN bounces too (the sink refuses everything); its failure goes to the admin once,
@@ -89,8 +90,8 @@ def test_queue_hold_release_delete_flush_while_running(sink_factory, relay_facto
     assert {i["id"]: i["state"] for i in relay.queue()}[first] == "hold"
     attempts = {i["id"]: i["attempts"] for i in relay.queue()}
     assert relay.cli("queue", "flush").returncode == 0
-    wait_for(lambda: {i["id"]: i["attempts"] for i in relay.queue()}[second] > attempts[second], 30,
-             what="flush to retry the deferred message")
+    wait_until(lambda: {i["id"]: i["attempts"] for i in relay.queue()}[second] > attempts[second], 30,
+               what="flush to retry the deferred message")
     assert {i["id"]: i["attempts"] for i in relay.queue()}[first] == attempts[first]   # held: untouched
     assert relay.cli("queue", "release", first).returncode == 0
     assert relay.cli("queue", "delete", second).returncode == 0

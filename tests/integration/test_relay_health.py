@@ -14,7 +14,8 @@ import pytest
 import trustme
 
 from tests.support.peers import free_port
-from tests.support.relay import PASSWORD, wait_for
+from tests.support.relay import PASSWORD
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ def all_deferred(relay, n: int, suspended: int = 0):
         ok = len(items) == n and all(i["state"] == "deferred" for i in items) and sum(
             "delivery temporarily suspended" in i["last_error"] for i in items) == suspended
         return items if ok else None
-    return wait_for(check, 60, what=f"{n} deferred messages")
+    return wait_until(check, 60, what=f"{n} deferred messages")
 
 
 def test_relay_test_against_a_working_account_passes_every_step(smarthost, relay_factory):
@@ -98,21 +99,21 @@ def test_535_costs_one_login_per_pause_not_one_per_message(smarthost, relay_fact
     for _ in range(3):
         send(relay.port)
     all_deferred(relay, 3, suspended=2)
-    wait_for(lambda: smarthost.auth_attempts() == before + 1, 30, what="the refused login in the maillog")
+    wait_until(lambda: smarthost.auth_attempts() == before + 1, 30, what="the refused login in the maillog")
     for _ in range(2):                                          # later mail: no login at all
         send(relay.port)
     all_deferred(relay, 5, suspended=4)
     assert smarthost.auth_attempts() == before + 1
-    status = wait_for(lambda: (s := relay.status()["relays"][ACCOUNT])["state"] == "auth_failed" and s,
-                      10, what="status auth_failed")
+    status = wait_until(lambda: (s := relay.status()["relays"][ACCOUNT])["state"] == "auth_failed" and s,
+                        10, what="status auth_failed")
     assert 3500 < status["paused_until"] - time.time() <= 3600     # the first pause: an hour
     # flush ends the pause early, as a pause's expiry would: exactly one login again, and a
     # second refusal doubles the pause.
     assert relay.cli("queue", "flush").returncode == 0
-    wait_for(lambda: (s := relay.status()["relays"][ACCOUNT])["paused_until"] - time.time() > 7000 and s,
-             30, what="the doubled pause")
-    wait_for(lambda: all(i["next_attempt"] for i in relay.queue()), 30, what="all re-deferred")
-    wait_for(lambda: smarthost.auth_attempts() >= before + 2, 30, what="the probe in the maillog")
+    wait_until(lambda: (s := relay.status()["relays"][ACCOUNT])["paused_until"] - time.time() > 7000 and s,
+               30, what="the doubled pause")
+    wait_until(lambda: all(i["next_attempt"] for i in relay.queue()), 30, what="all re-deferred")
+    wait_until(lambda: smarthost.auth_attempts() >= before + 2, 30, what="the probe in the maillog")
     assert smarthost.auth_attempts() == before + 2
     assert "status=bounced" not in relay.log()
     why = relay.cli("queue", "why", relay.queue()[0]["id"]).stdout.decode()
@@ -122,17 +123,17 @@ def test_535_costs_one_login_per_pause_not_one_per_message(smarthost, relay_fact
 @pytest.mark.deployed
 def test_sighup_with_fixed_credentials_resumes_a_paused_account(smarthost, relay_factory, deployed):
     relay = relay_factory(isp_config(smarthost, password="wrong-" + PASSWORD))
-    wait_for(lambda: "daemon started" in relay.log(), 30, what="the queue manager")
+    wait_until(lambda: "daemon started" in relay.log(), 30, what="the queue manager")
     message_id = send(relay.port)
     all_deferred(relay, 1)
-    wait_for(lambda: relay.status()["relays"][ACCOUNT]["state"] == "auth_failed", 10, what="auth_failed")
+    wait_until(lambda: relay.status()["relays"][ACCOUNT]["state"] == "auth_failed", 10, what="auth_failed")
     relay.config["relays"]["isp"]["password"] = PASSWORD
     relay.write_config()
     relay.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: any(d.message_id == message_id for d in smarthost.delivered()), 60,
-             what="delivery after the reload")
+    wait_until(lambda: any(d.message_id == message_id for d in smarthost.delivered()), 60,
+               what="delivery after the reload")
     # One user: the queue manager reloads in place. Deployed: the master starts a new one
     # as root (it may no longer read the password file), which retries the held mail.
     assert ("reload: 1 message held by a refused login tried again" if deployed else
             f"account {ACCOUNT}: credentials changed, login pause ended") in relay.log()
-    wait_for(lambda: relay.status()["relays"][ACCOUNT]["state"] == "ok", 10, what="status ok")
+    wait_until(lambda: relay.status()["relays"][ACCOUNT]["state"] == "ok", 10, what="status ok")

@@ -13,7 +13,8 @@ from email.utils import make_msgid
 import pytest
 
 from tests.support.peers import swaks
-from tests.support.relay import ALICE_PASSWORD, PASSWORD, postfix_config, wait_for
+from tests.support.relay import ALICE_PASSWORD, PASSWORD, postfix_config
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ def by_message_id(smarthost, message_ids, timeout=60):
     def found():
         got = {d.message_id: d for d in smarthost.delivered() if d.message_id in message_ids}
         return got if len(got) == len(message_ids) else None
-    return wait_for(found, timeout, what=f"smarthost delivery of {message_ids}")
+    return wait_until(found, timeout, what=f"smarthost delivery of {message_ids}")
 
 
 @pytest.mark.deployed
@@ -54,8 +55,8 @@ def test_swaks_client_is_relayed(smarthost, relay_factory):
     result = swaks("--server", f"127.0.0.1:{relay.port}", "--from", "nas@lan.test",
                    "--to", "someone@remote.example", "--header", f"Subject: {subject}")
     assert result.returncode == 0, result.stdout
-    got = wait_for(lambda: [d for d in smarthost.delivered() if subject.encode() in d.raw], 60,
-                   what="the swaks message at the smarthost")
+    got = wait_until(lambda: [d for d in smarthost.delivered() if subject.encode() in d.raw], 60,
+                     what="the swaks message at the smarthost")
     assert got[0].sasl_username == "office@example.test"
 
 
@@ -66,20 +67,20 @@ def test_wrong_password_defers_and_never_bounces(smarthost, relay_factory):
     def deferred():
         items = relay.queue()
         return items if items and items[0]["state"] == "deferred" else None
-    items = wait_for(deferred, 60, what="the message to be deferred")
+    items = wait_until(deferred, 60, what="the message to be deferred")
     # Postfix's smtp_sasl_auth_soft_bounce: the 535 is recorded inside a 4xx deferral.
     assert items[0]["last_error"].startswith("4") and "535" in items[0]["last_error"]
     assert "status=bounced" not in relay.log()
     assert len(items) == 1      # no bounce was queued for the auth failure
-    wait_for(lambda: relay.status()["relays"].get("isp:office@example.test", {}).get("state") == "auth_failed",
-             10, what="status to show the account as auth_failed")
+    wait_until(lambda: relay.status()["relays"].get("isp:office@example.test", {}).get("state") == "auth_failed",
+               10, what="status to show the account as auth_failed")
 
 
 def test_no_secret_in_logs_status_or_spool(smarthost, relay_factory):
     relay = relay_factory(postfix_config(smarthost, password="wrong-" + PASSWORD))
     send(relay.port, "alice@example.com", "friend@remote.example")
     send(relay.port, "printer@lan.test", "someone@remote.example")
-    wait_for(lambda: relay.queue() and all(i["attempts"] for i in relay.queue()), 60, what="attempts")
+    wait_until(lambda: relay.queue() and all(i["attempts"] for i in relay.queue()), 60, what="attempts")
     show = relay.cli("config", "show").stdout.decode()
     relay.stop()
     secrets = {PASSWORD, ALICE_PASSWORD}

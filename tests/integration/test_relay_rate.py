@@ -14,7 +14,8 @@ import tomli_w
 
 from tests.support.relay import relay_config
 from tests.support.recorder import DeliveryRecorder
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def deferred_with(relay, n: int, text: str):
     def check():
         items = [i for i in relay.queue() if i["state"] == "deferred" and text in i["last_error"]]
         return items if len(items) == n else None
-    return wait_for(check, 60, what=f"{n} messages deferred with {text!r}")
+    return wait_until(check, 60, what=f"{n} messages deferred with {text!r}")
 
 
 def test_rate_delay_spaces_deliveries_by_at_least_the_delay(recorder, relay_factory):
@@ -62,14 +63,14 @@ def test_max_per_hour_delivers_five_and_holds_the_rest_across_a_restart(sink_fac
                                           "(5 sent in the last hour), next slot at ") for i in held)
     why = relay.cli("queue", "why", held[0]["id"]).stdout.decode()
     assert why.startswith(f"{held[0]['id']}: deferred: account sink over max_per_hour=5") and "next try " in why
-    status = wait_for(lambda: (s := relay.status()["relays"]["sink"])["state"] == "throttled" and s, 10,
-                      what="status throttled")
+    status = wait_until(lambda: (s := relay.status()["relays"]["sink"])["state"] == "throttled" and s, 10,
+                        what="status throttled")
     assert status["throttled_until"] > status["sent_last_hour"] == 5
     assert "throttled until " in relay.cli("status").stdout.decode()
     relay.stop()
     relay.start()
     assert relay.cli("queue", "flush").returncode == 0          # due now, still over budget
-    wait_for(lambda: all(i["next_attempt"] for i in relay.queue()), 60, what="the flushed mail held again")
+    wait_until(lambda: all(i["next_attempt"] for i in relay.queue()), 60, what="the flushed mail held again")
     assert sink.count() == 5 and len(relay.queue()) == 3
     assert "status=bounced" not in relay.log()
 
@@ -94,8 +95,8 @@ def test_single_message_goes_within_a_few_slots_of_a_200_message_backlog(recorde
     send_many(relay.port, "scanner@lan.test", 200, tag="scan")
     delivered_before = len(recorder.records())
     send_many(relay.port, "printer@lan.test", 1, tag="printer")
-    records = wait_for(lambda: (r := recorder.records()) and any(i["subject"] == "printer 0" for i in r) and r,
-                       60, what="the printer's message at the recorder")
+    records = wait_until(lambda: (r := recorder.records()) and any(i["subject"] == "printer 0" for i in r) and r,
+                         60, what="the printer's message at the recorder")
     position = next(i for i, r in enumerate(records) if r["subject"] == "printer 0")
     backlog = 200 - delivered_before
     print(f"fairness: printer message delivered as #{position + 1}; {delivered_before} scans "
@@ -107,14 +108,14 @@ def test_single_message_goes_within_a_few_slots_of_a_200_message_backlog(recorde
 def test_sighup_with_a_broken_config_keeps_running_and_logs_the_error(sink_factory, relay_factory):
     sink = sink_factory()
     relay = relay_factory(relay_config(sink.port))
-    wait_for(lambda: "daemon started" in relay.log(), 30, what="the queue manager")
+    wait_until(lambda: "daemon started" in relay.log(), 30, what="the queue manager")
     broken = dict(relay.config, relays={"sink": {**relay.config["relays"]["sink"], "max_per_hour": "lots"}})
     with open(relay.config_path, "wb") as handle:
         tomli_w.dump(broken, handle)
     relay.proc.send_signal(signal.SIGHUP)
     line = (f"failed, keeping the running configuration: {relay.config_path}: "
             "relays.sink.max_per_hour: expected int, got 'lots'")
-    wait_for(lambda: line in relay.log(), 30, what="the reload error in the log")
+    wait_until(lambda: line in relay.log(), 30, what="the reload error in the log")
     send_many(relay.port, "scanner@lan.test", 1)                # smtpd and qmgr both still work
     sink.wait_count(1, timeout=60)
     log = relay.log()

@@ -16,7 +16,8 @@ import trustme
 
 from mta_lite.passhash import hash_password
 from tests.support.peers import dump_envelope, dump_message, swaks
-from tests.support.relay import free_port, postfix_config, relay_config, secret_needles, wait_for
+from tests.support.relay import postfix_config, relay_config, secret_needles
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +50,8 @@ def lf(data: bytes) -> bytes:
 
 
 def by_message_id(sink, message_id: bytes, timeout: float = 60) -> bytes:
-    return wait_for(lambda: next((d for d in sink.messages() if message_id in d), None), timeout,
-                    what=f"{message_id!r} at the smtp-sink")
+    return wait_until(lambda: next((d for d in sink.messages() if message_id in d), None), timeout,
+                      what=f"{message_id!r} at the smtp-sink")
 
 
 def test_rewrite_changes_envelope_and_from_and_nothing_else(sink_factory, relay_factory):
@@ -98,7 +99,7 @@ def test_bound_sender_from_foreign_client_is_refused(sink_factory, relay_factory
     dump = by_message_id(sink, b"<own-1@lan>")
     assert dump_envelope(dump)["X-Mail-Args"][0].startswith("<printer@example.com>")
     # smtp-sink's live counter may trail its dump file by a moment; it must settle at one.
-    wait_for(lambda: sink.count() == 1, 10, what="the sink's count of one message")
+    wait_until(lambda: sink.count() == 1, 10, what="the sink's count of one message")
     assert "NOQUEUE: reject: MAIL from [127.0.0.3]: 553 5.7.1 <printer@example.com>" in relay.log()
     # Local sendmail counts as client 127.0.0.1: no way around the binding either.
     result = relay.cli("sendmail", "-f", "printer@example.com", "ops@remote.example",
@@ -108,14 +109,14 @@ def test_bound_sender_from_foreign_client_is_refused(sink_factory, relay_factory
     assert relay.cli("sendmail", "-f", "cron@example.com", "ops@remote.example",
                      stdin=b"Subject: local own\r\nMessage-ID: <own-2@lan>\r\n\r\nx\r\n").returncode == 0
     by_message_id(sink, b"<own-2@lan>")
-    wait_for(lambda: sink.count() == 2, 10, what="the sink's count of two messages")
+    wait_until(lambda: sink.count() == 2, 10, what="the sink's count of two messages")
 
 
 # ---------------------------------------------------------------- against a real Postfix smarthost
 
 def delivered_with(smarthost, subject: str):
-    return wait_for(lambda: next((d for d in smarthost.delivered() if subject.encode() in d.raw), None), 60,
-                    what=f"{subject!r} at the smarthost")
+    return wait_until(lambda: next((d for d in smarthost.delivered() if subject.encode() in d.raw), None), 60,
+                      what=f"{subject!r} at the smarthost")
 
 
 def test_rewritten_printer_mail_uses_the_account_of_its_new_sender(smarthost, relay_factory):
@@ -138,19 +139,17 @@ def submission_cert(tmp_path_factory):
 
 @pytest.mark.deployed
 def test_swaks_submission_with_auth_relays_with_the_users_sender_account(smarthost, relay_factory, submission_cert):
-    port, submission, implicit = free_port(), free_port(), free_port()
     tls = {"tls_cert": submission_cert[0], "tls_key": submission_cert[1], "auth": "required"}
     relay = relay_factory(postfix_config(
         smarthost, mynetworks=["192.0.2.0/24"],                 # 127.0.0.1 is outside: S1 holds
-        listen=[{"address": f"127.0.0.1:{port}"}, {"address": f"127.0.0.1:{submission}", **tls},
-                {"address": f"127.0.0.1:{implicit}", "tls": "implicit", **tls}],
+        listen=[{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:0", **tls},
+                {"address": "127.0.0.1:0", "tls": "implicit", **tls}],
         users={"alice": {"password_hash": hash_password(SUBMIT_PASSWORD.encode()), "senders": ["alice@example.com"]}},
         # The laptop's address is mapped for the LAN's devices; a login is never rewritten by
         # it, or alice's mail would leave as the scanner, through the office account.
         rewrite={"clients": {"127.0.0.0/8": "Office Scanner <scanner@example.com>"}}),
         start=False)
-    relay.port = port
-    relay.start()
+    port, submission, implicit = relay.start().ports          # the relay's ports, from its log
 
     def swaks_as_alice(server: int, *args: str, sender: str = "alice@example.com"):
         subject = "submission " + make_msgid(domain="laptop.test")

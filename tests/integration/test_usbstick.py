@@ -19,7 +19,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -399,9 +398,7 @@ def test_provision_device_is_fifo_nobody_writes_timeout_fires(tmp_path, box, sti
     before = box_state(box)
     fifo = tmp_path / "sdz1"
     os.mkfifo(fifo)
-    started = time.monotonic()
-    result = provision_from_stick(str(fifo), box, MtoolsRunner(timeout_s=HANG_TIMEOUT_S))
-    assert time.monotonic() - started < HANG_TIMEOUT_S + 10
+    result = provision_from_stick(str(fifo), box, MtoolsRunner(timeout_s=HANG_TIMEOUT_S))     # mdir would block for ever
     assert_read_error(result, box, before, stick_logs())
     assert f"mdir did not finish within {HANG_TIMEOUT_S:g} s and was killed" in result.message
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import serial
 
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ class PtyPair:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(["socat", "-d", "-d", f"pty,raw,echo=0,link={self.a}",
                                           f"pty,raw,echo=0,link={self.b}"], stdout=log, stderr=log)
-        wait_for(lambda: os.path.exists(self.a) and os.path.exists(self.b), 10, what="socat's pty links")
+        wait_until(lambda: os.path.exists(self.a) and os.path.exists(self.b), 10, what="socat's pty links")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -64,7 +64,7 @@ class Board:
             self.proc = subprocess.Popen([sys.executable, "-m", "mta_lite_board.daemon", "--serial", self.device,
                                           "--config", self.config, "--spool", self.spool, "--no-clock", *self.extra],
                                          stdout=log, stderr=log, cwd=ROOT, start_new_session=True)
-        wait_for(lambda: b"console: on " in self.log(), 10, what="the board daemon's console")
+        wait_until(lambda: b"console: on " in self.log(), 10, what="the board daemon's console")
 
     def log(self) -> bytes:
         return self.log_path.read_bytes() if self.log_path.exists() else b""

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 
 from tests.support.relay import ALICE_PASSWORD
-from tests.support.relay import PASSWORD, RelayProcess, secret_needles, wait_for
+from tests.support.relay import PASSWORD, RelayProcess, secret_needles
+from tests.support.waiting import wait_until
 
 WRONG_PASSWORD = "wrong-" + PASSWORD
 ALL_PASSWORDS = {PASSWORD, WRONG_PASSWORD, ALICE_PASSWORD}
@@ -62,7 +63,7 @@ def wait_deferred(relay: RelayProcess, count: int, timeout: float = 60) -> list[
         items = relay.queue()
         return items if len(items) == count and all(i["state"] == "deferred" and i["last_error"] for i in items) \
             else None
-    return wait_for(deferred, timeout, what=f"{count} deferred message(s) with a reason")
+    return wait_until(deferred, timeout, what=f"{count} deferred message(s) with a reason")
 
 
 def leaks(blob: bytes) -> list[bytes]:

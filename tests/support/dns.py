@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -21,23 +20,10 @@ import dns.message
 import dns.rcode
 import dns.resolver
 
-from tests.support.peers import LOOPBACK, poll_until, tail_file
+from tests.support.peers import LOOPBACK, free_port, tail_file
+from tests.support.waiting import wait_until
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-
-
-def free_udp_port() -> int:
-    """A port on 127.0.0.1 free for both UDP and TCP a moment ago (dnsmasq binds both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((LOOPBACK, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                return port
 
 
 def query(port: int, name: str, timeout: float = 1.0) -> list[str]:
@@ -71,7 +57,7 @@ class Dnsmasq:
 
     def start(self, timeout: float = 20.0) -> "Dnsmasq":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_udp_port()
+        self.port = free_port(udp_too=True)
         conf = self.workdir / "dnsmasq.conf"
         conf.write_text(self.config())
         with open(self.workdir / "stderr", "wb") as err:
@@ -88,7 +74,7 @@ class Dnsmasq:
                 return False
             return True
         try:
-            poll_until(answers, timeout, f"dnsmasq on port {self.port}")
+            wait_until(answers, timeout, f"dnsmasq on port {self.port}")
         except TimeoutError as exc:
             self.stop()
             raise TimeoutError(f"{exc}\n{tail_file(self.log)}") from None

@@ -13,7 +13,7 @@
     RawClient        a socket client that sends exact bytes and reads SMTP replies
 
 Guarantees: every server listens on 127.0.0.1 port 0 and is closed by its context manager;
-waits poll against a deadline (tests.support.relay.wait_for), never a bare sleep.
+waits poll against a deadline (tests/support/waiting.py wait_until), never a bare sleep.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP, AuthResult, LoginPassword
 
-from tests.support.relay import PASSWORD, wait_for
+from tests.support.relay import PASSWORD
+from tests.support.waiting import wait_until
 
 SMARTHOST_USER = "office@example.test"
 
@@ -134,8 +135,8 @@ class RawSmarthost:
             return any(line.upper().startswith(verb) for line in self.lines)
 
     def wait_messages(self, n: int, timeout: float = 30.0) -> list[Transaction]:
-        return wait_for(lambda: (got := self.messages()) and len(got) >= n and got, timeout,
-                        what=f"{n} messages at the raw smarthost")
+        return wait_until(lambda: (got := self.messages()) and len(got) >= n and got, timeout,
+                          what=f"{n} messages at the raw smarthost")
 
     # -------------------------------------------------------------- protocol
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

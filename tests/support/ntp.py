@@ -20,8 +20,8 @@ from pathlib import Path
 
 import ntplib
 
-from tests.support.peers import pid_alive, poll_until
-from tests.support.relay import free_port
+from tests.support.peers import free_port, pid_alive
+from tests.support.waiting import wait_until
 
 CHRONYD = "/usr/sbin/chronyd"
 
@@ -52,7 +52,7 @@ class ChronyServer:
             env["FAKETIME_DONT_RESET"] = "1"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, start_new_session=True)
-        poll_until(self._answers, 15, f"chronyd on 127.0.0.1:{self.port}")
+        wait_until(self._answers, 15, f"chronyd on 127.0.0.1:{self.port}")
         return self
 
     def _answers(self) -> bool:
@@ -82,7 +82,7 @@ class ChronyServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        poll_until(lambda: not any(pid_alive(p) for p in pids[:-1]), 10, "chronyd to exit")
+        wait_until(lambda: not any(pid_alive(p) for p in pids[:-1]), 10, "chronyd to exit")
         self.proc = None
 
     def __enter__(self) -> "ChronyServer":

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from tests.support.oauthserver import OAuthServer
 from tests.support.peers import (LOOPBACK, SINK_USER, PostfixSmarthost, _runtime_dir,
-                                 count_auth, free_port, poll_until, process_tree, stop_pids,
-                                 tail_file)
+                                 count_auth, free_port, process_tree, stop_pids, tail_file)
+from tests.support.waiting import wait_until
 
 DOVECOT = "/usr/sbin/dovecot"
 INTROSPECT_USER = "dovecot-introspect"
@@ -131,7 +131,7 @@ class Dovecot:
             self._proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)],
                                           stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         try:
-            poll_until(lambda: self._proc.poll() is not None or self._greets(),
+            wait_until(lambda: self._proc.poll() is not None or self._greets(),
                        self.start_timeout, f"Dovecot auth on port {self.port}")
         except TimeoutError:
             self.stop()
@@ -223,7 +223,7 @@ class OAuthSmarthost(PostfixSmarthost):
 
     def start(self) -> None:
         super().start()
-        poll_until(lambda: self._implicit_answers(), self.start_timeout,
+        wait_until(lambda: self._implicit_answers(), self.start_timeout,
                    f"Postfix implicit TLS on port {self.implicit_port}")
 
     def _implicit_answers(self) -> bool:

@@ -21,7 +21,8 @@ import time
 
 from mta_lite import history
 from mta_lite.queue.spool import new_queue_id
-from tests.support.relay import free_port, wait_for
+from tests.support.peers import free_port
+from tests.support.waiting import wait_until
 
 HOSTILE_SENDER = "<script>alert(1)</script>@lan.test"
 HOSTILE_REPLY = '550 5.7.1 <b>blocked</b> <img src=x onerror=alert(2)> see <a href="http://evil.test">here</a>'
@@ -105,7 +106,7 @@ class PageProcess:
     def start(self) -> "PageProcess":
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=log, env=self.env)
-        wait_for(lambda: self.proc.poll() is not None or _answers(self.port), 30, what="the status page")
+        wait_until(lambda: self.proc.poll() is not None or _answers(self.port), 30, what="the status page")
         if self.proc.poll() is not None:
             raise RuntimeError(f"mta-lite-page exited with {self.proc.returncode}:\n{self.log()}")
         return self

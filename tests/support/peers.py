@@ -7,7 +7,7 @@ peer's own log otherwise; ``__exit__`` stops every process it started, by PID, a
 those PIDs are gone. Postfix instances are fully separate (own config, queue, data directory,
 pid files, maillog) so several can run at once, and never touch the system's /etc/postfix.
 Never: mocks a peer, targets an address other than 127.0.0.1, starts a system service, or waits
-for a condition with a bare sleep (``poll_until`` is the one place that sleeps).
+for a condition with a bare sleep (waits go through tests/support/waiting.py).
 Postfix and ``smtp-sink -u nobody`` need root (CI runs as root); see tools/install-test-deps.sh.
 This module does not import pytest.
 """
@@ -25,10 +25,10 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+
+from tests.support.waiting import wait_until
 
 LOOPBACK = "127.0.0.1"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -36,32 +36,35 @@ SMTP_SOURCE = "/usr/sbin/smtp-source"
 POSTFIX = "/usr/sbin/postfix"
 SASLPASSWD2 = "/usr/sbin/saslpasswd2"
 SINK_USER = "nobody"
-_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 
 
-def poll_until(predicate: Callable[[], _T], timeout: float, what: str,
-               interval: float = 0.05) -> _T:
-    """Call ``predicate`` until it returns something truthy and return that; raise TimeoutError
-    naming ``what`` once ``timeout`` seconds have passed. The only sleep in this module."""
-    deadline = time.monotonic() + timeout
+def free_port(*, udp_too: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick), for a peer that
+    must be told its port and cannot report one it bound itself: smtp-sink and Postfix take
+    the address on their command line or in master.cf, dnsmasq in its config (udp_too: a
+    port free for UDP as well, dnsmasq binds both), aiosmtpd's command line, qemu's hostfwd;
+    and for a port nobody listens on (a smarthost that refuses connections). Racy by nature
+    (another process may take the port between this close and the peer's bind), so the peers
+    here retry on a fresh port when one says "in use". What can bind port 0 itself (the relay
+    under test, asyncio and aiosmtpd servers in-process) never uses this: it binds 0 and
+    reports the port (tests/support/relay.py RelayProcess)."""
+    kind = socket.SOCK_DGRAM if udp_too else socket.SOCK_STREAM
     while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((LOOPBACK, port))
+                except OSError:
+                    continue        # taken for TCP: another pick
+                return port
 
 
 def smtp_probe(port: int, timeout: float = 2.0) -> bytes | None:
@@ -137,11 +140,11 @@ def stop_pids(pids: Iterable[int], timeout: float = 10.0, sig: int = signal.SIGT
     for pid in pids:
         _signal(pid, sig)
     try:
-        poll_until(lambda: not any(pid_alive(p) for p in pids), timeout, f"PIDs {pids} to exit")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), timeout, f"PIDs {pids} to exit")
     except TimeoutError:
         for pid in pids:
             _signal(pid, signal.SIGKILL)
-        poll_until(lambda: not any(pid_alive(p) for p in pids), 5.0, f"PIDs {pids} to die")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 5.0, f"PIDs {pids} to die")
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -287,7 +290,7 @@ class SmtpSink:
         proc = self._proc
         assert proc is not None
         try:
-            poll_until(lambda: proc.poll() is not None or smtp_probe(self.port) is not None,
+            wait_until(lambda: proc.poll() is not None or smtp_probe(self.port) is not None,
                        self.start_timeout, f"smtp-sink on port {self.port}")
         except TimeoutError:
             self.stop()
@@ -384,7 +387,7 @@ class SmtpSink:
 
     def wait_for(self, n: int, timeout: float = 30.0) -> list[bytes]:
         """Block until at least ``n`` finished dumps exist; return ``messages()``."""
-        return poll_until(lambda: (msgs := self.messages()) and len(msgs) >= n and msgs,
+        return wait_until(lambda: (msgs := self.messages()) and len(msgs) >= n and msgs,
                           timeout, f"{n} messages in smtp-sink on port {self.port}")
 
 
@@ -548,7 +551,7 @@ class _PostfixInstance:
             raise TimeoutError(f"postfix start took over {self.start_timeout:g}s") from None
         if result.returncode == 0:
             try:
-                poll_until(lambda: (smtp_probe(self.port) or b"").startswith(b"220")
+                wait_until(lambda: (smtp_probe(self.port) or b"").startswith(b"220")
                            or not self.pids(), self.start_timeout,
                            f"Postfix {self.kind} greeting on port {self.port}")
             except TimeoutError as exc:
@@ -790,7 +793,7 @@ class PostfixSmarthost(_PostfixInstance):
             got = self.delivered()
             return got if sum(d.queue_id in done for d in got) >= n else None
         try:
-            return poll_until(settled, timeout, f"{n} deliveries at the smarthost on {self.port}")
+            return wait_until(settled, timeout, f"{n} deliveries at the smarthost on {self.port}")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; maillog tail:\n{tail_file(self.maillog)}") from None
 

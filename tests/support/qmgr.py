@@ -22,6 +22,7 @@ from mta_lite.qmgr import QueueManager
 from mta_lite.queue import Spool
 from mta_lite.reply import Reply
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
+from tests.support.waiting import wait_until_async
 
 HOST = "relay.lan.test"
 ADMIN = "postmaster@lan.test"
@@ -178,11 +179,11 @@ class Harness:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.mgr.run())
-        await until(lambda: os.path.exists(self.spool.doorbell_path))
+        await wait_until_async(lambda: os.path.exists(self.spool.doorbell_path), what="the doorbell socket")
 
     async def settle(self) -> None:
         """Until the manager has nothing in flight and no ring waiting to be handled."""
-        await until(self.mgr.idle)
+        await wait_until_async(self.mgr.idle, what="the queue manager to be idle")
 
     async def stop(self, grace_s: float = 1.0) -> None:
         if self._task is not None:
@@ -202,16 +203,6 @@ class Harness:
         for state in ("incoming", "deferred", "active"):
             found += [q for q in self.spool.list(state) if self.spool.read(state, q).is_bounce]
         return found
-
-
-async def until(predicate, timeout_s: float = 5.0) -> None:
-    """Poll with a deadline, yielding to the loop in between (never a fixed sleep)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.001)
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.peers import free_port, poll_until, smtp_probe
+from tests.support.peers import free_port, smtp_probe
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +62,7 @@ class DeliveryRecorder:
                 [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.port}",
                  "-c", "tests.support.recorder.TimeRecorder", str(self.file)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
-        poll_until(lambda: self._proc.poll() is not None or smtp_probe(self.port), 20,
+        wait_until(lambda: self._proc.poll() is not None or smtp_probe(self.port), 20,
                    f"the recorder on port {self.port}")
         if self._proc.poll() is not None:
             raise RuntimeError((self.workdir / "recorder.log").read_text(errors="replace"))
@@ -78,7 +79,7 @@ class DeliveryRecorder:
         return [r["t"] for r in self.records()]
 
     def wait_for(self, n: int, timeout: float = 60.0) -> list[dict]:
-        return poll_until(lambda: len(r := self.records()) >= n and r, timeout,
+        return wait_until(lambda: len(r := self.records()) >= n and r, timeout,
                           f"{n} messages at the recorder on port {self.port}")
 
     def stop(self) -> None:

@@ -5,6 +5,15 @@ Python as the tests (optionally behind a command prefix such as `faketime`), wai
 listener answers 220, and stops it with SIGTERM (or SIGKILL for crash tests). Its stderr log
 is kept in the work directory for assertions.
 
+Ports: unless the test gives its own [[listen]] addresses, the relay listens on 127.0.0.1:0
+and the kernel picks the port while the relay binds it (no bind-then-release race with other
+tests). The relay reports what it bound in the line every smtpd logs when it starts serving,
+`mta-lite/smtpd[PID]: listening on HOST:PORT ...` (mta_lite/smtpd/listener.py); start() reads
+those lines from this start's part of the log into `ports` (one per [[listen]], in order) and
+`port` (the first). The master binds the sockets and keeps them across smtpd restarts and
+reloads that keep an address, so the port changes only when the relay itself is started
+again (start() reads it anew) or a reload binds a new address (listening_since() reads it).
+
 deployed=True runs it the way the box does: started as root, dropping to mta-smtpd and
 mta-lite, with every file written the way an admin writes one by hand: the config, each
 password (moved out of the config into a password file), TLS key, certificate and CA file
@@ -24,14 +33,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import tomli_w
+
+from tests.support.waiting import wait_until
 
 PASSWORD = "Tr0ub4dor-zebra-7c1"     # distinctive: tests grep logs and files for it
 # Every RelayProcess ever created in this test session, for the secret scan (tests/conftest.py).
@@ -120,20 +131,15 @@ def postfix_config(smarthost, *, password: str = PASSWORD, **top) -> dict:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# The line a smtpd logs for each listener once it serves (mta_lite/smtpd/listener.py).
+LISTENING = re.compile(r"mta-lite/smtpd\[\d+\]: listening on (\S+):(\d+)\b")
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+def listening_ports(log: str, count: int) -> list[int] | None:
+    """The ports of the first `count` "listening on" lines in `log` (a part of a relay's log
+    written by one smtpd start or later), in [[listen]] order; None while fewer are there."""
+    ports = [int(match.group(2)) for match in LISTENING.finditer(log)][:count]
+    return ports if len(ports) == count else None
 
 
 def _banner(port: int) -> bool:
@@ -212,14 +218,14 @@ class RelayProcess:
         self.python, self.env, self.prefix = python, env, tuple(prefix)
         self.secret_findings: list[str] | None = None     # set by scan_secrets()
         INSTANCES.append(self)
-        self.port = free_port()
+        self.ports: list[int] = []      # filled by start(): what the relay bound, in [[listen]] order
         config = dict(config)
         config.setdefault("hostname", "relay.lan.test")
         config.setdefault("spool_dir", os.path.join(workdir, "spool"))
         config.setdefault("mynetworks", ["127.0.0.0/8"])
         config.setdefault("admin_address", "admin@lan.test")
         options = config.pop("listen_options", {})
-        config.setdefault("listen", [{"address": f"127.0.0.1:{self.port}", **options}])
+        config.setdefault("listen", [{"address": "127.0.0.1:0", **options}])
         # Tests run as root in work directories only root can enter: no user change here;
         # the privilege separation tests set the users and prepare their own directories.
         config.setdefault("master", {"smtpd_user": "", "qmgr_user": ""})
@@ -248,7 +254,47 @@ class RelayProcess:
         return subprocess.run([sys.executable, "-m", "mta_lite.cli", "-c", self.config_path, *args],
                               input=stdin, capture_output=True, timeout=timeout)
 
+    @property
+    def port(self) -> int:
+        """The port of the first [[listen]] as the relay bound it (see the module docstring)."""
+        if not self.ports:
+            raise RuntimeError("RelayProcess.port before start(): the kernel picks it when the relay binds")
+        return self.ports[0]
+
+    def log_size(self) -> int:
+        """Where the log ends now: pass it to listening_since() to read what comes after."""
+        try:
+            return os.path.getsize(self.log_path)
+        except FileNotFoundError:
+            return 0
+
+    def listening_since(self, offset: int, timeout: float = 30.0) -> list[int]:
+        """The ports a smtpd started after log position `offset` reports, once it reports one
+        per [[listen]] (after a start, or a reload that binds new addresses); sets ports/port."""
+        count = len(self.config["listen"])
+        self.ports = wait_until(lambda: listening_ports(self._log_from(offset), count), timeout,
+                                what=f"{count} 'listening on' line(s) in the relay's log")
+        return self.ports
+
+    def _log_from(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def _serving(self, offset: int) -> bool:
+        """True once this start's smtpd reported every listener and the first answers 220."""
+        ports = listening_ports(self._log_from(offset), len(self.config["listen"]))
+        if ports is None:
+            return False
+        self.ports = ports
+        return _banner(ports[0])
+
     def start(self, timeout: float = 30.0) -> "RelayProcess":
+        offset = self.log_size()
+        self.ports = []
         log = open(self.log_path, "ab")
         # A session of its own: kill9() and stop() reach every process of this daemon through
         # its process group, and none of the test runner's.
@@ -256,7 +302,8 @@ class RelayProcess:
                                       "serve"], stdout=log, stderr=log, env=self.env, start_new_session=True)
         self.secret_findings = None
         log.close()
-        wait_for(lambda: self.proc.poll() is not None or _banner(self.port), timeout, what="relay banner")
+        wait_until(lambda: self.proc.poll() is not None or self._serving(offset), timeout,
+                   what="the relay's listeners and its 220 banner")
         if self.proc.poll() is not None:
             raise RuntimeError(f"mta-lite exited with {self.proc.returncode}:\n{self.log()}")
         return self
@@ -266,7 +313,7 @@ class RelayProcess:
         (faketime forks and waits for the program it runs)."""
         if not self.prefix:
             return self.proc.pid
-        return wait_for(lambda: next(iter(_children_of(self.proc.pid)), None), timeout, what="the master under the prefix")
+        return wait_until(lambda: next(iter(_children_of(self.proc.pid)), None), timeout, what="the master under the prefix")
 
     def pids(self) -> list[int]:
         """Every live process of this daemon (its process group), the master first."""
@@ -308,7 +355,7 @@ class RelayProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            wait_for(lambda: not _group_members(self.proc.pid), timeout, what="the daemon's processes to exit")
+            wait_until(lambda: not _group_members(self.proc.pid), timeout, what="the daemon's processes to exit")
 
     # ---------------------------------------------------------------- S3: secret scan
     def scan_secrets(self) -> list[str]:

@@ -15,6 +15,7 @@ import signal
 
 from mta_lite_board import daemon
 from tests.support.relay import PASSWORD
+from tests.support.waiting import wait_until_async
 
 
 def test_board_run_restarts_a_failing_part_finishes_a_returning_one_and_stops_on_sigterm(monkeypatch, caplog):
@@ -31,10 +32,9 @@ def test_board_run_restarts_a_failing_part_finishes_a_returning_one_and_stops_on
         calls["once"] += 1
 
     async def stopper():
-        while calls["bad"] < 3:
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: calls["bad"] >= 3, 10, what="three restarts of the failing part")
         os.kill(os.getpid(), signal.SIGTERM)
-        await asyncio.sleep(60)                 # cancelled by run()
+        await asyncio.Event().wait()            # until run() cancels it
 
     status = asyncio.run(asyncio.wait_for(daemon.run([("bad", bad), ("once", once), ("stopper", stopper)]), 30))
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "board")

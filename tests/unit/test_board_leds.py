@@ -14,7 +14,8 @@ from mta_lite_board.leds import ALERT_PIN, MAIL_PIN, POWER_PIN, StatusLeds, run_
 from mta_lite_board.clock import read_alert
 from mta_lite_board.patterns import DARK, OFF, ON, SLOW_BLINK, WINK, Blink, LedState
 from mta_lite.status import STATUS_FILE, StatusSnapshot, read_status
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
+
 
 NOW = 1_700_000_000.0
 # Lit briefly, then dark for far longer than any test runs: one blink cycle is recognisable
@@ -63,7 +64,7 @@ def test_status_leds_apply_steady_pattern_sets_pin_states(leds, factory):
 def test_status_leds_apply_blink_toggles_the_pin(leds, factory):
     leds.apply(LedState(alert=Blink(0.01, 0.01)))
     alert = factory.pin(ALERT_PIN)
-    wait_for(lambda: len(alert.states) >= 6, 10, what="three blinks")
+    wait_until(lambda: len(alert.states) >= 6, 10, what="three blinks")
     history = levels(alert)[:6]
     assert history == [False, True, False, True, False, True]
 
@@ -72,7 +73,7 @@ def test_status_leds_same_blink_reapplied_is_not_restarted(leds, factory):
     state = LedState(power=ON, mail=ONE_FLASH)
     leds.apply(state)
     mail = factory.pin(MAIL_PIN)
-    wait_for(lambda: levels(mail) == [False, True, False], 10, what="the first flash to end")
+    wait_until(lambda: levels(mail) == [False, True, False], 10, what="the first flash to end")
     assert leds.apply(state) is False
     assert leds.apply(LedState(power=ON, mail=ONE_FLASH, alert=ON)) is True     # another LED changes
     leds.apply(DARK)            # stops the blink thread: a restarted one would have risen again
@@ -82,9 +83,9 @@ def test_status_leds_same_blink_reapplied_is_not_restarted(leds, factory):
 def test_status_leds_changed_blink_timing_restarts_the_blink(leds, factory):
     leds.apply(LedState(mail=ONE_FLASH))
     mail = factory.pin(MAIL_PIN)
-    wait_for(lambda: levels(mail) == [False, True, False], 10, what="the first flash to end")
+    wait_until(lambda: levels(mail) == [False, True, False], 10, what="the first flash to end")
     assert leds.apply(LedState(mail=Blink(0.02, 599.0))) is True
-    wait_for(lambda: levels(mail) == [False, True, False, True, False], 10, what="the new blink's flash")
+    wait_until(lambda: levels(mail) == [False, True, False, True, False], 10, what="the new blink's flash")
 
 
 def test_status_leds_exit_turns_every_led_off_and_releases_the_pins(factory):
@@ -270,7 +271,7 @@ def test_serve_leds_runs_until_cancelled_then_releases_the_pins(factory):
 
 def _blinks(pin) -> None:
     """The pin goes dark and lit again: a blink, not a steady level."""
-    wait_for(lambda: levels(pin).count(True) >= 2, 10, what="the alert LED to blink")
+    wait_until(lambda: levels(pin).count(True) >= 2, 10, what="the alert LED to blink")
 
 
 def test_update_leds_clock_not_set_winks_the_alert_led(leds, factory):

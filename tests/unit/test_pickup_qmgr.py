@@ -9,7 +9,8 @@ from mta_lite.qmgr.manager import RESCAN_INTERVAL_S
 from mta_lite.qmgr.pickup import MAX_FILES_PER_RUN
 from mta_lite.queue.spool import MAILDROP
 
-from tests.support.qmgr import CONTENT, async_test, running, until
+from tests.support.qmgr import CONTENT, async_test, running
+from tests.support.waiting import wait_until_async
 
 
 def submit(h, rcpt="ops@remote.example") -> str:
@@ -30,7 +31,7 @@ async def test_submission_is_delivered_after_a_ring():
         await h.settle()
         submit(h)
         assert ring(h.spool.doorbell_path) is True          # what sendmail does after commit
-        await until(lambda: len(h.pool.calls) == 1)
+        await wait_until_async(lambda: len(h.pool.calls) == 1)
         await h.settle()
         [call] = h.pool.calls
         assert (call.sender, call.recipients, call.content) == (
@@ -46,7 +47,7 @@ async def test_submission_is_delivered_by_the_periodic_rescan_without_a_ring():
         submit(h)                                           # e.g. the ring was not permitted
         h.clock.advance(RESCAN_INTERVAL_S)
         h.sleep.ring()
-        await until(lambda: len(h.pool.calls) == 1)
+        await wait_until_async(lambda: len(h.pool.calls) == 1)
         await h.settle()
         assert maildrop(h) == []
 
@@ -56,7 +57,7 @@ async def test_submission_made_while_stopped_is_delivered_at_start():
     async with running() as h:
         submit(h)
         await h.start()
-        await until(lambda: len(h.pool.calls) == 1)
+        await wait_until_async(lambda: len(h.pool.calls) == 1)
         await h.settle()
         assert maildrop(h) == []
 
@@ -70,7 +71,7 @@ async def test_backlog_larger_than_one_run_is_all_delivered_after_one_ring():
         for i in range(count):
             submit(h, f"r{i}@remote.example")
         h.mgr.mail_arrived()
-        await until(lambda: len(h.pool.calls) == count)
+        await wait_until_async(lambda: len(h.pool.calls) == count)
         await h.settle()
         assert maildrop(h) == [] and sorted(c.recipients[0] for c in h.pool.calls) == sorted(
             f"r{i}@remote.example" for i in range(count))
@@ -86,6 +87,6 @@ async def test_bad_submission_does_not_stop_the_queue_manager():
             handle.write(b"not a queue file")
         submit(h)
         h.mgr.mail_arrived()
-        await until(lambda: len(h.pool.calls) == 1)
+        await wait_until_async(lambda: len(h.pool.calls) == 1)
         await h.settle()
         assert maildrop(h) == [] and len(os.listdir(os.path.join(h.spool.root, "corrupt"))) == 1

@@ -9,7 +9,8 @@ from mta_lite.reply import Reply
 from mta_lite.status import StatusSnapshot
 from mta_lite.smarthost.result import DeliveryResult
 
-from tests.support.qmgr import R535, T0, async_test, result_for, running, until
+from tests.support.qmgr import R535, T0, async_test, result_for, running
+from tests.support.waiting import wait_until_async
 
 WORK = "work:alice@work.example"
 
@@ -99,7 +100,7 @@ async def test_concurrent_refusals_double_the_pause_once():
         for i in range(3):
             h.queue(sender=f"u{i}@work.example")
         await h.start()
-        await until(lambda: len(_work_calls(h)) == 3)
+        await wait_until_async(lambda: len(_work_calls(h)) == 3)
         h.pool.release()
         await h.settle()
         assert h.mgr.accounts.get(WORK).auth_failures == 1
@@ -126,7 +127,7 @@ async def test_account_concurrency_limits_parallel_deliveries():
         work = [h.queue(sender=f"u{i}@work.example") for i in range(4)]      # concurrency 1
         isp = [h.queue(sender=f"p{i}@example.com") for i in range(4)]        # concurrency 2
         await h.start()
-        await until(lambda: len(h.pool.calls) == 3)
+        await wait_until_async(lambda: len(h.pool.calls) == 3)
         await _yield_a_while()
         assert len(_work_calls(h)) == 1 and len(h.pool.calls) == 3
         h.pool.release()

@@ -12,7 +12,8 @@ from mta_lite.qmgr.clock import (CHECK_INTERVAL_S, NOT_SET, OK, SAVE_INTERVAL_S,
 from mta_lite.qmgr import QueueManager
 from mta_lite.queue import WAIT_CLOCK
 
-from tests.support.qmgr import T0, FakeClock, async_test, defer_all, result_for, running, until
+from tests.support.qmgr import T0, FakeClock, async_test, defer_all, result_for, running
+from tests.support.waiting import wait_until_async
 
 BUILD = 1_000_000.0
 DAY = 86400.0
@@ -120,7 +121,7 @@ async def test_tls_mail_waits_for_the_clock_without_a_connection_then_goes_out(c
         assert h.sleep.delays[-1] <= CHECK_INTERVAL_S                   # it looks again soon
         h.clock.now = T0 + DAY + 60                                     # NTP set the clock
         h.sleep.ring()                                                  # the short timer fires
-        await until(lambda: h.pool.calls)
+        await wait_until_async(lambda: h.pool.calls)
         await h.settle()
         assert [c.recipients for c in h.pool.calls] == [["bob@example.org"]]
         assert h.where(queue_id) is None
@@ -149,7 +150,7 @@ async def test_mail_accepted_at_1970_does_not_bounce_as_old_once_the_clock_is_se
         assert h.pool.calls == []
         h.clock.now = T0                                     # set: the stamp is 53 years old
         h.sleep.ring()
-        await until(lambda: h.pool.calls)
+        await wait_until_async(lambda: h.pool.calls)
         await h.settle()
         assert len(h.pool.calls) == 1 and h.where(queue_id) == "deferred"
         h.clock.now = T0 + h.cfg.queue.lifetime_s - 60       # not yet five days since it was set

@@ -11,8 +11,8 @@ from mta_lite.queue import doorbell
 from mta_lite.qmgr.manager import RESCAN_INTERVAL_S
 from mta_lite.smarthost.result import DeliveryResult
 
-from tests.support.qmgr import (CONTENT, DEFER, R451, SENT, async_test, defer_all, result_for,
-                                running, until)
+from tests.support.qmgr import CONTENT, DEFER, R451, SENT, async_test, defer_all, result_for, running
+from tests.support.waiting import wait_until_async
 
 
 @async_test
@@ -125,7 +125,7 @@ async def test_message_deleted_during_delivery_is_dropped_without_crash():
         h.pool.hold = True
         queue_id = h.queue()
         await h.start()
-        await until(lambda: h.pool.calls)
+        await wait_until_async(lambda: h.pool.calls)
         assert h.spool.remove(queue_id)
         h.pool.release()
         await h.settle()
@@ -143,7 +143,7 @@ async def test_message_held_during_delivery_keeps_its_recipient_results():
         h.pool.respond = lambda call: result_for(call.recipients, {"carol@example.org": (DEFER, R451)})
         queue_id = h.queue(rcpts=("bob@example.org", "carol@example.org"))
         await h.start()
-        await until(lambda: h.pool.calls)
+        await wait_until_async(lambda: h.pool.calls)
         assert h.spool.move(queue_id, "active", "hold")
         h.pool.release()
         await h.settle()
@@ -161,7 +161,7 @@ async def test_stop_with_a_delivery_in_flight_leaves_it_recoverable():
         h.pool.hold = True
         queue_id = h.queue()
         await h.start()
-        await until(lambda: h.pool.calls)
+        await wait_until_async(lambda: h.pool.calls)
         await h.stop(grace_s=0.01)
         assert h.where(queue_id) == "active"
         assert not os.path.exists(h.spool.doorbell_path)
@@ -174,9 +174,9 @@ async def test_stop_waits_for_a_delivery_that_finishes_within_the_grace_time():
         h.pool.hold = True
         queue_id = h.queue()
         await h.start()
-        await until(lambda: h.pool.calls)
+        await wait_until_async(lambda: h.pool.calls)
         stopping = asyncio.create_task(h.stop(grace_s=5))
-        await until(lambda: h.mgr._stopping)
+        await wait_until_async(lambda: h.mgr._stopping)
         h.pool.release()
         await stopping
         assert h.where(queue_id) is None
@@ -191,7 +191,7 @@ async def test_ring_on_the_doorbell_triggers_delivery():
         await h.settle()
         assert h.pool.calls == []
         assert ring(h.spool.root, doorbell.NEW_MAIL) is True
-        await until(lambda: h.where(queue_id) is None)
+        await wait_until_async(lambda: h.where(queue_id) is None)
         assert len(h.pool.calls) == 1
 
 
@@ -204,7 +204,7 @@ async def test_flush_retries_deferred_messages_now():
         await h.settle()
         h.pool.respond = lambda call: result_for(call.recipients, {})
         assert ring(h.spool.doorbell_path, doorbell.FLUSH) is True
-        await until(lambda: h.where(queue_id) is None)
+        await wait_until_async(lambda: h.where(queue_id) is None)
         assert len(h.pool.calls) == 2
 
 
@@ -217,7 +217,7 @@ async def test_periodic_rescan_finds_mail_whose_ring_was_lost():
         queue_id = h.queue()
         h.clock.advance(RESCAN_INTERVAL_S)
         h.sleep.ring()
-        await until(lambda: h.where(queue_id) is None)
+        await wait_until_async(lambda: h.where(queue_id) is None)
 
 
 @async_test
@@ -230,7 +230,7 @@ async def test_smarthost_client_exception_defers_and_the_manager_survives(caplog
         await h.start()
         await h.settle()
         assert h.where(queue_id) == "deferred"
-        assert h.spool.load_state(queue_id).last_error.startswith("451 4.3.0")
+        assert h.spool.load_state(queue_id).last_error == "451 4.3.0 Error: internal error, please try again later"
         assert "bug in client" in caplog.text
 
 
@@ -274,3 +274,4 @@ async def test_unknown_result_for_a_recipient_counts_as_deferred():
         await h.start()
         await h.settle()
         assert h.where(queue_id) == "deferred" and h.spool.load_state(queue_id).done == {}
+        assert h.spool.load_state(queue_id).last_error == "451 4.3.0 Error: no result from the smarthost client"

@@ -13,7 +13,8 @@ from mta_lite.identity import Identity
 from mta_lite.qmgr.resolve import resolve
 from mta_lite.qmgr.rewrite import encode_display, header_fields, original_display, rewrite_message
 
-from tests.support.qmgr import async_test, make_config, running, until
+from tests.support.qmgr import async_test, make_config, running
+from tests.support.waiting import wait_until_async
 
 NEW = Identity("printer@example.com")
 RECEIVED = b"Received: from pc (unknown [192.168.1.10])\r\n\tby relay.lan (mta-lite) with ESMTP id A1;\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n"
@@ -160,7 +161,7 @@ async def test_delivery_rewrites_envelope_and_from_but_not_the_queue_file(caplog
         with open(h.spool.path("incoming", queue_id), "rb") as handle:
             queued = handle.read()
         await h.start()
-        await until(lambda: h.pool.calls)
+        await wait_until_async(lambda: h.pool.calls)
         await h.settle()
     call = h.pool.calls[0]
     assert (call.account, call.sender) == ("work:alice@work.example", "printer@work.example")
@@ -176,7 +177,7 @@ async def test_delivery_local_sender_goes_out_as_admin_address():
     async with running() as h:
         h.queue(sender=f"root@{h.cfg.hostname}", content=b"From: root\r\nSubject: cron\r\n\r\nx\r\n")
         await h.start()
-        await until(lambda: h.pool.calls)
+        await wait_until_async(lambda: h.pool.calls)
         await h.settle()
     assert h.pool.calls[0].sender == h.cfg.admin_address
     assert h.pool.calls[0].content.startswith(f"From: {h.cfg.admin_address}\r\nX-Original-From: root\r\n".encode())
@@ -187,7 +188,7 @@ async def test_delivery_without_rule_sends_content_unchanged():
     async with running() as h:
         h.queue(sender="alice@example.com")
         await h.start()
-        await until(lambda: h.pool.calls)
+        await wait_until_async(lambda: h.pool.calls)
         await h.settle()
     from tests.support.qmgr import CONTENT
     assert (h.pool.calls[0].sender, h.pool.calls[0].content) == ("alice@example.com", CONTENT)

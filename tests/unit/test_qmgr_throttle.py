@@ -1,7 +1,6 @@
 """The queue manager with budgets, rate_delay, fair order, recipient_limit, reload, health.
 Fake clock, manual sleep, fake smarthost pool."""
 
-import asyncio
 import io
 import json
 import logging
@@ -21,7 +20,8 @@ from mta_lite.reply import Reply
 from mta_lite.smarthost.result import DeliveryResult
 from mta_lite.status import StatusSnapshot
 
-from tests.support.qmgr import ADMIN, DEFER, R451, R535, T0, async_test, result_for, running, until
+from tests.support.qmgr import ADMIN, DEFER, R451, R535, T0, async_test, result_for, running
+from tests.support.waiting import wait_until_async
 
 WORK = "work:alice@work.example"
 
@@ -117,12 +117,12 @@ async def test_rate_delay_starts_the_next_delivery_only_after_the_gap():
         h.clock.advance(9)
         naps = len(h.sleep.delays)
         h.sleep.ring()
-        await until(lambda: len(h.sleep.delays) > naps)         # the next pass ran
+        await wait_until_async(lambda: len(h.sleep.delays) > naps)         # the next pass ran
         assert len(h.pool.calls) == 1
         assert 0 < h.sleep.delays[-1] <= 1.0                    # it sleeps until the gap is over
         h.clock.advance(1)
         h.sleep.ring()
-        await until(lambda: len(h.pool.calls) == 2)
+        await wait_until_async(lambda: len(h.pool.calls) == 2)
 
 
 @async_test
@@ -131,13 +131,11 @@ async def test_noisy_sender_does_not_starve_a_single_message():
         h.pool.hold = True
         _queue_spaced(h, 30, "scanner@lan.test")
         await h.start()
-        await until(lambda: len(h.pool.calls) == 1)
+        await wait_until_async(lambda: len(h.pool.calls) == 1)
         single = h.queue(sender="printer@lan.test")
         h.mgr.mail_arrived()
-        for _ in range(4):
-            h.pool.release()
-            await asyncio.sleep(0.01)
-        await until(lambda: len(h.pool.calls) >= 4)
+        h.pool.release()                                        # from now on every delivery goes through
+        await wait_until_async(lambda: len(h.pool.calls) >= 4)
         senders = [c.sender for c in h.pool.calls]
         assert "printer@lan.test" in senders[:4], senders       # within the next few slots
         h.pool.release()
@@ -151,12 +149,12 @@ async def test_notice_to_the_admin_goes_ahead_of_a_backlog():
         h.pool.hold = True
         _queue_spaced(h, 10, "scanner@lan.test")
         await h.start()
-        await until(lambda: len(h.pool.calls) == 1)
+        await wait_until_async(lambda: len(h.pool.calls) == 1)
         _queue_spaced(h, 3, "nas@lan.test")
         notice = h.queue(sender="", rcpts=(ADMIN,), is_bounce=True)
         h.mgr.mail_arrived()
         h.pool.release()
-        await until(lambda: len(h.pool.calls) >= 3)
+        await wait_until_async(lambda: len(h.pool.calls) >= 3)
         assert "" in [c.sender for c in h.pool.calls[:3]]
         await h.settle()
         assert h.where(notice) is None

@@ -12,7 +12,8 @@ import pytest
 from mta_lite.errors import SpoolError
 from mta_lite.queue import doorbell
 
-from tests.support.qmgr import async_test, until
+from tests.support.qmgr import async_test
+from tests.support.waiting import wait_until_async
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ async def test_listen_dispatches_rings_ignores_junk_and_cleans_up(sockdir, caplo
             assert doorbell.ring(path, what) is True
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(b"rm -rf /", path)
-        await until(lambda: len(got) == 3 and "unknown datagram" in caplog.text)
+        await wait_until_async(lambda: len(got) == 3 and "unknown datagram" in caplog.text)
         assert got == [b"W", b"F", b"R"]
     finally:
         listening.close()
@@ -66,7 +67,7 @@ async def test_listen_replaces_a_stale_socket(sockdir):
     listening = await doorbell.listen(path, got.append)
     try:
         assert doorbell.ring(path) is True
-        await until(lambda: got == [b"W"])
+        await wait_until_async(lambda: got == [b"W"])
     finally:
         listening.close()
 

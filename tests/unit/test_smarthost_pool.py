@@ -84,7 +84,7 @@ def test_internal_error_defers_4_3_0_and_logs_without_the_password(caplog):
     caplog.set_level(logging.DEBUG)
     pool = SmarthostPool(helo_name="relay.lan.test", resolver=Resolver(RuntimeError("bug")))
     reply = only_reply(deliver(pool, route(), recipients=("b@x.org", "c@x.org")))
-    assert (reply.code, reply.enhanced) == (451, "4.3.0")
+    assert str(reply) == "451 4.3.0 Error: internal error, please try again later"
     assert "smarthost client error" in caplog.text and PASSWORD not in caplog.text
 
 
@@ -98,7 +98,7 @@ def test_closed_pool_defers_and_empty_recipient_list_is_empty_result():
 
     empty, closed = asyncio.run(go())
     assert (empty.relay, empty.recipients) == ("none", ())
-    assert only_reply(closed).enhanced == "4.3.0"
+    assert str(only_reply(closed)) == "451 4.3.0 smarthost client is shutting down; will try again later"
 
 
 @pytest.mark.parametrize("helo", ["", "relay lan", "relay\r\nMAIL", "relay\x00"])

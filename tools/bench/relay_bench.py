@@ -38,6 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from tests.support import peers  # noqa: E402  (the same real-peer helpers the integration tests use)
+from tests.support.relay import listening_ports  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
 from meter import CpuCgroup, LoopFs, MeterError  # noqa: E402  (same directory)
 
 SIZES = (1024, 20480)
@@ -96,7 +98,7 @@ class MtaLiteRelay:
         self.workdir = workdir
         self.sink_port = sink_port
         self.start_timeout = start_timeout
-        self.port = peers.free_port()
+        self.port = 0               # the kernel picks it; read from the relay's log once it listens
         self.config = workdir / "mta-lite.toml"
         self.log = workdir / "mta-lite.log"
         self.proc: subprocess.Popen | None = None
@@ -115,7 +117,7 @@ class MtaLiteRelay:
         return (f"hostname = \"bench.lan.test\"\nspool_dir = {q(str(self.spool))}\n"
                 "mynetworks = [\"127.0.0.0/8\"]\nadmin_address = \"admin@lan.test\"\n"
                 "default_relay = \"sink\"\n\n[[listen]]\n"
-                f"address = \"{peers.LOOPBACK}:{self.port}\"\n\n[relays.sink]\n"
+                f"address = \"{peers.LOOPBACK}:0\"\n\n[relays.sink]\n"
                 f"host = \"{peers.LOOPBACK}\"\nport = {self.sink_port}\ntls = \"none\"\n"
                 "concurrency = 10\n\n" + DEPLOYED_USERS)
 
@@ -125,7 +127,7 @@ class MtaLiteRelay:
             exe = REPO / ".venv" / "bin" / "mta-lite"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.fs.__enter__()
-        self.cgroup = CpuCgroup(f"mta-lite-{self.port}")
+        self.cgroup = CpuCgroup(f"mta-lite-{id(self)}")
         self.config.write_text(self.config_text())
         self.config.chmod(0o600)
         with open(self.log, "wb") as log:
@@ -133,9 +135,8 @@ class MtaLiteRelay:
                                          cwd=self.workdir, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, preexec_fn=self.cgroup.enter)
         try:
-            peers.poll_until(lambda: self.proc.poll() is not None
-                             or (peers.smtp_probe(self.port) or b"").startswith(b"220"),
-                             self.start_timeout, f"mta-lite greeting on port {self.port}")
+            wait_until(lambda: self.proc.poll() is not None or self._greets(), self.start_timeout,
+                       "mta-lite's 'listening on' line and its greeting")
         except TimeoutError as exc:
             self.__exit__()
             raise BenchError(f"{exc}\n{self.log_tail()}") from None
@@ -143,6 +144,12 @@ class MtaLiteRelay:
             self.__exit__()
             raise BenchError(f"mta-lite exited with {self.proc.returncode}\n{self.log_tail()}")
         return self
+
+    def _greets(self) -> bool:
+        """True once the relay logged its port (tests/support/relay.py) and answers 220 on it."""
+        ports = listening_ports(self.log.read_text(errors="replace"), 1)
+        self.port = ports[0] if ports else 0
+        return bool(self.port) and (peers.smtp_probe(self.port) or b"").startswith(b"220")
 
     def __exit__(self, *exc_info) -> None:
         """SIGTERM the serve process, wait for its whole tree (SIGKILL after 15 s), reap it,
@@ -257,8 +264,8 @@ def source_argv(port: int, size: int, messages: int, sessions: int) -> list[str]
 def drained(relay) -> None:
     """Wait until the relay's queue is empty (the sink has all, the files are being removed)."""
     try:
-        peers.poll_until(lambda: queue_files(relay.queue_dirs()) == 0, DRAIN_TIMEOUT_S,
-                         "the relay's queue to empty")
+        wait_until(lambda: queue_files(relay.queue_dirs()) == 0, DRAIN_TIMEOUT_S,
+                   "the relay's queue to empty")
     except TimeoutError as exc:
         raise BenchError(f"{exc}\n{relay.log_tail()}") from None
 

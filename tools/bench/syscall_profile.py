@@ -27,6 +27,7 @@ from pathlib import Path
 from relay_bench import RELAYS, BenchError, drained, make_relay, source_argv, wait_delivered  # (same directory)
 
 from tests.support import peers  # noqa: E402  (relay_bench put the repository on sys.path)
+from tests.support.waiting import wait_until  # noqa: E402
 
 FLUSHES = ("fsync", "fdatasync", "syncfs", "sync", "sync_file_range")
 _CALL = re.compile(r"^\d+\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()")
@@ -55,8 +56,8 @@ def attach(pids: list[int], out: Path) -> subprocess.Popen:
     for pid in pids:
         argv += ["-p", str(pid)]
     tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peers.poll_until(lambda: tracer.poll() is not None or all(_traced(pid) for pid in pids), 10.0,
-                     "strace to attach")
+    wait_until(lambda: tracer.poll() is not None or all(_traced(pid) for pid in pids), 10.0,
+               "strace to attach")
     if tracer.poll() is not None:
         raise BenchError(f"strace exited: {tracer.stderr.read().decode(errors='replace')[-300:]}")
     return tracer
