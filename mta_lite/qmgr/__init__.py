@@ -1,6 +1,7 @@
 """qmgr — the queue manager: schedules queued mail onto smarthosts, retries, bounces.
 
     manager    QueueManager: what is tried when (incoming, deferred, rings, stop)
+    dispatch   which of an account's due messages start now: order, pace, budget slots
     delivery   one attempt for one message and what happens to it afterwards
     notices    the DSNs a delivery queues: whom, the hourly cap, the template (G6)
     resolve    how a message leaves: the sender after [rewrite], its route and account (pure)
@@ -12,6 +13,7 @@
     backoff    retry delays, auth pauses, queue lifetime (pure)
     bounce     RFC 3464 DSNs and who receives them (pure, G6)
     ratelimit  the DSNs-per-hour cap (pure)
+    clock      is the system clock set? its trusted floor; mail that waits for it
     pickup     local submissions from maildrop/ into incoming/, as Postfix's pickup
 
 The doorbell other processes ring (W, F, R on spool/public/qmgr) is queue/doorbell.py;

@@ -7,12 +7,12 @@
     doorbell    mail_arrived() / flush() in-process; W, F, R rung on spool/public/qmgr by other
                 processes; and a rescan every RESCAN_INTERVAL_S in case a ring was lost
 
-Order and pace per account: notices first, then round-robin between senders (fairness.py);
-at most the account's concurrency deliver while a few more wait, or one at a time at least
-rate_delay apart; over max_per_hour/max_per_day the due messages are deferred to their
-slots (budget.py), whose history is saved in state/budgets.json (at most once a second)
-and read back at start; the status page's counts go to public/history.json (mta_lite.history)
-at most once a minute. While the system clock is not set (clock.py), mail for relays that
+Which due messages start, per account, is dispatch.py's: notices first, then round-robin
+between senders; at most the account's concurrency deliver while a few more wait, or one at
+a time at least rate_delay apart; over max_per_hour/max_per_day the due messages are deferred
+to their slots (budget.py), whose history this module saves in state/budgets.json (at most
+once a second) and reads back at start; the status page's counts go to public/history.json
+(mta_lite.history) at most once a minute. While the system clock is not set (clock.py), mail for relays that
 check certificates is deferred without a connection; the clock is read again every
 CHECK_INTERVAL_S, and when it is set that mail is due at once. reconfigure() applies a
 reloaded config without losing budgets, counters or pauses, except that new credentials end
@@ -36,10 +36,8 @@ import logging
 import math
 import random
 import time
-from typing import NamedTuple
 
 from mta_lite.config.schema import Config
-from mta_lite.envelope import lookup_key
 from mta_lite.history import History, history_path
 from mta_lite.maillog import config_secrets
 from mta_lite.errors import MtaLiteError
@@ -50,10 +48,10 @@ from mta_lite.qmgr.accounts import Account, Accounts
 from mta_lite.qmgr.budget import BudgetFile, Slot, Ticket, budget_path
 from mta_lite.qmgr.clock import BUILD_TIME, CHECK_INTERVAL_S, ClockWatch, clock_path
 from mta_lite.qmgr.delivery import Deliverer
-from mta_lite.qmgr.fairness import fair_order
+from mta_lite.qmgr.dispatch import Meta, by_account, read_meta, start_account
 from mta_lite.qmgr.notices import Notices
 from mta_lite.qmgr.pickup import LOCAL_ADDRESS, Pickup
-from mta_lite.qmgr.resolve import Outgoing, resolve
+from mta_lite.qmgr.resolve import Outgoing
 
 log = logging.getLogger("mta_lite.qmgr")
 
@@ -66,20 +64,6 @@ MAX_ACTIVE_MESSAGES = 200
 # stop(): how long in-flight deliveries may finish before they are cancelled (and requeued
 # by recovery at the next start). Below systemd's default 90 s stop timeout.
 STOP_GRACE_S = 30.0
-
-
-class _Meta(NamedTuple):
-    """What scheduling needs to know of a queued message, read once from its envelope."""
-
-    out: Outgoing       # how it leaves: sender, route, account; handed to the delivery
-    sender: str         # the fairness key
-    urgent: bool        # a notice: null sender, or only to the admin
-
-
-class _Candidate(NamedTuple):
-    queue_id: str
-    src: str
-    meta: _Meta
 
 
 class QueueManager:
@@ -106,7 +90,7 @@ class QueueManager:
         self.pickup = Pickup(spool, cfg.message_size_limit, clock=clock, sender_bound=self._locally_bound)
         self._incoming: dict[str, None] = {}        # IDs in incoming/, in arrival order
         self._deferred: dict[str, float] = {}       # ID -> next attempt
-        self._meta_of: dict[str, _Meta] = {}        # ID -> account, sender; learned once
+        self._meta_of: dict[str, Meta] = {}         # ID -> account, sender; learned once
         self._pace_at = math.inf                    # next rate_delay start for waiting mail
         self._inflight: dict[str, asyncio.Task] = {}
         self._work = asyncio.Event()
@@ -312,14 +296,18 @@ class QueueManager:
         live = self._incoming.keys() | self._deferred.keys() | self._inflight.keys()
         self._meta_of = {q: m for q, m in self._meta_of.items() if q in live}
 
-    def _candidates(self, now: float) -> list[tuple[str, str]]:
+    def _due(self, now: float) -> list[tuple[str, str]]:
+        """(queue ID, directory) of what may start now: incoming/ in arrival order, then the
+        deferred messages that are due, oldest due first; none in flight."""
         due = sorted((t, q) for q, t in self._deferred.items() if t <= now)
-        return [(q, "incoming") for q in self._incoming] + [(q, "deferred") for _, q in due]
+        found = [(q, "incoming") for q in self._incoming] + [(q, "deferred") for _, q in due]
+        return [(q, src) for q, src in found if q not in self._inflight]
 
     def _start_due(self, now: float) -> None:
+        """Hand due messages to dispatch.py account by account, within MAX_ACTIVE_MESSAGES."""
         room = MAX_ACTIVE_MESSAGES - len(self._inflight)
         self._pace_at = math.inf
-        for name, waiting in self._by_account(now).items():
+        for name, waiting in by_account(self._due(now), self._meta).items():
             if room <= 0 or self._stopping:
                 return
             account = self.accounts.get(name) if name else None
@@ -328,68 +316,20 @@ class QueueManager:
                     self._start(item.queue_id, item.src, None, None)
                 room -= len(waiting[:room])
                 continue
-            room -= self._start_account(account, waiting, now, room)
+            started = start_account(account, waiting, now, room, start=self._start,
+                                    waits_for_clock=self.deliverer.waits_for_clock)
+            if started.ran_out:     # it just ran out: `queue why` and a restart must know
+                self._save_budgets(force=True)
+            self._pace_at = min(self._pace_at, started.pace_at)
+            room -= started.count
 
-    def _by_account(self, now: float) -> dict[str, list[_Candidate]]:
-        """Due messages not in flight, grouped by account ("" for unreadable ones)."""
-        groups: dict[str, list[_Candidate]] = {}
-        for queue_id, src in self._candidates(now):
-            if queue_id in self._inflight:
-                continue
-            meta = self._meta(queue_id, src)
-            groups.setdefault(meta.out.account if meta else "", []).append(_Candidate(queue_id, src, meta))
-        return groups
-
-    def _start_account(self, account: Account, waiting: list[_Candidate], now: float, room: int) -> int:
-        """Start what the account may take now, fairly ordered; the number started."""
-        account.served.keep_only({item.meta.sender for item in waiting})
-        ordered = fair_order(waiting, lambda c: c.meta.sender, lambda c: c.meta.urgent,
-                             account.served.last)
-        budget, started = account.budget, 0
-        for i, item in enumerate(ordered):
-            if started >= room:
-                break
-            if self.deliverer.waits_for_clock(item.meta.out):     # deferred without a connection,
-                self._start(item.queue_id, item.src, None, item.meta.out)   # budget or pause
-                started += 1
-                continue
-            # A paused account defers its mail without an attempt; no budget involved.
-            counted = bool(budget.limits.windows()) and not account.paused(now)
-            if counted and budget.over(now) is not None:
-                return started + self._defer_to_slots(account, ordered[i:i + room - started], now)
-            if not account.can_start(now):
-                break
-            # Reserved here, not in the delivery task, so that one pass never overdraws.
-            ticket = Ticket(budget, budget.take(now)) if counted else None
-            self._start(item.queue_id, item.src, account, item.meta.out, ticket=ticket)
-            account.served.served(item.meta.sender)
-            started += 1
-        if started < len(ordered) and account.budget.pace_until() > now:
-            self._pace_at = min(self._pace_at, account.budget.pace_until())
-        return started
-
-    def _defer_to_slots(self, account: Account, items: list[_Candidate], now: float) -> int:
-        """Over budget: each message deferred to the slot it would get in this order, so
-        they come due one by one, not all at once and again and again."""
-        why = account.budget.over(now)[0]
-        for item, until in zip(items, account.budget.slots(now, len(items))):
-            self._start(item.queue_id, item.src, None, item.meta.out, slot=Slot(until, why))
-        if account.budget.changed:      # it just ran out: `queue why` and a restart must know
-            self._save_budgets(force=True)
-        return len(items)
-
-    def _meta(self, queue_id: str, src: str) -> _Meta | None:
-        """How it leaves and its sender, from the envelope (cheap read, resolved once, cached);
-        None if unreadable."""
+    def _meta(self, queue_id: str, src: str) -> Meta | None:
+        """What scheduling needs of a message (dispatch.read_meta), read once and cached."""
         meta = self._meta_of.get(queue_id)
         if meta is None:
-            try:
-                entry = self.spool.read(src, queue_id, verify=False)
-            except OSError:      # corrupt or gone: the delivery step quarantines or skips it
-                return None
-            urgent = (entry.is_bounce or not entry.sender
-                      or {lookup_key(r) for r in entry.recipients} == {self.cfg.admin_address})
-            meta = self._meta_of[queue_id] = _Meta(resolve(self.cfg, entry), lookup_key(entry.sender), urgent)
+            meta = read_meta(self.cfg, self.spool, queue_id, src)
+            if meta is not None:
+                self._meta_of[queue_id] = meta
         return meta
 
     def _start(self, queue_id: str, src: str, account: Account | None, out: Outgoing | None,

@@ -128,6 +128,14 @@ def _budget(used: int, limit: int) -> str:
     return f"{used} of {limit}" if limit else f"{used} (no limit)"
 
 
+def _table(title: str, headers: tuple[str, ...], rows: str, empty: str) -> str:
+    """A section: its title, then the table of `rows` (escaped <tr>s), or `empty` in words."""
+    if not rows:
+        return f"<h2>{title}</h2><p class=\"muted\">{empty}</p>"
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    return f"<h2>{title}</h2><table><tr>{head}</tr>{rows}</table>"
+
+
 def _accounts(data: dict) -> str:
     rows = "".join(
         f"<tr><td>{_e(a['name'])}</td><td>{_account_state(a)}</td>"
@@ -135,10 +143,9 @@ def _accounts(data: dict) -> str:
         f"<td>{_e(_budget(a['sent_last_day'], a['max_per_day']))}</td>"
         f"<td>{_e(a['sent'])} / {_e(a['deferred'])} / {_e(a['bounced'])}</td>"
         f"<td class=\"reply\">{_e(a['last_error'])}</td></tr>" for a in data["accounts"])
-    if not rows:
-        return "<h2>Smarthost accounts</h2><p class=\"muted\">No account known (the relay has not written its status).</p>"
-    return ("<h2>Smarthost accounts</h2><table><tr><th>account</th><th>state</th><th>this hour</th>"
-            "<th>today</th><th>sent / deferred / bounced</th><th>last error</th></tr>" + rows + "</table>")
+    return _table("Smarthost accounts",
+                  ("account", "state", "this hour", "today", "sent / deferred / bounced", "last error"),
+                  rows, "No account known (the relay has not written its status).")
 
 
 def _history(data: dict) -> str:
@@ -154,10 +161,8 @@ def _recent(data: dict) -> str:
         f"<tr><td>{_e(when(r['time']))}</td><td>{_e(r['queue_id'])}</td><td>{_e(r['sender'])}</td>"
         f"<td>{_e(r['recipient_domain'])}</td><td>{_e(r['status'])}</td>"
         f"<td class=\"reply\">{_e(r['reply'])}</td></tr>" for r in data["recent"])
-    if not rows:
-        return "<h2>Last deliveries</h2><p class=\"muted\">None since the relay started.</p>"
-    return ("<h2>Last deliveries</h2><table><tr><th>time</th><th>queue ID</th><th>sender</th>"
-            "<th>to domain</th><th>status</th><th>smarthost's reply</th></tr>" + rows + "</table>")
+    return _table("Last deliveries", ("time", "queue ID", "sender", "to domain", "status", "smarthost's reply"),
+                  rows, "None since the relay started.")
 
 
 def _receiving(data: dict) -> str:

@@ -92,3 +92,15 @@ def test_mta_lite_never_imports_the_board_side_or_the_tools():
             for name in names:
                 assert name.split(".")[0] not in ("mta_lite_board", "mta_lite_tools", "tools"), \
                     f"{path} imports {name}"
+
+
+QMGR_TOP = {"qmgr.manager", "qmgr.QueueManager"}
+
+
+def test_qmgr_modules_never_import_the_manager():
+    """Within qmgr the manager is on top: what it drives (dispatch, delivery, notices, pickup,
+    accounts, budget, clock, ...) never imports it back, so each can be tested without it."""
+    for path in MODULES:
+        module = _module(path)
+        if module.startswith("qmgr.") and module != "qmgr.manager":
+            assert not _imports(path) & QMGR_TOP, f"{module} imports the queue manager"
