@@ -116,6 +116,9 @@ def config_secrets(cfg: Config) -> set[str]:
     for holder in [*cfg.relays.values(), *cfg.senders]:
         if holder.password is not None:
             found |= secret_forms(holder.password.reveal(), [u for u in users if u])
+    for provider in cfg.oauth.values():
+        if provider.client_secret is not None:
+            found |= secret_forms(provider.client_secret.reveal(), [])
     return found
 
 

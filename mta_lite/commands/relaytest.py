@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from mta_lite.config.schema import Config, Route
+from mta_lite.config.schema import Config, Route, route_of
 from mta_lite.reply import Reply
 from mta_lite.smarthost.pool import SmarthostPool
 
@@ -80,5 +80,5 @@ def relay_test(cfg: Config, name: str, out=print) -> int:
     if relay is None:
         out(f"mta-lite: no relay named {name!r}; configured: {', '.join(sorted(cfg.relays))}")
         return EX_USAGE
-    ok = asyncio.run(check_route(Route(relay, relay.username, relay.password), cfg.hostname, out))
+    ok = asyncio.run(check_route(route_of(cfg, relay, relay), cfg.hostname, out))
     return EX_OK if ok else EX_UNAVAILABLE
