@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-test-deps.sh - install the real peers the integration tests and the bench run
 # (Postfix + smtp-sink/smtp-source, cyrus SASL tools, swaks, strace, faketime, socat, openssl,
-# dnsmasq as the DNSBL server of the postscreen tests, mtools and dosfstools for USB stick
+# dnsmasq as the DNSBL server of the postscreen tests, dovecot-core as the OAuth2 token checker
+# behind the OAuth2 smarthost (auth only, started by the tests, never as a service), mtools and dosfstools for USB stick
 # images, chrony; for the SD-card flash tool's tests fdisk (sfdisk), mount (losetup), bmap-tools,
 # xz-utils, zstd and e2fsprogs; apt starts none of them as a service here).
 #
@@ -67,10 +68,10 @@ fi
 
 # libnet-ssleay-perl is only a Recommends of swaks, but `swaks --tls` needs it.
 PACKAGES=(postfix sasl2-bin libsasl2-modules swaks libnet-ssleay-perl strace faketime socat openssl
-          ca-certificates dnsmasq mtools dosfstools chrony fdisk mount bmap-tools xz-utils zstd e2fsprogs)
+          ca-certificates dnsmasq dovecot-core mtools dosfstools chrony fdisk mount bmap-tools xz-utils zstd e2fsprogs)
 # Programs the tests call directly: a package can be "installed" yet broken (half-configured).
 PROGRAMS=(/usr/sbin/postfix /usr/sbin/smtp-sink /usr/sbin/smtp-source /usr/sbin/saslpasswd2
-          swaks strace faketime socat openssl /usr/sbin/dnsmasq mtype mcopy
+          swaks strace faketime socat openssl /usr/sbin/dnsmasq /usr/sbin/dovecot mtype mcopy
           /usr/sbin/mkfs.vfat /usr/sbin/sfdisk /usr/sbin/losetup /usr/sbin/mkfs.ext4 bmaptool xz zstd)
 
 missing_packages() {
