@@ -65,6 +65,7 @@ class TokenError(MtaLiteError, RuntimeError):
     otherwise the endpoint was unreachable, slow or answered garbage, and a later try may
     work. The message is plain words and never carries a token or a client secret."""
 
-    def __init__(self, message: str, refused: bool = False) -> None:
+    def __init__(self, message: str, refused: bool = False, code: str = "") -> None:
         super().__init__(message)
         self.refused = refused
+        self.code = code            # the provider's OAuth error code, if it gave one

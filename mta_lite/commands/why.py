@@ -12,12 +12,16 @@ Must never: change anything; print message content or a secret.
 
 from __future__ import annotations
 
+import re
+
 from mta_lite.config.schema import Config
 from mta_lite.queue import WAIT_BUDGET, MessageState, Spool
 from mta_lite.status import StatusSnapshot
 from mta_lite.qmgr.accounts import STATE_AUTH_FAILED, STATE_UNREACHABLE
 from mta_lite.qmgr.budget import Budget, BudgetFile, Limits, budget_path, when
 from mta_lite.qmgr.resolve import resolve
+
+_TOKEN_TROUBLE = re.compile(r"token (refresh failed|refused)\b.*")
 
 
 def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: StatusSnapshot) -> str:
@@ -45,13 +49,16 @@ def _reasons(route, account: dict, state: MessageState, book: BudgetFile, now: f
     the account's entry in the status file (Account.snapshot())."""
     name, reasons, next_at = route.account, [], state.next_attempt
     paused_until = account.get("paused_until") or 0.0
+    token = _token_trouble(account)
     if account.get("state") == STATE_AUTH_FAILED and paused_until > now:
-        reasons.append(f"account {name} paused until {when(paused_until, now)}: the smarthost "
-                       "refused its login (fix the credentials and reload to resume at once)")
+        why = (f"{token} (fix the [oauth] settings or run `mta-lite oauth login`, then `queue flush`)"
+               if token else "the smarthost refused its login (fix the credentials and reload to resume at once)")
+        reasons.append(f"account {name} paused until {when(paused_until, now)}: {why}")
         next_at = max(next_at, paused_until)
     elif account.get("site_down") and paused_until > now:
-        reasons.append(f"account {name} paused until {when(paused_until, now)}: its smarthost did not "
-                       "answer (one probe then; `queue flush` probes now)")
+        why = token or "its smarthost did not answer"
+        reasons.append(f"account {name} paused until {when(paused_until, now)}: {why} "
+                       "(one probe then; `queue flush` probes now)")
         next_at = max(next_at, paused_until)
     book.load()
     over = Budget.from_dict(book.saved.get(name, {}), Limits.of(route.relay)).over(now)
@@ -67,6 +74,13 @@ def _reasons(route, account: dict, state: MessageState, book: BudgetFile, now: f
         attempts = f"{state.attempts} failed attempt{'s' if state.attempts != 1 else ''}"
         reasons.append(f"retry backoff after {attempts}" if state.attempts else "waiting for its next attempt")
     return reasons, next_at
+
+
+def _token_trouble(account: dict) -> str:
+    """`token refresh failed: <the provider's error>` or `token refused: ...` when the
+    account's last failure was its OAuth2 token; "" otherwise."""
+    match = _TOKEN_TROUBLE.search(str(account.get("last_error") or ""))
+    return match.group(0) if match else ""
 
 
 def _last(state: MessageState) -> str:

@@ -310,3 +310,11 @@ def route_for(cfg: Config, sender: str) -> Route:
 def route_of(cfg: Config, relay: Relay, holder: Relay | SenderRule) -> Route:
     """The Route through `relay` with the credentials of `holder` (the relay or a sender rule)."""
     return Route(relay, holder.username, holder.password, holder.auth, cfg.oauth.get(holder.oauth))
+
+
+def all_routes(cfg: Config) -> list[Route]:
+    """Every account of the config: each relay's own, then each [[senders]] login."""
+    routes = [route_of(cfg, relay, relay) for relay in cfg.relays.values()]
+    routes += [route_of(cfg, cfg.relays[rule.relay], rule)
+               for rule in cfg.senders if rule.username and rule.relay in cfg.relays]
+    return routes

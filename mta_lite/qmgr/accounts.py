@@ -25,7 +25,7 @@ import asyncio
 import hashlib
 import os
 
-from mta_lite.config.schema import Config, QueueConfig, Route, route_of
+from mta_lite.config.schema import Config, QueueConfig, Route, all_routes
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult
 from mta_lite.qmgr.backoff import auth_pause_s
 from mta_lite.qmgr.budget import DAY_S, HOUR_S, Budget, BudgetFile, Limits
@@ -239,7 +239,4 @@ class Accounts:
 
 
 def _routes(cfg: Config) -> list[Route]:
-    routes = [route_of(cfg, relay, relay) for relay in cfg.relays.values()]
-    routes += [route_of(cfg, cfg.relays[rule.relay], rule)
-               for rule in cfg.senders if rule.username and rule.relay in cfg.relays]
-    return routes
+    return all_routes(cfg)

@@ -155,9 +155,8 @@ def token_failure(provider: str, reason: str, refused: bool) -> Reply:
     """No access token (OAuth2): refused by the provider (the account pauses as for a refused
     login, S5) or the token endpoint unreachable, slow or garbled (4.4.2: the account pauses
     like one whose smarthost is down, then one probe). Never permanent."""
-    if refused:
-        return Reply(LOCAL_TRANSIENT_CODE, "4.7.8", f"token refresh failed for {provider}: {clean_text(reason)}")
-    return Reply(LOCAL_TRANSIENT_CODE, "4.4.2", f"token refresh failed for {provider}: {clean_text(reason)}")
+    text = f"token refresh failed: {clean_text(reason)} ([oauth.{provider}])"
+    return Reply(LOCAL_TRANSIENT_CODE, "4.7.8" if refused else "4.4.2", text)
 
 
 def token_refused(code: int, message: str, relay: str, words: str, secrets: tuple[str, ...]) -> Reply:

@@ -100,7 +100,7 @@ def provider_error(exc: OAuth2Error) -> TokenError:
     """The provider's `error: description`, cleaned and capped; refused if it needs a person."""
     description = clean_text(exc.description or "")[:MAX_DESCRIPTION_CHARS]
     words = f"{exc.error}: {description}" if description else exc.error
-    return TokenError(clean_text(words), refused=exc.error in REFUSALS)
+    return TokenError(clean_text(words), refused=exc.error in REFUSALS, code=str(exc.error))
 
 
 def _params(status: int, body: bytes) -> dict:

@@ -137,3 +137,9 @@ def _dir_owner(path: str) -> tuple[int, int] | None:
         return None
     st = os.stat(path)
     return st.st_uid, st.st_gid
+
+
+def store_for(spool_dir: str, config_path: str) -> TokenStore:
+    """The store of a relay: spool/state/oauth, and the seeds in secrets/ beside its config."""
+    return TokenStore(os.path.join(spool_dir, "state", "oauth"),
+                      os.path.join(os.path.dirname(os.path.abspath(config_path)), "secrets"))

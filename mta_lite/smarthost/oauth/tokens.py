@@ -11,9 +11,10 @@ token is handed out. `refused` names a token the smarthost just refused: a new o
 for unless another connection already got a different one meanwhile.
 
 Guarantees: one request at a time per provider (an asyncio.Lock), so any number of
-deliveries waiting for a token cause one request; after a failure, the same error is
-returned without asking again for FAILURE_HOLD_S, so an endpoint that is down or refusing
-sees no storm; the refresh token is never lost to a crash (see store.py); every token and
+deliveries waiting for a token cause one request; after an endpoint failed to answer (down,
+slow, garbage), the same error is returned without asking again for FAILURE_HOLD_S, so it
+sees no storm (a refusal is not held: the account pauses for it, and a new login must be
+tried at once); the refresh token is never lost to a crash (see store.py); every token and
 refresh token joins the log's mask (maillog.mask_also) before it is used.
 Must never: log, return in a snapshot or put into an exception a token or a secret.
 """
@@ -98,7 +99,7 @@ class TokenManager:
                     and record.expires_at - REFRESH_EARLY_S > now:
                 return record.access_token
             held = self._failed.get(name)
-            if held and now - held[0] < FAILURE_HOLD_S:
+            if held and not held[1].refused and now - held[0] < FAILURE_HOLD_S:
                 raise held[1]
             try:
                 record = await self._obtain(provider)
