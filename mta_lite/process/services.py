@@ -34,6 +34,7 @@ from mta_lite.errors import ConfigError, MtaLiteError
 from mta_lite.qmgr.manager import QueueManager
 from mta_lite.queue.doorbell import Doorbell
 from mta_lite.queue import Spool
+from mta_lite.smarthost.oauth.http import context_for
 from mta_lite.smarthost.oauth.store import store_for
 from mta_lite.smarthost.oauth.tokens import TokenManager
 from mta_lite.smarthost.pool import SmarthostPool
@@ -140,8 +141,12 @@ class QmgrService:
 
     def _import_seeds(self) -> None:
         """Now, while a master's child is still root: a seed from `oauth login` may be in a
-        secrets/ directory the queue manager's user cannot enter."""
+        secrets/ directory the queue manager's user cannot enter, a CA file root's alone."""
         for provider in self.cfg.oauth.values():
+            try:
+                context_for(provider.ca_file)
+            except OSError as exc:      # ssl.SSLError too; the token step says so at each try
+                log.warning("oauth %s: cannot load ca_file %s: %s", provider.name, provider.ca_file, exc)
             if provider.grant == "refresh_token":
                 try:
                     self.tokens.store.load(provider.name)

@@ -96,11 +96,19 @@ def test_device_authorization_is_read():
 # ---------------------------------------------------------------- store
 
 def test_store_saves_0600_and_reads_back(tmp_path):
+    (tmp_path / "state").mkdir()
     store = TokenStore(str(tmp_path / "state" / "oauth"))
     store.save("p", TokenRecord("A", 10.0, "R", 5.0))
     assert store.peek("p") == TokenRecord("A", 10.0, "R", 5.0)
     assert stat.S_IMODE(os.stat(store.path("p")).st_mode) == 0o600
     assert [n for n in os.listdir(tmp_path / "state" / "oauth") if n != "p.json"] == []   # no temp left
+
+
+def test_store_never_makes_the_spool(tmp_path):
+    store = TokenStore(str(tmp_path / "spool" / "state" / "oauth"))
+    with pytest.raises(FileNotFoundError):
+        store.save("p", TokenRecord("A"))
+    assert not (tmp_path / "spool").exists()
 
 
 def test_damaged_store_reads_empty(tmp_path):
@@ -111,6 +119,7 @@ def test_damaged_store_reads_empty(tmp_path):
 
 def test_newer_seed_is_imported_once_and_older_is_not(tmp_path):
     store = TokenStore(str(tmp_path / "state"), str(tmp_path / "secrets"))
+    assert store.load("p") == TokenRecord()                 # no seed, no store
     store.write_seed("p", TokenRecord(refresh_token="SEED-1", obtained_at=100.0))
     assert store.load("p").refresh_token == "SEED-1"
     store.save("p", TokenRecord(refresh_token="ROTATED", seed_obtained_at=100.0))

@@ -17,6 +17,7 @@ Must never: put the request body (client secret, refresh token) into an exceptio
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import ssl
 import urllib.error
@@ -40,7 +41,10 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None         # the 3xx becomes an HTTPError: reported, not followed
 
 
-def _context(ca_file: str) -> ssl.SSLContext:
+@functools.lru_cache(maxsize=8)
+def context_for(ca_file: str) -> ssl.SSLContext:
+    """The verifying context per CA file, kept: the queue manager builds each while still
+    root (a CA file may be root's alone), and urllib's threads share it (SSLContext is)."""
     context = ssl.create_default_context(cafile=ca_file or None)
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
@@ -66,7 +70,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _post(url: str, body: bytes, ca_file: str, timeout_s: float) -> tuple[int, bytes]:
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=_context(ca_file)), _NoRedirect)
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context_for(ca_file)), _NoRedirect)
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json",
         "User-Agent": f"mta-lite/{__version__}"})

@@ -123,8 +123,13 @@ class TokenStore:
         return self.seed_path(name)
 
     def _ensure_dir(self) -> None:
+        """state/oauth, owned like state/; never the spool itself (FileNotFoundError before
+        the relay first made its spool: `oauth login` then leaves the seed alone)."""
         if not os.path.isdir(self.state_dir):
-            os.makedirs(self.state_dir, mode=DIR_MODE, exist_ok=True)
+            try:
+                os.mkdir(self.state_dir, DIR_MODE)
+            except FileExistsError:
+                pass
             parent = _dir_owner(os.path.dirname(self.state_dir))
             if parent is not None:
                 os.chown(self.state_dir, *parent)
