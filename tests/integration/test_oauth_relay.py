@@ -179,9 +179,11 @@ def test_device_login_stores_tokens_and_mail_flows(server, oauth_smarthost, oaut
 def test_expired_token_is_replaced_once_and_mail_flows(server, oauth_smarthost, oauth_relay):
     relay = oauth_relay(oauth_config(server, oauth_smarthost))
     wait_delivered(oauth_smarthost, send(relay))
+    relay.stop()                # no pooled connection: the next delivery logs in anew
     failed = failed_logins(oauth_smarthost)
     for token in active_access_tokens(server):
         server.expire(token)
+    relay.start()               # with the token kept in its store, now expired at the server
     wait_delivered(oauth_smarthost, send(relay))
     assert failed_logins(oauth_smarthost) == failed + 1    # one refusal, one new token, one retry
     assert "refused the token" in relay.log() and "the token is invalid or expired" in relay.log()
@@ -195,14 +197,18 @@ def test_revoked_refresh_token_pauses_the_account_with_the_providers_words(serve
     wait_delivered(oauth_smarthost, send(relay))
     current = next(t for t, r in server.store.tokens.items() if r.kind == "refresh_token" and r.active(time.time()))
     assert current != refresh
+    relay.stop()
     server.revoke(current)                          # takes its access tokens with it
+    relay.start()
     failed = failed_logins(oauth_smarthost)
     ids = [send(relay) for _ in range(3)]
     items = deferred_with(relay, "token refresh failed: invalid_grant", n=3)
+    refused = failed_logins(oauth_smarthost) - failed
+    assert 1 <= refused <= 2                        # one per connection opened at once (concurrency 2)
     time.sleep(3)                                   # several retry periods: the account stays paused
-    assert failed_logins(oauth_smarthost) == failed + 1
+    assert failed_logins(oauth_smarthost) == failed + refused
     assert all(delivered(oauth_smarthost, i) is None for i in ids)
-    why = relay.cli("queue", "why", items[0]["queue_id"]).stdout.decode()
+    why = relay.cli("queue", "why", items[0]["id"]).stdout.decode()
     assert "paused until" in why and "token refresh failed: invalid_grant" in why, why
     status = relay.cli("status").stdout.decode()
     assert "oauth test: token refresh failed: invalid_grant" in status, status
@@ -213,8 +219,11 @@ def test_wrong_user_token_is_retried_once_then_paused(server, oauth_smarthost, o
     failed = failed_logins(oauth_smarthost)
     ids = [send(relay) for _ in range(3)]
     deferred_with(relay, "token refused", n=3)
-    time.sleep(3)
-    assert failed_logins(oauth_smarthost) == failed + 2     # the first token and its one replacement
+    refused = failed_logins(oauth_smarthost) - failed
+    # The first token and its one replacement, on each connection opened at once (concurrency 2).
+    assert 2 <= refused <= 4
+    time.sleep(3)                                   # several retry periods: the account stays paused
+    assert failed_logins(oauth_smarthost) == failed + refused
     assert all(delivered(oauth_smarthost, i) is None for i in ids)
     items = relay.queue()
     assert "the token is invalid or expired (status 401" in items[0]["last_error"]
@@ -232,10 +241,10 @@ def test_token_endpoint_trouble_defers_without_a_storm(server, oauth_smarthost, 
     ids = [send(relay) for _ in range(3)]
     items = deferred_with(relay, words, n=3)
     time.sleep(3)
-    assert server.requests["token"] - requests <= 1 if fault != "down" else True
+    if fault != "down":                 # a closed port counts no request
+        assert server.requests["token"] - requests == 1
     assert all("token refresh failed" in i["last_error"] for i in items)
-    assert relay.cli("queue", "list", "--json").returncode == 0
-    assert failed_logins(oauth_smarthost) >= 0 and all(delivered(oauth_smarthost, i) is None for i in ids)
+    assert all(delivered(oauth_smarthost, i) is None for i in ids)
     server.set_fault(None)
     relay.cli("queue", "flush")
     for message_id in ids:
@@ -309,8 +318,10 @@ def test_relay_test_names_the_token_failure(server, oauth_smarthost, oauth_relay
 def test_status_shows_token_ok_until(server, oauth_smarthost, oauth_relay):
     relay = oauth_relay(oauth_config(server, oauth_smarthost))
     wait_delivered(oauth_smarthost, send(relay))
-    status = wait_for(lambda: (s := relay.cli("status").stdout.decode()) if "token ok until" in s else None, 30,
-                      what="status to show the token")
+    def shown():
+        text = relay.cli("status").stdout.decode()
+        return text if "token ok until" in text else None
+    status = wait_for(shown, 30, what="status to show the token")
     assert "oauth test: token ok until" in status
-    snapshot = relay.status()["relays"]["o365"]["oauth"]
+    snapshot = relay.status()["relays"][f"o365:{USER}"]["oauth"]
     assert snapshot["failed"] == "" and snapshot["token_until"] > time.time()

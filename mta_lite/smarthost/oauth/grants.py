@@ -107,6 +107,8 @@ def _params(status: int, body: bytes) -> dict:
     """The JSON answer as a dict; TokenError for an error (the provider's words) or garbage."""
     try:
         text = body.decode("utf-8")
+        if not isinstance(json.loads(text), dict):  # RFC 6749 5.1: a JSON object, nothing else
+            raise ValueError("not a JSON object")
         params = parse_token_response(text)        # raises the provider's error as OAuth2Error
     except OAuth2Error as exc:
         if exc.error in ("missing_token", "invalid_token_type") and not 200 <= status < 300:
