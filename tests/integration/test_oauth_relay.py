@@ -325,3 +325,24 @@ def test_status_shows_token_ok_until(server, oauth_smarthost, oauth_relay):
     assert "oauth test: token ok until" in status
     snapshot = relay.status()["relays"][f"o365:{USER}"]["oauth"]
     assert snapshot["failed"] == "" and snapshot["token_until"] > time.time()
+
+
+# ---------------------------------------------------------------- S7: smtpd's memory
+
+@pytest.mark.deployed
+@pytest.mark.parametrize("grant", ["client_credentials", "refresh_token"])
+def test_smtpd_memory_holds_no_token_and_no_client_secret(server, oauth_smarthost, oauth_relay, deployed, grant):
+    from tests.integration.test_privsep import children, memgrep
+    client = CLIENT_ID if grant == "client_credentials" else PUBLIC_CLIENT
+    relay = oauth_relay(oauth_config(server, oauth_smarthost, grant=grant, client_id=client), start=False)
+    if grant == "refresh_token":
+        seed_refresh_token(relay, server)
+    relay.start()
+    wait_delivered(oauth_smarthost, send(relay))        # both halves have done real work
+    pids = wait_for(lambda: children(relay), 10, what="smtpd and qmgr processes")
+    access = active_access_tokens(server)
+    with server.store.lock:
+        refresh = [t for t, r in server.store.tokens.items() if r.kind == "refresh_token" and r.active(time.time())]
+    secrets = [*access, *refresh] + ([CLIENT_SECRET] if grant == "client_credentials" else [])
+    assert memgrep(pids["smtpd"], *secrets) == 0
+    assert memgrep(pids["qmgr"], access[-1]) > 0       # the control: the qmgr does hold one
