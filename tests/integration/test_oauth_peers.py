@@ -1,11 +1,11 @@
-"""The OAuth2 peers prove themselves: the loopback authorization server's grants, introspection,
-revocation and fault modes over real HTTPS, and the chain token → Postfix → Dovecot →
+"""The OAuth2 peers prove themselves end to end: the chain token → Postfix → Dovecot →
 introspection → Maildir with a minimal XOAUTH2 / OAUTHBEARER client written here (aiosmtplib's
 ``execute_command``, so the 334 challenge is seen as the relay will see it).
 
-These tests are the contract the relay's OAuth2 tests rely on: a good token delivers on both
-ports with both mechanisms; an expired, a revoked and a wrong-user token get the decoded JSON
-challenge and then 535 5.7.8; a rotated refresh token is dead after its one use.
+The server's own endpoints are tested in test_oauth_server.py. These tests are the contract the
+relay's OAuth2 tests rely on: a good token delivers on both ports with both mechanisms; an
+expired, a revoked and a wrong-user token get the decoded JSON challenge and then 535 5.7.8; a
+rotated refresh token is dead after its one use.
 """
 from __future__ import annotations
 
@@ -13,16 +13,12 @@ import asyncio
 import base64
 import json
 import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 
 import aiosmtplib
 import pytest
 
 from tests.support.oauthfixtures import *  # noqa: F403 (the OAuth2 peer fixtures)
-from tests.support.oauthstore import GRANT_DEVICE
 from tests.support.peers import poll_until
 
 pytestmark = pytest.mark.integration
@@ -32,31 +28,6 @@ OTHER_USER = "bob@example.test"
 SCOPE = "https://outlook.office365.com/.default"
 XOAUTH2_CHALLENGE = {"status": "401", "schemes": "bearer", "scope": "mail"}
 OAUTHBEARER_CHALLENGE = {"status": "invalid_token"}
-HTTP_TIMEOUT_S = 10.0
-
-
-# -- a minimal HTTP client for the authorization server --------------------------------------
-
-def post(server, path: str, form: dict, auth: tuple[str, str] | None = None,
-         timeout: float = HTTP_TIMEOUT_S) -> tuple[int, bytes]:
-    """POST ``form`` to the server's main (HTTPS) listener, verifying its test CA."""
-    request = urllib.request.Request(
-        f"{server.base_url}{path}", data=urllib.parse.urlencode(form).encode(),
-        headers={"Content-Type": "application/x-www-form-urlencoded"})
-    if auth is not None:
-        basic = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {basic}")
-    context = ssl.create_default_context(cafile=str(server.ca_file))
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def token_request(server, form: dict, auth=None) -> tuple[int, dict]:
-    status, body = post(server, "/token", form, auth)
-    return status, json.loads(body)
 
 
 # -- a minimal SMTP client that logs in with a token ------------------------------------------
@@ -148,3 +119,51 @@ def test_refused_token_gets_json_challenge_then_535(oauth_server, oauth_smarthos
     assert replies[1][1].startswith("5.7.8 ")
     poll_until(lambda: oauth_smarthost.logins()[1] == failed_before + 1, 10,
                "Dovecot to log the refused login")
+
+
+def _grant(server, form: dict, auth=None) -> dict:
+    status, body = server.request("/token", form, auth)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_client_credentials_token_sends_as_the_granted_mailbox(oauth_server, oauth_smarthost):
+    oauth_server.add_client("app-cc", "app-secret", SCOPE, mailbox=USER)
+    token = _grant(oauth_server, {"grant_type": "client_credentials", "scope": SCOPE},
+                   ("app-cc", "app-secret"))["access_token"]
+    assert smtp_login(oauth_smarthost, False, "XOAUTH2", USER, token)[0][0] == 235
+    assert smtp_login(oauth_smarthost, False, "XOAUTH2", OTHER_USER, token)[-1][0] == 535
+
+
+def test_device_flow_token_then_its_refreshed_token_log_in(oauth_server, oauth_smarthost):
+    oauth_server.add_client("box-df", None, "SMTP.Send offline_access")
+    status, body = oauth_server.request("/devicecode", {"client_id": "box-df",
+                                                        "scope": "SMTP.Send offline_access"})
+    device = json.loads(body)
+    oauth_server.approve(device["user_code"], USER)
+    poll = {"grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "device_code": device["device_code"], "client_id": "box-df"}
+    first = _grant(oauth_server, poll)
+    second = _grant(oauth_server, {"grant_type": "refresh_token", "client_id": "box-df",
+                                   "refresh_token": first["refresh_token"]})
+    assert smtp_login(oauth_smarthost, True, "OAUTHBEARER", USER, first["access_token"])[0][0] \
+        == 235
+    assert smtp_login(oauth_smarthost, False, "XOAUTH2", USER, second["access_token"])[0][0] \
+        == 235
+
+
+def test_each_login_asks_the_server_once_and_failures_are_not_slowed(oauth_server,
+                                                                      oauth_smarthost):
+    """Dovecot's login count is what "never a storm" is asserted on: one introspection per
+    login, and repeated failures keep getting 535 (no anvil penalty, no 454 4.7.0)."""
+    token = oauth_server.issue_token(USER, SCOPE)["access_token"]
+    oauth_server.revoke(token)
+    asked_before, (ok_before, failed_before) = (oauth_smarthost.introspections(),
+                                                oauth_smarthost.logins())
+    for _ in range(5):
+        assert smtp_login(oauth_smarthost, False, "XOAUTH2", USER, token)[-1][0] == 535
+    good = oauth_server.issue_token(USER, SCOPE)["access_token"]
+    assert smtp_login(oauth_smarthost, True, "XOAUTH2", USER, good)[0][0] == 235
+    poll_until(lambda: oauth_smarthost.logins() == (ok_before + 1, failed_before + 5), 10,
+               "Postfix and Dovecot to log six logins")
+    assert oauth_smarthost.introspections() == asked_before + 6

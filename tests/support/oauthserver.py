@@ -7,31 +7,39 @@ refresh_token with rotation, the RFC 8628 device_code grant), ``/devicecode`` (d
 authorisation), ``/introspect`` (RFC 7662, the resource server authenticates with HTTP basic
 auth), ``/revoke`` (RFC 7009), and GET ``/device``, the verification page a person would open.
 
-Two listeners: the main one (``port``; HTTPS by default with a certificate for 127.0.0.1 from a
-trustme CA written to ``ca_file``, which the relay must verify) and a plain-HTTP one
-(``plain_port``) for Dovecot's introspection, which never takes a fault. Fault modes act on the
-main listener only, as the relay sees its provider: "down" (the listener is closed: connection
-refused), "slow" (answers after ``slow_s``), "garbage" (200 with an HTML page), "garbage_json"
-(200 with JSON without access_token), "error" (400 invalid_grant); they apply to the token and
-device-authorisation endpoints.
+Two listeners, both HTTPS by default with a certificate for 127.0.0.1 from a trustme CA written
+to ``ca_file``, which every client must verify: the main one (``port``), the provider as the
+relay sees it, and one for the resource server's introspection (``introspect_port``, Dovecot),
+which never takes a fault, as a provider's login service and its mail service fail apart. Fault
+modes act on the main listener only, as the relay sees its provider: "down" (the listener is
+closed: connection refused), "slow" (answers after ``slow_s``; hangs up if the fault is lifted
+first), "garbage" (200 with an HTML page), "garbage_json" (200 with JSON without access_token),
+"error" (400 invalid_grant); they apply to the token and device-authorisation endpoints.
+``on_issued`` runs after a token answer has left, so a test can kill -9 the relay right there.
 
 Guarantees: ``start`` returns once both ports accept; ``stop`` closes both and releases any
-request held by "slow". Counters: ``requests`` per endpoint, ``grants`` per grant type asked
-for, ``store.issued`` per grant type answered with tokens.
+request held by "slow" (dropped unanswered). Counters: ``requests`` per endpoint, ``grants`` per
+grant type asked for, ``store.issued`` per grant type answered with tokens.
 Never: listens on anything but 127.0.0.1, logs a token, a secret or a request body (the access
 log has the method, the path and the status only). Does not import pytest.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import ssl
+import sys
 import tempfile
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
+import urllib.error
+import urllib.parse
+import urllib.request
 from urllib.parse import parse_qs
 
 from oauthlib.oauth2 import BearerToken
@@ -48,6 +56,7 @@ MAX_BODY_BYTES = 64 * 1024    # a token request is a few hundred bytes
 SLOW_S = 60.0                 # longer than any client's token-endpoint timeout
 FAULTS = ("down", "slow", "garbage", "garbage_json", "error")
 FAULTY_PATHS = ("/token", "/devicecode")
+DROP = 0                      # the status of an answer that is never sent: the server hangs up
 Answer = tuple[int, dict[str, str], bytes]
 
 
@@ -64,6 +73,10 @@ class _Listener(ThreadingHTTPServer):
             self.socket = context.wrap_socket(self.socket, server_side=True,
                                               do_handshake_on_connect=False)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that gave up (timeout, bad TLS) is logged, not printed to stderr."""
+        self.owner.log_line(f"{client_address[0]} request failed: {sys.exc_info()[1]!r}")
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Listener
@@ -77,8 +90,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send((400, {"Content-Type": "text/plain"}, b"bad Content-Length\n"))
             return
         body = self.rfile.read(length).decode("utf-8", "replace")
-        self._send(self.server.owner.answer(self.path, "POST", body, dict(self.headers),
-                                            self.server.main))
+        answer = self.server.owner.answer(self.path, "POST", body, dict(self.headers),
+                                          self.server.main)
+        self._send(answer)
+        self.wfile.flush()
+        self.server.owner.after_answer(self.path, body, answer)
 
     def do_GET(self) -> None:
         self._send(self.server.owner.answer(self.path, "GET", "", dict(self.headers),
@@ -86,6 +102,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, answer: Answer) -> None:
         status, headers, body = answer
+        if status == DROP:
+            self.close_connection = True    # hang up without a word
+            return
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -105,16 +124,20 @@ class OAuthServer:
     """The authorization server; use as a context manager. See the module docstring."""
 
     def __init__(self, workdir: os.PathLike | str, *, tls: bool = True,
-                 rotate_refresh: bool = True, slow_s: float = SLOW_S):
+                 refresh_policy: str = "rotate", slow_s: float = SLOW_S):
         self.workdir = Path(workdir)
         self.tls = tls
         self.slow_s = slow_s
-        self.store = Store(rotate_refresh=rotate_refresh)
+        self.store = Store(refresh_policy=refresh_policy)
+        # Called in the request thread after a token answer (200) has been written and flushed,
+        # with the grant type and the answer: a test can kill -9 the relay's queue manager there,
+        # between "the new refresh token left the server" and "the relay stored it".
+        self.on_issued: Callable[[str, dict], None] | None = None
         self.fault: str | None = None
         self.requests: Counter[str] = Counter()
         self.grants: Counter[str] = Counter()
         self.port = 0
-        self.plain_port = 0
+        self.introspect_port = 0
         # World-readable, so a relay that dropped to its own user can read the CA file.
         self.root = Path(tempfile.mkdtemp(prefix="mta-oauth-", dir="/tmp"))
         self.root.chmod(0o755)
@@ -122,7 +145,7 @@ class OAuthServer:
         self.log = self.workdir / "oauthserver.log"
         self._context: ssl.SSLContext | None = None
         self._main: _Listener | None = None
-        self._plain: _Listener | None = None
+        self._resource: _Listener | None = None
         self._release = threading.Event()
         self._log_lock = threading.Lock()
         self._build_endpoints()
@@ -130,9 +153,11 @@ class OAuthServer:
     def _build_endpoints(self) -> None:
         store = self.store
         bearer = BearerToken(store, expires_in=lambda request: int(store.access_lifetime_s))
+        refresh = RefreshTokenGrant(store)
+        refresh.register_token_modifier(store.omit_refresh)
         self._token = TokenEndpoint(GRANT_CLIENT_CREDENTIALS, bearer, grant_types={
             GRANT_CLIENT_CREDENTIALS: ClientCredentialsGrant(store),
-            GRANT_REFRESH: RefreshTokenGrant(store),
+            GRANT_REFRESH: refresh,
             GRANT_DEVICE: DeviceCodeGrant(store)})
         self._introspect = IntrospectEndpoint(store)
         self._revoke = RevocationEndpoint(store)
@@ -154,8 +179,8 @@ class OAuthServer:
         self._release.clear()
         self._main = self._serve(0, self._context, main=True)
         self.port = self._main.server_address[1]
-        self._plain = self._serve(0, None, main=False)
-        self.plain_port = self._plain.server_address[1]
+        self._resource = self._serve(0, self._context, main=False)
+        self.introspect_port = self._resource.server_address[1]
         self._device = DeviceAuthorizationEndpoint(
             self.store, verification_uri=f"{self.base_url}/device",
             expires_in=int(self.store.device_expires_s),
@@ -179,11 +204,11 @@ class OAuthServer:
 
     def stop(self) -> None:
         self._release.set()
-        for listener in (self._main, self._plain):
+        for listener in (self._main, self._resource):
             if listener is not None:
                 listener.shutdown()
                 listener.server_close()
-        self._main = self._plain = None
+        self._main = self._resource = None
         shutil.rmtree(self.root, ignore_errors=True)
 
     def set_fault(self, mode: str | None) -> None:
@@ -196,7 +221,10 @@ class OAuthServer:
             self._main = None
         if mode != "down" and self._main is None:
             self._main = self._serve(self.port, self._context, main=True)
-        self._release.set() if mode != "slow" else self._release.clear()
+        if mode == "slow":
+            self._release.clear()
+        else:
+            self._release.set()   # lets go of requests held by an earlier "slow"
         self.fault = mode
 
     # -- addresses ---------------------------------------------------------------------------
@@ -210,9 +238,28 @@ class OAuthServer:
     introspect_url = property(lambda self: f"{self.base_url}/introspect")
     revoke_url = property(lambda self: f"{self.base_url}/revoke")
 
-    def plain_introspect_url(self, user: str, password: str) -> str:
-        """The introspection URL on the plain-HTTP port with basic-auth credentials in it."""
-        return f"http://{user}:{password}@{LOOPBACK}:{self.plain_port}/introspect"
+    def request(self, path: str, form: dict, auth: tuple[str, str] | None = None,
+                timeout: float = 10.0) -> tuple[int, bytes]:
+        """A client's POST of ``form`` to the main listener, verifying ``ca_file``: (status,
+        body). Connection errors and timeouts raise (URLError, TimeoutError)."""
+        request = urllib.request.Request(
+            f"{self.base_url}{path}", data=urllib.parse.urlencode(form).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        if auth is not None:
+            basic = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {basic}")
+        context = ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else None
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, error.read()
+
+    def resource_introspect_url(self, user: str, password: str) -> str:
+        """The introspection URL on the resource server's port, basic-auth credentials in it."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{user}:{password}@{LOOPBACK}:{self.introspect_port}/introspect"
 
     # -- the test API ------------------------------------------------------------------------
 
@@ -250,6 +297,18 @@ class OAuthServer:
         return self.store.issue(client_id, user, scope.split(), refresh=refresh,
                                 lifetime_s=lifetime_s)
 
+    def after_answer(self, path: str, body: str, answer: Answer) -> None:
+        """Run ``on_issued`` for a token answer that carried tokens (see ``__init__``)."""
+        hook = self.on_issued
+        if hook is None or path.split("?", 1)[0] != "/token" or answer[0] != 200:
+            return
+        try:
+            issued = json.loads(answer[2])
+        except ValueError:
+            return
+        if isinstance(issued, dict) and "access_token" in issued:
+            hook(_form(body).get("grant_type", ""), issued)
+
     def log_line(self, line: str) -> None:
         with self._log_lock, open(self.log, "a") as log:
             log.write(line + "\n")
@@ -272,8 +331,11 @@ class OAuthServer:
 
     def _fault_answer(self) -> Answer | None:
         if self.fault == "slow":
-            self._release.wait(self.slow_s)
-            return None
+            # A request still held when the fault is lifted (or the server stops) is dropped,
+            # not answered: its client gave up long ago, and a late grant would change the
+            # counters and the tokens of whatever the test does next.
+            released = self._release.wait(self.slow_s)
+            return (DROP, {}, b"") if released else None
         if self.fault == "garbage":
             return 200, {"Content-Type": "text/html"}, b"<html><body>Service busy</body></html>"
         if self.fault == "garbage_json":

@@ -8,9 +8,9 @@ Dovecot: ``dovecot -F -c CONF`` with ``protocols =`` (no mail service), its auth
 (every login asks the server: a revoked token fails at once), no failure delay and no anvil
 penalty (else repeated failures wait 4.7 s, 8.7 s ...). As root the master keeps root and its
 auth workers run as Debian's ``dovecot``/``dovenull`` users; its files live in a 0755 directory
-under /tmp that those users can traverse. It introspects over plain HTTP on the server's
-``plain_port``: both ends are on loopback, and the token checker's HTTPS trust is not under
-test (the relay's HTTPS to the token endpoint is).
+under /tmp that those users can traverse. It introspects over HTTPS on the server's
+``introspect_port`` and verifies the server's test CA (``tls_ca_cert_file`` in the oauth2 args
+file; the global ``ssl_client_ca_file`` is not used by the oauth2 passdb in Dovecot 2.3).
 
 Guarantees: ``__enter__`` returns once Dovecot's auth service greets and Postfix answers 220 on
 both ports; ``__exit__`` stops Postfix first, then Dovecot, by PID, and waits until they are
@@ -26,6 +26,7 @@ import pwd
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -110,8 +111,11 @@ class Dovecot:
 
     def _write_config(self) -> Path:
         self.server.add_resource_server(INTROSPECT_USER, INTROSPECT_SECRET)
-        url = self.server.plain_introspect_url(INTROSPECT_USER, INTROSPECT_SECRET)
-        (self.run / "oauth2.conf.ext").write_text(_OAUTH2_CONF.format(url=url))
+        url = self.server.resource_introspect_url(INTROSPECT_USER, INTROSPECT_SECRET)
+        oauth2 = _OAUTH2_CONF.format(url=url)
+        if self.server.tls:
+            oauth2 += f"tls_ca_cert_file = {self.server.ca_file}\n"
+        (self.run / "oauth2.conf.ext").write_text(oauth2)
         conf = self.run / "dovecot.conf"
         conf.write_text(_DOVECOT_CONF.format(run=self.run, port=self.port))
         for sub in ("base", "state"):
@@ -124,18 +128,19 @@ class Dovecot:
         self.port = free_port()
         conf = self._write_config()
         with open(self.run / "dovecot.stderr", "wb") as err:
-            self._proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                          stdout=err, stderr=err)
+            self._proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)],
+                                          stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         try:
             poll_until(lambda: self._proc.poll() is not None or self._greets(),
                        self.start_timeout, f"Dovecot auth on port {self.port}")
         except TimeoutError:
             self.stop()
             raise
-        if self._proc.poll() is not None:
+        status = self._proc.poll()
+        if status is not None:
             detail = tail_file(self.run / "dovecot.stderr") + "\n" + tail_file(self.log)
             self.stop()
-            raise RuntimeError(f"dovecot exited with {self._proc.returncode}:\n{detail}")
+            raise RuntimeError(f"dovecot exited with {status}:\n{detail}")
 
     def _greets(self) -> bool:
         """True once the auth service sends its handshake ("VERSION\\t1\\t...")."""
@@ -222,9 +227,14 @@ class OAuthSmarthost(PostfixSmarthost):
                    f"Postfix implicit TLS on port {self.implicit_port}")
 
     def _implicit_answers(self) -> bool:
+        """True once the implicit-TLS port completes a verified handshake and greets."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
         try:
-            with socket.create_connection((LOOPBACK, self.implicit_port), timeout=2.0):
-                return True
+            with socket.create_connection((LOOPBACK, self.implicit_port), timeout=2.0) as raw, \
+                    context.wrap_socket(raw, server_hostname=LOOPBACK) as sock:
+                greeting = sock.recv(64)
+                sock.sendall(b"QUIT\r\n")
+                return greeting.startswith(b"220")
         except OSError:
             return False
 

@@ -36,6 +36,10 @@ USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 ACCESS_LIFETIME_S = 3600      # Microsoft's and Google's usual access-token lifetime
 DEVICE_EXPIRES_S = 900        # Microsoft's device codes last 15 minutes
 DEVICE_INTERVAL_S = 1         # short, so tests poll quickly; RFC 8628's default is 5
+# What a refresh grant answers: "rotate" a new refresh token, the old one dead after its use
+# (strict rotation); "rotate_keep" a new one, the old one still valid (Microsoft's way);
+# "same" the same one back; "omit" no refresh_token in the answer (Google's way).
+REFRESH_POLICIES = ("rotate", "rotate_keep", "same", "omit")
 
 
 @dataclasses.dataclass
@@ -113,11 +117,14 @@ def basic_credentials(headers: dict[str, str]) -> tuple[str, str] | None:
 class Store(RequestValidator):
     """Clients, tokens and device codes, plus oauthlib's validator hooks over them."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, *, rotate_refresh: bool = True):
+    def __init__(self, clock: Callable[[], float] = time.time, *,
+                 refresh_policy: str = "rotate"):
         super().__init__()
+        if refresh_policy not in REFRESH_POLICIES:
+            raise ValueError(f"refresh_policy: one of {REFRESH_POLICIES}, got {refresh_policy!r}")
         self.clock = clock
         self.lock = threading.RLock()
-        self.rotate_refresh = rotate_refresh
+        self.refresh_policy = refresh_policy
         self.access_lifetime_s: float = ACCESS_LIFETIME_S
         self.device_expires_s: float = DEVICE_EXPIRES_S
         self.device_interval_s: float = DEVICE_INTERVAL_S
@@ -179,9 +186,10 @@ class Store(RequestValidator):
                         other.revoked = True
 
     def expire(self, token: str) -> None:
-        """Make ``token`` (access or refresh) expired as of now."""
+        """Make ``token`` (access token, refresh token or device code) expired as of now."""
         with self.lock:
-            self.tokens[token].expires_at = self.clock() - 1
+            record = self.tokens.get(token) or self.devices[token]
+            record.expires_at = self.clock() - 1
 
     def active(self, token: str) -> bool:
         with self.lock:
@@ -251,7 +259,13 @@ class Store(RequestValidator):
         return list(self.tokens[refresh_token].scopes)
 
     def rotate_refresh_token(self, request) -> bool:
-        return self.rotate_refresh
+        return self.refresh_policy in ("rotate", "rotate_keep")
+
+    def omit_refresh(self, token, token_handler=None, request=None):
+        """oauthlib token modifier for the refresh grant: drop refresh_token ("omit")."""
+        if self.refresh_policy == "omit":
+            token.pop("refresh_token", None)
+        return token
 
     # -- device codes (RFC 8628 section 3.5) -------------------------------------------------
 
@@ -287,7 +301,7 @@ class Store(RequestValidator):
         if new_refresh and new_refresh not in self.tokens:
             self._remember(new_refresh, "refresh_token", client.client_id, user, scopes,
                            grant_id, None)
-            if old is not None:
+            if old is not None and self.refresh_policy == "rotate":
                 old.rotated = True
         self.issued[request.grant_type] += 1
 
