@@ -195,7 +195,9 @@ def test_revoked_refresh_token_pauses_the_account_with_the_providers_words(serve
     refresh = seed_refresh_token(relay, server)
     relay.start()
     wait_delivered(oauth_smarthost, send(relay))
-    current = next(t for t, r in server.store.tokens.items() if r.kind == "refresh_token" and r.active(time.time()))
+    grant = server.store.tokens[refresh].grant_id   # this login's tokens, not another test's
+    current = next(t for t, r in server.store.tokens.items()
+                   if r.kind == "refresh_token" and r.grant_id == grant and r.active(time.time()))
     assert current != refresh
     relay.stop()
     server.revoke(current)                          # takes its access tokens with it
@@ -279,6 +281,24 @@ def test_kill9_after_a_rotation_keeps_the_account(server, oauth_smarthost, oauth
     wait_delivered(oauth_smarthost, send(relay))
 
 
+def test_kill9_while_the_refresh_request_is_in_flight_keeps_the_account(server, oauth_smarthost, oauth_relay):
+    """kill -9 while the token endpoint holds the refresh request: the store still has the
+    refresh token it sent, which the provider never replaced, so the next start works."""
+    relay = oauth_relay(oauth_config(server, oauth_smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT),
+                        start=False)
+    sent = seed_refresh_token(relay, server)
+    server.set_fault("slow")
+    asked = server.grants["refresh_token"]
+    relay.start()
+    message_id = send(relay)
+    wait_for(lambda: server.grants["refresh_token"] > asked, 30, what="the refresh request to arrive")
+    relay.kill9()
+    server.set_fault(None)                          # the held request is dropped unanswered
+    assert server.store.active(sent)
+    relay.start()
+    wait_delivered(oauth_smarthost, message_id, timeout=90)
+
+
 def test_kill9_while_the_refresh_is_not_answered_keeps_the_account(server, oauth_smarthost, oauth_relay):
     relay = oauth_relay(oauth_config(server, oauth_smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT),
                         start=False)
@@ -345,4 +365,4 @@ def test_smtpd_memory_holds_no_token_and_no_client_secret(server, oauth_smarthos
         refresh = [t for t, r in server.store.tokens.items() if r.kind == "refresh_token" and r.active(time.time())]
     secrets = [*access, *refresh] + ([CLIENT_SECRET] if grant == "client_credentials" else [])
     assert memgrep(pids["smtpd"], *secrets) == 0
-    assert memgrep(pids["qmgr"], access[-1]) > 0       # the control: the qmgr does hold one
+    assert memgrep(pids["qmgr"], *access) > 0          # the control: the qmgr does hold one
