@@ -366,3 +366,38 @@ def test_smtpd_memory_holds_no_token_and_no_client_secret(server, oauth_smarthos
     secrets = [*access, *refresh] + ([CLIENT_SECRET] if grant == "client_credentials" else [])
     assert memgrep(pids["smtpd"], *secrets) == 0
     assert memgrep(pids["qmgr"], *access) > 0          # the control: the qmgr does hold one
+
+
+# ---------------------------------------------------------------- from a laptop, over the serial cable
+
+def test_provision_login_over_the_serial_console_streams_the_code_then_mail_flows(server, oauth_smarthost,
+                                                                                    oauth_relay, tmp_path):
+    from tests.support.board import Board, PtyPair
+    relay = oauth_relay(oauth_config(server, oauth_smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT))
+    pty = PtyPair(tmp_path)
+    pty.start()
+    board = Board(tmp_path, pty.a, "--no-leds", "--log-file", relay.log_path, config=relay.config_path,
+                  spool=relay.spool)
+    board.start()
+    try:
+        client = subprocess.Popen([sys.executable, "-m", "mta_lite_tools.provision", "--port", pty.b, "login", "test"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in client.stdout:              # the box streams: the code while the login waits
+            lines.append(line)
+            if "enter the code" in line:
+                break
+        code = lines[-1].rsplit(" ", 1)[-1].strip()
+        assert any(line.startswith(f"To let mta-lite send mail through test, open {server.base_url}/device")
+                   for line in lines), lines
+        server.approve(code, USER)
+        rest = client.communicate(timeout=120)[0]
+        assert client.returncode == 0, "".join(lines) + rest
+        assert "approved; tokens stored" in rest and rest.rstrip().endswith("OK oauth login of test done")
+        got = wait_delivered(oauth_smarthost, send(relay))
+        assert got.sasl_username == USER
+        seen = "".join(lines).encode() + rest.encode() + board.log()
+        assert not [token for token in server.store.tokens if token.encode() in seen]
+    finally:
+        board.stop()
+        pty.stop()
