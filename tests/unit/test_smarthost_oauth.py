@@ -239,3 +239,12 @@ def test_health_warns_of_idle_refresh_token_and_expiring_secret():
     assert any("client secret expires on 2027-02-01 (in 16 days)" in w for w in warnings)
     assert health(provider(client_secret_expires="2028-01-01"), TokenRecord(refresh_token="R",
                   refresh_used_at=now), now) == []
+
+
+def test_reloaded_provider_settings_drop_the_kept_token(tmp_path):
+    endpoint, clock = FakeEndpoint(), Clock()
+    (tmp_path / "state").mkdir()
+    tokens = TokenManager(TokenStore(str(tmp_path / "state" / "oauth")), clock=clock, post=endpoint)
+    assert asyncio.run(tokens.access_token(provider("client_credentials"))) == "A1"
+    assert asyncio.run(tokens.access_token(provider("client_credentials", scope="other"))) == "A2"
+    assert endpoint.requests == 2

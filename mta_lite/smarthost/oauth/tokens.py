@@ -85,6 +85,7 @@ class TokenManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._records: dict[str, TokenRecord] = {}
         self._failed: dict[str, tuple[float, TokenError]] = {}
+        self._settings: dict[str, tuple] = {}      # what each kept token was asked for with
 
     def __repr__(self) -> str:
         return f"<token manager for {', '.join(sorted(self._records)) or 'no provider yet'}>"
@@ -92,6 +93,7 @@ class TokenManager:
     async def access_token(self, provider: OAuthProvider, refused: str = "") -> str:
         name = provider.name
         async with self._locks.setdefault(name, asyncio.Lock()):
+            self._forget_if_changed(provider)
             record, now = self._records.get(name), self.clock()
             if record is None and self.store is not None:      # a token kept by an earlier run
                 record = self._records[name] = self.store.peek(name)
@@ -109,6 +111,17 @@ class TokenManager:
                 raise
             self._failed.pop(name, None)
             return record.access_token
+
+    def _forget_if_changed(self, provider: OAuthProvider) -> None:
+        """A reloaded config that asks elsewhere, as another client or for another scope:
+        the token kept in memory and a held failure are no longer its answer."""
+        settings = (provider.token_url, provider.client_id, provider.scope, provider.grant, provider.client_secret)
+        if self._settings.get(provider.name, settings) != settings:
+            kept = self.store.peek(provider.name) if self.store is not None else TokenRecord()
+            kept.access_token, kept.expires_at = "", 0.0     # the refresh token may still serve
+            self._records[provider.name] = kept
+            self._failed.pop(provider.name, None)
+        self._settings[provider.name] = settings
 
     async def _obtain(self, provider: OAuthProvider) -> TokenRecord:
         if provider.grant == "client_credentials":
