@@ -10,7 +10,8 @@ another device, then stores the tokens:
   - and, when this process may (root, or the queue manager's user), straight into the queue
     manager's store, spool/state/oauth/NAME.json, so it is used at once.
 Then it rings the queue manager (like `queue flush`), so mail held for want of a token goes.
-A QR code is not drawn: no small, well-kept pure-Python QR library is a dependency yet.
+On a terminal (not on the serial console, whose lines are plain ASCII, nor in a pipe) a QR
+code of the URL is drawn with segno (pure Python), for a phone's camera.
 Exit status: 0 stored, 64 no such provider, 69 refused or expired, 75 no answer.
 Must never: print a token, a refresh token or the client secret.
 """
@@ -18,6 +19,7 @@ Must never: print a token, a refresh token or the client secret.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 from mta_lite.config.schema import Config
@@ -33,6 +35,13 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _qr(url: str) -> None:
+    """The URL as a QR code in the terminal (half-block characters: two rows per line)."""
+    import segno        # only here: the relay's daemons never draw one
+    segno.make(url, error="L").terminal(out=sys.stdout, compact=True)
+    sys.stdout.flush()
+
+
 def oauth_login(cfg: Config, name: str, out=_say) -> int:
     provider = cfg.oauth.get(name)
     if provider is None:
@@ -44,7 +53,7 @@ def oauth_login(cfg: Config, name: str, out=_say) -> int:
             f'(the relay asks for its tokens itself); run `mta-lite relay test` to check it')
         return EX_USAGE
     try:
-        tokens = asyncio.run(device_login(provider, out))
+        tokens = asyncio.run(device_login(provider, out, show_url=_qr if sys.stdout.isatty() else None))
     except TokenError as exc:
         out(f"oauth {name}: login failed: {exc}")
         return EX_UNAVAILABLE if exc.refused else EX_TEMPFAIL

@@ -248,3 +248,31 @@ def test_reloaded_provider_settings_drop_the_kept_token(tmp_path):
     assert asyncio.run(tokens.access_token(provider("client_credentials"))) == "A1"
     assert asyncio.run(tokens.access_token(provider("client_credentials", scope="other"))) == "A2"
     assert endpoint.requests == 2
+
+
+def test_device_login_shows_url_and_code_then_polls_with_slow_down():
+    answers = [(200, json.dumps({"device_code": "DEV", "user_code": "BCDF-GHJK", "verification_uri": "https://x/d",
+                                 "expires_in": 900, "interval": 2}).encode()),
+               (400, b'{"error": "authorization_pending"}'), (400, b'{"error": "slow_down"}'),
+               (200, json.dumps({"access_token": "A", "token_type": "Bearer", "refresh_token": "R"}).encode())]
+    sleeps, lines, shown = [], [], []
+
+    async def post(url, body, ca_file):
+        assert "DEV" not in " ".join(lines)
+        return answers.pop(0)
+
+    async def sleep(seconds):
+        sleeps.append(seconds)
+    from mta_lite.smarthost.oauth.device import device_login
+    tokens = asyncio.run(device_login(provider(device_url="https://x/devicecode"), lines.append,
+                                      show_url=shown.append, post=post, sleep=sleep, clock=Clock()))
+    assert (tokens.access_token, tokens.refresh_token) == ("A", "R")
+    assert lines[0].endswith("open https://x/d") and lines[1] == "and enter the code BCDF-GHJK"
+    assert shown == ["https://x/d"] and sleeps == [2.0, 2.0, 7.0]      # slow_down adds 5 s for good
+
+
+def test_login_qr_code_is_drawn_for_a_terminal(capsys):
+    from mta_lite.commands.oauthlogin import _qr
+    _qr("https://microsoft.com/devicelogin")
+    drawn = capsys.readouterr().out.splitlines()
+    assert len(drawn) > 10 and all("█" in line or "▀" in line or "▄" in line for line in drawn)

@@ -35,6 +35,7 @@ async def _post(url: str, body: str, ca_file: str) -> tuple[int, bytes]:
 
 
 async def device_login(provider: OAuthProvider, out: Callable[[str], None], *,
+                       show_url: Callable[[str], None] | None = None,
                        post: Callable[[str, str, str], Awaitable[tuple[int, bytes]]] = _post,
                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                        clock: Callable[[], float] = time.time) -> grants.Tokens:
@@ -47,6 +48,8 @@ async def device_login(provider: OAuthProvider, out: Callable[[str], None], *,
     out(f"and enter the code {auth.user_code}")
     if auth.verification_uri_complete:
         out(f"(or open {auth.verification_uri_complete} directly)")
+    if show_url is not None:            # e.g. a QR code of it, for a phone
+        show_url(auth.verification_uri_complete or auth.verification_uri)
     out(f"Waiting for the approval (the code is valid for {int(auth.expires_in // 60)} minutes)...")
     return await _poll(provider, auth, post, sleep, clock)
 
