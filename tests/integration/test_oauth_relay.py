@@ -335,14 +335,18 @@ def test_relay_test_names_the_token_failure(server, oauth_smarthost, oauth_relay
     assert "relay o365: FAILED at token" in out
 
 
-def test_status_shows_token_ok_until(server, oauth_smarthost, oauth_relay):
-    relay = oauth_relay(oauth_config(server, oauth_smarthost))
+def test_status_shows_token_ok_until_and_warns_of_the_expiring_secret(server, oauth_smarthost, oauth_relay):
+    config = oauth_config(server, oauth_smarthost)
+    expires = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 10 * 86400))
+    config["oauth"]["test"]["client_secret_expires"] = expires
+    relay = oauth_relay(config)
     wait_delivered(oauth_smarthost, send(relay))
     def shown():
         text = relay.cli("status").stdout.decode()
         return text if "token ok until" in text else None
     status = wait_for(shown, 30, what="status to show the token")
     assert "oauth test: token ok until" in status
+    assert f"oauth test: warning: client secret expires on {expires} (in " in status
     snapshot = relay.status()["relays"][f"o365:{USER}"]["oauth"]
     assert snapshot["failed"] == "" and snapshot["token_until"] > time.time()
 
