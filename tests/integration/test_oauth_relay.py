@@ -122,9 +122,10 @@ def failed_logins(smarthost) -> int:
 
 # ---------------------------------------------------------------- grants and mechanisms
 
+@pytest.mark.deployed
 @pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
 @pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
-def test_client_credentials_token_delivers(server, oauth_smarthost, oauth_relay, mechanism, implicit):
+def test_client_credentials_token_delivers(server, oauth_smarthost, oauth_relay, mechanism, implicit, deployed):
     relay = oauth_relay(oauth_config(server, oauth_smarthost, mechanism=mechanism, implicit=implicit))
     message_id = send(relay)
     got = wait_delivered(oauth_smarthost, message_id)
@@ -176,7 +177,8 @@ def test_device_login_stores_tokens_and_mail_flows(server, oauth_smarthost, oaut
 
 # ---------------------------------------------------------------- refused tokens
 
-def test_expired_token_is_replaced_once_and_mail_flows(server, oauth_smarthost, oauth_relay):
+@pytest.mark.deployed
+def test_expired_token_is_replaced_once_and_mail_flows(server, oauth_smarthost, oauth_relay, deployed):
     relay = oauth_relay(oauth_config(server, oauth_smarthost))
     wait_delivered(oauth_smarthost, send(relay))
     relay.stop()                # no pooled connection: the next delivery logs in anew
@@ -189,7 +191,9 @@ def test_expired_token_is_replaced_once_and_mail_flows(server, oauth_smarthost, 
     assert "refused the token" in relay.log() and "the token is invalid or expired" in relay.log()
 
 
-def test_revoked_refresh_token_pauses_the_account_with_the_providers_words(server, oauth_smarthost, oauth_relay):
+@pytest.mark.deployed
+def test_revoked_refresh_token_pauses_the_account_with_the_providers_words(server, oauth_smarthost, oauth_relay,
+                                                                           deployed):
     relay = oauth_relay(oauth_config(server, oauth_smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT),
                         start=False)
     refresh = seed_refresh_token(relay, server)
@@ -216,7 +220,8 @@ def test_revoked_refresh_token_pauses_the_account_with_the_providers_words(serve
     assert "oauth test: token refresh failed: invalid_grant" in status, status
 
 
-def test_wrong_user_token_is_retried_once_then_paused(server, oauth_smarthost, oauth_relay):
+@pytest.mark.deployed
+def test_wrong_user_token_is_retried_once_then_paused(server, oauth_smarthost, oauth_relay, deployed):
     relay = oauth_relay(oauth_config(server, oauth_smarthost, user=OTHER_USER))   # token acts as USER
     failed = failed_logins(oauth_smarthost)
     ids = [send(relay) for _ in range(3)]
@@ -233,10 +238,12 @@ def test_wrong_user_token_is_retried_once_then_paused(server, oauth_smarthost, o
 
 # ---------------------------------------------------------------- the token endpoint failing
 
+@pytest.mark.deployed
 @pytest.mark.parametrize("fault, words", [("down", "Connection refused"),
                                           ("garbage", "not an OAuth token response"),
                                           ("garbage_json", "without a token")])
-def test_token_endpoint_trouble_defers_without_a_storm(server, oauth_smarthost, oauth_relay, fault, words):
+def test_token_endpoint_trouble_defers_without_a_storm(server, oauth_smarthost, oauth_relay, fault, words,
+                                                        deployed):
     server.set_fault(fault)
     requests = server.requests["token"]
     relay = oauth_relay(oauth_config(server, oauth_smarthost))
@@ -265,7 +272,8 @@ def test_slow_token_endpoint_defers_after_its_timeout(server, oauth_smarthost, o
 
 # ---------------------------------------------------------------- crashes around a refresh
 
-def test_kill9_after_a_rotation_keeps_the_account(server, oauth_smarthost, oauth_relay):
+@pytest.mark.deployed
+def test_kill9_after_a_rotation_keeps_the_account(server, oauth_smarthost, oauth_relay, deployed):
     """The rotated refresh token is on disk before the access token is used: kill -9 as soon
     as the delivery it was fetched for is done, start again, refresh again: it works."""
     relay = oauth_relay(oauth_config(server, oauth_smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT),
