@@ -276,3 +276,31 @@ def test_login_qr_code_is_drawn_for_a_terminal(capsys):
     _qr("https://microsoft.com/devicelogin")
     drawn = capsys.readouterr().out.splitlines()
     assert len(drawn) > 10 and all("█" in line or "▀" in line or "▄" in line for line in drawn)
+
+
+def test_refusal_after_an_unanswered_refresh_says_the_token_may_be_lost(tmp_path):
+    clock = Clock()
+
+    async def refuse(url, body, ca_file):
+        return 400, b'{"error": "invalid_grant", "error_description": "refresh token rotated"}'
+    tokens, store = manager(tmp_path, refuse, clock)
+    store.save("p", TokenRecord(refresh_token="R0", refresh_sent_at=clock.now - 60))    # killed mid-refresh
+    with pytest.raises(TokenError) as caught:
+        asyncio.run(tokens.access_token(provider()))
+    assert caught.value.refused and "got no answer the relay could store" in str(caught.value)
+    assert "mta-lite oauth login p" in str(caught.value)
+    assert store.peek("p").refresh_sent_at == 0.0          # this one was answered
+    with pytest.raises(TokenError) as again:
+        asyncio.run(tokens.access_token(provider()))
+    assert str(again.value) == "invalid_grant: refresh token rotated"
+
+
+def test_refresh_marks_the_request_under_way_until_the_answer_is_stored(tmp_path):
+    clock, seen = Clock(), []
+
+    async def answer(url, body, ca_file):
+        seen.append(TokenStore(str(tmp_path / "state")).peek("p").refresh_sent_at)
+        return 200, json.dumps({"access_token": "A", "token_type": "Bearer", "refresh_token": "R1"}).encode()
+    tokens, store = manager(tmp_path, answer, clock)
+    asyncio.run(tokens.access_token(provider()))
+    assert seen == [clock.now] and store.peek("p").refresh_sent_at == 0.0

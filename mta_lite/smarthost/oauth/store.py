@@ -46,6 +46,7 @@ class TokenRecord:
     refresh_used_at: float = 0.0        # the refresh token last got an answer (obtained or used)
     seed_obtained_at: float = 0.0       # the seed the refresh token came from (0: none)
     obtained_at: float = 0.0            # when a seed was written (seeds only)
+    refresh_sent_at: float = 0.0        # a refresh request is under way since (0: none)
 
     def __repr__(self) -> str:
         return f"<tokens expiring at {self.expires_at:.0f}, refresh token {'kept' if self.refresh_token else 'none'}>"

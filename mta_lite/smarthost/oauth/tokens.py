@@ -76,6 +76,17 @@ def health(provider: OAuthProvider, record: TokenRecord, now: float) -> list[str
     return warnings
 
 
+def _lost_in_crash(provider: OAuthProvider, exc: TokenError, unanswered: float) -> TokenError:
+    """invalid_grant after a refresh whose answer was never stored (the relay was killed, or
+    the connection lost, after the provider may have rotated the token): say so."""
+    if exc.code != "invalid_grant" or not unanswered:
+        return exc
+    when = datetime.datetime.fromtimestamp(unanswered, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return TokenError(f"{exc}; a refresh sent at {when} got no answer the relay could store, and the provider "
+                      f"may have replaced the refresh token then: run `mta-lite oauth login {provider.name}`",
+                      refused=True, code=exc.code)
+
+
 class TokenManager:
     """Access tokens per provider for one process (the queue manager, or `relay test`)."""
 
@@ -144,9 +155,15 @@ class TokenManager:
                              refused=True)
         maillog.mask_also(f"oauth-refresh:{provider.name}", {old.refresh_token})
         body = grants.refresh_body(provider, old.refresh_token)
+        unanswered = old.refresh_sent_at     # an earlier refresh whose answer never came back
+        self._mark_sent(provider.name, old)
         status, answer = await self.post(provider.token_url, body, provider.ca_file)
         now = self.clock()
-        tokens = grants.read_token(status, answer, now)
+        try:
+            tokens = grants.read_token(status, answer, now)
+        except TokenError as exc:
+            self._mark_sent(provider.name, old, sent_at=0.0)      # answered: nothing is in doubt
+            raise _lost_in_crash(provider, exc, unanswered) from None
         rotated = tokens.refresh_token or old.refresh_token
         maillog.mask_also(f"oauth-refresh:{provider.name}", {old.refresh_token, rotated})
         maillog.mask_also(f"oauth:{provider.name}", {tokens.access_token})
@@ -154,6 +171,12 @@ class TokenManager:
         self._records[provider.name] = record       # in memory first: a failed save keeps it usable
         self._save(provider.name, record, required=rotated != old.refresh_token)
         return record
+
+    def _mark_sent(self, name: str, record: TokenRecord, sent_at: float | None = None) -> None:
+        """Note durably that a refresh request is (or is no longer) under way: if the relay
+        dies before the answer is stored, the next refusal can say what probably happened."""
+        record.refresh_sent_at = self.clock() if sent_at is None else sent_at
+        self._save(name, record)
 
     def _load(self, name: str) -> TokenRecord:
         """From disk (another process may have rotated it; a seed may be newer), else memory."""
