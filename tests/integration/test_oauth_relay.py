@@ -413,3 +413,43 @@ def test_provision_login_over_the_serial_console_streams_the_code_then_mail_flow
     finally:
         board.stop()
         pty.stop()
+
+
+def test_kill9_of_qmgr_right_after_the_rotated_token_left_the_server(server, oauth_smarthost, oauth_relay,
+                                                                      monkeypatch):
+    """The window no client can close: the provider rotated the refresh token and its answer
+    left, and qmgr dies (SIGKILL sent by the server the moment the bytes are written) before it
+    stores the new one. Either qmgr stored it in time and mail flows, or the account says
+    plainly that a new login is needed; after `oauth login`, mail flows. Never silence."""
+    from tests.integration.test_privsep import children
+    from tests.support import oauthserver
+    relay = oauth_relay(oauth_config(server, oauth_smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT),
+                        start=False)
+    seed_refresh_token(relay, server)
+    relay.start()
+    qmgr = wait_for(lambda: children(relay), 10, what="qmgr")["qmgr"]
+    armed, original = [True], oauthserver._Handler.do_POST
+
+    def answer_then_kill(handler):
+        original(handler)
+        if handler.path == "/token" and armed and armed.pop():
+            os.kill(qmgr, signal.SIGKILL)               # right after the answer's bytes were written
+    monkeypatch.setattr(oauthserver._Handler, "do_POST", answer_then_kill)
+    message_id = send(relay)
+    wait_for(lambda: not armed, 30, what="the refresh to be answered")
+    wait_for(lambda: (c := children(relay)) and c["qmgr"] != qmgr and c, 30, what="the master to restart qmgr")
+    relay.cli("queue", "flush")
+
+    def outcome():
+        if delivered(oauth_smarthost, message_id):
+            return "delivered"
+        items = relay.queue()
+        return "login needed" if items and "run `mta-lite oauth login test`" in items[0]["last_error"] else None
+    if wait_for(outcome, 60, what="delivery or a plain request to log in again") == "delivered":
+        return
+    login = subprocess.Popen([sys.executable, "-m", "mta_lite.cli", "-c", relay.config_path, "oauth", "login",
+                              "test"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code = next(line for line in login.stdout if "enter the code" in line).rsplit(" ", 1)[-1].strip()
+    server.approve(code, USER)
+    assert login.wait(60) == 0
+    wait_delivered(oauth_smarthost, message_id, timeout=120)

@@ -162,7 +162,9 @@ class TokenManager:
         try:
             tokens = grants.read_token(status, answer, now)
         except TokenError as exc:
-            self._mark_sent(provider.name, old, sent_at=0.0)      # answered: nothing is in doubt
+            # Answered: this request is in no doubt; an earlier one stays in doubt (and the
+            # refusal keeps saying so) until a refresh works or a new login replaces the token.
+            self._mark_sent(provider.name, old, sent_at=unanswered)
             raise _lost_in_crash(provider, exc, unanswered) from None
         rotated = tokens.refresh_token or old.refresh_token
         maillog.mask_also(f"oauth-refresh:{provider.name}", {old.refresh_token, rotated})
