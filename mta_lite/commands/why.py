@@ -14,6 +14,8 @@ Must never: change anything; print message content or a secret.
 
 from __future__ import annotations
 
+import re
+
 from mta_lite.config.schema import Config
 from mta_lite.queue import WAIT_BUDGET, WAIT_CLOCK, MessageState, Spool
 from mta_lite.status import StatusSnapshot
@@ -21,6 +23,8 @@ from mta_lite.qmgr.accounts import STATE_AUTH_FAILED, STATE_UNREACHABLE
 from mta_lite.qmgr.budget import Budget, BudgetFile, Limits, budget_path, when
 from mta_lite.qmgr.clock import BUILD_TIME, NOT_SET, clock_path, not_set_reason, observe, read_record
 from mta_lite.qmgr.resolve import resolve
+
+_TOKEN_TROUBLE = re.compile(r"token (refresh failed|refused)\b.*")
 
 
 def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: StatusSnapshot,
@@ -51,13 +55,16 @@ def _reasons(route, account: dict, state: MessageState, book: BudgetFile, now: f
     the account's entry in the status file (Account.snapshot())."""
     name, reasons, next_at = route.account, [], state.next_attempt
     paused_until = account.get("paused_until") or 0.0
+    token = _token_trouble(account)
     if account.get("state") == STATE_AUTH_FAILED and paused_until > now:
-        reasons.append(f"account {name} paused until {when(paused_until, now)}: the smarthost "
-                       "refused its login (fix the credentials and reload to resume at once)")
+        why = (f"{token} (fix the [oauth] settings or run `mta-lite oauth login`, then `queue flush`)"
+               if token else "the smarthost refused its login (fix the credentials and reload to resume at once)")
+        reasons.append(f"account {name} paused until {when(paused_until, now)}: {why}")
         next_at = max(next_at, paused_until)
     elif account.get("site_down") and paused_until > now:
-        reasons.append(f"account {name} paused until {when(paused_until, now)}: its smarthost did not "
-                       "answer (one probe then; `queue flush` probes now)")
+        why = token or "its smarthost did not answer"
+        reasons.append(f"account {name} paused until {when(paused_until, now)}: {why} "
+                       "(one probe then; `queue flush` probes now)")
         next_at = max(next_at, paused_until)
     book.load()
     over = Budget.from_dict(book.saved.get(name, {}), Limits.of(route.relay)).over(now)
@@ -84,6 +91,13 @@ def _clock(spool: Spool, account: str, now: float, build_time: float) -> str:
     return (f"the system clock is not set ({detail}), so the certificate of the smarthost of account "
             f"{account} cannot be checked; no connection is made until the clock is set (NTP); "
             "next try as soon as it is set")
+
+
+def _token_trouble(account: dict) -> str:
+    """`token refresh failed: <the provider's error>` or `token refused: ...` when the
+    account's last failure was its OAuth2 token; "" otherwise."""
+    match = _TOKEN_TROUBLE.search(str(account.get("last_error") or ""))
+    return match.group(0) if match else ""
 
 
 def _last(state: MessageState) -> str:
