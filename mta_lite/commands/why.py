@@ -14,8 +14,6 @@ Must never: change anything; print message content or a secret.
 
 from __future__ import annotations
 
-import re
-
 from mta_lite.config.schema import Config
 from mta_lite.queue import WAIT_BUDGET, WAIT_CLOCK, MessageState, Spool
 from mta_lite.status import StatusSnapshot
@@ -23,8 +21,6 @@ from mta_lite.qmgr.accounts import STATE_AUTH_FAILED, STATE_UNREACHABLE
 from mta_lite.qmgr.budget import Budget, BudgetFile, Limits, budget_path, when
 from mta_lite.qmgr.clock import BUILD_TIME, NOT_SET, clock_path, not_set_reason, observe, read_record
 from mta_lite.qmgr.resolve import resolve
-
-_TOKEN_TROUBLE = re.compile(r"token (refresh failed|refused)\b.*")
 
 
 def explain(cfg: Config, spool: Spool, queue_id: str, now: float, status: StatusSnapshot,
@@ -94,10 +90,18 @@ def _clock(spool: Spool, account: str, now: float, build_time: float) -> str:
 
 
 def _token_trouble(account: dict) -> str:
-    """`token refresh failed: <the provider's error>` or `token refused: ...` when the
-    account's last failure was its OAuth2 token; "" otherwise."""
-    match = _TOKEN_TROUBLE.search(str(account.get("last_error") or ""))
-    return match.group(0) if match else ""
+    """What the account's OAuth2 entry in the status file (the token manager's health of its
+    provider) says went wrong: the provider refused or could not be asked (`token refresh
+    failed: ...`), or the smarthost refused the token (the account's last reply); "" for an
+    account without OAuth2 or without trouble."""
+    oauth = account.get("oauth")
+    if not isinstance(oauth, dict):
+        return ""
+    if oauth.get("failed"):
+        return f"token refresh failed: {oauth['failed']} ([oauth.{oauth.get('provider', '?')}])"
+    if account.get("state") == STATE_AUTH_FAILED:
+        return str(account.get("last_error") or "the smarthost refused the token")
+    return ""
 
 
 def _last(state: MessageState) -> str:

@@ -26,7 +26,7 @@ from email.utils import make_msgid
 import pytest
 
 from tests.support.oauthfixtures import *  # noqa: F403 (the OAuth2 peer fixtures)
-from tests.support.relay import wait_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,14 +89,14 @@ def delivered(smarthost, message_id: str):
 
 
 def wait_delivered(smarthost, message_id: str, timeout: float = 60):
-    return wait_for(lambda: delivered(smarthost, message_id), timeout, what=f"{message_id} at the smarthost")
+    return wait_until(lambda: delivered(smarthost, message_id), timeout, what=f"{message_id} at the smarthost")
 
 
 def deferred_with(relay, words: str, n: int = 1):
     def check():
         items = relay.queue()
         return items if len(items) == n and all(words in i["last_error"] for i in items) else None
-    return wait_for(check, 60, what=f"{n} deferred with {words!r}")
+    return wait_until(check, 60, what=f"{n} deferred with {words!r}")
 
 
 def active_access_tokens(server, user: str = USER) -> list[str]:
@@ -234,6 +234,8 @@ def test_wrong_user_token_is_retried_once_then_paused(server, oauth_smarthost, o
     assert all(delivered(oauth_smarthost, i) is None for i in ids)
     items = relay.queue()
     assert "the token is invalid or expired (status 401" in items[0]["last_error"]
+    why = relay.cli("queue", "why", items[0]["id"]).stdout.decode()
+    assert "paused until" in why and "token refused: server" in why and "oauth login" in why, why
 
 
 # ---------------------------------------------------------------- the token endpoint failing
@@ -299,7 +301,7 @@ def test_kill9_while_the_refresh_request_is_in_flight_keeps_the_account(server, 
     asked = server.grants["refresh_token"]
     relay.start()
     message_id = send(relay)
-    wait_for(lambda: server.grants["refresh_token"] > asked, 30, what="the refresh request to arrive")
+    wait_until(lambda: server.grants["refresh_token"] > asked, 30, what="the refresh request to arrive")
     relay.kill9()
     server.set_fault(None)                          # the held request is dropped unanswered
     assert server.store.active(sent)
@@ -352,7 +354,7 @@ def test_status_shows_token_ok_until_and_warns_of_the_expiring_secret(server, oa
     def shown():
         text = relay.cli("status").stdout.decode()
         return text if "token ok until" in text else None
-    status = wait_for(shown, 30, what="status to show the token")
+    status = wait_until(shown, 30, what="status to show the token")
     assert "oauth test: token ok until" in status
     assert f"oauth test: warning: client secret expires on {expires} (in " in status
     snapshot = relay.status()["relays"][f"o365:{USER}"]["oauth"]
@@ -371,7 +373,7 @@ def test_smtpd_memory_holds_no_token_and_no_client_secret(server, oauth_smarthos
         seed_refresh_token(relay, server)
     relay.start()
     wait_delivered(oauth_smarthost, send(relay))        # both halves have done real work
-    pids = wait_for(lambda: children(relay), 10, what="smtpd and qmgr processes")
+    pids = wait_until(lambda: children(relay), 10, what="smtpd and qmgr processes")
     access = active_access_tokens(server)
     with server.store.lock:
         refresh = [t for t, r in server.store.tokens.items() if r.kind == "refresh_token" and r.active(time.time())]
@@ -427,7 +429,7 @@ def test_kill9_of_qmgr_right_after_the_rotated_token_left_the_server(server, oau
                         start=False)
     seed_refresh_token(relay, server)
     relay.start()
-    qmgr = wait_for(lambda: children(relay), 10, what="qmgr")["qmgr"]
+    qmgr = wait_until(lambda: children(relay), 10, what="qmgr")["qmgr"]
     armed, original = [True], oauthserver._Handler.do_POST
 
     def answer_then_kill(handler):
@@ -436,8 +438,8 @@ def test_kill9_of_qmgr_right_after_the_rotated_token_left_the_server(server, oau
             os.kill(qmgr, signal.SIGKILL)               # right after the answer's bytes were written
     monkeypatch.setattr(oauthserver._Handler, "do_POST", answer_then_kill)
     message_id = send(relay)
-    wait_for(lambda: not armed, 30, what="the refresh to be answered")
-    wait_for(lambda: (c := children(relay)) and c["qmgr"] != qmgr and c, 30, what="the master to restart qmgr")
+    wait_until(lambda: not armed, 30, what="the refresh to be answered")
+    wait_until(lambda: (c := children(relay)) and c["qmgr"] != qmgr and c, 30, what="the master to restart qmgr")
     relay.cli("queue", "flush")
 
     def outcome():
@@ -445,7 +447,7 @@ def test_kill9_of_qmgr_right_after_the_rotated_token_left_the_server(server, oau
             return "delivered"
         items = relay.queue()
         return "login needed" if items and "run `mta-lite oauth login test`" in items[0]["last_error"] else None
-    if wait_for(outcome, 60, what="delivery or a plain request to log in again") == "delivered":
+    if wait_until(outcome, 60, what="delivery or a plain request to log in again") == "delivered":
         return
     login = subprocess.Popen([sys.executable, "-m", "mta_lite.cli", "-c", relay.config_path, "oauth", "login",
                               "test"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -33,7 +33,13 @@ def test_status_survives_a_garbled_oauth_entry():
     assert "oauth m365" in status_with({"token_until": "soon", "warnings": "not a list"})
 
 
-def test_queue_why_takes_the_token_reason_from_the_last_error():
-    account = {"last_error": "451 4.7.8 token refresh failed: invalid_grant: revoked ([oauth.m365])"}
-    assert _token_trouble(account) == "token refresh failed: invalid_grant: revoked ([oauth.m365])"
-    assert _token_trouble({"last_error": "435 4.7.8 SASL authentication failed; server x said: 535"}) == ""
+def test_queue_why_takes_the_token_reason_from_the_accounts_oauth_entry():
+    refused_by_provider = {"state": "auth_failed", "last_error": "451 4.7.8 token refresh failed: x",
+                           "oauth": {"provider": "m365", "failed": "invalid_grant: revoked"}}
+    assert _token_trouble(refused_by_provider) == "token refresh failed: invalid_grant: revoked ([oauth.m365])"
+    refused_by_smarthost = {"state": "auth_failed", "oauth": {"provider": "m365", "failed": ""},
+                            "last_error": "435 4.7.8 token refused: server x said: 535 5.7.8 no"}
+    assert _token_trouble(refused_by_smarthost) == refused_by_smarthost["last_error"]
+    password_account = {"state": "auth_failed", "last_error": "435 4.7.8 SASL authentication failed"}
+    assert _token_trouble(password_account) == ""
+    assert _token_trouble({"state": "ok", "oauth": {"provider": "m365", "failed": ""}}) == ""
