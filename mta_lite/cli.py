@@ -137,6 +137,8 @@ def _dispatch(cfg, args) -> int:
         return run_qmgr_unit(cfg)
     if args.command == "config":
         from mta_lite.commands import config
+        if args.action == "check":      # it loaded: nothing to say
+            return 0
         return config.show(cfg) if args.action == "show" else config.public(cfg)
     if args.command == "check":
         from mta_lite.commands.check import check_main
