@@ -38,7 +38,8 @@ PRESETS = {
     "google": {
         "token_url": "https://oauth2.googleapis.com/token",
         "device_url": "https://oauth2.googleapis.com/device/code",
-        "scope": {"client_credentials": "https://mail.google.com/", "refresh_token": "https://mail.google.com/"},
+        # Gmail over SMTP takes a user's token only: Google has no client credentials grant for it.
+        "scope": {"refresh_token": "https://mail.google.com/"},
     },
 }
 
@@ -57,7 +58,7 @@ def preset_url(which: str):
 
 def preset_scope(table: Table) -> str:
     preset = PRESETS.get(table.got["preset"])
-    return preset["scope"][table.got["grant"]] if preset else ""
+    return preset["scope"].get(table.got["grant"], "") if preset else ""
 
 
 def _preset(table: Table, name: str, value: str) -> str:
@@ -96,6 +97,9 @@ def provider_checks(table: Table) -> None:
     got = table.got
     if got["preset"] == "microsoft" and not got["tenant"]:
         raise table.error("tenant", 'preset = "microsoft" needs tenant = "<tenant ID or domain>"')
+    if got["preset"] == "google" and got["grant"] != "refresh_token":
+        raise table.error("grant", f'preset = "google" sends as a user: use grant = "refresh_token" '
+                                   f'and `mta-lite oauth login` (got {got["grant"]!r})')
     if got["tenant"] and got["preset"] != "microsoft":
         raise table.error("tenant", 'tenant is only used with preset = "microsoft"')
     if not got["scope"]:

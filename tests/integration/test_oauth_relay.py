@@ -175,6 +175,24 @@ def test_device_login_stores_tokens_and_mail_flows(server, oauth_smarthost, oaut
     assert not any(token in scanned for token in server.store.tokens)
 
 
+@pytest.mark.deployed
+def test_imported_refresh_token_from_stdin_delivers_and_is_never_echoed(server, oauth_smarthost, oauth_relay,
+                                                                        deployed):
+    """Google's way: the refresh token comes from a browser sign-in elsewhere and is imported."""
+    relay = oauth_relay(oauth_config(server, oauth_smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT),
+                        start=False)
+    refresh = server.issue_token(USER, SCOPE, client_id=PUBLIC_CLIENT, refresh=True)["refresh_token"]
+    empty = relay.cli("oauth", "import", "test", stdin=b"\n")
+    assert empty.returncode == 64 and b"expected one refresh token" in empty.stdout
+    result = relay.cli("oauth", "import", "test", stdin=refresh.encode() + b"\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"oauth test: imported; tokens stored" in result.stdout
+    assert refresh.encode() not in result.stdout + result.stderr
+    relay.start()
+    assert wait_delivered(oauth_smarthost, send(relay)).sasl_username == USER
+    assert not server.store.active(refresh)         # used, and rotated away
+
+
 # ---------------------------------------------------------------- refused tokens
 
 @pytest.mark.deployed
