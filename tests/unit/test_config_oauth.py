@@ -93,6 +93,8 @@ def test_sender_rule_may_use_oauthbearer():
     ({"oauth__m365__client_secret": None}, "oauth.m365.client_secret", "needs client_secret"),
     ({"oauth__m365__client_secret_expires": "next year"}, "oauth.m365.client_secret_expires", "2027-06-30"),
     ({"oauth__m365__colour": "blue"}, "oauth.m365.colour", "unknown key"),
+    ({"oauth__m365__preset": "google", "oauth__m365__tenant": None}, "oauth.m365.grant",
+     'use grant = "refresh_token"'),
 ])
 def test_oauth_errors_name_file_key_and_value(changes, key, words):
     with pytest.raises(ConfigError) as caught:
