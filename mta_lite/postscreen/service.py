@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 from mta_lite.config.schema import Config
@@ -84,7 +84,7 @@ class Screening:
     stress: bool
     started: float = 0.0                  # loop time at begin()
     decided: bool | Handoff | None = None
-    verdict: Verdict = field(default_factory=Verdict)
+    verdict: Verdict | None = None        # made when a test fails, or at finish()
     due: tuple[str, ...] = ()
     hold: Hold | None = None              # the pregreet test alone, waited in the listener
 
@@ -102,6 +102,8 @@ class PostscreenService:
         self.banner = ps.greet_banner.replace("$hostname", cfg.hostname)
         # The `220-` teaser as sent, made once; b"" when greet_banner is "".
         self.teaser = f"220-{self.banner}\r\n".encode() if self.banner else b""
+        # The pregreet test's wait, by stress (False, True): shared by all held clients.
+        self.holds = (Hold(ps.greet_wait_s, self.teaser), Hold(stress.greet_wait_s, self.teaser))
         self.cache = PassCache(cache_path(cfg.spool_dir, ps.cache_file), clock)
         if lookup is None and self.sites:
             lookup = DnsPythonLookup(ps.resolver, ps.dnsbl_timeout_s)
@@ -164,15 +166,16 @@ class Postscreen:
         if rule == REJECT:
             self.counters.denylisted += 1
             log.info("DENYLISTED [%s]", ip)
+            state.verdict = Verdict()
             state.verdict.fail("denylist", self.ps.denylist_action, R550_DENYLISTED, R521_DENYLISTED)
         state.due = self.svc.cache.due(ip, self.svc.tests)
-        if not state.due and not state.verdict.blocked:
+        verdict = state.verdict
+        if not state.due and (verdict is None or not verdict.blocked):
             self.counters.cache_hits += 1
             log.info("PASS OLD [%s]", ip)
             state.decided = self._handoff(stress)
-        elif PREGREET in state.due and DNSBL not in state.due and state.verdict.drop is None:
-            wait_s = self.svc.stress.greet_wait_s if stress else self.ps.greet_wait_s
-            state.hold = Hold(wait_s, self.svc.teaser)
+        elif PREGREET in state.due and DNSBL not in state.due and (verdict is None or verdict.drop is None):
+            state.hold = self.svc.holds[stress]
         return state, state.hold
 
     async def finish(self, stream: SmtpStream, state: Screening, waited: str | None) -> bool | Handoff:
@@ -180,6 +183,8 @@ class Postscreen:
         with the same stream when the answer is True or a Handoff."""
         if state.decided is not None:
             return state.decided
+        if state.verdict is None:
+            state.verdict = Verdict()
         ip, stress, verdict = state.ip, state.stress, state.verdict
         stream.timeout_s = self._timeout_s(stress)
         if state.hold is not None:
