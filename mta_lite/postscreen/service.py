@@ -4,7 +4,7 @@ A Postscreen is the pre-greeting hook of one listener with `postscreen = true`, 
 stages (smtpd.listener.PreGreetStaged): begin() at connect, after the listener's connection
 limits ([postscreen] max_connections and max_connections_per_client on that listener),
 decides steps 1-2 and, when the pregreet test is the only one due, asks the listener to hold
-the client with the teaser sent (smtpd.arrival: no task or stream per idle client); finish()
+the client with the teaser sent (smtpd.arrival: a bare socket per idle client); finish()
 then runs on the connection's SmtpStream before its 220 banner:
 
   1. access list, first match wins: permit (default: permit_mynetworks) skips the tests;
@@ -39,7 +39,7 @@ from mta_lite.config.schema import Config
 from mta_lite.reply import R521_DENYLISTED, R521_PROTOCOL_ERROR, R550_DENYLISTED, R550_PROTOCOL_ERROR, Reply, dnsbl_reply
 from mta_lite.postscreen.dnsbl import parse_site
 from mta_lite.postscreen.dnsblclient import DnsblCheck, DnsPythonLookup, Lookup
-from mta_lite.smtpd.arrival import TIMEOUT, Hold
+from mta_lite.smtpd.arrival import INPUT, TIMEOUT, Hold
 from mta_lite.smtpd.handoff import Handoff
 from mta_lite.postscreen.engine import EnforceSession
 from mta_lite.postscreen.cache import DNSBL, PREGREET, PREGREET_TTL_S, PassCache, cache_path
@@ -244,8 +244,10 @@ class Postscreen:
         ip, loop = state.ip, asyncio.get_running_loop()
         data = None
         if waited != TIMEOUT:
+            # Held until the client sent something: it is there, read it past the deadline.
+            deadline = None if waited == INPUT else state.started + state.hold.wait_s
             try:
-                async with asyncio.timeout_at(state.started + state.hold.wait_s):
+                async with asyncio.timeout_at(deadline):
                     data = await stream.reader.read(READ_CHUNK_BYTES)
             except TimeoutError:
                 pass                  # quiet until the end of the wait: the test is passed

@@ -1,33 +1,44 @@
-"""arrival — hold a new connection without a task or a stream until it speaks, leaves or a wait ends.
+"""arrival — accept connections and hold them as bare sockets until they speak, leave or a wait ends.
 
 A listener whose pre-greeting hook can decide at connect time, without awaiting, "send these
 bytes and wait up to S seconds for the client's first bytes" (postscreen's pregreet test)
-takes its connections through an Arrival protocol. While it waits, an idle client costs its
-transport, this object and one timer: no asyncio task, coroutine frames, StreamReader,
-StreamWriter or timeout context (about 8 KiB more each, with thousands held). When the
-client's first bytes, its EOF or the loss of the connection arrive, or the wait ends, the
-Arrival hands the transport to asyncio streams, delivering the event to the streams'
-protocol as the transport would have, and the owner starts the session task, which reads
-the same bytes from the same StreamReader it would have read them from itself.
-The owner (the listener) provides admit(transport) -> (token, Hold | None) | None (None:
-refused, the owner has answered and closed) and resume(token, reader, writer, event).
-Guarantees: a client's bytes are all delivered to the streams, in order, none interpreted;
-each admitted connection is resumed exactly once, unless abort() ends it first.
-Must never: run a session itself, or leave a held connection without a deadline.
+accepts through a Doorway instead of asyncio's server. A client held that way costs its
+socket, one Held object, one reader registration and one timer: no asyncio transport,
+protocol, task, coroutine frames, StreamReader, StreamWriter or timeout context (about
+8 KiB more each, with thousands of idle clients held). When the socket becomes readable
+(bytes, EOF or an error: nothing is read here) or the wait ends, the owner gets the socket
+back and starts the session task, which wraps it in asyncio streams (streams_on) and reads
+what the client sent from there, as if it had waited itself.
+The owner (the listener) provides arrived(sock, ip), which answers, admits or refuses the
+client (Held.start() to hold it), and resume(token, sock, event).
+Guarantees: nothing a client sends is read or dropped before the session's streams have it;
+a held client is resumed exactly once, or aborted; accept errors (out of file descriptors)
+pause accepting for a second, as asyncio's server does, and never end the listener.
+Must never: run a session itself, or hold a client without a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import socket
 from dataclasses import dataclass
 from typing import Any
 
-# What resume() is told: the client sent something (bytes, EOF or a lost connection, all
-# waiting in the StreamReader), or the wait ended with nothing; None: there was no wait.
+log = logging.getLogger("mta_lite.smtpd")
+
+# What resume() is told: the client sent something (bytes, EOF or an error, all waiting on the
+# socket), or the wait ended with nothing; None: there was no wait.
 INPUT = "input"
 TIMEOUT = "timeout"
 # asyncio.start_server's StreamReader limit (its _DEFAULT_LIMIT), so both paths read alike.
 STREAM_LIMIT = 64 * 1024
+# asyncio's defaults: the listen backlog, and accepts per readiness event.
+BACKLOG = 100
+# Out of file descriptors or memory: stop accepting this long (asyncio's ACCEPT_RETRY_DELAY).
+ACCEPT_RETRY_DELAY_S = 1.0
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,63 +49,87 @@ class Hold:
     teaser: bytes
 
 
-class Arrival(asyncio.Protocol):
-    """One connection from accept until it is handed to asyncio streams (see the docstring)."""
+class Held:
+    """One client held before its session task (see the module docstring)."""
 
-    __slots__ = ("owner", "transport", "token", "timer")
+    __slots__ = ("owner", "sock", "token", "timer")
 
-    def __init__(self, owner: Any) -> None:
-        self.owner = owner
-        self.transport: asyncio.Transport | None = None
-        self.token: Any = None
+    def __init__(self, owner: Any, sock: socket.socket, token: Any) -> None:
+        self.owner, self.sock, self.token = owner, sock, token
         self.timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport          # type: ignore[assignment]
-        admitted = self.owner.admit(transport)
-        if admitted is None:
-            self.owner = None               # refused: nothing more to do
+    def start(self, hold: Hold) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if hold.teaser:
+                self.sock.send(hold.teaser)     # a fresh socket's buffer takes a short line
+        except OSError:
+            self._wake(INPUT)                   # reset already: the session's read will tell
             return
-        self.token, hold = admitted
-        if hold is None:
-            self._hand_over(None)
-            return
-        if hold.teaser:
-            transport.write(hold.teaser)    # type: ignore[attr-defined]
-        self.timer = asyncio.get_running_loop().call_later(hold.wait_s, self._hand_over, TIMEOUT)
+        loop.add_reader(self.sock.fileno(), self._wake, INPUT)
+        self.timer = loop.call_later(hold.wait_s, self._wake, TIMEOUT)
 
-    def data_received(self, data: bytes) -> None:
-        self._hand_over(INPUT).data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._hand_over(INPUT).eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.owner is not None:
-            self._hand_over(INPUT).connection_lost(exc)
-
-    def abort(self, last_words: bytes) -> None:
-        """The owner shuts down: send `last_words`, close, resume nothing."""
-        self._stop_timer()
-        self.owner = None
-        self.transport.write(last_words)    # type: ignore[union-attr]
-        self.transport.close()              # type: ignore[union-attr]
-
-    def _stop_timer(self) -> None:
+    def _stop(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
 
-    def _hand_over(self, event: str | None) -> asyncio.StreamReaderProtocol:
-        """Give the transport to a StreamReaderProtocol, resume the owner; returns the protocol
-        so that the event that woke us is delivered to it."""
-        self._stop_timer()
-        owner, self.owner = self.owner, None
-        transport = self.transport
-        reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-        protocol = asyncio.StreamReaderProtocol(reader)
-        transport.set_protocol(protocol)                    # type: ignore[union-attr]
-        protocol.connection_made(transport)                 # type: ignore[arg-type]
-        writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())  # type: ignore[arg-type]
-        owner.resume(self.token, reader, writer, event)
-        return protocol
+    def _wake(self, event: str) -> None:
+        self._stop()
+        self.owner.resume(self.token, self.sock, event)
+
+    def abort(self, last_words: bytes) -> None:
+        """The owner shuts down: send `last_words` (if the socket takes them), close."""
+        self._stop()
+        try:
+            self.sock.send(last_words)
+        except OSError:
+            pass  # gone or not reading: closing is all that is left
+        self.sock.close()
+
+
+class Doorway:
+    """Accepts on one listening socket and hands each connection to the owner."""
+
+    def __init__(self, owner: Any, sock: socket.socket) -> None:
+        self.owner, self.sock = owner, sock
+
+    def open(self) -> None:
+        self.sock.setblocking(False)
+        self.sock.listen(BACKLOG)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(BACKLOG):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRORS:
+                    self._pause(exc)
+                    return
+                log.warning("warning: accept: %s", exc.strerror)   # that client only
+                continue
+            conn.setblocking(False)
+            self.owner.arrived(conn, addr)
+
+    def _pause(self, exc: OSError) -> None:
+        log.warning("warning: cannot accept connections for %.0f s: %s", ACCEPT_RETRY_DELAY_S, exc.strerror)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.sock.fileno())
+        loop.call_later(ACCEPT_RETRY_DELAY_S, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self.sock.fileno() >= 0:            # not closed meanwhile
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
+
+
+async def streams_on(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio streams on an accepted socket, as asyncio.start_server would make them."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

@@ -4,8 +4,8 @@ A Listener accepts connections on one Listen entry, enforces the connection limi
 each client one SmtpStream, runs an optional pre-greeting hook (postscreen) on it, then
 hands the client to its engine.SmtpEngine, which runs the session. A hook that can say at
 connect time how long to wait for the client's first bytes (PreGreetStaged: postscreen) has
-its listener hold idle clients in arrival.Arrival protocols, with no task or stream each,
-until they speak or the wait ends. With tls = "implicit"
+its listener accept through an arrival.Doorway and hold idle clients as bare sockets, with
+no transport, task or stream each, until they speak or the wait ends. With tls = "implicit"
 the TLS handshake comes before anything else (port 465); with auth = "required" the logins
 sessions ask for are checked by the listener's auth.Authenticator (failures count across
 sessions). close() stops accepting, answers 421 to idle sessions and lets DATA finish.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 import warnings
@@ -30,7 +31,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from mta_lite.config.schema import Config, Listen
 from mta_lite.errors import ConfigError
 from mta_lite.reply import R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT, R421_TOO_MANY_CONNECTIONS, R451_INTERNAL, Reply
-from mta_lite.smtpd.arrival import Arrival, Hold
+from mta_lite.smtpd.arrival import Doorway, Held, Hold, streams_on
 from mta_lite.smtpd.auth import Authenticator
 from mta_lite.smtpd.conversation import with_host
 from mta_lite.smtpd.engine import Client, ListenerCounters, SmtpEngine
@@ -106,7 +107,7 @@ class Listener:
         self._closing = False
         self._active: dict[int, Client] = {}
         self._per_ip: dict[str, int] = {}          # open connections by client IP
-        self._held: dict[int, Arrival] = {}        # clients held before their task starts
+        self._held: dict[int, Held] = {}           # clients held before their task starts
         self._next_id = 0
 
     async def start(self, sock=None) -> None:
@@ -115,14 +116,23 @@ class Listener:
         # the ClientHello never lands in a plaintext buffer.
         tls = ({"ssl": self.ssl_context, "ssl_handshake_timeout": self.cfg.smtpd.timeout_s}
                if self.listen.tls == "implicit" else {})
-        where = {"sock": sock} if sock is not None else {"host": self.listen.host, "port": self.listen.port}
         if hasattr(self.pre_greet, "begin") and not tls:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(lambda: Arrival(self), **where)
+            await self._open_doorway(sock)
+        elif sock is not None:
+            self._server = await asyncio.start_server(self._accept, sock=sock, **tls)
         else:
-            self._server = await asyncio.start_server(self._accept, **where, **tls)
+            self._server = await asyncio.start_server(self._accept, self.listen.host, self.listen.port, **tls)
         mode = (" (implicit TLS)" if tls else " (STARTTLS)") if self.ssl_context else ""
         log.info("listening on %s:%d%s%s", *self.address, mode, ", AUTH required" if self.auth else "")
+
+    async def _open_doorway(self, sock: socket.socket | None) -> None:
+        """Accept through a Doorway; the asyncio Server (never serving) keeps the socket for
+        address and close(), which also stops the Doorway's accepting."""
+        if sock is None:
+            family = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
+            sock = socket.create_server((self.listen.host, self.listen.port), family=family)
+        self._server = await asyncio.get_running_loop().create_server(asyncio.Protocol, sock=sock, start_serving=False)
+        Doorway(self, sock).open()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -195,30 +205,46 @@ class Listener:
             self._per_ip[client.ip] = left
         return client
 
-    # Arrival's owner: connections of a listener with a PreGreetStaged hook start here.
+    # The Doorway's owner: connections of a listener with a PreGreetStaged hook start here.
 
-    def admit(self, transport: asyncio.Transport) -> tuple[Any, Hold | None] | None:
-        ip = peer_ip(transport.get_extra_info("peername"))
+    def arrived(self, sock: socket.socket, peer: Any) -> None:
+        ip = peer_ip(peer)
         refusal = self._admission(ip)
         if refusal is not None:
             self.counters.refused += 1
-            transport.write(refusal.to_bytes())
-            transport.close()
-            return None
+            try:
+                sock.send(refusal.to_bytes())
+            except OSError:
+                pass  # the client is gone already
+            sock.close()
+            return
         started = asyncio.get_running_loop().time()
         sid, client = self._register(ip, None)
         state, hold = self.pre_greet.begin(ip)
-        if hold is not None:
-            self._held[sid] = transport.get_protocol()
-        return (sid, client, state, started), hold
+        token = (sid, client, state, started)
+        if hold is None:
+            self.resume(token, sock, None)
+            return
+        self._held[sid] = held = Held(self, sock, token)
+        held.start(hold)
 
-    def resume(self, token: tuple, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-               event: str | None) -> None:
+    def resume(self, token: tuple, sock: socket.socket, event: str | None) -> None:
         sid, client, state, started = token
         self._held.pop(sid, None)
+        client.task = asyncio.get_running_loop().create_task(self._resumed(sid, client, sock, state, event, started))
+
+    async def _resumed(self, sid: int, client: Client, sock: socket.socket, state: Any, event: str | None,
+                       started: float) -> None:
+        try:
+            reader, writer = await streams_on(sock)
+        except (OSError, asyncio.CancelledError):
+            sock.close()                    # reset before we got to it, or cancelled by close()
+            log.info("disconnect from [%s] commands=0", client.ip)
+            self._unregister(sid)
+            return
         conn = SmtpStream(reader, writer, self.cfg.smtpd.timeout_s)
         greet = lambda: self.pre_greet.finish(conn, state, event)  # noqa: E731
-        client.task = asyncio.get_running_loop().create_task(self._session(sid, client, conn, greet, started))
+        await self._session(sid, client, conn, greet, started)
 
     # The streams path: every other listener.
 
