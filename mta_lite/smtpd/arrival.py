@@ -3,7 +3,8 @@
 A listener whose pre-greeting hook can decide at connect time, without awaiting, "send these
 bytes and wait up to S seconds for the client's first bytes" (postscreen's pregreet test)
 accepts through a Doorway instead of asyncio's server. A client held that way costs its
-socket, one Held object, one reader registration and one timer: no asyncio transport,
+socket, one Held object, one reader registration and a place in its listener's Deadlines
+(one loop timer for all held clients): no asyncio transport, TimerHandle,
 protocol, task, coroutine frames, StreamReader, StreamWriter or timeout context (about
 8 KiB more each, with thousands of idle clients held). When the socket becomes readable
 (bytes, EOF or an error: nothing is read here) or the wait ends, the owner gets the socket
@@ -22,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import socket
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,44 +52,89 @@ class Hold:
     teaser: bytes
 
 
+class Deadlines:
+    """When held clients' waits end, with one loop timer: clients wait one of a few durations
+    (postscreen: the greet wait, or its stress value), so each duration's clients are due in
+    the order they came, a deque each. A client woken early stays in its deque, emptied of
+    its socket, until its turn (expire() then does nothing)."""
+
+    def __init__(self) -> None:
+        self.queues: dict[float, deque[tuple[float, Held]]] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.next_due = math.inf
+
+    def add(self, held: Held, wait_s: float) -> None:
+        due = asyncio.get_running_loop().time() + wait_s
+        self.queues.setdefault(wait_s, deque()).append((due, held))
+        if due < self.next_due:
+            self._arm(due)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.queues.clear()
+
+    def _arm(self, due: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_at(due, self._fire)
+        self.next_due = due
+
+    def _fire(self) -> None:
+        self.timer, self.next_due = None, math.inf
+        now = asyncio.get_running_loop().time()
+        for queue in self.queues.values():
+            while queue and queue[0][0] <= now:
+                queue.popleft()[1].expire()
+        due = min((queue[0][0] for queue in self.queues.values() if queue), default=None)
+        if due is not None:
+            self._arm(due)
+
+
 class Held:
     """One client held before its session task (see the module docstring)."""
 
-    __slots__ = ("owner", "sock", "token", "timer")
+    __slots__ = ("owner", "sock", "token")
 
     def __init__(self, owner: Any, sock: socket.socket, token: Any) -> None:
         self.owner, self.sock, self.token = owner, sock, token
-        self.timer: asyncio.TimerHandle | None = None
 
-    def start(self, hold: Hold) -> None:
-        loop = asyncio.get_running_loop()
+    def start(self, hold: Hold, deadlines: Deadlines) -> None:
         try:
             if hold.teaser:
                 self.sock.send(hold.teaser)     # a fresh socket's buffer takes a short line
         except OSError:
-            self._wake(INPUT)                   # reset already: the session's read will tell
+            self._resume(INPUT)                 # reset already: the session's read will tell
             return
-        loop.add_reader(self.sock.fileno(), self._wake, INPUT)
-        self.timer = loop.call_later(hold.wait_s, self._wake, TIMEOUT)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._wake)
+        deadlines.add(self, hold.wait_s)
+
+    def expire(self) -> None:
+        if self.owner is not None:
+            self._stop()
+            self._resume(TIMEOUT)
+
+    def _wake(self) -> None:
+        self._stop()
+        self._resume(INPUT)
 
     def _stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
 
-    def _wake(self, event: str) -> None:
-        self._stop()
-        self.owner.resume(self.token, self.sock, event)
+    def _resume(self, event: str) -> None:
+        owner, sock, token = self.owner, self.sock, self.token
+        self.owner = self.sock = self.token = None      # the deadline's entry keeps only this
+        owner.resume(token, sock, event)
 
     def abort(self, last_words: bytes) -> None:
         """The owner shuts down: send `last_words` (if the socket takes them), close."""
         self._stop()
+        sock, self.owner, self.sock, self.token = self.sock, None, None, None
         try:
-            self.sock.send(last_words)
+            sock.send(last_words)
         except OSError:
             pass  # gone or not reading: closing is all that is left
-        self.sock.close()
+        sock.close()
 
 
 class Doorway:

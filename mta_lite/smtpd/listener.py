@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from mta_lite.config.schema import Config, Listen
 from mta_lite.errors import ConfigError
 from mta_lite.reply import R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT, R421_TOO_MANY_CONNECTIONS, R451_INTERNAL, Reply
-from mta_lite.smtpd.arrival import Doorway, Held, Hold, streams_on
+from mta_lite.smtpd.arrival import Deadlines, Doorway, Held, Hold, streams_on
 from mta_lite.smtpd.auth import Authenticator
 from mta_lite.smtpd.conversation import with_host
 from mta_lite.smtpd.engine import Client, ListenerCounters, SmtpEngine
@@ -108,6 +108,7 @@ class Listener:
         self._active: dict[int, Client] = {}
         self._per_ip: dict[str, int] = {}          # open connections by client IP
         self._held: dict[int, Held] = {}           # clients held before their task starts
+        self._deadlines = Deadlines()              # when their waits end
         self._next_id = 0
 
     async def start(self, sock=None) -> None:
@@ -160,6 +161,7 @@ class Listener:
         for sid in list(self._held):
             self._held.pop(sid).abort(with_host(R421_SHUTDOWN, self.cfg.hostname).to_bytes())
             log.info("disconnect from [%s] commands=0", self._unregister(sid).ip)
+        self._deadlines.close()
         for client in list(self._active.values()):
             if not client.in_data and client.task is not None:
                 client.task.cancel()
@@ -226,7 +228,7 @@ class Listener:
             self.resume(token, sock, None)
             return
         self._held[sid] = held = Held(self, sock, token)
-        held.start(hold)
+        held.start(hold, self._deadlines)
 
     def resume(self, token: tuple, sock: socket.socket, event: str | None) -> None:
         sid, client, state, started = token
