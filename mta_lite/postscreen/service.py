@@ -236,6 +236,13 @@ class Postscreen:
                 reading.cancel()
                 await asyncio.wait([reading])
 
+    def hung_up(self, state: Screening) -> None:
+        """The client closed while held in the pregreet test, without a word."""
+        self._hangup(state.ip, asyncio.get_running_loop().time() - state.started)
+
+    def _hangup(self, ip: str, after_s: float) -> None:
+        log.info("HANGUP after %.1f from [%s] in tests before SMTP handshake", after_s, ip)
+
     async def _pregreet_only(self, stream: SmtpStream, state: Screening, waited: str | None) -> bool:
         """The pregreet test alone (no DNSBL test due): the common case, and the one that
         holds thousands of idle connections. The listener held the client (`waited` says
@@ -255,7 +262,7 @@ class Postscreen:
             self.svc.cache.record(ip, PREGREET, PREGREET_TTL_S)
             return True
         if not data:
-            log.info("HANGUP after %.1f from [%s] in tests before SMTP handshake", loop.time() - state.started, ip)
+            self._hangup(ip, loop.time() - state.started)
             return False
         self._pregreeted(ip, data, loop.time() - state.started, state.verdict)
         return True
@@ -275,7 +282,7 @@ class Postscreen:
             if reading in done:
                 data = reading.result()
                 if not data:
-                    log.info("HANGUP after %.1f from [%s] in tests before SMTP handshake", loop.time() - started, ip)
+                    self._hangup(ip, loop.time() - started)
                     return False
                 talked = True
                 self._pregreeted(ip, data, loop.time() - started, verdict)

@@ -7,8 +7,9 @@ socket, one Held object, one reader registration and a place in its listener's D
 (one loop timer for all held clients): no asyncio transport, TimerHandle,
 protocol, task, coroutine frames, StreamReader, StreamWriter or timeout context (about
 8 KiB more each, with thousands of idle clients held). When the socket becomes readable
-(bytes, EOF or an error: nothing is read here) or the wait ends, the owner gets the socket
-back and starts the session task, which wraps it in asyncio streams (streams_on) and reads
+(bytes, EOF or an error: nothing is read here, only peeked at) or the wait ends, the owner
+gets the socket back (a client that hung up without a word needs no streams: the owner just
+closes it) and starts the session task, which wraps it in asyncio streams (streams_on) and reads
 what the client sent from there, as if it had waited itself.
 The owner (the listener) provides arrived(sock, ip), which answers, admits or refuses the
 client (Held.start() to hold it), and resume(token, sock, event).
@@ -31,9 +32,11 @@ from typing import Any
 
 log = logging.getLogger("mta_lite.smtpd")
 
-# What resume() is told: the client sent something (bytes, EOF or an error, all waiting on the
-# socket), or the wait ended with nothing; None: there was no wait.
+# What resume() is told: the client sent something (bytes, or an error, waiting on the
+# socket), it hung up without a word (EOF, seen by peeking), or the wait ended with nothing;
+# None: there was no wait.
 INPUT = "input"
+HANGUP = "hangup"
 TIMEOUT = "timeout"
 # asyncio.start_server's StreamReader limit (its _DEFAULT_LIMIT), so both paths read alike.
 STREAM_LIMIT = 64 * 1024
@@ -115,8 +118,14 @@ class Held:
             self._resume(TIMEOUT)
 
     def _wake(self) -> None:
+        try:
+            peeked = self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return                              # not readable after all: keep waiting
+        except OSError:
+            peeked = b"!"                       # reset: the session's read will tell
         self._stop()
-        self._resume(INPUT)
+        self._resume(INPUT if peeked else HANGUP)
 
     def _stop(self) -> None:
         asyncio.get_running_loop().remove_reader(self.sock.fileno())

@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from mta_lite.config.schema import Config, Listen
 from mta_lite.errors import ConfigError
 from mta_lite.reply import R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT, R421_TOO_MANY_CONNECTIONS, R451_INTERNAL, Reply
-from mta_lite.smtpd.arrival import Deadlines, Doorway, Held, Hold, streams_on
+from mta_lite.smtpd.arrival import HANGUP, Deadlines, Doorway, Held, Hold, streams_on
 from mta_lite.smtpd.auth import Authenticator
 from mta_lite.smtpd.conversation import with_host
 from mta_lite.smtpd.engine import Client, ListenerCounters, SmtpEngine
@@ -56,11 +56,14 @@ PreGreet = Callable[[SmtpStream, str], Awaitable["bool | Handoff"]]
 class PreGreetStaged(Protocol):
     """A PreGreet in two stages: begin() at connect, without awaiting, gives its state and
     the Hold to wait in (None: no wait); finish() then runs on the stream, told what ended
-    the wait (arrival.INPUT or arrival.TIMEOUT), or None when there was none."""
+    the wait (arrival.INPUT or arrival.TIMEOUT), or None when there was none; hung_up()
+    instead when the client closed without a word while held (no stream is made for it)."""
 
     def begin(self, ip: str) -> tuple[Any, Hold | None]: ...
 
     async def finish(self, stream: SmtpStream, state: Any, waited: str | None) -> "bool | Handoff": ...
+
+    def hung_up(self, state: Any) -> None: ...
 
 
 def server_tls_context(listen: Listen, config_path: str = "") -> ssl.SSLContext | None:
@@ -233,6 +236,12 @@ class Listener:
     def resume(self, token: tuple, sock: socket.socket, event: str | None) -> None:
         sid, client, state, started = token
         self._held.pop(sid, None)
+        if event == HANGUP:
+            self.pre_greet.hung_up(state)
+            sock.close()
+            log.info("disconnect from [%s] commands=0", client.ip)
+            self._unregister(sid)
+            return
         client.task = asyncio.get_running_loop().create_task(self._resumed(sid, client, sock, state, event, started))
 
     async def _resumed(self, sid: int, client: Client, sock: socket.socket, state: Any, event: str | None,
