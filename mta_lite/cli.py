@@ -3,7 +3,7 @@
 
     mta-lite [-c FILE] serve | check [--fix] | config check|show|public | config apply FILE|- |
              config rollback [N] | config generations | sendmail ... | queue ... |
-             status [--json] | relay test NAME | passwd NAME | demo
+             status [--json] | relay test NAME | oauth login|import NAME | passwd NAME | demo
 
 The config file is -c/--config, else $MTA_LITE_CONFIG, else /etc/mta-lite/mta-lite.toml.
 Invoked through a link named `sendmail` it behaves as `mta-lite sendmail`, and as `mailq`
@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     relay.add_argument("name", metavar="NAME")
     passwd = sub.add_parser("passwd", help="print a [users.NAME] password hash for the submission port")
     passwd.add_argument("name", metavar="NAME")
+    oauth = sub.add_parser("oauth", help="authorise the relay at an OAuth2 provider (device login)")
+    oauth.add_argument("action", choices=["login", "import"],
+                       help="login: the device login; import: a refresh token read from standard input")
+    oauth.add_argument("name", metavar="NAME", help="an [oauth.NAME] of the config")
     sub.add_parser("demo", help="run the relay with a local capture smarthost and sample mail")
     return parser
 
@@ -134,6 +138,8 @@ def _dispatch(cfg, args) -> int:
         return run_qmgr_unit(cfg)
     if args.command == "config":
         from mta_lite.commands import config
+        if args.action == "check":      # it loaded: nothing to say
+            return 0
         return config.show(cfg) if args.action == "show" else config.public(cfg)
     if args.command == "check":
         from mta_lite.commands.check import check_main
@@ -141,6 +147,9 @@ def _dispatch(cfg, args) -> int:
     if args.command == "relay":
         from mta_lite.commands.relaytest import relay_test
         return relay_test(cfg, args.name)
+    if args.command == "oauth":
+        from mta_lite.commands.oauthlogin import oauth_import, oauth_login
+        return (oauth_login if args.action == "login" else oauth_import)(cfg, args.name)
     if args.command == "status":
         from mta_lite.commands.status import status_main
         return status_main(cfg, args.json)

@@ -57,3 +57,15 @@ class QueueIdError(MtaLiteError, LookupError):
 
 class DeliveryError(MtaLiteError, RuntimeError):
     """Delivery to a smarthost failed; carries a DeliveryResult with its permanence."""
+
+
+class TokenError(MtaLiteError, RuntimeError):
+    """No access token could be had from an OAuth2 token endpoint. `refused`: the provider
+    said no (invalid_grant, invalid_client...): new credentials or a new login are needed;
+    otherwise the endpoint was unreachable, slow or answered garbage, and a later try may
+    work. The message is plain words and never carries a token or a client secret."""
+
+    def __init__(self, message: str, refused: bool = False, code: str = "") -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.code = code            # the provider's OAuth error code, if it gave one

@@ -85,6 +85,20 @@ def secret_forms(secret: str, usernames: list[str]) -> set[str]:
     return {form for form in forms if len(form) >= 3}
 
 
+# Secrets learnt while running (OAuth access and refresh tokens), by who learnt them: each
+# owner's set is replaced when its tokens change, so the list does not grow with every refresh.
+_LEARNT: dict[str, frozenset[str]] = {}
+
+
+def mask_also(owner: str, secrets: set[str]) -> None:
+    """Mask `secrets` in every log line from now on, in place of what `owner` gave before."""
+    _LEARNT[owner] = frozenset(s for s in secrets if len(s) >= 3)
+
+
+def learnt_secrets() -> set[str]:
+    return set().union(*_LEARNT.values()) if _LEARNT else set()
+
+
 class SecretFilter(logging.Filter):
     """Masks secrets in log records at the logging boundary (STYLE: errors, rule 5)."""
 
@@ -93,11 +107,12 @@ class SecretFilter(logging.Filter):
         self.secrets = sorted(secrets, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg = mask(record.getMessage(), self.secrets)
+        secrets = [*self.secrets, *learnt_secrets()] if _LEARNT else self.secrets
+        if secrets:
+            record.msg = mask(record.getMessage(), secrets)
             record.args = None
             if record.exc_info:
-                record.exc_text = mask(logging.Formatter().formatException(record.exc_info), self.secrets)
+                record.exc_text = mask(logging.Formatter().formatException(record.exc_info), secrets)
                 record.exc_info = None
         return True
 
@@ -116,6 +131,9 @@ def config_secrets(cfg: Config) -> set[str]:
     for holder in [*cfg.relays.values(), *cfg.senders]:
         if holder.password is not None:
             found |= secret_forms(holder.password.reveal(), [u for u in users if u])
+    for provider in cfg.oauth.values():
+        if provider.client_secret is not None:
+            found |= secret_forms(provider.client_secret.reveal(), [])
     return found
 
 

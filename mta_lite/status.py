@@ -183,9 +183,26 @@ def format_status(snapshot: StatusSnapshot) -> str:
         extra = f"  last_error: {relay['last_error']}" if relay.get("last_error") else ""
         lines.append(f"relay {name}: {_state(relay)}  sent={relay.get('sent', 0)} "
                      f"deferred={relay.get('deferred', 0)} bounced={relay.get('bounced', 0)}{extra}")
+        if isinstance(relay.get("oauth"), dict):
+            lines.extend(_oauth_lines(relay["oauth"], snapshot.written))
     if snapshot.smtpd:
         lines.append("smtpd: " + ", ".join(f"{k}={v}" for k, v in sorted(snapshot.smtpd.items())))
     return "\n".join(lines)
+
+
+def _oauth_lines(oauth: dict, now: float) -> list[str]:
+    """An OAuth account's token health: `oauth m365: token ok until ...`, the last failure,
+    and the warnings given well before something breaks (never a token: there is none here)."""
+    name = str(oauth.get("provider", "?"))
+    until = _number(oauth.get("token_until"))
+    if oauth.get("failed"):
+        lines = [f"  oauth {name}: token refresh failed: {oauth['failed']}"]
+    elif until > now:
+        lines = [f"  oauth {name}: token ok until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))}"]
+    else:
+        lines = [f"  oauth {name}: no valid token yet (one is asked for at the next delivery)"]
+    warnings = oauth.get("warnings")
+    return lines + [f"  oauth {name}: warning: {w}" for w in (warnings if isinstance(warnings, list) else [])]
 
 
 def _number(value) -> float:

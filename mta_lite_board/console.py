@@ -114,6 +114,15 @@ class FileActions:
         return RelayTest(result.name, result.ok, [redactor.line(line, CONSOLE_LINE_CHARS) for line in result.lines],
                          redactor.line(result.problem, CONSOLE_LINE_CHARS))
 
+    def oauth_names(self) -> list[str]:
+        return list(load_config(self.config_path, secrets=False).oauth)
+
+    def oauth_login(self, name: str, on_line: Callable[[str], None]) -> RelayTest:
+        redactor = Redactor.for_config(self.config_path)
+        result = self.relay.oauth_login(name, lambda line: on_line(redactor.line(line, CONSOLE_LINE_CHARS)))
+        return RelayTest(result.name, result.ok, [redactor.line(line, CONSOLE_LINE_CHARS) for line in result.lines],
+                         redactor.line(result.problem, CONSOLE_LINE_CHARS))
+
     def log(self, count: int) -> LogTail:
         redactor = Redactor.for_config(self.config_path)
         tail = self.log_source.tail(count)

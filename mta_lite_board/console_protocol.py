@@ -16,6 +16,7 @@ start with `| `. Commands:
     QUEUE                     | counts, the oldest messages and why each waits; OK N messages
     LOG [N]                   | the last N log lines (default 20, at most 200), secrets masked; OK
     TEST RELAY <name>         | each step of `relay test`, as it happens; OK ... passed | ERR ... failed
+    OAUTH LOGIN <name>        | `oauth login`'s URL and code at once, then its result; OK ... done | ERR ...
     FLUSH                     OK flush: N messages  (deferred mail is tried again now)
     REPORT [JSON]             | the diagnostics report (board/report.py) as text, or the same as JSON; OK
     CONFIG SHOW               | the effective config as TOML, secrets masked; OK
@@ -32,9 +33,10 @@ match what the sender declared (board/console_upload.py has the upload's own rul
 only through configgen (C1), which changes nothing
 unless the config validates. A line other than DATA, CONFIG COMMIT, CONFIG ABORT or HELLO
 during an upload drops the upload; so does UPLOAD_IDLE_S without a line.
-Slow commands (QUEUE, LOG, TEST RELAY, FLUSH, REPORT) ask the relay through its command line
-(board/relaycli.py); the I/O edge runs the protocol off the event loop (board/console.py), and
-TEST RELAY hands each step to `stream` as it comes. A relay is tested at most once per
+Slow commands (QUEUE, LOG, TEST RELAY, OAUTH LOGIN, FLUSH, REPORT) ask the relay through its
+command line (board/relaycli.py); the I/O edge runs the protocol off the event loop
+(board/console.py), and TEST RELAY and OAUTH LOGIN hand each line to `stream` as it comes
+(OAUTH LOGIN then waits, up to the provider code's 15 minutes, for the person to approve). A relay is tested at most once per
 RELAY_TEST_INTERVAL_S and a report made at most once per REPORT_INTERVAL_S, so that the
 console cannot make the box hammer a smarthost with logins; REPORT JSON sends the report
 REPORT made in this session (or makes one).
@@ -90,8 +92,8 @@ _GENERATION = re.compile(r"[0-9]{1,6}")
 _COUNT = re.compile(r"[0-9]{1,4}")
 # Relay names are TOML keys; one a person can type on the console is a bare key.
 _RELAY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-COMMANDS = ("HELLO", "HELP", "STATUS", "QUEUE", "LOG", "TEST RELAY", "FLUSH", "REPORT", "CONFIG SHOW",
-            "CONFIG GENERATIONS", "CONFIG BEGIN", "DATA", "CONFIG COMMIT", "CONFIG ABORT", "CONFIG ROLLBACK")
+COMMANDS = ("HELLO", "HELP", "STATUS", "QUEUE", "LOG", "TEST RELAY", "OAUTH LOGIN", "FLUSH", "REPORT",
+            "CONFIG SHOW", "CONFIG GENERATIONS", "CONFIG BEGIN", "DATA", "CONFIG COMMIT", "CONFIG ABORT", "CONFIG ROLLBACK")
 HELP = (
     "Type a command and press Enter; every answer ends with a line OK ... or ERR ...",
     "HELLO                     check the link (drops an upload)",
@@ -101,6 +103,7 @@ HELP = (
     f"LOG [N]                   the last N log lines (default {LOG_DEFAULT_LINES}, at most {MAX_LOG_LINES}), "
     "passwords masked",
     "TEST RELAY <name>         log in to that smarthost without sending mail, step by step",
+    "OAUTH LOGIN <name>        authorise the relay at [oauth.<name>]: a URL and a code to enter on a phone",
     "FLUSH                     try deferred mail again now",
     "REPORT [JSON]             everything a helper needs (as the stick's EXPORT), as text or JSON",
     "CONFIG SHOW               the config in use, passwords masked",
@@ -125,6 +128,8 @@ class ConsoleActions(Protocol):
     # The slow ones: every line they return or hand to on_line is masked already.
     def relay_names(self) -> list[str]: ...
     def relay_test(self, name: str, on_line: Callable[[str], None]) -> RelayTest: ...
+    def oauth_names(self) -> list[str]: ...
+    def oauth_login(self, name: str, on_line: Callable[[str], None]) -> RelayTest: ...
     def log(self, count: int) -> LogTail: ...
     def queue(self) -> list[str]: ...
     def flush(self) -> str: ...
@@ -336,6 +341,21 @@ class ConsoleProtocol:
             return [f"ERR relay test of {name} did not finish: {result.problem}"]
         return [f"OK relay test of {name} passed" if result.ok else f"ERR relay test of {name} failed"]
 
+    def cmd_OAUTH_LOGIN(self, args: list[str], now: float) -> list[str]:
+        if len(args) != 1 or not _RELAY_NAME.fullmatch(args[0]):
+            return ["ERR usage: OAUTH LOGIN <name> (CONFIG SHOW lists the [oauth.NAME])"]
+        names = self._actions.oauth_names()
+        if args[0] not in names:
+            return [f"ERR no [oauth] of that name; the config has: {', '.join(names) or 'none'}"]
+        name = args[0]
+        wait = self._too_soon(f"OAUTH LOGIN {name}", now, RELAY_TEST_INTERVAL_S)
+        if wait:
+            return [f"ERR wait {wait} s before logging in to {name} again"]
+        result = self._actions.oauth_login(name, lambda line: self._emit([f"| {line}"]))
+        if result.problem:
+            return [f"ERR oauth login of {name} did not finish: {result.problem}"]
+        return [f"OK oauth login of {name} done" if result.ok else f"ERR oauth login of {name} failed"]
+
     def cmd_FLUSH(self, args: list[str], now: float) -> list[str]:
         if args:
             return ["ERR usage: FLUSH"]
@@ -370,7 +390,7 @@ class ConsoleProtocol:
 
 def _verb(words: list[str]) -> tuple[str, list[str]]:
     first = words[0].upper()
-    if first in ("CONFIG", "TEST") and len(words) > 1:
+    if first in ("CONFIG", "TEST", "OAUTH") and len(words) > 1:
         return f"{first} {words[1].upper()}", words[2:]
     return first, words[1:]
 

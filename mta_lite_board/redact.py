@@ -112,6 +112,7 @@ class Redactor:
                 if holder.password is not None:
                     secrets.add(holder.password.reveal())
             secrets |= {user.password_hash for user in cfg.users.values()}
+            secrets |= {p.client_secret.reveal() for p in cfg.oauth.values() if p.client_secret is not None}
         except (ConfigError, OSError):
             complete = False
         paths = [config_path]

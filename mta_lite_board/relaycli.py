@@ -6,6 +6,7 @@
     cli.flush()                             `queue flush`
     cli.config_show()                       `config show` (the relay masks every secret)
     cli.relay_test(name, on_line)           `relay test NAME`, each step handed over as it comes
+    cli.oauth_login(name, on_line)          `oauth login NAME`: the URL and code at once, then the result
     cli.children.cancel()                   from another thread: stop what runs
 
 The relay's packages are rebuilt from time to time; its command line is the interface it
@@ -39,13 +40,16 @@ CLI_TIMEOUT_S = 60.0
 # `relay test` gives each step (DNS, TCP, greeting, TLS, EHLO, AUTH) 20 s: six of them and
 # the interpreter's start fit.
 RELAY_TEST_TIMEOUT_S = 150.0
+# `oauth login` waits for a person to approve on another device: the provider's code is valid
+# for 15 minutes (Microsoft), plus the requests around it.
+OAUTH_LOGIN_TIMEOUT_S = 17 * 60.0
 # Ordinary output is a few KiB; `queue list --json` is ~300 bytes a message, and a box whose
 # smarthost was gone for a week may hold tens of thousands.
 MAX_OUTPUT_BYTES = 1024 * 1024
 MAX_QUEUE_LIST_BYTES = 32 * 1024 * 1024
 # What the relay prints as a queue ID (and all the board ever passes back to it).
 QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
-EX_OK, EX_USAGE, EX_UNAVAILABLE = 0, 64, 69
+EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_TEMPFAIL = 0, 64, 69, 75
 
 
 class RelayCliError(MtaLiteError, OSError):
@@ -137,18 +141,32 @@ class RelayCli:
     def relay_test(self, name: str, on_line: Callable[[str], None] = lambda line: None,
                    timeout_s: float | None = None) -> RelayTest:
         """`relay test NAME`; never raises: a test that cannot run is a failed test."""
+        return self._streamed(("relay", "test", name), on_line, timeout_s or self.relay_test_timeout_s,
+                              (EX_OK, EX_UNAVAILABLE))
+
+    def oauth_login(self, name: str, on_line: Callable[[str], None] = lambda line: None,
+                    timeout_s: float = OAUTH_LOGIN_TIMEOUT_S) -> RelayTest:
+        """`oauth login NAME` (the device login): each line handed over as it comes, the
+        verification URL and code first; never raises."""
+        return self._streamed(("oauth", "login", name), on_line, timeout_s, (EX_OK, EX_UNAVAILABLE, EX_TEMPFAIL))
+
+    def _streamed(self, args: tuple[str, ...], on_line: Callable[[str], None], timeout_s: float,
+                  answered: tuple[int, ...]) -> RelayTest:
+        """A command whose lines go on as they come; ok on exit 0; a problem if it could not
+        run to the end, or exited with a status outside `answered` (its own complaint)."""
         lines: list[str] = []
 
         def take(line: str) -> None:
             lines.append(line)
             on_line(line)
+        name = args[-1]
         try:
-            done = self._run("relay", "test", name, on_line=take, timeout_s=timeout_s or self.relay_test_timeout_s)
+            done = self._run(*args, on_line=take, timeout_s=timeout_s)
         except RelayCliError as exc:
             return RelayTest(name, False, lines, str(exc))
-        if done.returncode in (EX_OK, EX_UNAVAILABLE) and lines:
+        if done.returncode in answered and lines:
             return RelayTest(name, done.returncode == EX_OK, lines)
-        return RelayTest(name, False, lines, _complaint(done, "mta-lite relay test"))
+        return RelayTest(name, False, lines, _complaint(done, "mta-lite " + " ".join(args[:2])))
 
 
 def _complaint(done: Finished, what: str) -> str:

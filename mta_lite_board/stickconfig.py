@@ -156,6 +156,9 @@ def box_secrets(config_path: str) -> dict[tuple, str]:
             found[("senders", "@" + sender.address, "password")] = sender.password.reveal()
     for user in cfg.users.values():
         found[("users", user.name, "password_hash")] = user.password_hash
+    for provider in cfg.oauth.values():
+        if provider.client_secret is not None:
+            found[("oauth", provider.name, "client_secret")] = provider.client_secret.reveal()
     return found
 
 

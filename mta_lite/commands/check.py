@@ -152,14 +152,18 @@ def root_read_files(cfg: Config) -> dict[str, str]:
     return {os.path.abspath(path): kind for path, kind in files.items()}
 
 
+def _secrets(cfg: Config) -> list:
+    """Every password and OAuth client secret of the config (None where there is none)."""
+    return ([r.password for r in cfg.relays.values()] + [s.password for s in cfg.senders]
+            + [p.client_secret for p in cfg.oauth.values()])
+
+
 def password_files(cfg: Config) -> set[str]:
-    secrets = [r.password for r in cfg.relays.values()] + [s.password for s in cfg.senders]
-    return {secret.source for secret in secrets if secret is not None and secret.source}
+    return {secret.source for secret in _secrets(cfg) if secret is not None and secret.source}
 
 
 def has_inline_password(cfg: Config) -> bool:
-    secrets = [r.password for r in cfg.relays.values()] + [s.password for s in cfg.senders]
-    return any(secret is not None and not secret.source for secret in secrets)
+    return any(secret is not None and not secret.source for secret in _secrets(cfg))
 
 
 def interpreter_dirs() -> list[str]:

@@ -1,7 +1,7 @@
 """relaytest — `mta-lite relay test NAME`: can this relay account log in? Checked without sending mail.
 
-Runs the smarthost client's own connection set-up (SmarthostPool.check_route: DNS, TCP,
-greeting, EHLO, TLS with a verified certificate, AUTH) and prints one line per step; the
+Runs the smarthost client's own connection set-up (SmarthostPool.check_route: the OAuth2
+token if the account uses one, DNS, TCP, greeting, EHLO, TLS with a verified certificate, AUTH) and prints one line per step; the
 step that failed gets the reason in plain words and what to change, e.g.
 `TLS: certificate verify failed: self-signed certificate — set ca_file or fix the server`.
 Exit status 0 when every step passed, 69 (EX_UNAVAILABLE) otherwise.
@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from mta_lite.config.schema import Config, Route
+from mta_lite.config.schema import Config, Route, route_of
 from mta_lite.reply import Reply
+from mta_lite.smarthost.oauth.store import store_for
+from mta_lite.smarthost.oauth.tokens import TokenManager
 from mta_lite.smarthost.pool import SmarthostPool
 
 EX_OK, EX_USAGE, EX_UNAVAILABLE = 0, 64, 69
@@ -29,6 +31,11 @@ CHECK_STEP_TIMEOUT_S = 20.0
 # What a failed step means and what to change: (step, words its reply contains, "" for any,
 # the hint: {text} is the reply's text, {user} the login). The first that fits is used.
 HINTS = (
+    ("token", "unreachable", "{text} — check token_url, ca_file, the network and any proxy (https_proxy)"),
+    ("token", "no refresh token", "{text}"),
+    ("token", "", "{text} — check client_id, client_secret and scope, or log in again with `mta-lite oauth login`"),
+    ("AUTH", "token refused", "{text} — check that {user} may send with this app (Microsoft: SMTP.Send or "
+                              "SMTP.SendAsApp and SMTP AUTH enabled for the mailbox; Google: the account that logged in)"),
     ("TLS", "does not offer STARTTLS", '{text} — use tls = "implicit" for port 465, or a port that offers STARTTLS'),
     ("TLS", "cannot load CA file", "{text} — fix ca_file"),
     ("TLS", "", '{text} — check tls ("starttls" for port 587, "implicit" for 465) and port'),
@@ -54,11 +61,11 @@ def advice(step: str, reply: Reply, route: Route) -> str:
     return f"{reply} — the smarthost does not let us in"
 
 
-async def check_route(route: Route, helo_name: str, out) -> bool:
+async def check_route(route: Route, helo_name: str, out, tokens: TokenManager | None = None) -> bool:
     """Run the checks for one route, writing a line per step to `out`; True if all passed."""
     relay = dataclasses.replace(route.relay, timeout_s=min(route.relay.timeout_s, CHECK_STEP_TIMEOUT_S))
     route = dataclasses.replace(route, relay=relay)
-    pool = SmarthostPool(helo_name=helo_name)
+    pool = SmarthostPool(helo_name=helo_name, tokens=tokens)
     try:
         failed = await pool.check_route(route, lambda step, what: out(f"{step}: ok, {what}"))
     finally:
@@ -80,5 +87,7 @@ def relay_test(cfg: Config, name: str, out=print) -> int:
     if relay is None:
         out(f"mta-lite: no relay named {name!r}; configured: {', '.join(sorted(cfg.relays))}")
         return EX_USAGE
-    ok = asyncio.run(check_route(Route(relay, relay.username, relay.password), cfg.hostname, out))
+    # The relay's own token store: a refresh token rotated here must reach the queue manager.
+    tokens = TokenManager(store_for(cfg.spool_dir, cfg.path))
+    ok = asyncio.run(check_route(route_of(cfg, relay, relay), cfg.hostname, out, tokens))
     return EX_OK if ok else EX_UNAVAILABLE

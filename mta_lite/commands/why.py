@@ -51,13 +51,16 @@ def _reasons(route, account: dict, state: MessageState, book: BudgetFile, now: f
     the account's entry in the status file (Account.snapshot())."""
     name, reasons, next_at = route.account, [], state.next_attempt
     paused_until = account.get("paused_until") or 0.0
+    token = _token_trouble(account)
     if account.get("state") == STATE_AUTH_FAILED and paused_until > now:
-        reasons.append(f"account {name} paused until {when(paused_until, now)}: the smarthost "
-                       "refused its login (fix the credentials and reload to resume at once)")
+        why = (f"{token} (fix the [oauth] settings or run `mta-lite oauth login`, then `queue flush`)"
+               if token else "the smarthost refused its login (fix the credentials and reload to resume at once)")
+        reasons.append(f"account {name} paused until {when(paused_until, now)}: {why}")
         next_at = max(next_at, paused_until)
     elif account.get("site_down") and paused_until > now:
-        reasons.append(f"account {name} paused until {when(paused_until, now)}: its smarthost did not "
-                       "answer (one probe then; `queue flush` probes now)")
+        why = token or "its smarthost did not answer"
+        reasons.append(f"account {name} paused until {when(paused_until, now)}: {why} "
+                       "(one probe then; `queue flush` probes now)")
         next_at = max(next_at, paused_until)
     book.load()
     over = Budget.from_dict(book.saved.get(name, {}), Limits.of(route.relay)).over(now)
@@ -84,6 +87,21 @@ def _clock(spool: Spool, account: str, now: float, build_time: float) -> str:
     return (f"the system clock is not set ({detail}), so the certificate of the smarthost of account "
             f"{account} cannot be checked; no connection is made until the clock is set (NTP); "
             "next try as soon as it is set")
+
+
+def _token_trouble(account: dict) -> str:
+    """What the account's OAuth2 entry in the status file (the token manager's health of its
+    provider) says went wrong: the provider refused or could not be asked (`token refresh
+    failed: ...`), or the smarthost refused the token (the account's last reply); "" for an
+    account without OAuth2 or without trouble."""
+    oauth = account.get("oauth")
+    if not isinstance(oauth, dict):
+        return ""
+    if oauth.get("failed"):
+        return f"token refresh failed: {oauth['failed']} ([oauth.{oauth.get('provider', '?')}])"
+    if account.get("state") == STATE_AUTH_FAILED:
+        return str(account.get("last_error") or "the smarthost refused the token")
+    return ""
 
 
 def _last(state: MessageState) -> str:

@@ -14,7 +14,7 @@ said it), its kind's empty value (a table is read as an empty table), a "missing
 it is required, else its default, as it is.
 
 Guarantees: every problem is one ConfigError naming file, key and value; the value of a key
-with "password" in its name is never shown, only "********".
+with "password" or "secret" in its name is never shown, only "********".
 Must never: read a password file when secrets are not wanted (the receiving side's config).
 """
 
@@ -71,7 +71,7 @@ class Table:
 
     def typed(self, name: str, value: object, kind: type) -> object:
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            shown = MASK if "password" in name else repr(value)
+            shown = MASK if "password" in name or "secret" in name else repr(value)
             raise self.error(name, f"expected {kind.__name__}, got {shown}")
         return value
 
@@ -179,7 +179,7 @@ def _secret(table: Table, name: str, value: object) -> Secret | None:
     if not table.secrets:
         return None         # the smtpd side: never read a password file
     if password is not None and password_file is not None:
-        raise table.error(name, "give password or password_file, not both")
+        raise table.error(name, f"give {name} or {name}_file, not both")
     full = ""
     if password_file is not None:
         full = full_path(table, f"{name}_file", password_file)

@@ -2,6 +2,7 @@
 declared on the field of the frozen dataclass the rest of mta-lite runs on.
 
     Config   top level       Listen  [[listen]]      Relay  [relays.NAME]   SenderRule  [[senders]]
+    OAuthProvider [oauth.NAME]   (a relay's or sender's auth = "xoauth2"|"oauthbearer", oauth = NAME)
     User     [users.NAME]    RewriteConfig [rewrite] QueueConfig [queue]    SmtpdConfig [smtpd]
     MasterConfig [master]    PostscreenConfig [postscreen]                  Route, route_for()
 
@@ -30,6 +31,8 @@ from typing import ClassVar
 
 from mta_lite.config.keys import (ADDRESS, COUNT, DURATION, FILE, FLAG, HOSTNAME, HOSTPORT, HOST_NAMES,
                                   INTEGER, MYNETWORKS, OPTIONAL_HOSTPORT, POSITIVE, SECRET, TEXT, TLS_MODES, Table, choice, key)
+from mta_lite.config.oauth import (AUTH_MODES, DATE, GRANTS, HTTPS_URL, PRESET, TENANT, preset_scope,
+                                   preset_url, provider_checks)
 from mta_lite.config.postscreen import (ACCESS, ACTION, BANNER, CACHE_FILE, DNSBL_SITES, RESOLVER, WAIT, WEIGHT,
                                         threshold_checks)
 from mta_lite.config.senders import (CLIENTS, LOCAL_SENDER, PASSWORD_HASH, REWRITE_CLIENTS, REWRITE_SENDERS,
@@ -113,12 +116,35 @@ class Relay:
     ca_file: str = key(FILE, "", hide_default=True, public=False)
     username: str = key(TEXT, "", hide_default=True)
     password: Secret | None = key(SECRET, None, hide_default=True, public=False)   # or password_file
+    auth: str = key(choice(AUTH_MODES), "password", hide_default=True, public=False)   # or a token (OAuth2)
+    oauth: str = key(TEXT, "", hide_default=True, public=False)     # the [oauth.NAME] with auth = "xoauth2"
     concurrency: int = key(POSITIVE, 2)
     timeout_s: float = key(DURATION, 300.0)
     rate_delay_s: float = key(DURATION, 0.0)        # minimum gap between deliveries through one account
     max_per_hour: int = key(COUNT, 0)               # messages handed to the smarthost; 0 = unlimited
     max_per_day: int = key(COUNT, 0)
     recipient_limit: int = key(POSITIVE, 50)        # recipients per transaction (Postfix: 50)
+
+
+@dataclass(frozen=True)
+class OAuthProvider:
+    """[oauth.NAME]: where and how the relay gets access tokens for XOAUTH2 / OAUTHBEARER.
+    preset, tenant and grant are read first: the URLs' and the scope's defaults follow them."""
+
+    READ_FIRST: ClassVar = ("preset", "tenant", "grant")
+    CHECKS: ClassVar = (provider_checks,)
+
+    name: str
+    grant: str = key(choice(GRANTS))                          # "client_credentials" | "refresh_token"
+    client_id: str = key(TEXT)
+    token_url: str = key(HTTPS_URL, derive=preset_url("token_url"))
+    device_url: str = key(HTTPS_URL, derive=preset_url("device_url"))     # RFC 8628, for `oauth login`
+    scope: str = key(TEXT, derive=preset_scope)
+    preset: str = key(PRESET, "", hide_default=True)          # "microsoft" | "google"
+    tenant: str = key(TENANT, "", hide_default=True)          # Microsoft Entra tenant ID or domain
+    client_secret: Secret | None = key(SECRET, None, hide_default=True)   # or client_secret_file
+    client_secret_expires: str = key(DATE, "", hide_default=True)  # "YYYY-MM-DD": status warns 30 days ahead
+    ca_file: str = key(FILE, "", hide_default=True)           # for a private token endpoint; "" = system CAs
 
 
 @dataclass(frozen=True)
@@ -131,6 +157,8 @@ class SenderRule:
     relay: str = key(TEXT, derive=lambda table: table.top.got["default_relay"], check=_relay_exists)
     username: str = key(TEXT, "", hide_default=True)
     password: Secret | None = key(SECRET, None, hide_default=True, public=False)
+    auth: str = key(choice(AUTH_MODES), "password", hide_default=True, public=False)
+    oauth: str = key(TEXT, "", hide_default=True, public=False)
     clients: tuple = key(CLIENTS, (), hide_default=True)   # S4: networks that may use this sender; () = any
 
 
@@ -225,7 +253,7 @@ class Config:
     [[senders]] name them; users before [[listen]], admin_address before [rewrite]); the others
     follow in field order, which is also the order `config show` prints."""
 
-    READ_FIRST: ClassVar = ("relays", "default_relay", "hostname", "users", "spool_dir", "mynetworks",
+    READ_FIRST: ClassVar = ("oauth", "relays", "default_relay", "hostname", "users", "spool_dir", "mynetworks",
                             "admin_address", "message_size_limit", "listen", "senders", "queue", "smtpd")
 
     path: str
@@ -247,6 +275,8 @@ class Config:
     rewrite: RewriteConfig = key(table_of(RewriteConfig), factory=RewriteConfig)
     board: BoardConfig = key(table_of(BoardConfig), factory=BoardConfig)
     users: dict = key(map_of(User, user_name), factory=dict, hide_default=True)    # name -> User
+    # name -> OAuthProvider; never in the receiving side's config (it holds client secrets).
+    oauth: dict = key(map_of(OAuthProvider), factory=dict, hide_default=True, public=False)
     digest: str = ""                # config_digest() of the file's bytes; "" if not from a file
 
     def in_mynetworks(self, ip: str) -> bool:
@@ -261,6 +291,8 @@ class Route:
     relay: Relay
     username: str
     password: Secret | None
+    auth: str = "password"                  # "xoauth2" | "oauthbearer": a token instead
+    oauth: OAuthProvider | None = None
 
     @property
     def account(self) -> str:
@@ -272,6 +304,17 @@ def route_for(cfg: Config, sender: str) -> Route:
     """Exact sender, then @domain, then default_relay. Credentials: the rule's, else the relay's."""
     rule = rule_for(cfg.senders, sender)
     relay = cfg.relays[rule.relay if rule else cfg.default_relay]
-    if rule and rule.username:
-        return Route(relay, rule.username, rule.password)
-    return Route(relay, relay.username, relay.password)
+    return route_of(cfg, relay, rule if rule and rule.username else relay)
+
+
+def route_of(cfg: Config, relay: Relay, holder: Relay | SenderRule) -> Route:
+    """The Route through `relay` with the credentials of `holder` (the relay or a sender rule)."""
+    return Route(relay, holder.username, holder.password, holder.auth, cfg.oauth.get(holder.oauth))
+
+
+def all_routes(cfg: Config) -> list[Route]:
+    """Every account of the config: each relay's own, then each [[senders]] login."""
+    routes = [route_of(cfg, relay, relay) for relay in cfg.relays.values()]
+    routes += [route_of(cfg, cfg.relays[rule.relay], rule)
+               for rule in cfg.senders if rule.username and rule.relay in cfg.relays]
+    return routes

@@ -5,6 +5,7 @@
     [[senders]] address, clients                                   SENDER_ADDRESS, CLIENTS
     [[listen]] tls = "starttls"|"implicit", auth = "none"|"required"   listen_modes
     username with password or password_file, never over tls = "none"  relay_credentials, sender_credentials
+    (or auth = "xoauth2"|"oauthbearer" with oauth = NAME: see oauth.py)
 
 Guarantees: every check raises one ConfigError naming file, key, value and a hint; a password
 hash is checked (format and cost bounds) at load time and never shown in an error, nor by
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 
 from mta_lite.config.keys import Kind, Mode, Table, address, show_networks
+from mta_lite.config.oauth import oauth_credentials
 from mta_lite.config.values import MASK, Secret
 from mta_lite.envelope import parse_path
 from mta_lite.errors import ConfigError
@@ -146,13 +148,13 @@ def both_or_neither(table: Table, name: str, value: str) -> None:
 
 
 def relay_credentials(table: Table) -> None:
-    if table.secrets:
+    if not oauth_credentials(table, table.got["tls"]) and table.secrets:
         _credentials(table, table.got["tls"], table.got["username"], table.got["password"])
 
 
 def sender_credentials(table: Table) -> None:
-    if table.secrets:
-        relay = table.top.got["relays"][table.got["relay"]]
+    relay = table.top.got["relays"][table.got["relay"]]
+    if not oauth_credentials(table, relay.tls) and table.secrets:
         _credentials(table, relay.tls, table.got["username"], table.got["password"])
 
 

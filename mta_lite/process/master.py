@@ -209,7 +209,9 @@ class Master:
         except ConfigError as exc:
             return spawn.REPORT.config_error(str(exc))
         setup_logging(cfg)
-        # The spool from here on is the working directory (its parents may be root's alone).
+        # The spool from here on is the working directory (its parents may be root's alone);
+        # the config's own path stays absolute (reload, the OAuth seeds beside it).
+        cfg = replace(cfg, path=os.path.abspath(cfg.path))
         privsep.enter_spool(self.cfg.spool_dir)
         cfg = replace(cfg, spool_dir=".", master=self.cfg.master)
         service = QmgrService(cfg, spool_name=self.cfg.spool_dir, after_reload=self.qmgr_reload)

@@ -29,11 +29,14 @@ import sys
 import time
 
 from mta_lite import __version__
-from mta_lite.config.schema import Config
+from mta_lite.config.schema import Config, all_routes
 from mta_lite.errors import ConfigError, MtaLiteError
 from mta_lite.qmgr.manager import QueueManager
 from mta_lite.queue.doorbell import Doorbell
 from mta_lite.queue import Spool
+from mta_lite.smarthost.oauth.http import context_for
+from mta_lite.smarthost.oauth.store import store_for
+from mta_lite.smarthost.oauth.tokens import TokenManager
 from mta_lite.smarthost.pool import SmarthostPool
 from mta_lite.smtpd.listener import Listener
 from mta_lite.postscreen.service import PostscreenService
@@ -144,7 +147,9 @@ class QmgrService:
         self.cfg = cfg
         self.spool = Spool(cfg.spool_dir)
         self.spool_name = spool_name or cfg.spool_dir     # for the log: cfg's may be "."
-        self.pool = SmarthostPool(helo_name=cfg.hostname)
+        self.tokens = TokenManager(store_for(cfg.spool_dir, cfg.path))
+        self.pool = SmarthostPool(helo_name=cfg.hostname, tokens=self.tokens)
+        self._import_seeds()
         for relay in cfg.relays.values():
             if relay.tls != "none":
                 # Now, while a master's child is still root: the CA file may be root's alone.
@@ -153,6 +158,20 @@ class QmgrService:
         self.started = time.time()
         self.extra_counters = None          # in-process smtpd counters (Daemon)
         self._purge_tmp = purge_tmp
+
+    def _import_seeds(self) -> None:
+        """Now, while a master's child is still root: a seed from `oauth login` may be in a
+        secrets/ directory the queue manager's user cannot enter, a CA file root's alone."""
+        for provider in self.cfg.oauth.values():
+            try:
+                context_for(provider.ca_file)
+            except OSError as exc:      # ssl.SSLError too; the token step says so at each try
+                log.warning("oauth %s: cannot load ca_file %s: %s", provider.name, provider.ca_file, exc)
+            if provider.grant == "refresh_token":
+                try:
+                    self.tokens.store.load(provider.name)
+                except OSError as exc:
+                    log.warning("oauth %s: cannot import the login's tokens: %s", provider.name, exc.strerror or exc)
 
     async def start(self) -> None:
         self.spool.ensure()
@@ -167,9 +186,13 @@ class QmgrService:
     def snapshot(self) -> StatusSnapshot:
         data = self.qmgr.snapshot()
         smtpd = self.extra_counters() if self.extra_counters else data.get("smtpd", {})
+        relays = data["accounts"]
+        for route in all_routes(self.cfg):       # OAuth accounts: token health, never a token
+            if route.oauth is not None and route.account in relays:
+                relays[route.account]["oauth"] = self.tokens.snapshot(route.oauth)
         return StatusSnapshot(pid=os.getpid(), started=self.started, running=True,
                               queue=queue_counts(self.cfg.spool_dir),
-                              relays=data["accounts"], qmgr=data["totals"], smtpd=smtpd,
+                              relays=relays, qmgr=data["totals"], smtpd=smtpd,
                               config=self.cfg.digest, clock=data["clock"], recent=self.qmgr.history.snapshot(),
                               disk=disk_usage(self.cfg.spool_dir), oldest=oldest_arrival(self.cfg.spool_dir))
 

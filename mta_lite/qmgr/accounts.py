@@ -25,7 +25,7 @@ import asyncio
 import hashlib
 import os
 
-from mta_lite.config.schema import Config, QueueConfig, Route
+from mta_lite.config.schema import Config, QueueConfig, Route, all_routes
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult
 from mta_lite.qmgr.backoff import auth_pause_s
 from mta_lite.qmgr.budget import DAY_S, HOUR_S, Budget, BudgetFile, Limits
@@ -184,7 +184,10 @@ def credentials_digest(route: Route) -> bytes:
     """A keyed hash of where and as whom the account logs in; never stored, never logged."""
     digest = hashlib.blake2b(key=_DIGEST_KEY, digest_size=16)
     password = route.password.reveal() if route.password else ""
-    for part in (route.relay.host, str(route.relay.port), route.username, password):
+    oauth = route.oauth
+    secret = oauth.client_secret.reveal() if oauth and oauth.client_secret else ""
+    login = (route.auth, oauth.token_url, oauth.client_id, secret, oauth.scope) if oauth else (route.auth,)
+    for part in (route.relay.host, str(route.relay.port), route.username, password, *login):
         digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
     return digest.digest()
 
@@ -239,7 +242,4 @@ class Accounts:
 
 
 def _routes(cfg: Config) -> list[Route]:
-    routes = [Route(relay, relay.username, relay.password) for relay in cfg.relays.values()]
-    routes += [Route(cfg.relays[rule.relay], rule.username, rule.password)
-               for rule in cfg.senders if rule.username and rule.relay in cfg.relays]
-    return routes
+    return all_routes(cfg)

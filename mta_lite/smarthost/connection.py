@@ -22,8 +22,13 @@ Guarantees:
       softened to its 4xx twin, so a misbehaving smarthost cannot bounce the queue.
 SECURITY: faces smarthosts over the network. Their texts go through replies.clean_text (one
 line, capped, password forms masked) before they reach a Reply or the progress report.
-Must never: log, return or put into an exception the password or an AUTH payload; send
-AUTH in clear; send QUIT on a connection whose opening was cancelled.
+  OAuth2 (auth = "xoauth2" | "oauthbearer"): the access token is had before connecting
+      (relay test step "token"); a 535, bare or after a 334 challenge, gets one new token
+      and one retry, then the login counts as refused (S5). A token endpoint that fails is
+      a Failure at step "token": refused by the provider counts as a refused login, down or
+      garbled as a smarthost that did not answer (both pause the account: never a storm).
+Must never: log, return or put into an exception the password, a token or an AUTH payload;
+send AUTH in clear; send QUIT on a connection whose opening was cancelled.
 """
 
 from __future__ import annotations
@@ -39,12 +44,17 @@ from typing import Awaitable, Callable, NamedTuple, TypeVar
 from aiosmtplib import SMTP
 from aiosmtplib.errors import SMTPAuthenticationError, SMTPException, SMTPResponseException
 
+from mta_lite import maillog
 from mta_lite.config.schema import Route
+from mta_lite.errors import TokenError
 from mta_lite.maillog import secret_forms
 from mta_lite.reply import Reply
+from mta_lite.smarthost.oauth import sasl
+from mta_lite.smarthost.oauth.tokens import TokenManager
 from mta_lite.smarthost.replies import (AUTH, EHLO, GREETING, STARTTLS, Step, auth_failed, auth_needs_tls,
                                         clean_text, connect_failure, dns_failure, failure_reply,
-                                        no_sasl_mechanism, relay_label, reply_for, soften, starttls_missing)
+                                        no_sasl_mechanism, relay_label, reply_for, soften, starttls_missing,
+                                        token_failure, token_refused)
 
 log = logging.getLogger("mta_lite.smtp")
 
@@ -135,6 +145,7 @@ class Opener:
     resolve: Resolver
     tls_context: Callable[[str], ssl.SSLContext | Reply]    # per CA file, always verifying (S3)
     retire: Callable[[Connection], None]                    # QUIT in the background
+    tokens: TokenManager | None = None                      # OAuth2 access tokens (auth = "xoauth2"...)
 
     async def open(self, route: Route, progress: Progress | None = None) -> Connection | Failure:
         """A Connection past greeting, EHLO, TLS and AUTH for `route`, or why not."""
@@ -163,6 +174,9 @@ class _Opening:
         context = self._tls_context()
         if isinstance(context, Failure):
             return context
+        token = await self._token()         # before connecting: no token, no login to waste
+        if isinstance(token, Failure):
+            return token
         connected = await self._connect_tcp()
         if isinstance(connected, Failure):
             return connected
@@ -172,7 +186,7 @@ class _Opening:
                     start_tls=False, tls_context=context)
         conn = Connection(smtp, self.route, label)
         try:
-            await self._handshake(conn)
+            await self._handshake(conn, token)
         except _OpenFailed as failed:
             self._discard(conn, sock, polite=True)
             return failed.failure
@@ -189,6 +203,23 @@ class _Opening:
             return None
         context = self.opener.tls_context(self.relay.ca_file)
         return Failure("TLS", context) if isinstance(context, Reply) else context
+
+    async def _token(self, refused: str = "", relay: str = "none") -> str | Failure:
+        """The OAuth2 access token ("" for a password login), or the Failure at step "token"."""
+        provider = self.route.oauth
+        if provider is None or self.route.auth not in (sasl.XOAUTH2, sasl.OAUTHBEARER):
+            return ""
+        if self.opener.tokens is None:
+            return Failure("token", token_failure(provider.name, "this client keeps no tokens", False), relay)
+        try:
+            token = await self.opener.tokens.access_token(provider, refused)
+        except TokenError as exc:
+            return Failure("token", token_failure(provider.name, str(exc), exc.refused), relay,
+                           auth_failed=exc.refused)
+        forms = sasl.secret_forms(self.route.username, token)
+        maillog.mask_also(f"account:{self.route.account}", forms)
+        self._passed("token", f"access token from {provider.name} ({provider.grant.replace('_', ' ')})")
+        return token
 
     def _discard(self, conn: Connection, sock: socket.socket, polite: bool) -> None:
         """A connection that failed to open: QUIT if it can still talk, never when cancelled."""
@@ -243,7 +274,7 @@ class _Opening:
                 sock.close()
         return sock
 
-    async def _handshake(self, conn: Connection) -> None:
+    async def _handshake(self, conn: Connection, token: str = "") -> None:
         """Greeting, EHLO, TLS, AUTH; raises _OpenFailed at the first step that fails."""
         tls = self.relay.tls
         # With implicit TLS the handshake happens before the greeting can be read.
@@ -259,7 +290,9 @@ class _Opening:
             self._passed("TLS", f"certificate verified for {self.relay.host}, {cipher[1]} {cipher[0]}")
         offered = " ".join(sorted(conn.smtp.esmtp_extensions)).upper()
         self._passed("EHLO", clean_text(f"offers {offered}"))
-        if self.route.username:
+        if token:
+            await self._login_oauth(conn, token)
+        elif self.route.username:
             await self._login(conn)
 
     async def _starttls(self, conn: Connection) -> None:
@@ -282,6 +315,42 @@ class _Opening:
         password = self.route.password.reveal() if self.route.password else ""
         await self._step(conn, "AUTH", AUTH, login(self.route.username, password))
         self._passed("AUTH", f"logged in as {self.route.username}")
+
+    async def _login_oauth(self, conn: Connection, token: str) -> None:
+        """XOAUTH2 or OAUTHBEARER; after a 535 that may mean an expired or revoked token, one
+        new token and one retry (S5: at most two logins per attempt, then the account pauses)."""
+        if conn.smtp.get_transport_info("sslcontext") is None:     # S3: a token only inside TLS
+            raise _OpenFailed(Failure("AUTH", auth_needs_tls(conn.relay), conn.relay))
+        mechanism = self.route.auth
+        if mechanism not in conn.smtp.server_auth_methods:
+            raise _OpenFailed(Failure("AUTH", no_sasl_mechanism(conn.relay, conn.smtp.server_auth_methods,
+                                                                mechanism.upper()), conn.relay))
+        code, message, challenge = await self._oauth_auth(conn, mechanism, token)
+        if code != 235 and sasl.says_token_invalid(code, challenge):
+            log.info("%s refused the token of %s (%s); asking for a new one", conn.relay, self.route.account,
+                     clean_text(sasl.challenge_words(challenge) or f"{code} {message}", conn.secrets))
+            token = await self._token(refused=token, relay=conn.relay)
+            if isinstance(token, Failure):
+                raise _OpenFailed(token)
+            code, message, challenge = await self._oauth_auth(conn, mechanism, token)
+        if code != 235:
+            reply = token_refused(code, message, conn.relay, sasl.challenge_words(challenge), conn.secrets)
+            raise _OpenFailed(Failure("AUTH", reply, conn.relay, auth_failed=code != 421))
+        self._passed("AUTH", f"logged in as {self.route.username} with {mechanism.upper()}")
+
+    async def _oauth_auth(self, conn: Connection, mechanism: str, token: str) -> tuple[int, str, dict | None]:
+        """One AUTH exchange: (final code, its text, the decoded 334 challenge if one came)."""
+        conn.secrets = (*conn.secrets, *sasl.secret_forms(self.route.username, token))
+        initial = sasl.initial_response(mechanism, self.route.username, token)
+        challenge = None
+        try:
+            answer = await conn.run(conn.smtp.execute_command(b"AUTH", mechanism.upper().encode(), initial))
+            if answer.code == 334:      # a refusal with a status (RFC 7628 3.2.2): answer, then 535
+                challenge = sasl.decode_challenge(answer.message)
+                answer = await conn.run(conn.smtp.execute_command(sasl.CHALLENGE_ANSWER[mechanism]))
+        except (OSError, SMTPException) as exc:         # aiosmtplib's timeouts and disconnects too
+            raise _OpenFailed(Failure("AUTH", failure_reply(exc, conn.relay, AUTH.doing), conn.relay)) from None
+        return answer.code, answer.message, challenge
 
     async def _step(self, conn: Connection, check: str, step: Step, op: Awaitable[T]) -> T:
         """Await one step of the handshake; a refusal or a failure ends the opening, worded

@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple
 from mta_lite.config.schema import Route
 from mta_lite.reply import R451_INTERNAL, Reply
 from mta_lite.smarthost.connection import Connection, Failure, Opener, Progress, Resolver, system_resolver
+from mta_lite.smarthost.oauth.tokens import TokenManager
 from mta_lite.smarthost.replies import ca_file_unusable
 from mta_lite.smarthost.result import DeliveryResult
 from mta_lite.smarthost.transaction import Transaction
@@ -93,12 +94,14 @@ class SmarthostPool:
     """Outbound SMTP connections, pooled per account (see the module docstring)."""
 
     def __init__(self, *, helo_name: str, clock: Callable[[], float] = time.monotonic,
-                 idle_timeout_s: float = 30.0, resolver: Resolver | None = None) -> None:
+                 idle_timeout_s: float = 30.0, resolver: Resolver | None = None,
+                 tokens: TokenManager | None = None) -> None:
         if not helo_name or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in helo_name):
             raise ValueError(f"helo_name must be one word without control characters, got {helo_name!r}")
         self.helo_name = helo_name
         self._contexts = TlsContexts()
-        self._opener = Opener(helo_name, resolver or system_resolver, self._contexts.get, self.retire)
+        self.tokens = tokens or TokenManager()     # OAuth2 access tokens, one manager per process
+        self._opener = Opener(helo_name, resolver or system_resolver, self._contexts.get, self.retire, self.tokens)
         self._clock, self._idle_timeout_s = clock, idle_timeout_s
         # Keyed by the whole Route, i.e. by account plus the settings it logs in with, so
         # that a reloaded config never reuses a connection opened with the old host or password.

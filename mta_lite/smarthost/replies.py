@@ -145,10 +145,26 @@ def auth_failed(code: int, message: str, relay: str, secrets: tuple[str, ...]) -
     return soften(reply)
 
 
-def no_sasl_mechanism(relay: str, offered: list[str]) -> Reply:
+def no_sasl_mechanism(relay: str, offered: list[str], wanted: str = "PLAIN or LOGIN") -> Reply:
     names = clean_text(" ".join(offered).upper()) or "none"
     return Reply(LOCAL_TRANSIENT_CODE, "4.7.0",
-                 f"host {relay} offers no SASL mechanism mta-lite can use (PLAIN or LOGIN); offered: {names}")
+                 f"host {relay} offers no SASL mechanism mta-lite can use ({wanted}); offered: {names}")
+
+
+def token_failure(provider: str, reason: str, refused: bool) -> Reply:
+    """No access token (OAuth2): refused by the provider (the account pauses as for a refused
+    login, S5) or the token endpoint unreachable, slow or garbled (4.4.2: the account pauses
+    like one whose smarthost is down, then one probe). Never permanent."""
+    text = f"token refresh failed: {clean_text(reason)} ([oauth.{provider}])"
+    return Reply(LOCAL_TRANSIENT_CODE, "4.7.8" if refused else "4.4.2", text)
+
+
+def token_refused(code: int, message: str, relay: str, words: str, secrets: tuple[str, ...]) -> Reply:
+    """The smarthost refused our token (S5, softened like auth_failed): its reply and, in plain
+    words, what its 334 challenge said (`the token is invalid or expired (status 401, ...)`)."""
+    text = clean_text(message, secrets)
+    said = f"{code} {text}" + (f"; {clean_text(words, secrets)}" if words else "")
+    return soften(Reply(code, enhanced_of(code, text), f"token refused: server {relay} said: {said}"))
 
 
 def starttls_missing(relay: str) -> Reply:

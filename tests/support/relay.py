@@ -25,7 +25,9 @@ Guarantees: each daemon runs in its own session and process group (the master, i
 qmgr children, their helpers), so kill9() kills all of it at once, as a power cut would, and
 stop() leaves no process of the group behind, even when the master died first. Every
 instance is recorded in INSTANCES; tests/conftest.py scans each one's log, spool and
-`status --json` for PASSWORD and its base64 forms after every test (S3).
+`status --json` for PASSWORD (every password and OAuth client secret of its config) and its
+base64 forms after every test (S3), and for the OAuth tokens its token_sources name (outside
+the queue manager's token store).
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def _config_passwords(config) -> set[str]:
     found: set[str] = set()
     if isinstance(config, dict):
         for key, value in config.items():
-            if key == "password" and isinstance(value, str):
+            if key in ("password", "client_secret") and isinstance(value, str):
                 found.add(value)
             else:
                 found |= _config_passwords(value)
@@ -217,6 +219,9 @@ class RelayProcess:
             os.chmod(workdir, 0o700)
         self.python, self.env, self.prefix = python, env, tuple(prefix)
         self.secret_findings: list[str] | None = None     # set by scan_secrets()
+        # Callables giving OAuth tokens this relay may hold (a test's authorization server):
+        # scanned for everywhere but the queue manager's own token store (spool/state/oauth).
+        self.token_sources: list = []
         INSTANCES.append(self)
         self.ports: list[int] = []      # filled by start(): what the relay bound, in [[listen]] order
         config = dict(config)
@@ -377,8 +382,11 @@ class RelayProcess:
         if os.path.isdir(self.spool):
             status = self.cli("status", "--json")
             haystacks["status --json"] = status.stdout + status.stderr
+        tokens = secret_needles({token for source in self.token_sources for token in source()})
+        store = os.path.join(self.spool, "state", "oauth") + os.sep
         self.secret_findings = sorted({where for where, data in haystacks.items()
-                                       for needle in needles if needle in data})
+                                       for needle in needles | (set() if where.startswith(store) else tokens)
+                                       if needle in data})
         return self.secret_findings
 
     def log(self) -> str:

@@ -108,3 +108,11 @@ def test_load_config_bad_toml_names_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
     assert str(path) in str(info.value)
+
+
+def test_config_check_cli_is_silent_for_a_good_config(tmp_path):
+    path = tmp_path / "good.toml"
+    path.write_text('admin_address = "a@b.example"\n[relays.x]\nhost = "h"\n')
+    result = subprocess.run([sys.executable, "-m", "mta_lite.cli", "-c", str(path), "config", "check"],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

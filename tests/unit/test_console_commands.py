@@ -45,6 +45,17 @@ class Actions:
             on_line(line)
         return RelayTest(name, name == "isp", lines)
 
+    def oauth_names(self) -> list[str]:
+        return ["m365"]
+
+    def oauth_login(self, name, on_line) -> RelayTest:
+        self.calls.append(("login", name))
+        lines = ["To let mta-lite send mail through m365, open https://microsoft.com/devicelogin",
+                 "and enter the code BCDF-GHJK", "oauth m365: approved; tokens stored in secrets/oauth-m365.json"]
+        for line in lines:
+            on_line(line)
+        return RelayTest(name, True, lines)
+
     def log(self, count) -> LogTail:
         if self.fail:
             raise self.fail
@@ -171,3 +182,31 @@ def test_help_is_for_a_person_at_a_terminal(console):
     assert all(len(line) <= 110 for line in replies), "fits a terminal"
     starts = {line[2:].split("  ")[0].split(" <")[0].split(" [")[0] for line in replies[1:-1]}
     assert set(COMMANDS) <= starts, set(COMMANDS) - starts
+
+
+def test_oauth_login_streams_the_code_then_the_result(console):
+    proto, actions, clock, send = console
+    streamed: list[list[bytes]] = []
+    proto.stream = streamed.append
+    assert proto.feed(b"oauth login m365\r\n") == []
+    flat = [line for batch in streamed for line in batch]
+    assert flat[1] == b"| and enter the code BCDF-GHJK\r\n" and flat[-1] == b"OK oauth login of m365 done\r\n"
+    assert len(streamed) >= 3, "the code went out before the result"
+
+
+@pytest.mark.parametrize("line, reply", [
+    ("OAUTH LOGIN", "ERR usage: OAUTH LOGIN <name> (CONFIG SHOW lists the [oauth.NAME])"),
+    ("OAUTH LOGIN gmail", "ERR no [oauth] of that name; the config has: m365"),
+    ("OAUTH LOGIN m365 extra", "ERR usage: OAUTH LOGIN <name> (CONFIG SHOW lists the [oauth.NAME])"),
+])
+def test_oauth_login_takes_only_a_configured_provider_and_never_echoes(console, line, reply):
+    proto, actions, clock, send = console
+    assert send(line) == [reply] and actions.calls == []
+
+
+def test_oauth_login_at_most_once_per_interval(console):
+    proto, actions, clock, send = console
+    send("OAUTH LOGIN m365")
+    assert send("OAUTH LOGIN m365")[0].startswith("ERR wait ")
+    clock.now += RELAY_TEST_INTERVAL_S
+    assert send("OAUTH LOGIN m365")[-1] == "OK oauth login of m365 done"

@@ -7,6 +7,7 @@
     mta-lite-provision --port /dev/ttyUSB0 rollback [N]
     mta-lite-provision --port /dev/ttyUSB0 queue | flush
     mta-lite-provision --port /dev/ttyUSB0 test NAME            log in to relay NAME, step by step
+    mta-lite-provision --port /dev/ttyUSB0 login NAME           OAuth2 device login for [oauth.NAME]
     mta-lite-provision --port /dev/ttyUSB0 log [N]              the last N log lines (default 20)
     mta-lite-provision --port /dev/ttyUSB0 report [--dir DIR]   save mta-lite-report.txt and .json
 
@@ -18,7 +19,8 @@ its SHA-256; the box installs it only if size and checksum match and the config 
 `report` asks for REPORT and then REPORT JSON (the same report, made once) and saves both in
 DIR (default: here), byte for byte what a stick with an EXPORT file gets; it prints the OK
 line, not the report. `test` and `report` wait for as long as the box is still sending: a
-relay test gives each step 20 s.
+relay test gives each step 20 s. `login` prints the box's verification URL and code as soon
+as they come, then waits (up to the provider code's 15 minutes) for the approval.
 Exit status: 0 on OK, 1 on ERR, 2 on a usage error, a port that cannot be opened, or a box
 that does not answer.
 
@@ -52,6 +54,8 @@ REPLY_WAIT_S = 30.0
 # A relay test gives each of its six steps 20 s; a report runs every relay's test and reads
 # the log. The wait restarts with every line the box sends.
 SLOW_REPLY_WAIT_S = 200.0
+# `login` waits for a person to approve on another device: a device code lasts 15 minutes.
+LOGIN_REPLY_WAIT_S = 17 * 60.0
 REPORT_TEXT_NAME = "mta-lite-report.txt"
 REPORT_JSON_NAME = "mta-lite-report.json"
 # The box caps configs at 64 KiB; reading more than this from a file is pointless.
@@ -105,8 +109,8 @@ class Console:
             if reply.startswith(GREETING_PREFIX):
                 continue                # a late answer to a repeated HELLO
             if reply.startswith("| ") or reply == "|":
-                if data is None:
-                    print(reply[2:], file=out)
+                if data is None:        # flushed: `login` must show its code while it waits
+                    print(reply[2:], file=out, flush=True)
                 else:
                     data.append(reply[2:])
             elif reply == "OK" or reply.startswith(("OK ", "ERR")):
@@ -159,6 +163,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("flush", help="try deferred mail again now")
     test = sub.add_parser("test", help="log in to a smarthost without sending mail, step by step")
     test.add_argument("name", help="the relay's name, as in [relays.NAME]")
+    login = sub.add_parser("login", help="OAuth2 device login: a URL and a code to enter on a phone or laptop")
+    login.add_argument("name", help="the provider's name, as in [oauth.NAME]")
     log = sub.add_parser("log", help="the last N lines of the relay's log, passwords masked")
     log.add_argument("count", nargs="?", type=int, metavar="N")
     rep = sub.add_parser("report", help="save the diagnostics report (as a stick's EXPORT gets it)")
@@ -176,6 +182,8 @@ def run(args: argparse.Namespace, console: Console, data: bytes) -> tuple[bool, 
         return console.command("CONFIG ROLLBACK" + ("" if args.number is None else f" {args.number}"))
     if args.action == "test":
         return console.command(f"TEST RELAY {args.name}", wait_s=SLOW_REPLY_WAIT_S)
+    if args.action == "login":
+        return console.command(f"OAUTH LOGIN {args.name}", wait_s=LOGIN_REPLY_WAIT_S)
     if args.action == "log":
         return console.command("LOG" + ("" if args.count is None else f" {args.count}"))
     if args.action == "report":
@@ -191,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "log" and args.count is not None and args.count < 1:
         print("provision: log N: N must be 1 or more", file=sys.stderr)
         return EXIT_USAGE
-    if args.action == "test" and not RELAY_NAME.fullmatch(args.name):
-        print("provision: test NAME: a relay name is letters, digits, - and _", file=sys.stderr)
+    if args.action in ("test", "login") and not RELAY_NAME.fullmatch(args.name):
+        print(f"provision: {args.action} NAME: a name is letters, digits, - and _", file=sys.stderr)
         return EXIT_USAGE
     if args.action == "report" and not os.path.isdir(args.dir):
         print(f"provision: report --dir {args.dir}: not a directory", file=sys.stderr)
