@@ -1,8 +1,11 @@
 """service — postscreen keeps zombies away from the SMTP engine (Postfix's postscreen, reduced).
 
-A Postscreen is the pre-greeting hook of one listener with `postscreen = true`; the
-listener calls it with the connection's SmtpStream after its connection limits ([postscreen]
-max_connections and max_connections_per_client on that listener) and before its 220 banner:
+A Postscreen is the pre-greeting hook of one listener with `postscreen = true`, in two
+stages (smtpd.listener.PreGreetStaged): begin() at connect, after the listener's connection
+limits ([postscreen] max_connections and max_connections_per_client on that listener),
+decides steps 1-2 and, when the pregreet test is the only one due, asks the listener to hold
+the client with the teaser sent (smtpd.arrival: a bare socket per idle client); finish()
+then runs on the connection's SmtpStream before its 220 banner:
 
   1. access list, first match wins: permit (default: permit_mynetworks) skips the tests;
      reject applies denylist_action.
@@ -36,6 +39,7 @@ from mta_lite.config.schema import Config
 from mta_lite.reply import R521_DENYLISTED, R521_PROTOCOL_ERROR, R550_DENYLISTED, R550_PROTOCOL_ERROR, Reply, dnsbl_reply
 from mta_lite.postscreen.dnsbl import parse_site
 from mta_lite.postscreen.dnsblclient import DnsblCheck, DnsPythonLookup, Lookup
+from mta_lite.smtpd.arrival import INPUT, TIMEOUT, Hold
 from mta_lite.smtpd.handoff import Handoff
 from mta_lite.postscreen.engine import EnforceSession
 from mta_lite.postscreen.cache import DNSBL, PREGREET, PREGREET_TTL_S, PassCache, cache_path
@@ -72,6 +76,19 @@ class PostscreenCounters:
         return ((f"postscreen_{key}", value) for key, value in asdict(self).items())
 
 
+@dataclass(slots=True)
+class Screening:
+    """One client's screening from begin() to finish(): `decided` when no test is due."""
+
+    ip: str
+    stress: bool
+    started: float = 0.0                  # loop time at begin()
+    decided: bool | Handoff | None = None
+    verdict: Verdict | None = None        # made when a test fails, or at finish()
+    due: tuple[str, ...] = ()
+    hold: Hold | None = None              # the pregreet test alone, waited in the listener
+
+
 class PostscreenService:
     """What the screened listeners of one smtpd share: the cache, the resolver, counters."""
 
@@ -83,6 +100,10 @@ class PostscreenService:
         self.access = tuple(parse_access(text) for text in ps.access)
         self.tests = (PREGREET, DNSBL) if self.sites else (PREGREET,)
         self.banner = ps.greet_banner.replace("$hostname", cfg.hostname)
+        # The `220-` teaser as sent, made once; b"" when greet_banner is "".
+        self.teaser = f"220-{self.banner}\r\n".encode() if self.banner else b""
+        # The pregreet test's wait, by stress (False, True): shared by all held clients.
+        self.holds = (Hold(ps.greet_wait_s, self.teaser), Hold(stress.greet_wait_s, self.teaser))
         self.cache = PassCache(cache_path(cfg.spool_dir, ps.cache_file), clock)
         if lookup is None and self.sites:
             lookup = DnsPythonLookup(ps.resolver, ps.dnsbl_timeout_s)
@@ -124,28 +145,52 @@ class Postscreen:
         self.ps, self.counters = service.cfg.postscreen, service.counters
 
     async def __call__(self, stream: SmtpStream, ip: str) -> bool | Handoff:
-        """Screen the client on the listener's stream before its banner; the listener goes on
-        with the same stream when the answer is True or a Handoff."""
+        """Both stages in the session's task (a listener that cannot hold clients)."""
+        state, hold = self.begin(ip)
+        if hold is not None and hold.teaser:
+            stream.writer.write(hold.teaser)
+        return await self.finish(stream, state, None)
+
+    def begin(self, ip: str) -> tuple[Screening, Hold | None]:
+        """At connect: the access list and the cache; the Hold when only pregreet is due."""
         stress = under_stress(self.active(), self.ps.max_connections)
         if stress:
             self.counters.stress += 1
+        state = Screening(ip, stress, asyncio.get_running_loop().time())
         rule = access(self.svc.access, ip, self.svc.cfg.in_mynetworks(ip))
         if rule == PERMIT:
             self.counters.allowlisted += 1
             log.info("ALLOWLISTED [%s]", ip)
-            return self._handoff(stress)
-        verdict = Verdict()
+            state.decided = self._handoff(stress)
+            return state, None
         if rule == REJECT:
             self.counters.denylisted += 1
             log.info("DENYLISTED [%s]", ip)
-            verdict.fail("denylist", self.ps.denylist_action, R550_DENYLISTED, R521_DENYLISTED)
-        due = self.svc.cache.due(ip, self.svc.tests)
-        if not due and not verdict.blocked:
+            state.verdict = Verdict()
+            state.verdict.fail("denylist", self.ps.denylist_action, R550_DENYLISTED, R521_DENYLISTED)
+        state.due = self.svc.cache.due(ip, self.svc.tests)
+        verdict = state.verdict
+        if not state.due and (verdict is None or not verdict.blocked):
             self.counters.cache_hits += 1
             log.info("PASS OLD [%s]", ip)
-            return self._handoff(stress)
+            state.decided = self._handoff(stress)
+        elif PREGREET in state.due and DNSBL not in state.due and (verdict is None or verdict.drop is None):
+            state.hold = self.svc.holds[stress]
+        return state, state.hold
+
+    async def finish(self, stream: SmtpStream, state: Screening, waited: str | None) -> bool | Handoff:
+        """Screen the client on the listener's stream before its banner; the listener goes on
+        with the same stream when the answer is True or a Handoff."""
+        if state.decided is not None:
+            return state.decided
+        if state.verdict is None:
+            state.verdict = Verdict()
+        ip, stress, verdict = state.ip, state.stress, state.verdict
         stream.timeout_s = self._timeout_s(stress)
-        if due and verdict.drop is None and not await self._tests(stream, ip, due, stress, verdict):
+        if state.hold is not None:
+            if not await self._pregreet_only(stream, state, waited):
+                return False
+        elif state.due and verdict.drop is None and not await self._tests(stream, ip, state.due, stress, verdict):
             return False
         return await self._conclude(stream, ip, stress, verdict)
 
@@ -178,10 +223,7 @@ class Postscreen:
         check = DnsblCheck(self.svc.sites, ip, self.svc.lookup, dnsbl_wait_s) if DNSBL in due else None
         reading = None
         if PREGREET in due:
-            if self.svc.banner:
-                stream.writer.write(f"220-{self.svc.banner}\r\n".encode())
-            if check is None:
-                return await self._pregreet_only(stream, ip, wait_s, verdict)
+            stream.writer.write(self.svc.teaser)
             reading = asyncio.ensure_future(stream.reader.read(READ_CHUNK_BYTES))
         try:
             return await self._watch(ip, reading, check, wait_s if reading else dnsbl_wait_s, verdict)
@@ -194,21 +236,35 @@ class Postscreen:
                 reading.cancel()
                 await asyncio.wait([reading])
 
-    async def _pregreet_only(self, stream: SmtpStream, ip: str, wait_s: float, verdict: Verdict) -> bool:
-        """The pregreet test alone (no DNSBL sites): one read in this task, no helper task;
-        the common case, and the one that holds thousands of idle connections."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            async with asyncio.timeout(wait_s):
-                data = await stream.reader.read(READ_CHUNK_BYTES)
-        except TimeoutError:
+    def hung_up(self, state: Screening) -> None:
+        """The client closed while held in the pregreet test, without a word."""
+        self._hangup(state.ip, asyncio.get_running_loop().time() - state.started)
+
+    def _hangup(self, ip: str, after_s: float) -> None:
+        log.info("HANGUP after %.1f from [%s] in tests before SMTP handshake", after_s, ip)
+
+    async def _pregreet_only(self, stream: SmtpStream, state: Screening, waited: str | None) -> bool:
+        """The pregreet test alone (no DNSBL test due): the common case, and the one that
+        holds thousands of idle connections. The listener held the client (`waited` says
+        what ended the wait; what the client sent is in the stream's reader), or, with
+        waited None, the wait is this one read."""
+        ip, loop = state.ip, asyncio.get_running_loop()
+        data = None
+        if waited != TIMEOUT:
+            # Held until the client sent something: it is there, read it past the deadline.
+            deadline = None if waited == INPUT else state.started + state.hold.wait_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await stream.reader.read(READ_CHUNK_BYTES)
+            except TimeoutError:
+                pass                  # quiet until the end of the wait: the test is passed
+        if data is None:
             self.svc.cache.record(ip, PREGREET, PREGREET_TTL_S)
             return True
         if not data:
-            log.info("HANGUP after %.1f from [%s] in tests before SMTP handshake", loop.time() - started, ip)
+            self._hangup(ip, loop.time() - state.started)
             return False
-        self._pregreeted(ip, data, loop.time() - started, verdict)
+        self._pregreeted(ip, data, loop.time() - state.started, state.verdict)
         return True
 
     async def _watch(self, ip: str, reading: asyncio.Future | None, check: DnsblCheck | None,
@@ -226,7 +282,7 @@ class Postscreen:
             if reading in done:
                 data = reading.result()
                 if not data:
-                    log.info("HANGUP after %.1f from [%s] in tests before SMTP handshake", loop.time() - started, ip)
+                    self._hangup(ip, loop.time() - started)
                     return False
                 talked = True
                 self._pregreeted(ip, data, loop.time() - started, verdict)

@@ -100,7 +100,7 @@ class ListenerCounters:
         return asdict(self).items()
 
 
-@dataclass
+@dataclass(slots=True)
 class Client:
     """One connected client, as its listener keeps track of it."""
 

@@ -2,7 +2,10 @@
 
 A Listener accepts connections on one Listen entry, enforces the connection limits, gives
 each client one SmtpStream, runs an optional pre-greeting hook (postscreen) on it, then
-hands the client to its engine.SmtpEngine, which runs the session. With tls = "implicit"
+hands the client to its engine.SmtpEngine, which runs the session. A hook that can say at
+connect time how long to wait for the client's first bytes (PreGreetStaged: postscreen) has
+its listener accept through an arrival.Doorway and hold idle clients as bare sockets, with
+no transport, task or stream each, until they speak or the wait ends. With tls = "implicit"
 the TLS handshake comes before anything else (port 465); with auth = "required" the logins
 sessions ask for are checked by the listener's auth.Authenticator (failures count across
 sessions). close() stops accepting, answers 421 to idle sessions and lets DATA finish.
@@ -18,15 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 import warnings
 from dataclasses import asdict
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from mta_lite.config.schema import Config, Listen
 from mta_lite.errors import ConfigError
 from mta_lite.reply import R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT, R421_TOO_MANY_CONNECTIONS, R451_INTERNAL, Reply
+from mta_lite.smtpd.arrival import HANGUP, Deadlines, Doorway, Held, Hold, streams_on
 from mta_lite.smtpd.auth import Authenticator
 from mta_lite.smtpd.conversation import with_host
 from mta_lite.smtpd.engine import Client, ListenerCounters, SmtpEngine
@@ -46,6 +51,19 @@ DEFAULT_CLOSE_GRACE_S = 60.0
 # Runs on the connection's own stream before the banner (postscreen), with the client's IP.
 # True: serve; False: the hook dealt with the client, close; a Handoff: serve, stricter.
 PreGreet = Callable[[SmtpStream, str], Awaitable["bool | Handoff"]]
+
+
+class PreGreetStaged(Protocol):
+    """A PreGreet in two stages: begin() at connect, without awaiting, gives its state and
+    the Hold to wait in (None: no wait); finish() then runs on the stream, told what ended
+    the wait (arrival.INPUT or arrival.TIMEOUT), or None when there was none; hung_up()
+    instead when the client closed without a word while held (no stream is made for it)."""
+
+    def begin(self, ip: str) -> tuple[Any, Hold | None]: ...
+
+    async def finish(self, stream: SmtpStream, state: Any, waited: str | None) -> "bool | Handoff": ...
+
+    def hung_up(self, state: Any) -> None: ...
 
 
 def server_tls_context(listen: Listen, config_path: str = "") -> ssl.SSLContext | None:
@@ -72,6 +90,10 @@ def server_tls_context(listen: Listen, config_path: str = "") -> ssl.SSLContext 
     return context
 
 
+def peer_ip(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
 class Listener:
     """SMTP listener for one Listen entry. start(), then close() (graceful)."""
 
@@ -87,6 +109,9 @@ class Listener:
         self._server: asyncio.base_events.Server | None = None
         self._closing = False
         self._active: dict[int, Client] = {}
+        self._per_ip: dict[str, int] = {}          # open connections by client IP
+        self._held: dict[int, Held] = {}           # clients held before their task starts
+        self._deadlines = Deadlines()              # when their waits end
         self._next_id = 0
 
     async def start(self, sock=None) -> None:
@@ -95,12 +120,23 @@ class Listener:
         # the ClientHello never lands in a plaintext buffer.
         tls = ({"ssl": self.ssl_context, "ssl_handshake_timeout": self.cfg.smtpd.timeout_s}
                if self.listen.tls == "implicit" else {})
-        if sock is not None:
+        if hasattr(self.pre_greet, "begin") and not tls:
+            await self._open_doorway(sock)
+        elif sock is not None:
             self._server = await asyncio.start_server(self._accept, sock=sock, **tls)
         else:
             self._server = await asyncio.start_server(self._accept, self.listen.host, self.listen.port, **tls)
         mode = (" (implicit TLS)" if tls else " (STARTTLS)") if self.ssl_context else ""
         log.info("listening on %s:%d%s%s", *self.address, mode, ", AUTH required" if self.auth else "")
+
+    async def _open_doorway(self, sock: socket.socket | None) -> None:
+        """Accept through a Doorway; the asyncio Server (never serving) keeps the socket for
+        address and close(), which also stops the Doorway's accepting."""
+        if sock is None:
+            family = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
+            sock = socket.create_server((self.listen.host, self.listen.port), family=family)
+        self._server = await asyncio.get_running_loop().create_server(asyncio.Protocol, sock=sock, start_serving=False)
+        Doorway(self, sock).open()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -125,6 +161,10 @@ class Listener:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        for sid in list(self._held):
+            self._held.pop(sid).abort(with_host(R421_SHUTDOWN, self.cfg.hostname).to_bytes())
+            log.info("disconnect from [%s] commands=0", self._unregister(sid).ip)
+        self._deadlines.close()
         for client in list(self._active.values()):
             if not client.in_data and client.task is not None:
                 client.task.cancel()
@@ -147,7 +187,7 @@ class Listener:
         if len(self._active) >= limits.max_connections:
             log.warning("warning: all server ports busy; refused connection from [%s]", ip)
             return R421_PORTS_BUSY
-        same = sum(1 for c in self._active.values() if c.ip == ip)
+        same = self._per_ip.get(ip, 0)
         # As Postfix's smtpd_client_event_limit_exceptions = $mynetworks: the LAN's own
         # devices are trusted to open parallel sessions; the global limit still holds.
         if same >= limits.max_connections_per_client and not self.cfg.in_mynetworks(ip):
@@ -155,9 +195,72 @@ class Listener:
             return R421_TOO_MANY_CONNECTIONS
         return None
 
+    def _register(self, ip: str, task: asyncio.Task | None) -> tuple[int, Client]:
+        self._next_id += 1
+        self._active[self._next_id] = client = Client(task, ip)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self.counters.connections += 1
+        log.info("connect from [%s]", ip)
+        return self._next_id, client
+
+    def _unregister(self, sid: int) -> Client:
+        client = self._active.pop(sid)
+        left = self._per_ip.pop(client.ip) - 1
+        if left:
+            self._per_ip[client.ip] = left
+        return client
+
+    # The Doorway's owner: connections of a listener with a PreGreetStaged hook start here.
+
+    def arrived(self, sock: socket.socket, peer: Any) -> None:
+        ip = peer_ip(peer)
+        refusal = self._admission(ip)
+        if refusal is not None:
+            self.counters.refused += 1
+            try:
+                sock.send(refusal.to_bytes())
+            except OSError:
+                pass  # the client is gone already
+            sock.close()
+            return
+        started = asyncio.get_running_loop().time()
+        sid, client = self._register(ip, None)
+        state, hold = self.pre_greet.begin(ip)
+        token = (sid, client, state, started)
+        if hold is None:
+            self.resume(token, sock, None)
+            return
+        self._held[sid] = held = Held(self, sock, token)
+        held.start(hold, self._deadlines)
+
+    def resume(self, token: tuple, sock: socket.socket, event: str | None) -> None:
+        sid, client, state, started = token
+        self._held.pop(sid, None)
+        if event == HANGUP:
+            self.pre_greet.hung_up(state)
+            sock.close()
+            log.info("disconnect from [%s] commands=0", client.ip)
+            self._unregister(sid)
+            return
+        client.task = asyncio.get_running_loop().create_task(self._resumed(sid, client, sock, state, event, started))
+
+    async def _resumed(self, sid: int, client: Client, sock: socket.socket, state: Any, event: str | None,
+                       started: float) -> None:
+        try:
+            reader, writer = await streams_on(sock)
+        except (OSError, asyncio.CancelledError):
+            sock.close()                    # reset before we got to it, or cancelled by close()
+            log.info("disconnect from [%s] commands=0", client.ip)
+            self._unregister(sid)
+            return
+        conn = SmtpStream(reader, writer, self.cfg.smtpd.timeout_s)
+        greet = lambda: self.pre_greet.finish(conn, state, event)  # noqa: E731
+        await self._session(sid, client, conn, greet, started)
+
+    # The streams path: every other listener.
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        ip = peer_ip(writer.get_extra_info("peername"))
         refusal = self._admission(ip)
         conn = SmtpStream(reader, writer, self.cfg.smtpd.timeout_s)
         conn.tls = self.listen.tls == "implicit"
@@ -166,23 +269,27 @@ class Listener:
             conn.queue(refusal)
             await conn.close()
             return
-        self._next_id += 1
-        sid = self._next_id
-        self._active[sid] = client = Client(asyncio.current_task(), ip)
-        self.counters.connections += 1
+        started = asyncio.get_running_loop().time()
+        sid, client = self._register(ip, asyncio.current_task())
+        greet = None if self.pre_greet is None else (lambda: self.pre_greet(conn, ip))
+        await self._session(sid, client, conn, greet, started)
+
+    async def _session(self, sid: int, client: Client, conn: SmtpStream,
+                       greet: Callable[[], Awaitable["bool | Handoff"]] | None, started: float) -> None:
         try:
-            await self._run(sid, client, conn)
+            await self._run(sid, client, conn, greet, started)
         except asyncio.CancelledError:
             conn.writer.close()        # cancelled while already hanging up: just drop it
         finally:
-            del self._active[sid]
+            self._unregister(sid)
 
-    async def _run(self, sid: int, client: Client, conn: SmtpStream) -> None:
+    async def _run(self, sid: int, client: Client, conn: SmtpStream,
+                   greet: Callable[[], Awaitable["bool | Handoff"]] | None, started: float) -> None:
         ip, session, cancelled = client.ip, None, False
-        log.info("connect from [%s]", ip)
         try:
-            async with asyncio.timeout(self.cfg.smtpd.session_limit_s):
-                verdict = True if self.pre_greet is None else await self.pre_greet(conn, ip)
+            # The session time limit counts from the accept, a held client's wait included.
+            async with asyncio.timeout_at(started + self.cfg.smtpd.session_limit_s):
+                verdict = True if greet is None else await greet()
                 if verdict:
                     session = self.engine.new_session(conn, ip, verdict if isinstance(verdict, Handoff) else None)
                     await self.engine.serve(conn, session, client)

@@ -170,12 +170,15 @@ class SmtpStream:
 
     async def close(self) -> None:
         """Flush what is held (briefly), then close."""
+        # asyncio.timeout rather than wait_for: no extra task per wait (every connection ends here).
         try:
-            await asyncio.wait_for(self.flush(), HANGUP_WAIT_S)
-        except (OSError, asyncio.TimeoutError):
+            async with asyncio.timeout(HANGUP_WAIT_S):
+                await self.flush()
+        except (OSError, TimeoutError):
             pass  # the peer is gone or not reading; nothing more we can tell it
         self.writer.close()
         try:
-            await asyncio.wait_for(self.writer.wait_closed(), HANGUP_WAIT_S)
-        except (OSError, asyncio.TimeoutError):
+            async with asyncio.timeout(HANGUP_WAIT_S):
+                await self.writer.wait_closed()
+        except (OSError, TimeoutError):
             pass  # same: closing a dead or stuck connection is all that is left

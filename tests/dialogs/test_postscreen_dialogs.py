@@ -264,3 +264,36 @@ def test_postscreen_pass_is_cached_for_the_next_connection(tmp_path):
     service, lines = run_screened(tmp_path, {"greet_wait_s": "1"}, scenario)
     assert service.counters.cache_hits == 1 and service.counters.passed == 1
     assert any(line.startswith("HANGUP after") for line in lines)
+
+
+# ---------------------------------------------------------------- clients held before their task
+
+def test_postscreen_close_while_clients_held_replies_421_shutting_down(tmp_path):
+    """Idle clients in the greet wait have no session task yet: close() still answers them."""
+    async def scenario(listener):
+        clients = [await connect(listener) for _ in range(3)]
+        assert all(greeting.startswith("220-") for _, _, greeting in clients)
+        await listener.close(grace_s=1)
+        for reader, _, _ in clients:
+            assert (await read_line(reader)).startswith("421 4.3.0 mta-lite.test Service shutting down")
+        assert listener.active == 0
+    _, lines = run_screened(tmp_path, {"greet_wait_s": "30"}, scenario)
+    assert sum("disconnect from [127.0.0.1] commands=0" in line for line in lines) == 3
+
+
+def test_postscreen_held_clients_each_released_after_their_own_wait(tmp_path):
+    """Two wait lengths at once (stress: 0.2 s, normal: 1 s): each client gets its final 220
+    after its own wait, whatever the order they came in; a pregreeter among them is caught."""
+    async def scenario(listener):
+        first = await connect(listener)                     # 1 of 3: normal, 1 s
+        talker = await connect(listener)                    # 2 of 3: normal, talks
+        talker[1].write(b"EHLO early\r\n")
+        stressed = await connect(listener)                  # 3 of 3 = 80 %+: stress, 0.2 s
+        assert all(c[2].startswith("220-") for c in (first, talker, stressed))
+        assert (await read_line(stressed[0])).startswith("220 ")
+        assert (await read_line(first[0])).startswith("220 ")
+        assert (await read_line(talker[0])).startswith("220 ")        # enforce: 550 at RCPT later
+        assert listener.pre_greet.counters.passed == 2
+        assert listener.pre_greet.counters.pregreet == 1
+    settings = {"greet_wait_s": "1", "stress_greet_wait_s": "0.2", "ps_max_connections": "3"}
+    run_screened(tmp_path, settings, scenario)
