@@ -19,6 +19,10 @@ Two modes, chosen per client by the engine (S2):
 Guarantees (both modes): the end of data is recognised only as a line that is exactly
 `.<CR><LF>` after a `<CR><LF>` or at the start (RFC 5321 section 4.1.1.4); Content only
 ever holds CRLF line endings. Results do not depend on how the input is chunked.
+Speed: a chunk of plain CRLF lines (the usual case) is checked and un-stuffed with a few
+C-level scans over the whole chunk; anything unusual in it (bare CR or LF, NUL, an
+over-long line, the size limit) sends that chunk down the line-by-line path instead, so
+both give the same events.
 Memory is bounded: complete lines are passed on at once; at most one partial line of
 MAX_DATA_LINE_BYTES is held. Past max_bytes, or once a line is over-long, no more Content
 is emitted but the reader keeps scanning to the end so the session stays in step.
@@ -92,6 +96,21 @@ class DotReader:
     def feed(self, data: bytes) -> list[Event]:
         if self.done:
             raise ValueError("DotReader.feed() after the end of data")
+        head = 0
+        if not self._at_line_start():
+            nl = data.find(b"\n")            # finish the line under way the careful way
+            head = len(data) if nl < 0 else nl + 1
+        events = self._feed_lines(data[:head]) if head else []
+        if self.done and isinstance(events[-1], End):
+            events[-1] = End(data[head:])       # the end line was the one under way
+        if self.done or head == len(data):
+            return events
+        body = data[head:] if head else data
+        bulk = self._feed_bulk(body)
+        return events + (bulk if bulk is not None else self._feed_lines(body))
+
+    def _feed_lines(self, data: bytes) -> list[Event]:
+        """The careful path: line by line, every check in the order the bytes came."""
         out: list[bytes] = []
         pos = 0
         while pos < len(data):
@@ -115,6 +134,59 @@ class DotReader:
             if line is not None:
                 self._take(line if crlf else line[:-1] + _CRLF, out)
         return self._content(out)
+
+    # ------------------------------------------------------------------ bulk path
+
+    def _at_line_start(self) -> bool:
+        """Nothing held over from earlier input: the next byte starts a line after a CRLF."""
+        return not (self._partial or self._skipping or self._pending_cr) and self._after_crlf
+
+    def _feed_bulk(self, data: bytes) -> list[Event] | None:
+        """Whole CRLF lines checked and un-stuffed with a few scans over the whole chunk
+        (bytes.count/find/replace) instead of per line. None when the chunk holds anything
+        unusual (a bare CR or LF, NUL, an over-long line, the size limit reached): then the
+        line-by-line path decides, so the events are the same either way."""
+        if not (self.accepting and self._at_line_start()):
+            return None
+        if data.startswith(_END_LINE):
+            end = 0
+        else:
+            found = data.find(b"\r\n.\r\n")
+            end = found + 2 if found >= 0 else -1
+        cut = end if end >= 0 else data.rfind(b"\n") + 1     # whole lines only
+        body = data[:cut]
+        if not self._clean(body) or self.size + len(body) > self.max_bytes:
+            return None
+        if body[:1] == b".":
+            body = body[1:]                         # RFC 5321 section 4.5.2: the first line,
+        body = body.replace(b"\r\n.", b"\r\n")      # then every other line starting with a dot
+        self.size += len(body)
+        events: list[Event] = [Content(body)] if body else []
+        if end >= 0:
+            self.done = True
+            return events + [End(data[end + len(_END_LINE):])]
+        rest = data[cut:]                           # a partial line: the careful path holds it
+        return events + (self._feed_lines(rest) if rest else [])
+
+    @staticmethod
+    def _clean(body: bytes) -> bool:
+        """Complete lines, each ending in CRLF with no other CR or LF, no NUL, none too long."""
+        if not body:
+            return True
+        if not body.endswith(_CRLF) or b"\0" in body:
+            return False
+        crlfs = body.count(_CRLF)
+        if body.count(b"\r") != crlfs or body.count(b"\n") != crlfs:
+            return False
+        start = 0
+        while len(body) - start > MAX_DATA_LINE_BYTES:
+            # The last LF within the next MAX_DATA_LINE_BYTES ends every line that starts
+            # before it: none of those is too long; none at all means this one is.
+            last = body.rfind(b"\n", start, start + MAX_DATA_LINE_BYTES)
+            if last < 0:
+                return False
+            start = last + 1
+        return True
 
     # ------------------------------------------------------------------ internals
 

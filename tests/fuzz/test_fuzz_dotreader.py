@@ -1,7 +1,8 @@
 """Fuzz the DATA path end to end: client bytes -> DotReader (smtpd) -> queue content ->
-aiosmtplib's DATA encoding (smarthost client) -> an RFC 5321 receiver (DotReader again).
+the smarthost client's DATA encoding (esmtp.data_bytes, the same octets as aiosmtplib's:
+tests/unit/test_smarthost_aiosmtplib.py) -> an RFC 5321 receiver (DotReader again).
 
-Peer: none (pure; aiosmtplib's real protocol object on a fake transport). S2: whatever a
+Peer: none (pure). S2: whatever a
 client sends, the content we accept has CRLF line endings only, and what we send on holds
 no bare CR or LF and ends exactly where the accepted content ends, so nothing a client hides
 in DATA can become a second message at the smarthost. The same holds for the normalizing
@@ -16,9 +17,9 @@ import re
 
 from hypothesis import example, given, strategies as st, target
 
+from mta_lite.smarthost.esmtp import data_bytes
 from mta_lite.smtpd.dotreader import Content, DotReader, End, ProtocolError
 from tests.fuzz.profiles import fuzz_settings
-from tests.unit.test_smarthost_aiosmtplib import wire_bytes
 
 BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 PIECES = st.sampled_from([b"a", b"x y", b".", b"..", b"\r", b"\n", b"\r\n", b"\0", b"\r\n.\r\n", b"\n.\n",
@@ -84,7 +85,7 @@ def check_data_path(data: bytes, cuts: list[int], tail: bool, normalize: bool) -
     # Only the client's real CRLF.CRLF (or a first line ".CRLF") ends the one message.
     assert data[:consumed] == b".\r\n" or data[:consumed].endswith(b"\r\n.\r\n")
     assert content == b"" or content.endswith(b"\r\n")
-    wire = wire_bytes(content)
+    wire = data_bytes(content)
     assert not BARE.search(wire) and wire.endswith(b"\r\n.\r\n")
     receiver = DotReader(100_000)
     relayed, end = feed_all(receiver, wire + b"QUIT\r\n", [])

@@ -1,6 +1,7 @@
 """Pins the aiosmtplib behaviour the smarthost client relies on, without sockets.
 
-The client hands content to aiosmtplib's SMTP.data() untouched; aiosmtplib must (S2, G3):
+The client sends DATA the way aiosmtplib's SMTP.data() does, with esmtp.data_bytes() doing
+aiosmtplib's encoding more cheaply: both must give the same octets, and they must (S2, G3)
 dot-stuff every line that starts with "." (RFC 5321 section 4.5.2), send CRLF line endings
 only, end with CRLF.CRLF, and count SIZE= the way esmtp.wire_size() does.
 """
@@ -13,7 +14,7 @@ import re
 from hypothesis import given, settings, strategies as st
 
 from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
-from mta_lite.smarthost.esmtp import wire_size
+from mta_lite.smarthost.esmtp import data_bytes, wire_size
 
 
 class _FakeTransport(asyncio.Transport):
@@ -86,3 +87,13 @@ def test_dot_stuffing_round_trips_any_crlf_content(content):
 @given(st.binary(max_size=200))
 def test_wire_size_counts_what_aiosmtplib_sends(content):
     assert wire_size(content) == len(normalize_message_line_endings(content))
+
+
+_messy = st.lists(st.sampled_from([b"a", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"\n.",
+                                   b"\r.", b"x" * 100]), max_size=40).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_messy, crlf_content, st.binary(max_size=200)))
+def test_data_bytes_are_what_aiosmtplib_sends(content):
+    assert data_bytes(content) == wire_bytes(content)

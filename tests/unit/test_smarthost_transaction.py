@@ -24,6 +24,31 @@ EXT = {"size": "10240000", "8bitmime": "", "pipelining": ""}
 
 # ---------------------------------------------------------------- one transaction, scripted
 
+class FakeProtocol:
+    """Stands in for aiosmtplib's SMTPProtocol for DATA: an SMTPDataError outcome is the reply
+    to DATA itself (no 354); anything else is the outcome of the final dot."""
+
+    def __init__(self, smtp: FakeSMTP) -> None:
+        self.smtp = smtp
+
+    async def execute_command(self, *args: bytes, timeout: float | None = None) -> SMTPResponse:
+        self.smtp.sent.append(b" ".join(args))
+        outcome = self.smtp.data_outcome
+        if isinstance(outcome, SMTPDataError):
+            return SMTPResponse(outcome.code, outcome.message)
+        return SMTPResponse(354, "go ahead")
+
+    def write(self, data: bytes) -> None:
+        self.smtp.wire += data
+
+    async def read_response(self, timeout: float | None = None) -> SMTPResponse:
+        outcome = self.smtp.data_outcome
+        if isinstance(outcome, BaseException):
+            self.smtp.is_connected = False      # timeouts and disconnects close, as aiosmtplib does
+            raise outcome
+        return SMTPResponse(*outcome)
+
+
 class FakeSMTP:
     """Stands in for aiosmtplib.SMTP: scripted replies per verb, records what was sent."""
 
@@ -32,6 +57,7 @@ class FakeSMTP:
         self.script, self.data_outcome = script or {}, data
         self.esmtp_extensions = EXT if extensions is None else extensions
         self.sent: list[bytes] = []
+        self.wire = b""                         # what went out after the 354
         self.is_connected = True
 
     async def execute_command(self, *args: bytes) -> SMTPResponse:
@@ -44,15 +70,9 @@ class FakeSMTP:
             self.is_connected = False       # as aiosmtplib does
         return SMTPResponse(*outcome)
 
-    async def data(self, content: bytes) -> SMTPResponse:
-        self.sent.append(b"DATA")
-        if isinstance(self.data_outcome, BaseException):
-            if not isinstance(self.data_outcome, SMTPDataError):
-                self.is_connected = False       # timeouts and disconnects close, as aiosmtplib does
-            raise self.data_outcome
-        if self.data_outcome[0] != 250:
-            raise SMTPDataError(*self.data_outcome)
-        return SMTPResponse(*self.data_outcome)
+    @property
+    def protocol(self) -> FakeProtocol | None:
+        return FakeProtocol(self) if self.is_connected else None
 
     def close(self) -> None:
         self.is_connected = False
@@ -87,7 +107,21 @@ def test_transaction_all_accepted_all_sent():
     assert [r.status for r in result.recipients] == [SENT, SENT]
     assert verbs(smtp) == [b"MAIL", b"RCPT", b"RCPT", b"DATA"]
     assert smtp.sent[0] == b"MAIL FROM:<a@lan.test> SIZE=17"
+    assert smtp.wire == b"Subject: x\r\n\r\nx\r\n.\r\n"
     assert conn.alive and result.relay == RELAY
+
+
+def test_transaction_data_is_dot_stuffed_and_ends_with_the_final_dot():
+    smtp = FakeSMTP()
+    result, _ = transact(smtp, ["b@x.org"], b".first\r\nmid\r\n.\r\n..x")
+    assert [r.status for r in result.recipients] == [SENT]
+    assert smtp.wire == b"..first\r\nmid\r\n..\r\n...x\r\n.\r\n"
+
+
+def test_transaction_2xx_other_than_250_after_the_dot_is_not_a_delivery():
+    smtp = FakeSMTP(data=(251, "2.0.0 odd"))
+    result, conn = transact(smtp, ["b@x.org"])
+    assert [r.status for r in result.recipients] == [DEFER] and not conn.alive
 
 
 def test_transaction_no_recipient_accepted_sends_rset_not_data():
@@ -126,7 +160,7 @@ def test_transaction_3xx_at_rcpt_is_a_protocol_error_never_sent():
 
 
 def test_transaction_250_instead_of_354_is_not_a_delivery():
-    smtp = FakeSMTP(data=SMTPDataError(250, "2.0.0 Ok"))   # aiosmtplib raises when DATA gets no 354
+    smtp = FakeSMTP(data=SMTPDataError(250, "2.0.0 Ok"))   # the reply to DATA itself: no 354
     result, conn = transact(smtp, ["b@x.org"])
     assert [r.status for r in result.recipients] == [DEFER] and not conn.alive
 

@@ -217,6 +217,56 @@ def test_dotreader_smuggling_variant_anywhere_is_rejected(lines, variant, positi
     assert isinstance(terminal, ProtocolError)
 
 
+# A whole chunk of plain CRLF lines takes the bulk path; fed a byte at a time, every byte
+# after the first of a line goes down the line-by-line path: both must give the same result.
+BULK_LINE = st.one_of(LINE, st.sampled_from([b".", b"..", b".x", b"x" * (MAX_DATA_LINE_BYTES - 2),
+                                             b"x" * (MAX_DATA_LINE_BYTES - 1), b"y" * 25_000]))
+BULK_TAIL = st.sampled_from([b".\r\nQUIT\r\n", b".\r\n", b"", b"x\ny\r\n.\r\n", b"a\rb\r\n.\r\n",
+                             b"\0\r\n.\r\n", b"\n.\n.\r\n", b"partial"])
+
+
+def _terminal(event, unfed: bytes) -> tuple:
+    if isinstance(event, End):
+        return ("end", event.rest + unfed)
+    return ("error", event.reply)
+
+
+def bytewise(data: bytes, max_bytes: int) -> tuple:
+    reader = DotReader(max_bytes)
+    content, terminal = [], None
+    for i in range(len(data)):
+        for event in reader.feed(data[i:i + 1]):
+            if isinstance(event, Content):
+                content.append(event.data)
+            else:
+                terminal = _terminal(event, data[i + 1:])
+        if terminal:
+            break
+    return b"".join(content), terminal, reader.size, reader.oversize, reader.line_too_long
+
+
+def whole(chunks: list[bytes], max_bytes: int) -> tuple:
+    content, terminal, reader, unfed = run(chunks, max_bytes)
+    term = None
+    if terminal is not None:
+        term = _terminal(terminal, b"".join(unfed))
+    return content, term, reader.size, reader.oversize, reader.line_too_long
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(BULK_LINE, max_size=60), BULK_TAIL, st.sampled_from([BIG, 5_000, 40_000]),
+       st.lists(st.integers(min_value=0), max_size=4))
+def test_dotreader_bulk_chunks_agree_with_bytewise_feeding(lines, tail, max_bytes, cuts):
+    data = stuff(lines) + tail
+    assert whole(split(data, cuts), max_bytes) == bytewise(data, max_bytes)
+
+
+def test_dotreader_bulk_chunk_of_many_lines_is_one_content_event():
+    lines = [b"line %d" % i for i in range(300)] + [b".dot", b"..two"]
+    events = DotReader(BIG).feed(stuff(lines) + b".\r\nQUIT\r\n")
+    assert events == [Content(b"".join(line + b"\r\n" for line in lines)), End(b"QUIT\r\n")]
+
+
 # ---------------------------------------------------------------- normalize (S2, LAN clients)
 
 def normalized(chunks, max_bytes=BIG):
