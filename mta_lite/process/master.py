@@ -37,11 +37,9 @@ Must never: read the config file itself, or restart a crashing child in a tight 
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 import os
-import select
 import signal
 import socket
 import sys
@@ -49,9 +47,7 @@ import time
 from dataclasses import replace
 
 from mta_lite import __version__
-from mta_lite.process import privsep
-
-from mta_lite.process import spawn
+from mta_lite.process import privsep, sockets, spawn
 from mta_lite.config.schema import Config
 from mta_lite.config.public import load_public_config, preflight
 from mta_lite.errors import ConfigError, MtaLiteError, PreflightError
@@ -60,7 +56,6 @@ from mta_lite.status import write_processes
 
 log = logging.getLogger("mta_lite.master")
 
-LISTEN_BACKLOG = 128
 # How often the master looks at the config file's inode and mtime: a config installed by
 # `config apply`, the serial console or a USB stick is in use within this time.
 CONFIG_POLL_S = 2.0
@@ -69,35 +64,6 @@ SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # While smtpd is down the master looks for waiting clients this often: a client is turned
 # away within a tenth of a second, at ten cheap wake-ups a second only while smtpd is down.
 TURN_AWAY_POLL_S = 0.1
-TURN_AWAY_PER_ROUND = 64
-R421_DOWN = b"421 4.3.2 Service currently unavailable\r\n"
-
-
-def listen_keys(cfg: Config) -> list[tuple]:
-    """Each [[listen]]'s socket across a reload: its (host, port); port 0 (the kernel picks the
-    port, as the tests do) adds the entry's index, since such entries share one address."""
-    return [(item.host, item.port, *(() if item.port else (index,))) for index, item in enumerate(cfg.listen)]
-
-
-def bind_listeners(cfg: Config, bound: dict | None = None) -> list[socket.socket]:
-    """One listening socket per [[listen]], in order; those in `bound` (listen_keys() ->
-    socket, from before a reload) are reused: a port that stays open is never closed."""
-    socks = []
-    bound = bound or {}
-    try:
-        for item, key in zip(cfg.listen, listen_keys(cfg)):
-            sock = bound.get(key)
-            if sock is None:
-                family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
-                sock = socket.create_server((item.host, item.port), family=family, backlog=LISTEN_BACKLOG)
-                sock.setblocking(False)     # smtpd's event loop wants it so; turn_away() too
-            socks.append(sock)
-    except OSError:
-        for sock in socks:
-            if sock not in bound.values():
-                sock.close()
-        raise
-    return socks
 
 
 def config_file_id(path: str) -> tuple | None:
@@ -107,32 +73,6 @@ def config_file_id(path: str) -> tuple | None:
     except OSError:
         return None
     return info.st_ino, info.st_mtime_ns, info.st_size
-
-
-def turn_away(socks: list[socket.socket], plain: list[bool]) -> int:
-    """Answer clients waiting on the listening sockets with 421 (close only on implicit-TLS
-    ports, where plain text would be garbage to the client); how many were turned away."""
-    ready, _, _ = select.select(socks, [], [], 0)
-    count = 0
-    for sock in ready:
-        for _ in range(TURN_AWAY_PER_ROUND):
-            try:
-                conn, _ = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:      # ECONNABORTED and the like: that client is gone
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    return count
-                continue
-            with conn:
-                conn.setblocking(False)
-                if plain[socks.index(sock)]:
-                    try:
-                        conn.send(R421_DOWN)
-                    except OSError:
-                        pass
-            count += 1
-    return count
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -167,7 +107,7 @@ class Master:
             prepare_spool(self.cfg.spool_dir, None, None)
         for line in preflight(self.cfg.path):
             log.warning("%s", line)
-        self.socks = bind_listeners(self.cfg)
+        self.socks = sockets.bind_listeners(self.cfg)
         # Load the children's code here, once: shared between the three processes, and
         # already in memory when a child has dropped to a user who may not be able to read
         # the interpreter's directory.
@@ -294,7 +234,7 @@ class Master:
                 log.info("smtpd is back; %d connections were answered 421 while it was down", self.turned_away)
                 self.turned_away = 0
             return
-        self.turned_away += turn_away(self.socks, [item.tls != "implicit" for item in self.cfg.listen])
+        self.turned_away += sockets.turn_away(self.socks, [item.tls != "implicit" for item in self.cfg.listen])
 
     # ---------------------------------------------------------------- reload
     def _reload(self, why: str) -> None:
@@ -318,15 +258,11 @@ class Master:
             if getattr(cfg, key) != getattr(self.cfg, key):
                 log.warning("reload: %s changes only with a restart; keeping the running value", key)
         cfg = replace(cfg, spool_dir=self.cfg.spool_dir, master=self.cfg.master)
-        bound = dict(zip(listen_keys(self.cfg), self.socks))
         try:
-            socks = bind_listeners(cfg, bound)
+            socks = sockets.rebind(self.cfg, self.socks, cfg)
         except OSError as exc:
             log.error("reload (%s) failed, keeping the running configuration: cannot listen: %s", why, exc.strerror)
             return
-        for key, sock in bound.items():
-            if sock not in socks:
-                sock.close()
         self.cfg, self.socks = cfg, socks
         log.info("reload (%s): configuration accepted, replacing smtpd%s", why, " and qmgr" if self.switch else "")
         for child in self.children:

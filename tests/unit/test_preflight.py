@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mta_lite.process.master import R421_DOWN, turn_away
+from mta_lite.process.sockets import R421_DOWN, turn_away
 from mta_lite.commands.check import (Access, Problem, layout_problems, probe_as, reach_problems, secret_problems,
                                 tamper_problems)
 from mta_lite.process.privsep import PrivilegeError, ServiceUser
