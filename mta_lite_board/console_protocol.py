@@ -28,11 +28,11 @@ start with `| `. Commands:
     CONFIG ROLLBACK [N]       OK generation N installed (config DIGEST)
 
 Guarantees: the same bytes give the same replies however they are chunked. Every reply line
-is printable ASCII ended by CRLF. An upload is installed only after its size and SHA-256
-match what the sender declared (board/console_upload.py has the upload's own rules), and then
-only through configgen (C1), which changes nothing
-unless the config validates. A line other than DATA, CONFIG COMMIT, CONFIG ABORT or HELLO
-during an upload drops the upload; so does UPLOAD_IDLE_S without a line.
+is printable ASCII ended by CRLF (board/console_lines.py frames the lines). An upload is
+installed only after its size and SHA-256 match what the sender declared
+(board/console_upload.py has the upload's own rules), and then only through configgen (C1),
+which changes nothing unless the config validates. A line other than DATA, CONFIG COMMIT,
+CONFIG ABORT or HELLO during an upload drops the upload; so does UPLOAD_IDLE_S without a line.
 Slow commands (QUEUE, LOG, TEST RELAY, OAUTH LOGIN, FLUSH, REPORT) ask the relay through its
 command line (board/relaycli.py); the I/O edge runs the protocol off the event loop
 (board/console.py), and TEST RELAY and OAUTH LOGIN hand each line to `stream` as it comes
@@ -65,6 +65,7 @@ from mta_lite.config.generations import MAX_CONFIG_BYTES, ApplyResult, Generatio
 from mta_lite.errors import ConfigError
 
 from mta_lite_board import console_upload
+from mta_lite_board.console_lines import MAX_LINE_BYTES, LineReader, ascii_line, printable
 from mta_lite_board.console_upload import UPLOAD_IDLE_S, UPLOAD_SOURCE, Upload
 from mta_lite_board.logsource import LogTail, LogUnavailableError
 from mta_lite_board.relaycli import RelayCliError, RelayTest
@@ -72,9 +73,6 @@ from mta_lite_board.report import Report
 
 PROTOCOL_VERSION = 1
 GREETING = f"OK mta-lite console {PROTOCOL_VERSION}"
-# A command is a few dozen bytes; a DATA line is "DATA " + console_upload.DATA_CHUNK_BYTES of
-# base64 (768 characters). The cap bounds what one line can hold in memory; longer lines are noise.
-MAX_LINE_BYTES = 1024
 # Line noise on an open UART can be continuous; one ERR per second of it is enough to show
 # that the link is bad, and keeps the box from flooding a slow line with replies.
 NOISE_ERR_INTERVAL_S = 1.0
@@ -86,8 +84,6 @@ MAX_LOG_LINES = 200
 RELAY_TEST_INTERVAL_S = 10.0
 REPORT_INTERVAL_S = 30.0
 
-_EOL = re.compile(rb"[\r\n]")
-_PRINTABLE = re.compile(rb"[ -~]*")
 _GENERATION = re.compile(r"[0-9]{1,6}")
 _COUNT = re.compile(r"[0-9]{1,4}")
 # Relay names are TOML keys; one a person can type on the console is a bare key.
@@ -136,13 +132,6 @@ class ConsoleActions(Protocol):
     def report(self) -> Report: ...
 
 
-def ascii_line(text: str) -> bytes:
-    """One reply line: printable ASCII (anything else as a backslash escape) plus CRLF."""
-    if not text.isascii() or not text.isprintable():
-        text = "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
-    return text.encode("ascii") + b"\r\n"
-
-
 def error_location(exc: BaseException) -> str:
     """`KeyError at console.py:123`: where an unexpected error happened, without its message,
     which could hold anything the failing code had in hand."""
@@ -157,8 +146,7 @@ class ConsoleProtocol:
     def __init__(self, actions: ConsoleActions, clock: Callable[[], float] = time.monotonic,
                  log: Callable[[str], None] = lambda message: None) -> None:
         self._actions, self._clock, self._log = actions, clock, log
-        self._line = bytearray()
-        self._too_long = False
+        self._lines = LineReader()
         self._upload: Upload | None = None
         self._noise_at: float | None = None     # when the last reply, a noise ERR, went out
         self._out: list[bytes] = []             # reply lines of the current feed()
@@ -170,13 +158,8 @@ class ConsoleProtocol:
         return [ascii_line(GREETING)]
 
     def feed(self, data: bytes) -> list[bytes]:
-        # CR, LF and CRLF all end a line: the LF of a CRLF ends an empty line, which is ignored.
-        pos = 0
-        while (match := _EOL.search(data, pos)) is not None:
-            self._take(data[pos:match.start()])
-            pos = match.end()
-            self._emit(self._end_line())
-        self._take(data[pos:])
+        for line in self._lines.feed(data):     # None: a line over MAX_LINE_BYTES
+            self._emit(self._end_line(line))
         out, self._out = self._out, []
         return out
 
@@ -195,25 +178,13 @@ class ConsoleProtocol:
 
     # ------------------------------------------------------------------ lines
 
-    def _take(self, chunk: bytes) -> None:
-        if self._too_long:
-            return
-        if len(self._line) + len(chunk) > MAX_LINE_BYTES:
-            self._too_long = True       # discard up to the end of the line
-            self._line.clear()
-            return
-        self._line += chunk
-
-    def _end_line(self) -> list[str]:
-        line, too_long = bytes(self._line), self._too_long
-        self._line.clear()
-        self._too_long = False
+    def _end_line(self, line: bytes | None) -> list[str]:
         now = self._clock()
         if self._upload is not None and self._upload.idle(now):
             self._drop_upload(f"no data for {UPLOAD_IDLE_S:.0f}s")
-        if too_long:
+        if line is None:
             return self._noise(f"line too long (limit {MAX_LINE_BYTES} bytes)", now)
-        if not _PRINTABLE.fullmatch(line):
+        if not printable(line):
             return self._noise("control or non-ASCII byte in line", now)
         words = line.decode("ascii").split()
         if not words:

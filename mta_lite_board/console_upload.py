@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from mta_lite.config.generations import MAX_CONFIG_BYTES
 
 # The provisioning client's DATA chunk: 576 bytes are 768 base64 characters, well under the
-# console's line cap (console_protocol.MAX_LINE_BYTES).
+# console's line cap (console_lines.MAX_LINE_BYTES).
 DATA_CHUNK_BYTES = 576
 # An upload that gets no line for this long is dropped: the sender is gone, and the next
 # user of the console must not find half an upload waiting.
