@@ -5,18 +5,24 @@ token if the account uses one, DNS, TCP, greeting, EHLO, TLS with a verified cer
 step that failed gets the reason in plain words and what to change, e.g.
 `TLS: certificate verify failed: self-signed certificate — set ca_file or fix the server`.
 Exit status 0 when every step passed, 69 (EX_UNAVAILABLE) otherwise.
+A relay whose certificate is checked (tls = starttls or implicit) is not tried while the
+system clock is not set, by the queue manager's own rule and record (qmgr/clock.py,
+spool/state/clock.json): the test says so, with the clock's reading and the floor it is
+under, instead of reporting the certificate failure that a clock at 1970 would cause.
 SECURITY: talks to the configured smarthost only; the password goes to it inside verified
 TLS as in a real delivery (S3).
 Must never: print the password or an AUTH payload (replies are cleaned and masked by the
-client); send MAIL FROM.
+client); send MAIL FROM; write the clock record (it is the queue manager's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
-from mta_lite.config.schema import Config, Route, route_of
+from mta_lite.config.schema import Config, Relay, Route, route_of
+from mta_lite.qmgr import clock
 from mta_lite.reply import Reply
 from mta_lite.smarthost.oauth.store import store_for
 from mta_lite.smarthost.oauth.tokens import TokenManager
@@ -81,12 +87,29 @@ async def check_route(route: Route, helo_name: str, out, tokens: TokenManager | 
     return True
 
 
+def clock_problem(relay: Relay, spool_dir: str, now: float) -> str:
+    """Why `relay`'s certificate cannot be checked at `now` ("" if it can): the queue
+    manager's rule (clock.observe) on its record, so the test and deliveries agree."""
+    if not clock.needs_clock(relay.tls):
+        return ""
+    record = clock.read_record(clock.clock_path(spool_dir))
+    if clock.observe(record, now).state == clock.OK:
+        return ""
+    return clock.not_set_reason(record, now)
+
+
 def relay_test(cfg: Config, name: str, out=print) -> int:
     """`mta-lite relay test NAME`: the exit status."""
     relay = cfg.relays.get(name)
     if relay is None:
         out(f"mta-lite: no relay named {name!r}; configured: {', '.join(sorted(cfg.relays))}")
         return EX_USAGE
+    problem = clock_problem(relay, cfg.spool_dir, time.time())
+    if problem:
+        out(f"clock: {problem} — the smarthost's certificate cannot be checked until the clock is set "
+            "(by NTP: check the network and the time servers); no connection was made")
+        out(f"relay {relay.name}: FAILED at clock; mail for it waits until the clock is set")
+        return EX_UNAVAILABLE
     # The relay's own token store: a refresh token rotated here must reach the queue manager.
     tokens = TokenManager(store_for(cfg.spool_dir, cfg.path))
     ok = asyncio.run(check_route(route_of(cfg, relay, relay), cfg.hostname, out, tokens))

@@ -1,6 +1,7 @@
 """C4 end to end: the real daemon with its clock at 1970 defers STARTTLS mail to a real Postfix
 smarthost with `clock not set` (no connection, no certificate failure, never a bounce), says
-so in `queue why` and the status file, and delivers it within seconds of the clock being set.
+so in `queue why` and the status file, and delivers it within seconds of the clock being set;
+`relay test` at 1970 names the clock instead of a certificate failure and connects nowhere.
 
 Peers: Postfix 3.7 as ISP-like smarthost (STARTTLS + SASL), the real `mta-lite serve`,
 stdlib smtplib as client, libfaketime (tests/support/faketime.py) for a clock that moves
@@ -108,3 +109,25 @@ def test_relay_restarted_with_a_good_clock_delivers_what_waited_for_it(smarthost
     by_message_id(smarthost, {message_id})
     wait_until(lambda: relay.queue() == [], 30, what="the queue to empty")
     assert_never_a_certificate_failure_or_bounce(relay)
+
+
+def test_relay_test_at_1970_says_the_clock_is_not_set_and_connects_nowhere(smarthost, relay_factory):
+    """`relay test` by the queue manager's rule: at 1970 it names the clock, not a certificate
+    failure, exits 69 and never reaches the smarthost."""
+    if shutil.which("faketime") is None:
+        pytest.skip("faketime is not installed")
+    relay = relay_factory(postfix_config(smarthost), start=False)
+    before = connections_from_us(smarthost)
+    result = subprocess.run(["faketime", "1970-01-01 00:00:00", sys.executable, "-m", "mta_lite.cli",
+                             "-c", relay.config_path, "relay", "test", "isp"],
+                            capture_output=True, timeout=60, text=True)
+    assert result.returncode == 69, result.stdout + result.stderr
+    first, last = result.stdout.splitlines()
+    assert first.startswith("clock: clock not set: it reads 1970-01-01 00:00:0")
+    assert "UTC, earlier than 20" in first and "(this software's release)" in first
+    assert "certificate cannot be checked until the clock is set (by NTP" in first
+    assert last.startswith("relay isp: FAILED at clock")
+    for step in ("DNS:", "TCP:", "TLS:", "AUTH:", "verify failed", "expired"):
+        assert step not in result.stdout
+    time.sleep(1)                        # Postfix would log a connection by now
+    assert connections_from_us(smarthost) == before
