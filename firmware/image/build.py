@@ -9,7 +9,10 @@ then into dist/: mta-lite-VERSION-arm64.img.xz, .bmap, .sha256 and .manifest.
 
 SOURCE_DATE_EPOCH is the last commit's time (or the environment's): every file in the image
 is dated at most then, and /usr/lib/clock-epoch carries it, so the box's clock never starts
-before it. Two builds of the same tree from the same cache are the same bytes.
+before it. /usr/lib/mta-lite/build-time holds it too, as decimal seconds: the relay's
+trusted clock floor (mta_lite/qmgr/clock.py BUILD_TIME), so no constant needs editing at a
+release (without a SOURCE_DATE_EPOCH at all, the build's own time). Two builds of the same
+tree from the same cache are the same bytes.
 Guarantees: dist/ only ever holds complete artifacts (written under .partial, renamed last);
 the cached root file system is never changed (each build works on its own copy).
 Must never: run without root (owners in the image must be exact), or leave mounts behind.
@@ -52,6 +55,12 @@ def source_date_epoch() -> int:
         return int(os.environ["SOURCE_DATE_EPOCH"])
     out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%ct"], capture_output=True, text=True)
     return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else 0
+
+
+def build_time_stamp(sde: int, now: float | None = None) -> str:
+    """The content of layout.BUILD_TIME_FILE: SOURCE_DATE_EPOCH, or now when there is none
+    (never later than the build), as one line of decimal seconds."""
+    return f"{sde or int(time.time() if now is None else now)}\n"
 
 
 def revision() -> str:
@@ -179,9 +188,16 @@ def configure_system(root: pathlib.Path, sde: int) -> None:
     epoch = root / "usr/lib/clock-epoch"
     epoch.touch()
     os.utime(epoch, (sde, sde))
+    stamp_build_time(root, sde)
     for leftover in ("var/log", "var/cache/apt", "var/lib/apt/lists", "tmp"):
         for item in (root / leftover).glob("*"):
             shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+
+
+def stamp_build_time(root: pathlib.Path, sde: int) -> None:
+    """The relay's trusted clock floor for this image (layout.BUILD_TIME_FILE, read by
+    mta_lite/qmgr/clock.py at start): mode 0644, every service user reads it."""
+    write_file(root, layout.BUILD_TIME_FILE, build_time_stamp(sde))
 
 
 def boot_files(root: pathlib.Path, boot: pathlib.Path) -> None:

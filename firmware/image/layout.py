@@ -43,6 +43,8 @@ DPKG_INCLUDES = ("/usr/share/doc/*/copyright",)
 
 VENV = "/usr/lib/mta-lite/venv"
 LIBEXEC = "/usr/lib/mta-lite"
+# The build's SOURCE_DATE_EPOCH for the relay's clock floor (mta_lite/qmgr/clock.py BUILD_TIME_FILE).
+BUILD_TIME_FILE = f"{LIBEXEC}/build-time"
 COMMANDS = ("mta-lite", "mta-lite-board", "mta-lite-page")        # /usr/bin links into the venv
 
 MIB = 1024 * 1024

@@ -5,7 +5,9 @@ or at 1970, and until NTP answers every smarthost certificate looks expired or n
 valid. The relay therefore calls the clock NOT SET while it reads earlier than its trusted
 floor, the later of
 
-    BUILD_TIME   when this software was released (a constant, see below)
+    BUILD_TIME   when this software was built: the image build's stamp in BUILD_TIME_FILE,
+                 read once at start, never earlier than RELEASE_TIME (set by hand at each
+                 release); RELEASE_TIME alone where no stamp is installed (a checkout)
     last_seen    the latest time the queue manager saw while the clock was set, kept in
                  spool/state/clock.json, less STEP_SLACK_S
 
@@ -23,7 +25,7 @@ Guarantees: observe() and effective_arrival() are pure (the time comes in as an 
 ClockWatch writes the record at a state change, at most every SAVE_INTERVAL_S otherwise
 (SD-card wear: never per message), and at a clean stop; a torn, garbled or unreadable
 record counts as absent (the floor is then BUILD_TIME) and a failed write is logged, never
-raised: the relay runs on.
+raised: the relay runs on. An absent, unreadable or garbled build stamp gives RELEASE_TIME.
 Must never: move the floor backwards within a run, or stop delivery of mail that needs no
 certificate check.
 """
@@ -44,8 +46,29 @@ log = logging.getLogger("mta_lite.qmgr")
 # The release's source date (2026-12-06 00:00:00 UTC), set by hand at each release. It is an
 # honest lower bound of the build time: this code did not exist before it, so no build of
 # it can be older. A clock that reads earlier cannot be right.
-BUILD_TIME = 1796515200.0
+RELEASE_TIME = 1796515200.0
+# The image build (firmware/image/build.py) writes its SOURCE_DATE_EPOCH here, one line of
+# decimal seconds, on the read-only root file system: a later floor than RELEASE_TIME
+# without anyone editing a constant.
+BUILD_TIME_FILE = "/usr/lib/mta-lite/build-time"
+BUILD_STAMP_MAX_BYTES = 32
 CLOCK_FILE = os.path.join("state", "clock.json")
+
+
+def read_build_time(path: str = BUILD_TIME_FILE, floor: float = RELEASE_TIME) -> float:
+    """The build's stamp in `path`, never earlier than `floor`; a stamp that is absent,
+    unreadable or not plain decimal seconds is ignored (the floor it is)."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(BUILD_STAMP_MAX_BYTES).strip()
+    except OSError:
+        return floor
+    if not (text.isdigit() and len(text) < BUILD_STAMP_MAX_BYTES):     # ASCII digits only
+        return floor
+    return max(floor, float(int(text)))
+
+
+BUILD_TIME = read_build_time()
 # last_seen is written at most this often while the clock is good (and at stop): an SD card
 # must not get a write per message. The price of a power cut is a floor up to five minutes
 # old, which still catches a Pi that booted at its image's date or at 1970.

@@ -45,6 +45,7 @@ def make_image(work: pathlib.Path, name: str) -> pathlib.Path:
     stand_in_root(root)
     build.install_firmware(root)
     build.enable_units(root, tuple(u for u in layout.ENABLED_UNITS if u.startswith("mta-lite")))
+    build.stamp_build_time(root, SDE)
     build.boot_files(root, boot)
     build.clamp_mtimes(root, SDE)
     build.clamp_mtimes(boot, SDE)
@@ -98,6 +99,7 @@ def test_root_holds_fstab_units_enabled_and_no_boot_files(image):
     assert "config.txt" not in debugfs(image, "ls /boot/firmware"), "boot files only on the FAT"
     assert debugfs(image, "cat /usr/lib/mta-lite/image.conf") == layout.image_conf()
     assert "mta-lite-data" in debugfs(image, "ls /usr/lib/mta-lite")
+    assert debugfs(image, f"cat {layout.BUILD_TIME_FILE}") == f"{SDE}\n"     # the relay's clock floor
 
 
 def test_file_systems_check_clean(image, tmp_path):

@@ -7,11 +7,13 @@ tests/unit/test_image_disk.py inspects a reduced one made by the same code.
 
 from __future__ import annotations
 
+import inspect
 import pathlib
 
 import pytest
 
-from firmware.image import layout, manifest, rootfs
+from firmware.image import build, layout, manifest, rootfs
+from mta_lite.qmgr import clock
 
 FIRMWARE = pathlib.Path(__file__).resolve().parents[2] / "firmware"
 
@@ -177,3 +179,21 @@ def test_every_runtime_dependency_is_in_the_wheel_lock():
     locked = {line.split("==")[0].lower() for line in rootfs.WHEELS_LOCK.read_text().splitlines()
               if line and not line.startswith("#")}
     assert wanted <= locked, f"not in wheels.lock: {sorted(wanted - locked)}"
+
+
+def test_build_stamps_its_time_where_the_relay_reads_its_clock_floor(tmp_path):
+    """Static: configure_system() (run by every `make image`) writes the stamp, at the path
+    qmgr/clock.py reads, and the relay reads back the build's SOURCE_DATE_EPOCH."""
+    assert layout.BUILD_TIME_FILE == clock.BUILD_TIME_FILE
+    assert "stamp_build_time(root, sde)" in inspect.getsource(build.configure_system)
+    assert "configure_system(root, sde)" in inspect.getsource(build.build)
+    sde = int(clock.RELEASE_TIME) + 86400
+    build.stamp_build_time(tmp_path, sde)
+    stamp = tmp_path / layout.BUILD_TIME_FILE.lstrip("/")
+    assert stamp.read_text() == f"{sde}\n" and stamp.stat().st_mode & 0o777 == 0o644
+    assert clock.read_build_time(str(stamp)) == sde
+
+
+def test_build_without_a_source_date_stamps_its_own_time():
+    assert build.build_time_stamp(0, now=1900000000.7) == "1900000000\n"
+    assert build.build_time_stamp(1800000000, now=1900000000.0) == "1800000000\n"
