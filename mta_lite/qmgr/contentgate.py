@@ -11,8 +11,9 @@ admitted when its size fits into what the others left, or when no large message 
 delivered (so a message bigger than the budget still goes, alone). Waiters are admitted in
 arrival order, so a big message is never starved by a stream of smaller large ones.
 Guarantees: a hold is released however its delivery ends (result, error, cancellation), and
-a cancelled waiter leaves the queue, so the gate never wedges; small messages are never
-delayed by large ones.
+a cancelled waiter leaves the queue, so the gate never wedges; a small message never waits
+here (a waiting large one still counts in its account's backlog, as one waiting for a
+concurrency slot always did).
 Must never: drop, reorder the results of or time out a delivery (it only delays its start).
 """
 
