@@ -34,9 +34,8 @@ from mta_lite.errors import ConfigError, MtaLiteError
 from mta_lite.qmgr.manager import QueueManager
 from mta_lite.queue.doorbell import Doorbell
 from mta_lite.queue import Spool
-from mta_lite.smarthost.oauth.http import context_for
 from mta_lite.smarthost.oauth.store import store_for
-from mta_lite.smarthost.oauth.tokens import TokenManager
+from mta_lite.smarthost.oauth.tokens import TokenManager, load_endpoint_code
 from mta_lite.smarthost.pool import SmarthostPool
 from mta_lite.smtpd.listener import Listener
 from mta_lite.postscreen.service import PostscreenService
@@ -161,7 +160,11 @@ class QmgrService:
 
     def _import_seeds(self) -> None:
         """Now, while a master's child is still root: a seed from `oauth login` may be in a
-        secrets/ directory the queue manager's user cannot enter, a CA file root's alone."""
+        secrets/ directory the queue manager's user cannot enter, a CA file root's alone.
+        The token endpoint's code is loaded here too, only for a config with providers."""
+        if self.cfg.oauth:
+            load_endpoint_code()
+            from mta_lite.smarthost.oauth.http import context_for
         for provider in self.cfg.oauth.values():
             try:
                 context_for(provider.ca_file)

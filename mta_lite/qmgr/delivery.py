@@ -17,6 +17,9 @@ While the clock is not set, mail to a relay that checks certificates is deferred
 `clock not set` (wait "clock"): no connection, no attempt counted, no account pause. An invalid queue file goes to
 corrupt/ (G4). A message deleted or held by the administrator while in flight is respected:
 deleted -> results dropped; held -> results saved, so a release resends nothing.
+A message of 1 MiB or more starts its attempt only when contentgate.py's budget has room
+(8 MiB of such content at once, or it alone): the memory the content takes stays bounded,
+smaller messages never wait for it.
 Must never: bounce on a transient or unknown result; remove a message before its DSN is
 queued; hold more than one message's content in memory per delivery.
 """
@@ -42,6 +45,7 @@ from mta_lite.qmgr.accounts import PAUSED, PROBE, Account, Accounts
 from mta_lite.qmgr.backoff import expired, retry_delay_s
 from mta_lite.qmgr.budget import Slot, Ticket, when
 from mta_lite.qmgr.clock import ClockWatch, needs_clock
+from mta_lite.qmgr.contentgate import ContentGate
 from mta_lite.qmgr.notices import Notices
 from mta_lite.qmgr.resolve import Outgoing, resolve
 
@@ -87,6 +91,7 @@ class Deliverer:
         self.on_deferred = on_deferred          # (queue_id, next_attempt) -> None
         self.history = history or History(os.devnull, clock=clock)    # the status page's record
         self.stats = {"corrupt": 0}
+        self.gate = ContentGate()               # large messages' content in memory at once
 
     # ------------------------------------------------------------------ one message
     async def process(self, queue_id: str, src: str, out: Outgoing | None = None,
@@ -158,7 +163,7 @@ class Deliverer:
     # ------------------------------------------------------------------ the attempt
     async def _attempt(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
                        ticket: Ticket | None) -> Attempt | None:
-        async with account.slots:
+        async with self.gate.hold(entry.size), account.slots:
             verdict = await account.admit(self.clock)
             if verdict == PAUSED:
                 return self._paused(account, pending)

@@ -16,6 +16,10 @@ slow, garbage), the same error is returned without asking again for FAILURE_HOLD
 sees no storm (a refusal is not held: the account pauses for it, and a new login must be
 tried at once); the refresh token is never lost to a crash (see store.py); every token and
 refresh token joins the log's mask (maillog.mask_also) before it is used.
+The token endpoint's machinery (grants.py with oauthlib, http.py with urllib.request) is
+imported by load_endpoint_code(), not with this module: a relay without [oauth] never loads
+it (about 2 MiB of interpreter objects, docs/benchmark.md); the queue manager calls it while
+still root when its config has providers, so nothing is imported after the privilege drop.
 Must never: log, return in a snapshot or put into an exception a token or a secret.
 """
 
@@ -30,8 +34,6 @@ from typing import Awaitable, Callable
 from mta_lite import maillog
 from mta_lite.config.schema import OAuthProvider
 from mta_lite.errors import TokenError
-from mta_lite.smarthost.oauth import grants
-from mta_lite.smarthost.oauth.http import post_form
 from mta_lite.smarthost.oauth.store import TokenRecord, TokenStore
 
 log = logging.getLogger("mta_lite.smtp")
@@ -49,7 +51,14 @@ SECRET_WARN_S = 30 * 86400.0
 Post = Callable[[str, str, str], Awaitable[tuple[int, bytes]]]
 
 
+def load_endpoint_code():
+    """The grants module (oauthlib), with http.py (urllib.request) loaded beside it."""
+    from mta_lite.smarthost.oauth import grants, http     # noqa: F401  (see the docstring)
+    return grants
+
+
 def _post(url: str, body: str, ca_file: str) -> Awaitable[tuple[int, bytes]]:
+    from mta_lite.smarthost.oauth.http import post_form
     return post_form(url, body, ca_file)
 
 
@@ -140,6 +149,7 @@ class TokenManager:
         return await self._refresh(provider)
 
     async def _client_credentials(self, provider: OAuthProvider) -> TokenRecord:
+        grants = load_endpoint_code()
         status, body = await self.post(provider.token_url, grants.client_credentials_body(provider), provider.ca_file)
         tokens = grants.read_token(status, body, self.clock())
         maillog.mask_also(f"oauth:{provider.name}", {tokens.access_token})
@@ -154,6 +164,7 @@ class TokenManager:
             raise TokenError(f"no refresh token for {provider.name}: run `mta-lite oauth login {provider.name}`",
                              refused=True)
         maillog.mask_also(f"oauth-refresh:{provider.name}", {old.refresh_token})
+        grants = load_endpoint_code()
         body = grants.refresh_body(provider, old.refresh_token)
         unanswered = old.refresh_sent_at     # an earlier refresh whose answer never came back
         self._mark_sent(provider.name, old)
