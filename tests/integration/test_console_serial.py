@@ -276,7 +276,6 @@ def test_serial_console_on_a_pty_replies_and_never_blocks_when_nobody_reads(tmp_
 
 
 def test_serial_console_port_that_fails_to_open_logs_once_then_comes_back(tmp_path, caplog, monkeypatch):
-    import asyncio
     import mta_lite_board.console as console
     caplog.set_level("INFO", logger="board")
     monkeypatch.setattr(console, "REOPEN_MIN_S", 0.01)

@@ -24,7 +24,6 @@ import binascii
 import email.parser
 import email.policy
 import shutil
-import ssl
 import tempfile
 import threading
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP, AuthResult
 
 from tests.support.faults import LoopThread
-from tests.support.oauthserver import OAuthServer
+from tests.support.oauthserver import OAuthServer, loopback_tls_context
 
 LOOPBACK = "127.0.0.1"
 REFUSAL = "535 5.7.8 Authentication unsuccessful"
@@ -97,17 +96,7 @@ class Bare535Smarthost:
         self.root = Path(tempfile.mkdtemp(prefix="mta-bare535-", dir="/tmp"))
         self.root.chmod(0o755)
         self.ca_file = self.root / "smarthost-ca.pem"
-        self._context = self._make_context()
-
-    def _make_context(self) -> ssl.SSLContext:
-        import trustme  # test dependency
-
-        ca = trustme.CA()
-        ca.cert_pem.write_to_path(str(self.ca_file))
-        self.ca_file.chmod(0o644)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(LOOPBACK, "localhost").configure_cert(context)
-        return context
+        self._context = loopback_tls_context(self.ca_file)
 
     # -- aiosmtpd handler hooks -------------------------------------------------------------
 

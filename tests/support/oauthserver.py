@@ -60,6 +60,19 @@ DROP = 0                      # the status of an answer that is never sent: the 
 Answer = tuple[int, dict[str, str], bytes]
 
 
+
+def loopback_tls_context(ca_file) -> ssl.SSLContext:
+    """A server context for 127.0.0.1 and localhost from a fresh test CA, whose certificate
+    is written world-readable to `ca_file` (a relay that dropped privileges verifies with it)."""
+    import trustme  # test dependency, only needed for TLS peers
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(ca_file))
+    os.chmod(ca_file, 0o644)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(LOOPBACK, "localhost").configure_cert(context)
+    return context
+
 class _Listener(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -175,7 +188,7 @@ class OAuthServer:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.tls:
-            self._context = self._make_context()
+            self._context = loopback_tls_context(self.ca_file)
         self._release.clear()
         self._main = self._serve(0, self._context, main=True)
         self.port = self._main.server_address[1]
@@ -185,16 +198,6 @@ class OAuthServer:
             self.store, verification_uri=f"{self.base_url}/device",
             expires_in=int(self.store.device_expires_s),
             interval=int(self.store.device_interval_s), user_code_generator=_new_user_code)
-
-    def _make_context(self) -> ssl.SSLContext:
-        import trustme  # test dependency, only needed for HTTPS
-
-        ca = trustme.CA()
-        ca.cert_pem.write_to_path(str(self.ca_file))
-        self.ca_file.chmod(0o644)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(LOOPBACK, "localhost").configure_cert(context)
-        return context
 
     def _serve(self, port: int, context: ssl.SSLContext | None, main: bool) -> _Listener:
         listener = _Listener(self, port, context, main)

@@ -10,7 +10,6 @@ systemd-analyze is installed, `verify` and `security --offline` check the unit f
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 
