@@ -9,7 +9,7 @@ import tomllib
 import pytest
 
 from firmware.image import layout
-from tests.unit.test_firmware_units import (UNITS, _analyze, exposure_level, load, mounts, needs_systemd_analyze,
+from tests.unit.test_firmware_units import (_analyze, stubbed_units, exposure_level, load, mounts, needs_systemd_analyze,
                                             one, paths, words)
 
 PAGE = "mta-lite-page.service"
@@ -95,15 +95,7 @@ def test_the_image_installs_and_enables_the_page():
 @pytest.fixture
 def page_unit_dir(tmp_path):
     """The units with their commands pointing at a stub, for systemd-analyze."""
-    stub = tmp_path / "stub"
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
-    units = tmp_path / "units"
-    units.mkdir()
-    for path in UNITS.iterdir():
-        text = path.read_text().replace("/usr/bin/mta-lite-page", str(stub)).replace("/bin/systemctl", str(stub))
-        (units / path.name).write_text(text)
-    return units
+    return stubbed_units(tmp_path, ("/usr/bin/mta-lite-page", "/bin/systemctl"))
 
 
 @needs_systemd_analyze

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_firmware_units import (SPOOL, UNITS, _analyze, access, exposure_level, load,
+from tests.unit.test_firmware_units import (SPOOL, _analyze, stubbed_units, access, exposure_level, load,
                                             needs_systemd_analyze, one, paths, words)
 
 SERVE = "mta-lite.service"
@@ -33,17 +33,7 @@ PROGRAMS = ("/usr/lib/mta-lite/venv/bin/python3", "/usr/lib/mta-lite/mta-lite-da
 
 @pytest.fixture
 def unit_dir(tmp_path):
-    stub = tmp_path / "stub"
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
-    units = tmp_path / "units"
-    units.mkdir()
-    for path in UNITS.iterdir():
-        text = path.read_text()
-        for program in PROGRAMS:
-            text = text.replace(program, str(stub))
-        (units / path.name).write_text(text)
-    return units
+    return stubbed_units(tmp_path, PROGRAMS)
 
 
 @pytest.fixture(scope="module")

@@ -343,19 +343,27 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
 
 
-@pytest.fixture
-def unit_dir(tmp_path):
-    """A copy of the units whose commands point at a stub, so verify can check them here."""
-    for name in ("mta-lite", "mta-lite-board"):
-        stub = tmp_path / name
-        stub.write_text("#!/bin/sh\nexit 0\n")
-        stub.chmod(0o755)
-    stub = tmp_path / "mta-lite"
+def stubbed_units(tmp_path, programs) -> pathlib.Path:
+    """A copy of the units with each of `programs` replaced by a stub that exits 0, so
+    systemd-analyze can verify them on a machine that has none of them (longest path first:
+    /usr/bin/mta-lite-board is not read as /usr/bin/mta-lite plus "-board")."""
+    stub = tmp_path / "stub"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
     units = tmp_path / "units"
     units.mkdir()
     for path in UNITS.iterdir():
-        (units / path.name).write_text(path.read_text().replace("/usr/bin/mta-lite", str(stub)))
+        text = path.read_text()
+        for program in sorted(programs, key=len, reverse=True):
+            text = text.replace(program, str(stub))
+        (units / path.name).write_text(text)
     return units
+
+
+@pytest.fixture
+def unit_dir(tmp_path):
+    """A copy of the units whose commands point at a stub, so verify can check them here."""
+    return stubbed_units(tmp_path, ("/usr/bin/mta-lite", "/usr/bin/mta-lite-board"))
 
 
 def _analyze(unit_dir, *args):
