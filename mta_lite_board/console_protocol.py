@@ -297,35 +297,43 @@ class ConsoleProtocol:
         return [f"| {line}" for line in tail.lines] + [f"OK {len(tail.lines)} lines from {tail.source}"]
 
     def cmd_TEST_RELAY(self, args: list[str], now: float) -> list[str]:
-        if len(args) != 1 or not _RELAY_NAME.fullmatch(args[0]):
-            return ["ERR usage: TEST RELAY <name> (CONFIG SHOW lists the [relays.NAME])"]
-        names = self._actions.relay_names()
-        if args[0] not in names:
-            return [f"ERR no relay of that name; the config has: {', '.join(names) or 'none'}"]
-        name = args[0]
+        name, refusal = self._one_name(args, "TEST RELAY <name> (CONFIG SHOW lists the [relays.NAME])",
+                                       self._actions.relay_names, "no relay of that name")
+        if refusal:
+            return refusal
         wait = self._too_soon(f"TEST RELAY {name}", now, RELAY_TEST_INTERVAL_S)
         if wait:
             return [f"ERR wait {wait} s before testing {name} again (a smarthost may lock an account "
                     "that logs in too often)"]
-        result = self._actions.relay_test(name, lambda line: self._emit([f"| {line}"]))
-        if result.problem:
-            return [f"ERR relay test of {name} did not finish: {result.problem}"]
-        return [f"OK relay test of {name} passed" if result.ok else f"ERR relay test of {name} failed"]
+        return self._streamed("relay test", self._actions.relay_test, name, "passed")
 
     def cmd_OAUTH_LOGIN(self, args: list[str], now: float) -> list[str]:
-        if len(args) != 1 or not _RELAY_NAME.fullmatch(args[0]):
-            return ["ERR usage: OAUTH LOGIN <name> (CONFIG SHOW lists the [oauth.NAME])"]
-        names = self._actions.oauth_names()
-        if args[0] not in names:
-            return [f"ERR no [oauth] of that name; the config has: {', '.join(names) or 'none'}"]
-        name = args[0]
+        name, refusal = self._one_name(args, "OAUTH LOGIN <name> (CONFIG SHOW lists the [oauth.NAME])",
+                                       self._actions.oauth_names, "no [oauth] of that name")
+        if refusal:
+            return refusal
         wait = self._too_soon(f"OAUTH LOGIN {name}", now, RELAY_TEST_INTERVAL_S)
         if wait:
             return [f"ERR wait {wait} s before logging in to {name} again"]
-        result = self._actions.oauth_login(name, lambda line: self._emit([f"| {line}"]))
+        return self._streamed("oauth login", self._actions.oauth_login, name, "done")
+
+    @staticmethod
+    def _one_name(args: list[str], usage: str, names, unknown: str) -> tuple[str, list[str]]:
+        """The one NAME argument if the config has it (names() lists them); else "" and the
+        ERR line to answer."""
+        if len(args) != 1 or not _RELAY_NAME.fullmatch(args[0]):
+            return "", [f"ERR usage: {usage}"]
+        known = names()
+        if args[0] not in known:
+            return "", [f"ERR {unknown}; the config has: {', '.join(known) or 'none'}"]
+        return args[0], []
+
+    def _streamed(self, what: str, run, name: str, done: str) -> list[str]:
+        """Run a relay command whose output lines go out as they come ("| ..."), then its verdict."""
+        result = run(name, lambda line: self._emit([f"| {line}"]))
         if result.problem:
-            return [f"ERR oauth login of {name} did not finish: {result.problem}"]
-        return [f"OK oauth login of {name} done" if result.ok else f"ERR oauth login of {name} failed"]
+            return [f"ERR {what} of {name} did not finish: {result.problem}"]
+        return [f"OK {what} of {name} {done}" if result.ok else f"ERR {what} of {name} failed"]
 
     def cmd_FLUSH(self, args: list[str], now: float) -> list[str]:
         if args:
