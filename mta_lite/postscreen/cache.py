@@ -4,7 +4,7 @@ A client that passed every enabled test goes straight to the SMTP engine on its 
 connection, without the greeting delay. Each test's pass is kept separately (Postfix
 postscreen_cache_map): pregreet for PREGREET_TTL_S, DNSBL for the TTL the answers allowed.
 The cache lives in memory and is saved as a small JSON file in spool/postscreen/ (the one
-spool directory besides tmp/ and incoming/ that smtpd may write) so passes survive a
+spool directory besides incoming/ that smtpd may write) so passes survive a
 restart: save() writes it with safeio.atomic_write() when something changed.
 Guarantees: lookups use the injected clock only; a missing, unreadable or corrupt file
 means an empty cache (and a warning), never a crash; at most MAX_ENTRIES clients are kept

@@ -1,6 +1,6 @@
 """daemon — the two halves of the relay as services: SmtpdService receives, QmgrService delivers.
 
-    SmtpdService  listeners + SMTP engine; writes only tmp/ and incoming/; rings the queue
+    SmtpdService  listeners + SMTP engine; writes only incoming/; rings the queue
                   manager's doorbell after each accepted message and sends it its counters.
     QmgrService   recovery, queue manager, smarthost pool; the only holder of credentials;
                   writes the status file (its own figures plus the smtpd counters it got).
@@ -102,11 +102,11 @@ class SmtpdService:
             log.warning("cannot ring the queue manager's doorbell: %s", exc.strerror)
 
     async def start(self) -> None:
-        # Only files older than any session can be: in one-user mode tmp/ is shared with the
-        # queue manager's own writes (bounces, pickup copies), which must not be cut short.
-        purged = self.spool.purge_tmp(older_than_s=self.cfg.smtpd.session_limit_s)
+        # Only files older than any session can be: the queue manager stages its own writes
+        # (bounces, pickup copies) in incoming/ too, and they must not be cut short.
+        purged = self.spool.purge_staging(older_than_s=self.cfg.smtpd.session_limit_s)
         if purged:
-            log.info("removed %d unfinished files from tmp/", purged)
+            log.info("removed %d unfinished files from incoming/", purged)
         if self.postscreen:
             await self.postscreen.start()
         for listener, sock in zip(self.listeners, self.socks):
@@ -139,9 +139,9 @@ class SmtpdService:
 
 
 class QmgrService:
-    """The delivering half; `purge_tmp` only when no receiver can be writing (in-process)."""
+    """The delivering half; `purge_staging` only when no receiver can be writing (in-process)."""
 
-    def __init__(self, cfg: Config, purge_tmp: bool = False, spool_name: str = "",
+    def __init__(self, cfg: Config, purge_staging: bool = False, spool_name: str = "",
                  after_reload: bool = False) -> None:
         self.cfg = cfg
         self.spool = Spool(cfg.spool_dir)
@@ -156,7 +156,7 @@ class QmgrService:
         self.qmgr = QueueManager(cfg, self.spool, self.pool, after_reload=after_reload)
         self.started = time.time()
         self.extra_counters = None          # in-process smtpd counters (Daemon)
-        self._purge_tmp = purge_tmp
+        self._purge_staging = purge_staging
 
     def _import_seeds(self) -> None:
         """Now, while a master's child is still root: a seed from `oauth login` may be in a
@@ -178,9 +178,9 @@ class QmgrService:
 
     async def start(self) -> None:
         self.spool.ensure()
-        counts = self.spool.recover(purge_tmp=self._purge_tmp)
-        if not self._purge_tmp:
-            counts["purged"] = self.spool.purge_tmp(older_than_s=self.cfg.smtpd.session_limit_s)
+        counts = self.spool.recover(purge_staging=self._purge_staging)
+        if not self._purge_staging:
+            counts["purged"] = self.spool.purge_staging(older_than_s=self.cfg.smtpd.session_limit_s)
         log.info("daemon started -- version %s, spool %s (recovered: %s)", __version__,
                  self.spool_name, ", ".join(f"{k} {v}" for k, v in counts.items()))
         self.task = asyncio.create_task(self.qmgr.run(), name="qmgr")
@@ -248,7 +248,7 @@ class Daemon:
     """Both halves in one event loop (the demo): the listener wakes the manager directly."""
 
     def __init__(self, cfg: Config) -> None:
-        self.qmgr_service = QmgrService(cfg, purge_tmp=True)
+        self.qmgr_service = QmgrService(cfg, purge_staging=True)
         self.smtpd_service = SmtpdService(cfg, ring=self.qmgr_service.qmgr.mail_arrived)
         self.qmgr_service.extra_counters = self.smtpd_service.totals
 

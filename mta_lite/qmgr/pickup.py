@@ -40,11 +40,10 @@ from mta_lite.envelope import Envelope, parse_path
 from mta_lite.errors import CorruptQueueFileError, SpoolError
 from mta_lite.queue import QueueEntry, Spool
 from mta_lite.queue.queuefile import MAGIC, MAX_ENVELOPE_BYTES, MAX_TRAILER_BYTES, parse_open
-from mta_lite.queue.spool import MAILDROP, STAGING, new_queue_id
+from mta_lite.queue.spool import MAILDROP, STAGING_PREFIX, new_queue_id
 
 log = logging.getLogger("mta_lite.pickup")
 
-TMP_PREFIX = STAGING[MAILDROP][1]
 # A sendmail still writing after an hour has been abandoned (killed, or a stuck pipe);
 # sendmail normally finishes in well under a second.
 STALE_TMP_S = 3600.0
@@ -113,7 +112,7 @@ class Pickup:
                 break
             if name in self._stuck:
                 continue        # logged once already; retrying every pass would flood the log
-            if name.startswith(TMP_PREFIX):
+            if name.startswith(STAGING_PREFIX):
                 outcome = _drop_if_stale(self.spool, name, self.clock())
             else:
                 outcome = pickup_one(self.spool, name, self.size_limit, self.clock(), self.sender_bound)

@@ -5,10 +5,11 @@
     path        owner     group      mode  why
     .           mta-lite  mta-smtpd  0751  smtpd traverses and lists; local users only traverse
                                            (to reach maildrop/), they cannot list
-    tmp/        mta-lite  mta-smtpd  3770  smtpd creates its files here; setgid: files get group
-    incoming/   mta-lite  mta-smtpd  3770    mta-smtpd, so qmgr reads them through that group;
-                                           sticky: smtpd may unlink or rename only its own
-                                           files, qmgr (the owner) may move any
+    incoming/   mta-lite  mta-smtpd  3770  smtpd creates its files here (.tmp-ID, linked to ID);
+                                           setgid: files get group mta-smtpd, so qmgr reads
+                                           them through that group; sticky: smtpd may unlink
+                                           or rename only its own files, qmgr (the owner)
+                                           may move any
     active/ deferred/ hold/ corrupt/ state/
                 mta-lite  mta-lite   0700  qmgr only
     public/     mta-lite  mta-smtpd  2751  the doorbell socket gets group mta-smtpd (qmgr makes
@@ -50,7 +51,6 @@ from mta_lite.queue.spool import DIRS, MAILDROP, STATES, Spool
 SMTPD, OWNER = "smtpd", "owner"
 ROOT_MODE = 0o751
 LAYOUT: dict[str, tuple[int, str]] = {
-    "tmp": (0o3770, SMTPD),
     "incoming": (0o3770, SMTPD),
     "active": (0o700, OWNER),
     "deferred": (0o700, OWNER),

@@ -1,7 +1,8 @@
 """spool — the queue directories, writing new messages, and moving them between states.
 
-    tmp/        files being written; purged at start-up (never acknowledged)
-    incoming/   accepted (250 sent), not yet moved into active/ by the queue manager
+    incoming/   accepted (250 sent), not yet moved into active/ by the queue manager;
+                also .tmp-ID, a message being written (never acknowledged: purged once
+                it is older than any writer can take, see purge_staging())
     active/     being delivered right now
     deferred/   waiting for their next attempt
     hold/       held by the administrator; never delivered until released
@@ -17,7 +18,7 @@ Who may do what in each directory when started as root: see perms.py. Writing on
 message (QueueWriter) and the queue IDs are writer.py's.
 Guarantees: QueueWriter.commit() returns only after the file is complete, fsynced, linked
 into its target and that directory entry synced (G1). A state change is one rename().
-Recovery purges tmp/, returns active/ to incoming/ and quarantines invalid files (G4); it
+Recovery purges unfinished .tmp- files, returns active/ to incoming/ and quarantines invalid files (G4); it
 never touches maildrop/, whose files are not queue entries yet.
 Must never: delete a message that was not delivered, bounced or deleted on purpose.
 """
@@ -37,17 +38,17 @@ from mta_lite.errors import CorruptQueueFileError, QueueIdError
 from mta_lite.queue import groupcommit
 from mta_lite.queue.queuefile import QueueEntry, read_queue_file
 # QueueWriter and the queue ID functions are writer.py's; their names stay importable from here.
-from mta_lite.queue.writer import (QUEUE_FILE_MODE, WRITE_BUFFER_BYTES, QueueWriter,  # noqa: F401
-                                   new_queue_id, valid_queue_id)
+from mta_lite.queue.writer import (QUEUE_FILE_MODE, STAGING_PREFIX, WRITE_BUFFER_BYTES,  # noqa: F401
+                                   QueueWriter, new_queue_id, valid_queue_id)
 
 log = logging.getLogger("mta_lite.queue")
 
 STATES = ("incoming", "active", "deferred", "hold")
 MAILDROP = "maildrop"
-DIRS = ("tmp", *STATES, "corrupt", "state", "public", MAILDROP, "postscreen")
+DIRS = (*STATES, "corrupt", "state", "public", MAILDROP, "postscreen")
 STATE_FILE_MODE = 0o644
-# target -> (staging directory, name prefix) for QueueWriter.
-STAGING = {"incoming": ("tmp", ""), MAILDROP: (MAILDROP, ".tmp-")}
+# The directories QueueWriter writes new messages into (each staged there as .tmp-ID).
+TARGETS = ("incoming", MAILDROP)
 
 
 # Why a deferred message waits, beyond the ordinary backoff after a failure.
@@ -106,10 +107,10 @@ class Spool:
     def begin(self, envelope: Envelope, is_bounce: bool = False, now: float | None = None, *,
               target: str = "incoming", mode: int = QUEUE_FILE_MODE) -> QueueWriter:
         """A writer for one new message; see QueueWriter for `target` and `mode`."""
-        if target not in STAGING:
+        if target not in TARGETS:
             raise ValueError(f"cannot write queue files into {target}/")
         return QueueWriter(self, envelope, is_bounce, time.time() if now is None else now,
-                           target=target, staging=STAGING[target], mode=mode)
+                           target=target, mode=mode)
 
     async def commit_async(self, writer: QueueWriter) -> str:
         """commit() in an event loop: sessions that finish together share flushes."""
@@ -228,28 +229,37 @@ class Spool:
         return os.path.join(self.root, "state", queue_id + ".json")
 
     # -------------------------------------------------------------- start-up
-    def purge_tmp(self, older_than_s: float | None = None, now: float | None = None) -> int:
-        """Remove files a dead writer left in tmp/: never acknowledged, so never owed.
+    def staged(self) -> list[str]:
+        """The .tmp- files in incoming/: messages being written, or left by a dead writer."""
+        try:
+            names = os.listdir(os.path.join(self.root, "incoming"))
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if name.startswith(STAGING_PREFIX))
 
-        The receiving side calls this at its own start, without an age. The queue manager
-        writes there too (bounces, pickup copies); in the root layout tmp/ is sticky, so
-        smtpd cannot remove those, and qmgr removes its own leftovers with older_than_s
-        longer than any write can take (an SMTP session's limit), never a live file.
+    def purge_staging(self, older_than_s: float | None = None, now: float | None = None) -> int:
+        """Remove .tmp- files a dead writer left in incoming/: never acknowledged, so never owed.
+
+        smtpd and the queue manager (bounces, pickup copies) both write there. With
+        older_than_s, only files older than any write can take (an SMTP session's limit), never a
+        live one: each side calls it at its start so; in the root layout incoming/ is sticky,
+        so smtpd cannot remove the queue manager's files anyway. Without (a single process, or
+        tests), every staged file goes.
         """
         cutoff = None if older_than_s is None else (time.time() if now is None else now) - older_than_s
         purged = 0
-        for name in os.listdir(os.path.join(self.root, "tmp")):
-            path = os.path.join(self.root, "tmp", name)
+        for name in self.staged():
+            path = os.path.join(self.root, "incoming", name)
             if cutoff is not None and not _older_than(path, cutoff):
                 continue
             safeio.unlink_quietly(path)
             purged += 1
         return purged
 
-    def recover(self, purge_tmp: bool = True) -> dict[str, int]:
-        """Purge tmp/ (unless the receiver does that itself), put active/ back to incoming/,
-        quarantine invalid files (G4)."""
-        counts = {"purged": self.purge_tmp() if purge_tmp else 0, "requeued": 0, "corrupt": 0}
+    def recover(self, purge_staging: bool = True) -> dict[str, int]:
+        """Purge unfinished .tmp- files (unless the receiver may be writing), put active/
+        back to incoming/, quarantine invalid files (G4)."""
+        counts = {"purged": self.purge_staging() if purge_staging else 0, "requeued": 0, "corrupt": 0}
         for queue_id in self.list("active"):
             self.move(queue_id, "active", "incoming")
             counts["requeued"] += 1

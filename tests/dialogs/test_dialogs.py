@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
-import os
 import re
 import smtplib
 import ssl
@@ -479,7 +478,7 @@ def test_listener_with_real_spool_commits_a_valid_queue_file(tmp_path, tls_setup
     content = entry.read_content()
     assert content.startswith(b"Received: from c (unknown [127.0.0.1])\r\n")
     assert f" id {queue_id}\r\n".encode() in content and content.endswith(b"Subject: real\r\n\r\n.dot\r\n")
-    assert os.listdir(tmp_path / "spool" / "tmp") == []
+    assert spool.staged() == []
     assert dict(listener.counters.items())["accepted"] == 1
 
 

@@ -10,13 +10,13 @@ it must be all that arrived, so "nothing reached the smarthost" is observed, not
 
 from __future__ import annotations
 
-import os
 import re
 import select
 import time
 
 import pytest
 
+from mta_lite.queue.spool import Spool
 from tests.faults.conftest import fault_config
 from tests.support.faults import RawClient, RawSmarthost, elapsed, message_id, smtp_transaction
 from tests.support.waiting import wait_until
@@ -54,7 +54,7 @@ def barrier(relay, smarthost, tag: str = "barrier") -> list:
 def assert_only_barrier_arrived(relay, smarthost) -> None:
     got = barrier(relay, smarthost)
     assert [message_id(t.content) for t in got] == ["<barrier@lan.test>"]
-    assert os.listdir(os.path.join(relay.spool, "tmp")) == []
+    assert Spool(relay.spool).staged() == []
 
 
 def code(reply: bytes) -> int:

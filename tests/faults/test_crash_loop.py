@@ -184,7 +184,7 @@ def test_smtpd_replies_250_only_after_file_fsync_link_and_directory_fsync(sink_f
         tracer.send_signal(signal.SIGINT)       # detaches; the daemon runs on
         tracer.wait(10)
     events = parse_strace(out.read_text())
-    tmp_file = f"/tmp/{queue_id}>"
+    tmp_file = f"/incoming/.tmp-{queue_id}>"      # the staging file, as strace -y names its fd
     incoming = os.path.join(relay.spool, "incoming")
 
     def first(name_prefix, *needles, after=-1):
@@ -195,7 +195,7 @@ def test_smtpd_replies_250_only_after_file_fsync_link_and_directory_fsync(sink_f
 
     last_write = max(end for name, args, start, end in events if name == "write" and tmp_file in args)
     fsync_file = first("fsync", tmp_file)
-    link = first("link", f"/tmp/{queue_id}\"", f"/incoming/{queue_id}\"", after=fsync_file[1])
+    link = first("link", f"/.tmp-{queue_id}\"", f"/incoming/{queue_id}\"", after=fsync_file[1])
     fsync_dir = first("fsync", f"<{incoming}>", after=link[1])
     reply = first("sendto", f"250 2.0.0 Ok: queued as {queue_id}", after=fsync_dir[1])
     assert last_write < fsync_file[0] <= fsync_file[1] < link[0] <= link[1] < fsync_dir[0] <= fsync_dir[1] < reply[0]

@@ -22,7 +22,7 @@ from tests.support.faults import LoopThread
 
 
 class DevFullSpool(Spool):
-    """A real spool whose next `full` writers write into /dev/full instead of tmp/ID."""
+    """A real spool whose next `full` writers write into /dev/full instead of incoming/.tmp-ID."""
 
     def __init__(self, root: str) -> None:
         super().__init__(root)
@@ -54,7 +54,7 @@ def test_commit_into_dev_full_raises_spool_error_and_leaves_nothing(spool):
     writer.write(b"Subject: x\r\n\r\nsmall enough to sit in the buffer\r\n")
     with pytest.raises(SpoolError, match="No space left on device"):
         writer.commit()
-    assert listing(spool, "tmp") == [] and listing(spool, "incoming") == []
+    assert spool.staged() == [] and listing(spool, "incoming") == []
 
 
 @pytest.mark.parametrize("size", [100, 3 * WRITE_BUFFER_BYTES])
@@ -74,7 +74,7 @@ def test_listener_with_dev_full_queue_file_replies_451_then_recovers(spool, tmp_
             assert (refused.value.smtp_code, refused.value.smtp_error) == (451, b"4.3.0 Error: queue file write error")
             assert client.noop()[0] == 250
             client.sendmail("a@lan.test", ["b@remote.example"], b"Subject: fine\r\n\r\nok\r\n")
-        assert listing(spool, "tmp") == [] and len(listing(spool, "incoming")) == 1
+        assert spool.staged() == [] and len(listing(spool, "incoming")) == 1
         entry = spool.read("incoming", spool.list("incoming")[0])
         assert b"Subject: fine" in entry.read_content()
         assert listener.counters.accepted == 1 and listener.counters.errors == 0

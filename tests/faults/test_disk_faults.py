@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from mta_lite.queue.spool import Spool
 from tests.faults.conftest import fault_config
 from tests.support.faults import RawClient, RawSmarthost, message_id, smtp_transaction
 from tests.support.waiting import wait_until
@@ -65,7 +66,8 @@ def remount(mountpoint: str, mode: str) -> None:
 
 
 def tmp_files(relay) -> list[str]:
-    return os.listdir(os.path.join(relay.spool, "tmp"))
+    """Staged files (.tmp-ID) in incoming/: messages being written, or left unfinished."""
+    return Spool(relay.spool).staged()
 
 
 def test_mail_from_with_spool_low_replies_452_then_resumes_when_delivery_frees_space(tmpfs, relay_factory, peers_loop):

@@ -165,7 +165,7 @@ def test_check_names_path_user_and_fix_and_serve_refuses_before_binding(sink_fac
 def test_check_fix_repairs_the_spool_layout_and_nothing_else(sink_factory, box):
     relay = box(relay_config(sink_factory().port))
     relay.stop()
-    tmp_dir = Path(relay.spool, "tmp")
+    tmp_dir = Path(relay.spool, "incoming")
     os.chmod(tmp_dir, 0o777)
     os.chmod(relay.config_path, 0o640)
     check = relay.cli("check")

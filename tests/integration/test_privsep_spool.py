@@ -4,7 +4,7 @@
                    maildrop/, read another user's submission, or see the queue or secrets
     mta-lite       the queue manager (supplementary group mta-smtpd): picks the submission
                    up into the queue; reads and moves what smtpd queued
-    mta-smtpd      the SMTP server: can queue a message through tmp/ into incoming/, can ring
+    mta-smtpd      the SMTP server: can queue a message into incoming/ (staged there), can ring
                    the doorbell; cannot open active/, deferred/, state/ or the secrets file,
                    nor remove a file in incoming/ that is not its own
 
@@ -224,7 +224,7 @@ def test_sendmail_as_any_local_user_lands_in_maildrop(box, ids):
     assert _mode(box.path(MAILDROP, name)) == (ids["user_uid"], ids["qmgr_gid"], 0o640)
     entry = read_queue_file(box.path(MAILDROP, name))
     assert (entry.sender, entry.recipients) == ("cron@lan.test", ("ops@remote.example",))
-    assert all(os.listdir(box.path(d)) == [] for d in ("tmp", "incoming", "deferred"))
+    assert all(os.listdir(box.path(d)) == [] for d in ("incoming", "deferred"))
 
 
 def test_local_user_cannot_see_the_queue_or_other_submissions(box, ids):
@@ -235,7 +235,7 @@ def test_local_user_cannot_see_the_queue_or_other_submissions(box, ids):
         ("list", box.spool), ("list", box.path(MAILDROP)), ("read", box.path(MAILDROP, others)),
         ("list", box.path("incoming")), ("read", box.path("incoming", queued)),
         ("list", box.path("deferred")), ("list", box.path("state")), ("create", box.path("incoming")),
-        ("create", box.path("tmp")), ("list", box.path("public")), ("read", box.secret)])
+        ("list", box.path("public")), ("read", box.secret)])
     assert set(got.values()) == {"EACCES"}, got
     assert box.probe(TEST_USER, [("create", box.path(MAILDROP))]) == {
         f"create {box.path(MAILDROP)}": "ok"}
@@ -257,7 +257,7 @@ def test_smtpd_user_queues_into_incoming_and_can_reach_nothing_else(box, ids):
     assert result.returncode == 0, result.stderr.decode()
     queue_id = result.stdout.decode().strip()
     assert _mode(box.path("incoming", queue_id)) == (ids["smtpd_uid"], ids["smtpd_gid"], 0o640)
-    assert os.listdir(box.path("tmp")) == []
+    assert Spool(box.spool).staged() == []
     denied = box.probe(SMTPD_USER, [
         ("list", box.path(d)) for d in ("active", "deferred", "hold", "state", "corrupt", MAILDROP)
     ] + [("read", box.secret), ("create", box.path("active")), ("create", box.path("public"))])

@@ -29,7 +29,7 @@ class Stored:
 class FakeWriter:
     def __init__(self, spool: "FakeSpool", envelope: Envelope, queue_id: str) -> None:
         self.spool, self.envelope, self.queue_id = spool, envelope, queue_id
-        self.path = spool.tmp / queue_id
+        self.path = spool.incoming / f".tmp-{queue_id}"
         self.handle = open(self.path, "wb")
 
     def write(self, chunk: bytes) -> None:
@@ -64,9 +64,7 @@ class FakeSpool:
     _next: int = 0
 
     def __post_init__(self) -> None:
-        self.tmp = self.root / "tmp"
         self.incoming = self.root / "incoming"
-        self.tmp.mkdir(parents=True, exist_ok=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
 
     def free_bytes(self) -> int:
@@ -84,7 +82,8 @@ class FakeSpool:
         return FakeWriter(self, envelope, f"{0xA0000 + self._next:X}")
 
     def tmp_files(self) -> list[str]:
-        return sorted(os.listdir(self.tmp))
+        """Staged files (.tmp-ID in incoming/), as the real spool stages them."""
+        return sorted(name for name in os.listdir(self.incoming) if name.startswith(".tmp-"))
 
 
 def make_config(tmp_path: Path, *, mynetworks: tuple[str, ...] = ("127.0.0.0/8",),

@@ -22,7 +22,7 @@ import pytest
 UNITS = pathlib.Path(__file__).resolve().parents[2] / "firmware" / "systemd"
 SPOOL = "/var/spool/mta-lite"
 SECRETS = "/etc/mta-lite/secrets"
-SPOOL_DIRS = ("tmp", "incoming", "active", "deferred", "hold", "corrupt", "state", "public", "maildrop",
+SPOOL_DIRS = ("incoming", "active", "deferred", "hold", "corrupt", "state", "public", "maildrop",
               "postscreen")
 SMTPD, QMGR, TARGET = "mta-lite-smtpd.service", "mta-lite-qmgr.service", "mta-lite.target"
 SERVICES = (SMTPD, QMGR)
@@ -257,20 +257,20 @@ def test_smtpd_cannot_reach_the_secrets(smtpd, qmgr):
     assert access(qmgr, SECRETS + "/gmail.pw") == "ro"
 
 
-def test_smtpd_writes_only_tmp_incoming_and_postscreen(smtpd):
+def test_smtpd_writes_only_incoming_and_postscreen(smtpd):
     writable = {d for d in SPOOL_DIRS if access(smtpd, f"{SPOOL}/{d}/X") == "rw"}
-    assert writable == {"tmp", "incoming", "postscreen"}
+    assert writable == {"incoming", "postscreen"}
     # The spool root is on the writable mount too (see the next test); its directory mode
     # (not writable by mta-smtpd) is what keeps smtpd from creating files there.
     assert paths(smtpd, "ReadWritePaths") == [SPOOL]
 
 
-def test_tmp_and_incoming_are_one_mount_so_link_does_not_fail_with_exdev(smtpd, qmgr):
+def test_queue_directories_are_one_mount_so_rename_does_not_fail_with_exdev(smtpd, qmgr):
     # Every *Paths= entry is its own bind mount; link()/rename() between two mounts fails with
-    # EXDEV even on the same file system. The queue writer link()s tmp/ID -> incoming/ID.
-    assert mount_of(smtpd, f"{SPOOL}/tmp/X") == mount_of(smtpd, f"{SPOOL}/incoming/X") == (SPOOL, "rw")
+    # EXDEV even on the same file system. smtpd links incoming/.tmp-ID -> incoming/ID.
+    assert mount_of(smtpd, f"{SPOOL}/incoming/X") == (SPOOL, "rw")
     # The queue manager rename()s between all queue directories.
-    moved = ("incoming", "active", "deferred", "hold", "corrupt", "maildrop", "tmp", "state")
+    moved = ("incoming", "active", "deferred", "hold", "corrupt", "maildrop", "state")
     assert {mount_of(qmgr, f"{SPOOL}/{d}/X") for d in moved} == {(SPOOL, "rw")}
 
 

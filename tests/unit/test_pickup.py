@@ -73,7 +73,7 @@ def test_pickup_valid_submission_is_copied_into_incoming_then_removed(spool, cap
     assert (entry.client_address, entry.client_helo, entry.arrival) == ("127.0.0.1", "localhost", NOW)
     assert entry.read_content() == CONTENT and not entry.is_bounce
     assert f"{queue_id}: uid={os.getuid()} from=<cron@lan.test>" in caplog.text
-    assert os.listdir(os.path.join(spool.root, "tmp")) == []
+    assert spool.staged() == []
 
 
 def test_pickup_copy_is_private_to_the_queue_manager(spool):
@@ -232,7 +232,7 @@ def test_pickup_failed_copy_keeps_the_submission(spool, monkeypatch, caplog):
     monkeypatch.setattr("mta_lite.queue.spool.QueueWriter.commit", disk_full)
     assert run(spool).later == 1
     assert maildrop(spool) == [name] and spool.list("incoming") == []
-    assert os.listdir(os.path.join(spool.root, "tmp")) == []
+    assert spool.staged() == []
     assert "cannot pick up, will retry" in caplog.text
     monkeypatch.undo()
     assert run(spool).picked == 1 and maildrop(spool) == []
@@ -255,7 +255,7 @@ def test_pickup_file_changed_while_copying_is_never_queued_changed(spool, monkey
     monkeypatch.setattr(pickup_mod, "parse_open", parse_then_tamper)
     result = run(spool)
     queued = [spool.read("incoming", q).read_content() for q in spool.list("incoming")]
-    assert queued in ([], [original]) and os.listdir(os.path.join(spool.root, "tmp")) == []
+    assert queued in ([], [original]) and spool.staged() == []
     if size > 100_000:          # beyond what the reader buffers: re-read, mismatch, rejected
         assert result.rejected == 1 and queued == []
 

@@ -39,7 +39,7 @@ def test_sendmail_writes_one_valid_file_into_maildrop_and_nothing_else(cfg):
     assert stat.S_IMODE(os.stat(path).st_mode) == sendmail.MAILDROP_FILE_MODE
     spool = Spool(cfg.spool_dir)
     assert all(spool.list(s) == [] for s in ("incoming", "active", "deferred", "hold"))
-    assert os.listdir(os.path.join(cfg.spool_dir, "tmp")) == []
+    assert spool.staged() == []
 
 
 def test_sendmail_submission_is_picked_up_into_the_queue(cfg):

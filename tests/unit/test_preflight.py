@@ -62,9 +62,9 @@ def test_layout_problem_for_a_wrong_mode_points_to_check_fix():
     for name, (mode, group) in LAYOUT.items():
         found[f"{root}/{name}"] = (995, 995 if group == "owner" else 999, mode)
     assert layout_problems(root, QMGR, SMTPD, found) == []
-    found[f"{root}/tmp"] = (995, 999, 0o777)
+    found[f"{root}/incoming"] = (995, 999, 0o777)
     [problem] = layout_problems(root, QMGR, SMTPD, found)
-    assert problem.path == f"{root}/tmp" and "mode 0777" in problem.what and problem.fix == "mta-lite check --fix"
+    assert problem.path == f"{root}/incoming" and "mode 0777" in problem.what and problem.fix == "mta-lite check --fix"
 
 
 def test_reach_problems_are_warnings_naming_the_blocking_directory():

@@ -29,7 +29,7 @@ def test_commit_puts_complete_file_in_incoming(spool):
     entry = spool.read("incoming", queue_id)
     assert entry.sender == "alice@example.com" and entry.recipients == ("bob@example.org",)
     assert entry.read_content() == CONTENT and entry.size == len(CONTENT)
-    assert os.listdir(os.path.join(spool.root, "tmp")) == []
+    assert spool.staged() == []
 
 
 def test_read_entry_carries_its_queue_id_and_the_whole_envelope(spool):
@@ -50,16 +50,16 @@ def test_abort_leaves_nothing(spool):
     writer = spool.begin(Envelope("a@b.example", ["c@d.example"]))
     writer.write(b"partial")
     writer.abort()
-    assert os.listdir(os.path.join(spool.root, "tmp")) == [] and spool.list("incoming") == []
+    assert spool.staged() == [] and spool.list("incoming") == []
 
 
-def test_write_failure_raises_spool_error_and_removes_tmp(spool):
+def test_write_failure_raises_spool_error_and_removes_the_staging_file(spool):
     writer = spool.begin(Envelope("a@b.example", ["c@d.example"]))
     writer._file.close()
     writer._file = open("/dev/full", "wb", buffering=0)   # every write fails with ENOSPC
     with pytest.raises(SpoolError):
         writer.write(b"x" * 10)
-    assert os.listdir(os.path.join(spool.root, "tmp")) == []
+    assert spool.staged() == []
 
 
 def test_queue_ids_sort_by_arrival(spool):
@@ -107,7 +107,7 @@ def test_recover_purges_tmp_requeues_active_and_quarantines_corrupt(spool):
     bad = _queue_one(spool)
     with open(spool.path("incoming", bad), "r+b") as handle:
         handle.truncate(50)
-    with open(os.path.join(spool.root, "tmp", "0000000000000ABC"), "wb") as handle:
+    with open(os.path.join(spool.root, "incoming", ".tmp-0000000000000ABC"), "wb") as handle:
         handle.write(b"half written")
     counts = spool.recover()
     assert counts == {"purged": 1, "requeued": 1, "corrupt": 1}

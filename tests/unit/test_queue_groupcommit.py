@@ -50,7 +50,7 @@ def test_commit_batch_commits_every_file_with_one_directory_fsync(spool, dir_syn
     writers = [_writer(spool, n) for n in range(5)]
     results = groupcommit.commit_batch(writers)
     assert results == [w.queue_id for w in writers]
-    assert _listing(spool, "incoming") == sorted(results) and _listing(spool, "tmp") == []
+    assert _listing(spool, "incoming") == sorted(results) and spool.staged() == []
     for n, queue_id in enumerate(results):
         assert spool.read("incoming", queue_id).read_content() == b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n)
     assert len(dir_syncs) == 1
@@ -62,7 +62,7 @@ def test_commit_batch_refuses_only_the_file_that_failed(spool):
     results = groupcommit.commit_batch(writers)
     assert isinstance(results[1], OSError) and "No space left" in str(results[1])
     assert _listing(spool, "incoming") == sorted([results[0], results[2]])
-    assert _listing(spool, "tmp") == []
+    assert spool.staged() == []
 
 
 def test_sessions_finishing_together_share_flushes_and_each_gets_its_id(spool, dir_syncs):
@@ -71,7 +71,7 @@ def test_sessions_finishing_together_share_flushes_and_each_gets_its_id(spool, d
         return writers, await asyncio.gather(*(spool.commit_async(w) for w in writers))
     writers, ids = asyncio.run(main())
     assert ids == [w.queue_id for w in writers]
-    assert _listing(spool, "incoming") == sorted(ids) and _listing(spool, "tmp") == []
+    assert _listing(spool, "incoming") == sorted(ids) and spool.staged() == []
     assert len(dir_syncs) < len(ids)
 
 
@@ -81,7 +81,7 @@ def test_a_failed_file_raises_spool_error_for_its_session_only(spool):
         return await asyncio.gather(*(spool.commit_async(w) for w in writers), return_exceptions=True)
     first, failed, last = asyncio.run(main())
     assert isinstance(failed, SpoolError) and str(failed).startswith("[Errno 28] queue file write error")
-    assert _listing(spool, "incoming") == sorted([first, last]) and _listing(spool, "tmp") == []
+    assert _listing(spool, "incoming") == sorted([first, last]) and spool.staged() == []
 
 
 def test_a_lone_session_is_committed_without_waiting_for_others(spool, dir_syncs):
@@ -122,4 +122,4 @@ def test_a_big_batch_does_not_hold_back_the_batch_before_it(spool, dir_syncs, mo
     results, linked = groupcommit.pipeline_step([], [big])
     assert results[id(big)] == big.queue_id and linked == []
     assert _listing(spool, "incoming") == sorted(w.queue_id for w in small + [big])
-    assert _listing(spool, "tmp") == []
+    assert spool.staged() == []

@@ -20,11 +20,11 @@ from mta_lite.queue.perms import LAYOUT, ROOT_MODE, prepare_spool
 from mta_lite.queue.spool import DIRS, MAILDROP, MessageState
 
 EXPECTED_MODES = {
-    ".": 0o751, "tmp": 0o3770, "incoming": 0o3770, "active": 0o700, "deferred": 0o700,
+    ".": 0o751, "incoming": 0o3770, "active": 0o700, "deferred": 0o700,
     "hold": 0o700, "corrupt": 0o700, "state": 0o700, "public": 0o2751, MAILDROP: 0o3733,
     "postscreen": 0o2770,
 }
-SMTPD_GROUP = {".", "tmp", "incoming", "public", "postscreen"}
+SMTPD_GROUP = {".", "incoming", "public", "postscreen"}
 IS_ROOT = os.geteuid() == 0
 
 
@@ -86,9 +86,9 @@ def test_prepare_spool_refuses_a_symlinked_directory(tmp_path):
     Spool(root).ensure()
     target = tmp_path / "elsewhere"
     target.mkdir(mode=0o700)
-    os.rmdir(os.path.join(root, "tmp"))
-    os.symlink(target, os.path.join(root, "tmp"))
-    with pytest.raises(SpoolError, match="tmp"):
+    os.rmdir(os.path.join(root, "hold"))
+    os.symlink(target, os.path.join(root, "hold"))
+    with pytest.raises(SpoolError, match="hold"):
         prepare_spool(root, os.getuid(), os.getgid(), owner_gid=os.getgid())
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
 
@@ -104,16 +104,19 @@ def test_queue_files_are_group_readable_whatever_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(spool.path("incoming", queue_id)).st_mode) == 0o640
     assert stat.S_IMODE(os.stat(spool.path(MAILDROP, drop_id)).st_mode) == 0o640
     assert os.listdir(os.path.join(spool.root, MAILDROP)) == [drop_id]   # no .tmp- left
-    assert os.listdir(os.path.join(spool.root, "tmp")) == []
+    assert spool.staged() == []
 
 
-def test_maildrop_writer_stages_in_maildrop_not_in_tmp(tmp_path):
+def test_each_writer_stages_in_its_target_directory_only(tmp_path):
     spool = Spool(str(tmp_path / "spool")).ensure()
-    writer = spool.begin(Envelope("a@lan.test", ["b@remote.example"]), target=MAILDROP)
-    assert os.listdir(os.path.join(spool.root, MAILDROP)) == [f".tmp-{writer.queue_id}"]
-    assert os.listdir(os.path.join(spool.root, "tmp")) == []
-    writer.abort()
-    assert os.listdir(os.path.join(spool.root, MAILDROP)) == []
+    envelope = Envelope("a@lan.test", ["b@remote.example"])
+    drop, new = spool.begin(envelope, target=MAILDROP), spool.begin(envelope)
+    assert os.listdir(os.path.join(spool.root, MAILDROP)) == [f".tmp-{drop.queue_id}"]
+    assert os.listdir(os.path.join(spool.root, "incoming")) == [f".tmp-{new.queue_id}"]
+    assert spool.list("incoming") == []                 # never taken for a queued message
+    drop.abort()
+    new.abort()
+    assert os.listdir(os.path.join(spool.root, MAILDROP)) == [] and spool.staged() == []
 
 
 def test_writer_refuses_other_targets(tmp_path):
@@ -130,16 +133,18 @@ def test_state_files_are_readable_by_the_queue_owner_whoever_wrote_them(tmp_path
     assert stat.S_IMODE(os.stat(os.path.join(spool.root, "state")).st_mode) & 0o077 == 0
 
 
-def test_purge_tmp_with_an_age_keeps_live_files(tmp_path):
+def test_purge_staging_with_an_age_keeps_live_files_and_queued_mail(tmp_path):
     spool = Spool(str(tmp_path / "spool")).ensure()
-    old, live = (os.path.join(spool.root, "tmp", n) for n in ("old", "live"))
+    queued = _queue_one(spool)
+    old, live = (os.path.join(spool.root, "incoming", n) for n in (".tmp-old", ".tmp-live"))
     for path in (old, live):
         open(path, "wb").close()
     now = time.time()
-    os.utime(old, (now - 7200, now - 7200))
-    assert spool.purge_tmp(older_than_s=3600, now=now) == 1
-    assert os.listdir(os.path.join(spool.root, "tmp")) == ["live"]
-    assert spool.purge_tmp() == 1 and os.listdir(os.path.join(spool.root, "tmp")) == []
+    for path in (old, spool.path("incoming", queued)):
+        os.utime(path, (now - 7200, now - 7200))
+    assert spool.purge_staging(older_than_s=3600, now=now) == 1
+    assert spool.staged() == [".tmp-live"]
+    assert spool.purge_staging() == 1 and spool.staged() == [] and spool.list("incoming") == [queued]
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to chown to other users")
