@@ -47,7 +47,9 @@ from mta_lite.qmgr.budget import Slot, Ticket, when
 from mta_lite.qmgr.clock import ClockWatch, needs_clock
 from mta_lite.qmgr.contentgate import ContentGate
 from mta_lite.qmgr.notices import Notices
+from mta_lite.qmgr.outbound import content_for
 from mta_lite.qmgr.resolve import Outgoing, resolve
+from mta_lite.smarthost.content import Content
 
 log = logging.getLogger("mta_lite.qmgr")
 
@@ -194,14 +196,25 @@ class Deliverer:
 
     async def _deliver(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
                        ticket: Ticket | None) -> Attempt | None:
+        """Open the queue file verified in _activate and send from it (outbound.py): a big
+        message is read in chunks while it is sent, never whole."""
         try:
-            content = out.content(entry.read_content())
-        except CorruptQueueFileError as exc:
-            self._quarantine(entry.queue_id, str(exc))
-            return None
+            handle = open(entry.path, "rb")
         except FileNotFoundError:
             log.info("%s: removed from active/ before delivery", entry.queue_id)
             return None
+        with handle:
+            try:
+                content = content_for(handle, entry, out)
+            except OSError as exc:              # changed or unreadable since it was verified
+                log.warning("%s: %s", entry.queue_id, exc)
+                reply = Reply(451, "4.3.0", f"Error: queue file unreadable: {exc}")
+                return Attempt(DeliveryResult.transient(list(pending), reply))
+            return await self._transactions(account, out, entry, pending, ticket, content)
+
+    async def _transactions(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
+                            ticket: Ticket | None, content: Content) -> Attempt:
+        """The pending recipients in transactions of at most the relay's recipient_limit."""
         parts = chunks(list(pending), out.route.relay.recipient_limit)
         results: list[DeliveryResult] = []
         for i, part in enumerate(parts):
@@ -231,7 +244,7 @@ class Deliverer:
         return account.budget.take(self.clock())
 
     async def _transaction(self, account: Account, out: Outgoing, entry: QueueEntry, part,
-                           content: bytes, stamp: float) -> DeliveryResult:
+                           content: Content, stamp: float) -> DeliveryResult:
         try:
             result = await self.pool.deliver(out.route, out.sender, list(part), content,
                                              smtputf8=entry.smtputf8)
