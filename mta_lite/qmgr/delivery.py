@@ -165,7 +165,7 @@ class Deliverer:
     # ------------------------------------------------------------------ the attempt
     async def _attempt(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
                        ticket: Ticket | None) -> Attempt | None:
-        async with self.gate.hold(entry.size), account.slots:
+        async with account.slots:
             verdict = await account.admit(self.clock)
             if verdict == PAUSED:
                 return self._paused(account, pending)
