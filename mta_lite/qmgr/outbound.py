@@ -57,13 +57,13 @@ def content_for(handle: BinaryIO, entry: QueueEntry, out: Outgoing) -> Content:
 
 
 def _header_section(start: bytes) -> bytes | None:
-    """The first bytes of a message up to and including the line that ends its header
-    section, cut at a line end; None if the section may go on past `start`."""
+    """The header section at the start of a message: its fields, up to the blank line (or
+    the first line that is no field); None if it may go on past `start`."""
     whole_lines = start[:start.rfind(b"\n") + 1]
     header_end = header_fields(whole_lines)[1]
     if header_end >= len(whole_lines):
         return None
-    return whole_lines
+    return whole_lines[:header_end]
 
 
 def _read(handle: BinaryIO, entry: QueueEntry, length: int) -> bytes:
