@@ -1,9 +1,10 @@
 """A multi-megabyte message through the real daemon: sent from its queue file in chunks, it
 arrives intact (lines that start with ".", 8-bit text), with SIZE= and BODY=8BITMIME right.
 
-Peers: Postfix's smtp-sink (tests/support/peers.py: SmtpSink; its dumps lose every CR) and
-the raw recording smarthost (tests/support/faults.py: RawSmarthost), which keeps the exact
-octets of DATA. Both in the deployed mode too.
+Peers: Postfix's smtp-sink (tests/support/peers.py: SmtpSink; its dumps lose every CR), the
+raw recording smarthost (tests/support/faults.py: RawSmarthost), which keeps the exact
+octets of DATA, and Postfix as the smarthost over STARTTLS with AUTH (PostfixSmarthost: the
+TLS transport's flow control). All in the deployed mode too.
 """
 
 import smtplib
@@ -11,10 +12,10 @@ import smtplib
 import pytest
 
 from mta_lite.smarthost.esmtp import data_bytes
+from tests.support.bigmsg import big_message
 from tests.support.faults import LoopThread, RawSmarthost
-from tests.support.relay import relay_config
+from tests.support.relay import postfix_config, relay_config
 from tests.support.waiting import wait_until
-from tests.unit.test_smarthost_stream import big_message
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +60,15 @@ def test_big_message_leaves_with_the_exact_octets(peers_loop, relay_factory):
     assert got.content.endswith(content)
     assert f"SIZE={len(got.content)}".encode() in got.mail_from and b"BODY=8BITMIME" in got.mail_from
     wait_until(lambda: relay.queue() == [], 60, what="the queue to empty")
+
+
+@pytest.mark.deployed
+def test_big_message_over_starttls_reaches_postfix_intact(smarthost, relay_factory):
+    content = big_message(SIZE, seed=13)
+    relay = relay_factory(postfix_config(smarthost))
+    send(relay.port, content)
+    message_id = b"<scan-13@lan.test>"
+    got = wait_until(lambda: [d for d in smarthost.delivered() if message_id in d.raw], 180,
+                     what="the big message in the smarthost's Maildir")
+    assert got[0].raw.endswith(content.replace(b"\r\n", b"\n"))     # Maildir: LF line ends
+    assert got[0].sasl_username == "office@example.test"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import socket
 
 import pytest
@@ -31,6 +30,7 @@ from mta_lite.smarthost import transaction as tx
 from mta_lite.smarthost.content import Content
 from mta_lite.smarthost.esmtp import DataEncoder, Scan, data_bytes, facts_of
 from mta_lite.smarthost.result import DEFER
+from tests.support.bigmsg import big_message
 from tests.unit.test_smarthost_transaction import FakeProtocol, FakeSMTP, RecordingConnection
 
 ROUTE = Route(Relay(name="sink", host="127.0.0.1", timeout_s=10.0), "sink", Secret(""))
@@ -102,20 +102,6 @@ def _queued(tmp_path, content: bytes):
     writer = spool.begin(Envelope("scanner@lan.test", ["bob@remote.example"], "127.0.0.1", "scanner"))
     writer.write(content)
     return spool.read("incoming", writer.commit())
-
-
-def big_message(size: int, seed: int = 7) -> bytes:
-    """CRLF mail with 8-bit text and lines that start with dots, about `size` bytes."""
-    rng = random.Random(seed)
-    lines = [b"From: Scanner <scanner@lan.test>", b"Subject: scan", b"Date: Mon, 7 Dec 2026 01:00:00 +0000",
-             b"Message-ID: <scan-%d@lan.test>" % seed, b""]
-    words = [b".", b"..", b".dot", b"caf\xc3\xa9", b"na\xc3\xafve", b"x" * 60, b"plain", b"\xe2\x82\xac"]
-    total = 0
-    while total < size:
-        line = b" ".join(rng.choice(words) for _ in range(rng.randrange(1, 12)))
-        lines.append(line)
-        total += len(line) + 2
-    return b"\r\n".join(lines) + b"\r\n"
 
 
 def test_small_message_is_read_at_once_big_one_stays_in_the_file(tmp_path):
