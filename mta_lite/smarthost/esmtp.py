@@ -138,13 +138,19 @@ class Scan:
         self.lf += chunk.count(b"\n")
         self.cr += chunk.count(b"\r")
         if self.blank_at < 0:
-            found = (self.last + chunk).find(_BLANK_LINE)
-            if found >= 0:
-                self.blank_at = self.length - len(self.last) + found
+            self.blank_at = self._blank_line(chunk)
         if self.non_ascii_at < 0 and not chunk.isascii():
             self.non_ascii_at = self.length + _NON_ASCII.search(chunk).start()
         self.length += len(chunk)
-        self.last = (self.last + chunk)[-3:]
+        self.last = (self.last + chunk[-3:])[-3:]
+
+    def _blank_line(self, chunk: bytes) -> int:
+        """Where the first CRLF CRLF starts, if it ends in `chunk`; -1 if it does not."""
+        across = (self.last + chunk[:3]).find(_BLANK_LINE)
+        if across >= 0:
+            return self.length - len(self.last) + across
+        found = chunk.find(_BLANK_LINE)
+        return self.length + found if found >= 0 else -1
 
     def facts(self) -> ContentFacts:
         size = self.length + (self.lf - self.crlf) + (self.cr - self.crlf)
