@@ -51,6 +51,10 @@ class CorruptQueueFileError(SpoolError):
     """A queue file failed validation (version, structure, end marker or checksum)."""
 
 
+class QueueFileChangedError(SpoolError):
+    """A queue file read again for sending is not the size it had when it was verified."""
+
+
 class QueueIdError(MtaLiteError, LookupError):
     """No message with that queue ID is in the queue."""
 

@@ -3,6 +3,8 @@
     manager    QueueManager: what is tried when (incoming, deferred, rings, stop)
     dispatch   which of an account's due messages start now: order, pace, budget slots
     delivery   one attempt for one message and what happens to it afterwards
+    outbound   what an attempt sends: a small message read at once, a big one from its
+               queue file in chunks, its size checked against what was verified
     notices    the DSNs a delivery queues: whom, the hourly cap, the template (G6)
     resolve    how a message leaves: the sender after [rewrite], its route and account (pure)
     rewrite    the From: of the bytes sent, when [rewrite] gives another identity (pure)

@@ -17,11 +17,12 @@ While the clock is not set, mail to a relay that checks certificates is deferred
 `clock not set` (wait "clock"): no connection, no attempt counted, no account pause. An invalid queue file goes to
 corrupt/ (G4). A message deleted or held by the administrator while in flight is respected:
 deleted -> results dropped; held -> results saved, so a release resends nothing.
-A message of 1 MiB or more starts its attempt only when contentgate.py's budget has room
-(8 MiB of such content at once, or it alone): the memory the content takes stays bounded,
-smaller messages never wait for it.
+The queue file verified at activation is opened once for the attempt and sent from
+(outbound.py): a message of 256 KiB or more is read and sent in 64 KiB chunks, so the memory
+a delivery takes stays flat whatever the message's size; a file whose size changed since it
+was verified is deferred, never sent.
 Must never: bounce on a transient or unknown result; remove a message before its DSN is
-queued; hold more than one message's content in memory per delivery.
+queued; read a big message whole (the rare exceptions are in outbound.py and transaction.py).
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ from mta_lite.qmgr.accounts import PAUSED, PROBE, Account, Accounts
 from mta_lite.qmgr.backoff import expired, retry_delay_s
 from mta_lite.qmgr.budget import Slot, Ticket, when
 from mta_lite.qmgr.clock import ClockWatch, needs_clock
-from mta_lite.qmgr.contentgate import ContentGate
 from mta_lite.qmgr.notices import Notices
+from mta_lite.qmgr.outbound import content_for
 from mta_lite.qmgr.resolve import Outgoing, resolve
+from mta_lite.smarthost.content import Content
 
 log = logging.getLogger("mta_lite.qmgr")
 
@@ -91,7 +93,6 @@ class Deliverer:
         self.on_deferred = on_deferred          # (queue_id, next_attempt) -> None
         self.history = history or History(os.devnull, clock=clock)    # the status page's record
         self.stats = {"corrupt": 0}
-        self.gate = ContentGate()               # large messages' content in memory at once
 
     # ------------------------------------------------------------------ one message
     async def process(self, queue_id: str, src: str, out: Outgoing | None = None,
@@ -163,7 +164,7 @@ class Deliverer:
     # ------------------------------------------------------------------ the attempt
     async def _attempt(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
                        ticket: Ticket | None) -> Attempt | None:
-        async with self.gate.hold(entry.size), account.slots:
+        async with account.slots:
             verdict = await account.admit(self.clock)
             if verdict == PAUSED:
                 return self._paused(account, pending)
@@ -194,14 +195,25 @@ class Deliverer:
 
     async def _deliver(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
                        ticket: Ticket | None) -> Attempt | None:
+        """Open the queue file verified in _activate and send from it (outbound.py): a big
+        message is read in chunks while it is sent, never whole."""
         try:
-            content = out.content(entry.read_content())
-        except CorruptQueueFileError as exc:
-            self._quarantine(entry.queue_id, str(exc))
-            return None
+            handle = open(entry.path, "rb")
         except FileNotFoundError:
             log.info("%s: removed from active/ before delivery", entry.queue_id)
             return None
+        with handle:
+            try:
+                content = content_for(handle, entry, out)
+            except OSError as exc:              # changed or unreadable since it was verified
+                log.warning("%s: %s", entry.queue_id, exc)
+                reply = Reply(451, "4.3.0", f"Error: queue file unreadable: {exc}")
+                return Attempt(DeliveryResult.transient(list(pending), reply))
+            return await self._transactions(account, out, entry, pending, ticket, content)
+
+    async def _transactions(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
+                            ticket: Ticket | None, content: Content) -> Attempt:
+        """The pending recipients in transactions of at most the relay's recipient_limit."""
         parts = chunks(list(pending), out.route.relay.recipient_limit)
         results: list[DeliveryResult] = []
         for i, part in enumerate(parts):
@@ -231,7 +243,7 @@ class Deliverer:
         return account.budget.take(self.clock())
 
     async def _transaction(self, account: Account, out: Outgoing, entry: QueueEntry, part,
-                           content: bytes, stamp: float) -> DeliveryResult:
+                           content: Content, stamp: float) -> DeliveryResult:
         try:
             result = await self.pool.deliver(out.route, out.sender, list(part), content,
                                              smtputf8=entry.smtputf8)

@@ -3,7 +3,9 @@
     result       DeliveryResult: per recipient sent, deferred or bounced (pure)
     replies      what a smarthost's answer, or the lack of one, means: Reply, status, the
                  wording of failures, the cleaning of the peer's text (pure)
-    esmtp        MAIL FROM parameters for the server's EHLO extensions (pure)
+    esmtp        MAIL FROM parameters for the server's EHLO extensions; DATA's encoding,
+                 whole or chunk by chunk (pure)
+    content      the message to send: in memory, or its queue file read in chunks
     connection   Connection, one SMTP connection as one account; Opener: connect, greeting,
                  EHLO, STARTTLS with a verified certificate, AUTH
     transaction  MAIL FROM, RCPT TO, DATA on an open connection, a result per recipient

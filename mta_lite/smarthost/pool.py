@@ -1,7 +1,8 @@
 """pool — SmarthostPool: relays queued mail to the smarthosts over connections kept per account.
 
-deliver(route, sender, recipients, content) relays one message as the route's account and
-returns a DeliveryResult with one status per recipient. check_route(route, progress) opens
+deliver(route, sender, recipients, content) relays one message (bytes, or a content.Content
+read from its queue file in chunks) as the route's account and returns a DeliveryResult
+with one status per recipient. check_route(route, progress) opens
 and closes one connection without a transaction (`mta-lite relay test`), naming each step.
 A connection serves one transaction at a time; idle ones are kept per account, checked with
 RSET before reuse (a dead one is replaced by a fresh connection, once) and sent QUIT after
@@ -34,6 +35,7 @@ from typing import Callable, NamedTuple
 from mta_lite.config.schema import Route
 from mta_lite.reply import R451_INTERNAL, Reply
 from mta_lite.smarthost.connection import Connection, Failure, Opener, Progress, Resolver, system_resolver
+from mta_lite.smarthost.content import Content
 from mta_lite.smarthost.oauth.tokens import TokenManager
 from mta_lite.smarthost.replies import ca_file_unusable
 from mta_lite.smarthost.result import DeliveryResult
@@ -114,7 +116,7 @@ class SmarthostPool:
         """The verifying context for `ca_file`; qmgr loads each once while still root."""
         return self._contexts.get(ca_file)
 
-    async def deliver(self, route: Route, sender: str, recipients: list[str], content: bytes,
+    async def deliver(self, route: Route, sender: str, recipients: list[str], content: bytes | Content,
                       smtputf8: bool = False) -> DeliveryResult:
         """Relay one message; never raises for a delivery problem, every outcome is a result."""
         recipients = list(recipients)
@@ -162,7 +164,7 @@ class SmarthostPool:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _transact(self, conn: Connection, sender: str, recipients: list[str], content: bytes,
+    async def _transact(self, conn: Connection, sender: str, recipients: list[str], content: bytes | Content,
                         smtputf8: bool) -> DeliveryResult:
         released = False
         try:

@@ -3,7 +3,10 @@
 Transaction(conn, sender, recipients, content, smtputf8).run() sends MAIL FROM with the
 parameters esmtp.plan_mail() chose, RCPT TO for each recipient and DATA, and returns a
 DeliveryResult with one RecipientResult per recipient; what each reply means is decided in
-replies.py. Each command is sent with the Step it is (MAIL, RCPT, DATA), so a failure is
+replies.py. `content` is bytes or a content.Content: a message in memory is written after
+the 354 at once (esmtp.data_bytes); one whose rest lies in its queue file is sent in chunks
+(esmtp.DataEncoder), each write awaiting the transport's drain (flow control), so the
+memory a big message takes is a chunk and the transport's buffer, not the message. Each command is sent with the Step it is (MAIL, RCPT, DATA), so a failure is
 worded for the command under way.
 
 Guarantees (G3): a recipient is sent only on a 2xx reply to end of DATA. Only a 5xx reply to
@@ -15,7 +18,9 @@ a slow uplink does not turn a big message into a timeout and a duplicate. A conn
 failed, or got a reply that makes no sense, is aborted and never pooled again.
 Must never: share a connection with another transaction; bounce a recipient whose fate is
 unknown; send a declared-8bit MIME part to a server without 8BITMIME (downgrade.py makes
-it quoted-printable, as Postfix does); put the account's password or an AUTH payload into
+it quoted-printable, as Postfix does: the one case that reads a big message whole); end
+DATA with the final dot when the queue file could not be read to its end (a changed file:
+the connection is aborted, the message deferred); put the account's password or an AUTH payload into
 a Reply (the server's texts go through replies.clean_text with the connection's secrets).
 """
 
@@ -26,10 +31,13 @@ from typing import Awaitable, TypeVar
 from aiosmtplib.errors import SMTPResponseException, SMTPServerDisconnected
 from aiosmtplib.response import SMTPResponse
 
+from mta_lite.errors import QueueFileChangedError
 from mta_lite.reply import Reply
 from mta_lite.smarthost.connection import Connection
+from mta_lite.smarthost.content import Content
 from mta_lite.smarthost.downgrade import to_7bit
-from mta_lite.smarthost.esmtp import data_bytes, plan_mail, unsafe_address, unsafe_recipient
+from mta_lite.smarthost.esmtp import (ContentFacts, DataEncoder, data_bytes, plan_mail, unsafe_address,
+                                      unsafe_recipient)
 from mta_lite.smarthost.replies import (DATA, MAIL, RCPT, Step, failure_reply, is_valid_code,
                                         protocol_error, reply_for, status_of)
 from mta_lite.smarthost.result import SENT, DeliveryResult, RecipientResult
@@ -52,10 +60,11 @@ class _Abandoned(Exception):
 class Transaction:
     """MAIL FROM, RCPT TO for each recipient, DATA: one message on one connection."""
 
-    def __init__(self, conn: Connection, sender: str, recipients: list[str], content: bytes,
+    def __init__(self, conn: Connection, sender: str, recipients: list[str], content: bytes | Content,
                  smtputf8: bool) -> None:
         self.conn = conn
-        self.sender, self.recipients, self.content, self.smtputf8 = sender, recipients, content, smtputf8
+        self.content = content if isinstance(content, Content) else Content.of(content)
+        self.sender, self.recipients, self.smtputf8 = sender, recipients, smtputf8
         self.results: list[RecipientResult | None] = [None] * len(recipients)   # None: pending
 
     async def run(self) -> DeliveryResult:
@@ -75,9 +84,12 @@ class Transaction:
 
     async def _dialog(self) -> None:
         extensions = self.conn.smtp.esmtp_extensions
-        if "8bitmime" not in extensions and not self.content.isascii():
-            self.content = to_7bit(self.content)      # Postfix: 8-bit MIME parts to quoted-printable
-        plan = plan_mail(extensions, self.sender, self.recipients, self.content, self.smtputf8, self.conn.relay)
+        try:
+            facts = self._facts(extensions)
+        except OSError as exc:                  # nothing sent yet: the connection stays good
+            self._settle(_unreadable(exc))
+            return
+        plan = plan_mail(extensions, self.sender, self.recipients, facts, self.smtputf8, self.conn.relay)
         if isinstance(plan, Reply):
             self._settle(plan)
             return
@@ -92,6 +104,15 @@ class Transaction:
                 self.conn.abort()
         else:
             self._settle(await self._data())
+
+    def _facts(self, extensions: dict[str, str]) -> ContentFacts:
+        """The message's facts for MAIL FROM; 8-bit MIME parts made quoted-printable first
+        for a server without 8BITMIME, as Postfix does (the message whole in memory)."""
+        facts = self.content.facts()
+        if "8bitmime" not in extensions and not facts.isascii:
+            self.content = Content.of(to_7bit(self.content.whole()))
+            facts = self.content.facts()
+        return facts
 
     async def _recipients(self, encoding: str) -> bool:
         """RCPT TO each recipient; True if any was accepted and the connection still stands."""
@@ -112,9 +133,11 @@ class Transaction:
 
     async def _data(self) -> Reply:
         conn, where = self.conn, DATA.where
-        timeout = conn.timeout_s + len(self.content) / MIN_UPLOAD_BYTES_PER_S
+        timeout = conn.timeout_s + self.content.size / MIN_UPLOAD_BYTES_PER_S
         try:
-            sent, response = await conn.run(self._send_data(data_bytes(self.content)), timeout)
+            sent, response = await conn.run(self._send_data(), timeout)
+        except QueueFileChangedError as exc:    # before the final dot: the server discards it
+            raise _Abandoned(_unreadable(exc)) from None
         except (SMTPResponseException, OSError) as exc:
             raise _Abandoned(self._no_usable_reply(DATA, exc)) from None
         if response.code < 400 and response.code != (250 if sent else 354):
@@ -123,17 +146,21 @@ class Transaction:
             raise _Abandoned(protocol_error(response.code, response.message, where, conn.secrets))
         return reply_for(response.code, response.message, where, conn.secrets)
 
-    async def _send_data(self, wire: bytes) -> tuple[bool, SMTPResponse]:
+    async def _send_data(self) -> tuple[bool, SMTPResponse]:
         """DATA, and on its 354 the encoded message; (message sent, the last reply). The same
-        exchange as aiosmtplib's SMTP.data(), whose encoding data_bytes() reproduces more
-        cheaply; the transaction owns the connection, so nothing else writes in between."""
+        exchange as aiosmtplib's SMTP.data(), whose encoding data_bytes() and DataEncoder
+        reproduce more cheaply; the transaction owns the connection, so nothing else writes
+        in between."""
         protocol = self.conn.smtp.protocol
         if protocol is None:
             raise SMTPServerDisconnected("Connection lost")
         start = await protocol.execute_command(b"DATA", timeout=None)
         if start.code != 354:
             return False, start
-        protocol.write(wire)
+        if self.content.in_memory:
+            protocol.write(data_bytes(self.content.head))
+        else:
+            await _stream(protocol, self.content)
         return True, await protocol.read_response(timeout=None)
 
     async def _command(self, step: Step, *args: bytes) -> Reply:
@@ -155,6 +182,24 @@ class Transaction:
         if isinstance(exc, SMTPResponseException):      # before OSError: some are both
             return reply_for(exc.code, exc.message, step.where, self.conn.secrets)
         return failure_reply(exc, self.conn.relay, step.doing)
+
+
+async def _stream(protocol, content: Content) -> None:
+    """The message in chunks, each written once the transport has room for it: aiosmtplib's
+    SMTPProtocol is asyncio's FlowControlMixin, whose _drain_helper() is what
+    StreamWriter.drain() awaits (paused above the transport's high-water mark; raises once
+    the connection is lost). tests/unit/test_smarthost_stream.py pins that it exists."""
+    encoder = DataEncoder()
+    for piece in content.pieces():
+        protocol.write(encoder.feed(piece))
+        await protocol._drain_helper()
+    protocol.write(encoder.end())
+
+
+def _unreadable(exc: OSError) -> Reply:
+    """The queue file could not be read for sending: try again later (the queue manager
+    verifies it again then)."""
+    return Reply(451, "4.3.0", f"Error: queue file unreadable: {exc}")
 
 
 def _path(address: str, encoding: str) -> bytes:

@@ -212,7 +212,7 @@ class RawSmarthost:
         return b"535 5.7.8 Authentication credentials invalid\r\n"
 
     async def _data(self, reader, writer, mail: bytes, rcpts: list[bytes]) -> bool:
-        wire = b""
+        wire = bytearray()          # bytes += would copy a big message once per line
         while (line := await reader.readline()) != b".\r\n":
             if not line:
                 return False
@@ -223,7 +223,7 @@ class RawSmarthost:
                 writer.transport.abort()       # RST: the connection dies mid-DATA
                 return False
         with self._lock:
-            self.transactions.append(Transaction(mail, list(rcpts), wire))
+            self.transactions.append(Transaction(mail, list(rcpts), bytes(wire)))
         writer.write(self.replies.get("END", b"250 2.0.0 Ok: queued as RAW\r\n"))
         return True
 

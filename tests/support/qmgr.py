@@ -21,6 +21,7 @@ from mta_lite.envelope import Envelope
 from mta_lite.qmgr import QueueManager
 from mta_lite.queue import Spool
 from mta_lite.reply import Reply
+from mta_lite.smarthost.content import Content
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT, DeliveryResult, RecipientResult
 from tests.support.waiting import wait_until_async
 
@@ -127,9 +128,11 @@ class FakePool:
         self._gate = asyncio.Event()
         self.closed = False
 
-    async def deliver(self, route: Route, sender: str, recipients: list[str], content: bytes,
+    async def deliver(self, route: Route, sender: str, recipients: list[str], content: bytes | Content,
                       smtputf8: bool = False) -> DeliveryResult:
-        call = Call(route.account, sender, list(recipients), content, smtputf8)
+        """The content is recorded as the bytes a real client would send (before dot-stuffing)."""
+        whole = content.whole() if isinstance(content, Content) else content
+        call = Call(route.account, sender, list(recipients), whole, smtputf8)
         self.calls.append(call)
         await asyncio.sleep(0)            # a real client yields on I/O: let siblings interleave
         if self.hold:

@@ -22,7 +22,7 @@ RANKS = {
     "cli": 7,
 }
 PURE = {"smtpd.dotreader", "qmgr.ratelimit", "qmgr.bounce", "postscreen.dnsbl",
-        "postscreen.policy", "smarthost.result", "smarthost.oauth.sasl", "qmgr.contentgate"}
+        "postscreen.policy", "smarthost.result", "smarthost.oauth.sasl"}
 
 
 def _module(path: pathlib.Path) -> str:
