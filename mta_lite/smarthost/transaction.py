@@ -6,8 +6,9 @@ DeliveryResult with one RecipientResult per recipient; what each reply means is 
 replies.py. `content` is bytes or a content.Content: a message in memory is written after
 the 354 at once (esmtp.data_bytes); one whose rest lies in its queue file is sent in chunks
 (esmtp.DataEncoder), each write awaiting the transport's drain (flow control), so the
-memory a big message takes is a chunk and the transport's buffer, not the message. Each command is sent with the Step it is (MAIL, RCPT, DATA), so a failure is
-worded for the command under way.
+memory a big message takes is a chunk and the transport's buffer, not the message. Each
+command is sent with the Step it is (MAIL, RCPT, DATA), so a failure is worded for the
+command under way.
 
 Guarantees (G3): a recipient is sent only on a 2xx reply to end of DATA. Only a 5xx reply to
 MAIL FROM, RCPT TO or end of DATA, or a message the server can never take (SMTPUTF8
@@ -20,8 +21,9 @@ Must never: share a connection with another transaction; bounce a recipient whos
 unknown; send a declared-8bit MIME part to a server without 8BITMIME (downgrade.py makes
 it quoted-printable, as Postfix does: the one case that reads a big message whole); end
 DATA with the final dot when the queue file could not be read to its end (a changed file:
-the connection is aborted, the message deferred); put the account's password or an AUTH payload into
-a Reply (the server's texts go through replies.clean_text with the connection's secrets).
+the connection is aborted, the message deferred); put the account's password or an AUTH
+payload into a Reply (the server's texts go through replies.clean_text with the
+connection's secrets).
 """
 
 from __future__ import annotations
