@@ -1,7 +1,8 @@
 # mta-lite: the only entry points are here.
 #   make run    relay + capture smarthost on 127.0.0.1:2525 with sample mail (no root needed)
 #   make test   install everything needed, run every test
-#   make bench  smtp-source -> relay -> smtp-sink, mta-lite against Postfix; ten 10 MB messages
+#   make bench  smtp-source -> relay -> smtp-sink, mta-lite against Postfix (10 sessions, then
+#               one client sending one message at a time); ten 10 MB messages
 #               at once (peak PSS); then postscreen:
 #               1,000 idle connections held, new connections per second, against Postfix's
 #   make flash IMAGE=FILE [DEVICE=/dev/sdX] [CONFIG=mta-lite.toml] [FLASH_ARGS=--yes]
@@ -53,6 +54,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP) deps
 	$(PY) tools/bench/relay_bench.py
+	$(PY) tools/bench/relay_bench.py --sessions 1 --messages 500 --sizes 1024 --json bench-one-client.json
 	$(PY) tools/bench/bigmsg_bench.py
 	$(PY) tools/bench/postscreen_bench.py
 

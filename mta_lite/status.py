@@ -1,7 +1,10 @@
 """status — StatusSnapshot: what the daemon is doing, for `mta-lite status`, board/ and tools.
 
-The daemon writes the snapshot atomically to spool/public/status.json every few seconds;
-readers never see a half-written file. Queue counts are taken live from the spool
+The daemon writes the snapshot atomically to spool/public/status.json when it changes, and
+every few seconds as a heartbeat; readers never see a half-written file. Where that name is
+a symlink (the box: firmware/tmpfiles.d points it into /run, RAM), the snapshot is written
+where it points and the link stays, so the heartbeat never wears the SD card; readers open
+the same name as always. Queue counts are taken live from the spool
 directories the reader may list, so `status` is right even while the daemon is stopped; for
 those it may not (the board), the queue manager's counts in the snapshot stand.
 Guarantees: the snapshot holds counters and states, and the last few delivery results
@@ -107,8 +110,14 @@ def write_status(spool_dir: str, snapshot: StatusSnapshot) -> None:
     snapshot.written = time.time()
     # Not durable: it is rewritten every few seconds, and after a power cut the next write
     # replaces whatever the cut left (readers take an unreadable file for a stopped daemon).
-    safeio.atomic_write(os.path.join(spool_dir, STATUS_FILE), snapshot.to_json().encode(), mode=0o644,
-                        durable=False)
+    safeio.atomic_write(status_target(spool_dir), snapshot.to_json().encode(), mode=0o644, durable=False)
+
+
+def status_target(spool_dir: str) -> str:
+    """Where the snapshot is written: public/status.json, or the file it links to. Only the
+    queue owner (and root) may create entries in public/, so the link is the box's own."""
+    path = os.path.join(spool_dir, STATUS_FILE)
+    return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def write_processes(spool_dir: str, record: dict) -> None:

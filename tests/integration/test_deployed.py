@@ -10,6 +10,7 @@ status files.
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import smtplib
@@ -254,3 +255,28 @@ def test_reload_that_fails_the_preflight_keeps_the_running_config(sink_factory, 
     send(relay.port, "<still-running@lan.test>")
     wait_until(lambda: "<still-running@lan.test>" in [dump_message_id(m) for m in sink.messages()], 30,
                what="delivery with the running config")
+
+
+def test_status_snapshot_written_through_the_boxs_symlink_into_ram(sink_factory, box):
+    """The box links public/status.json into /run (firmware/tmpfiles.d): the queue manager,
+    dropped to its user, writes the snapshot where the link points, the link stays, and
+    readers of the spool's name see a running relay."""
+    relay = box(relay_config(sink_factory().port))
+    relay.stop()
+    ram = Path(tempfile.mkdtemp(prefix="mta-run-", dir="/tmp"))
+    try:
+        shutil.chown(ram, "mta-lite", "mta-lite")
+        link = Path(relay.spool, "public", "status.json")
+        link.unlink(missing_ok=True)
+        link.symlink_to(ram / "status.json")
+        relay.start()
+        wait_until(lambda: (ram / "status.json").exists(), 20, what="the snapshot in the RAM directory")
+        assert link.is_symlink() and os.readlink(link) == str(ram / "status.json")
+        written = ram / "status.json"
+        assert json.loads(written.read_text())["pid"] in relay.pids()
+        assert written.stat().st_uid == pwd.getpwnam("mta-lite").pw_uid       # by the queue manager
+        assert read_status(relay.spool).running
+        assert [name for name in os.listdir(ram) if name.startswith(".tmp-")] == []
+    finally:
+        relay.stop()
+        shutil.rmtree(ram, ignore_errors=True)

@@ -286,7 +286,7 @@ def test_smtpd_sees_no_other_queue_directory(smtpd):
 
 
 def test_qmgr_paths(qmgr):
-    assert paths(qmgr, "ReadWritePaths") == [SPOOL]
+    assert paths(qmgr, "ReadWritePaths") == [SPOOL, "/run/mta-lite"]
     assert paths(qmgr, "ReadOnlyPaths") == ["/etc/mta-lite"]
     assert access(qmgr, "/etc/mta-lite/mta-lite.toml") == "ro"
 
@@ -493,3 +493,16 @@ def test_mta_config_user_owns_the_config_directory_and_is_in_group_mta_lite():
     mode = int(entry[2], 8)
     assert mode & 0o2000, "setgid: files mta-config writes get group mta-lite, which the relay reads"
     assert mode & 0o070 == 0o050 and mode & 0o007 in (0, 0o001), "group reads, others at most traverse"
+
+
+def test_status_snapshot_lives_in_ram_and_both_relay_units_may_write_it(qmgr):
+    """tmpfiles.d links the spool's status.json into /run, where the queue manager (its own unit
+    or the master's child) writes it: the 10 s heartbeat never reaches the SD card."""
+    tmpfiles = [line.split() for line in (FIRMWARE / "tmpfiles.d" / "mta-lite.conf").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    [link] = [fields for fields in tmpfiles if fields[1] == f"{SPOOL}/public/status.json"]
+    assert link[0] == "L+" and link[-1] == "/run/mta-lite/status.json"
+    [run_dir] = [fields for fields in tmpfiles if fields[1] == "/run/mta-lite"]
+    assert run_dir[0] == "d" and run_dir[3] == "mta-lite" and int(run_dir[2], 8) & 0o022 == 0
+    for unit in (qmgr, load("mta-lite.service")):
+        assert access(unit, "/run/mta-lite/status.json") == "rw"
