@@ -7,7 +7,8 @@ has sent more than was processed: our buffer, asyncio's buffer and, before TLS, 
 kernel's socket buffer (Postfix peekfd()). discard_input() drops all of it (STARTTLS).
 Guarantees: buffered input never exceeds MAX_COMMAND_LINE_BYTES + READ_CHUNK_BYTES while
 reading commands; an over-long line is discarded to its end, keeping only its last bytes
-so the caller can still tell a bare LF. Every read and drain has the command timeout.
+so the caller can still tell a bare LF. Every read and drain that can block has the command
+timeout (one that cannot, input already buffered or output all sent, arms no timer).
 SECURITY: handles untrusted bytes but interprets none of them beyond finding LF.
 Must never: block on a read while replies are still held back.
 """
@@ -81,6 +82,11 @@ class SmtpStream:
         if self.out:
             data, self.out, self.out_bytes = b"".join(self.out), [], 0
             self.writer.write(data)
+            if not self.writer.transport.get_write_buffer_size():
+                # All sent at once (the usual case): drain() cannot block, since a transport
+                # that holds nothing has resumed writing; no timer to arm and cancel.
+                await self.writer.drain()
+                return
             # asyncio.timeout rather than wait_for: no extra task per reply (hot path).
             async with asyncio.timeout(self.timeout_s):
                 await self.writer.drain()
@@ -104,8 +110,11 @@ class SmtpStream:
     async def fill(self) -> None:
         if not reader_buffered(self.reader) or self.out_bytes > MAX_PENDING_OUTPUT_BYTES:
             await self.flush()
-        async with asyncio.timeout(self.timeout_s):
-            data = await self.reader.read(READ_CHUNK_BYTES)
+        if reader_buffered(self.reader):
+            data = await self.reader.read(READ_CHUNK_BYTES)     # there already: cannot block
+        else:
+            async with asyncio.timeout(self.timeout_s):
+                data = await self.reader.read(READ_CHUNK_BYTES)
         if not data:
             raise ConnectionLost("end of input")
         self.buf += data
