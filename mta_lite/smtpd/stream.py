@@ -8,7 +8,8 @@ kernel's socket buffer (Postfix peekfd()). discard_input() drops all of it (STAR
 Guarantees: buffered input never exceeds MAX_COMMAND_LINE_BYTES + READ_CHUNK_BYTES while
 reading commands; an over-long line is discarded to its end, keeping only its last bytes
 so the caller can still tell a bare LF. Every read and drain that can block has the command
-timeout (one that cannot, input already buffered or output all sent, arms no timer).
+timeout, kept by one Watchdog timer per connection (watchdog.py); one that cannot block
+(input already buffered, output all sent) is not guarded.
 SECURITY: handles untrusted bytes but interprets none of them beyond finding LF.
 Must never: block on a read while replies are still held back.
 """
@@ -21,6 +22,7 @@ import fcntl
 import termios
 
 from mta_lite.reply import Reply
+from mta_lite.smtpd.watchdog import Watchdog
 from mta_lite.text import printable
 
 # Postfix line_length_limit: RFC 5321 section 4.5.3.1.4 allows 512 octets for a command
@@ -72,6 +74,7 @@ class SmtpStream:
         # on under stress): a client that sends one byte every few seconds never trips the
         # per-read timeout. None: per-read timeouts only.
         self.command_deadline_s: float | None = None
+        self.watchdog = Watchdog()          # the per-read and per-drain timeout
 
     def queue(self, reply: Reply) -> None:
         data = reply.to_bytes()
@@ -84,12 +87,10 @@ class SmtpStream:
             self.writer.write(data)
             if not self.writer.transport.get_write_buffer_size():
                 # All sent at once (the usual case): drain() cannot block, since a transport
-                # that holds nothing has resumed writing; no timer to arm and cancel.
+                # that holds nothing has resumed writing; nothing to guard.
                 await self.writer.drain()
                 return
-            # asyncio.timeout rather than wait_for: no extra task per reply (hot path).
-            async with asyncio.timeout(self.timeout_s):
-                await self.writer.drain()
+            await self.watchdog.guard(self.writer.drain(), self.timeout_s)
 
     def pending(self) -> bool:
         """Has the client sent more than we have processed?"""
@@ -113,8 +114,7 @@ class SmtpStream:
         if reader_buffered(self.reader):
             data = await self.reader.read(READ_CHUNK_BYTES)     # there already: cannot block
         else:
-            async with asyncio.timeout(self.timeout_s):
-                data = await self.reader.read(READ_CHUNK_BYTES)
+            data = await self.watchdog.guard(self.reader.read(READ_CHUNK_BYTES), self.timeout_s)
         if not data:
             raise ConnectionLost("end of input")
         self.buf += data
@@ -170,6 +170,7 @@ class SmtpStream:
     def hang_up_now(self, reply: Reply) -> None:
         """Without awaiting (we may be cancelled): send what is held plus `reply`, close."""
         self.queue(reply)
+        self.watchdog.stop()
         data, self.out, self.out_bytes = b"".join(self.out), [], 0
         try:
             self.writer.write(data)
@@ -185,6 +186,7 @@ class SmtpStream:
                 await self.flush()
         except (OSError, TimeoutError):
             pass  # the peer is gone or not reading; nothing more we can tell it
+        self.watchdog.stop()
         self.writer.close()
         try:
             async with asyncio.timeout(HANGUP_WAIT_S):
