@@ -31,6 +31,7 @@ import time
 from mta_lite import __version__
 from mta_lite.config.schema import Config, all_routes
 from mta_lite.errors import ConfigError, MtaLiteError
+from mta_lite.process import alloc
 from mta_lite.qmgr.manager import QueueManager
 from mta_lite.queue.doorbell import Doorbell
 from mta_lite.queue import Spool
@@ -268,6 +269,8 @@ def _keep_config() -> None:
 
 def run_service(service) -> int:
     """Run one service in the foreground until SIGTERM/SIGINT; the process exit status."""
+    alloc.tune()            # before the loop reads its first socket
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -209,7 +209,14 @@ class QueueManager:
     async def _idle(self, delay: float) -> None:
         if self._work.is_set():
             return
-        work = asyncio.ensure_future(self._work.wait())
+        if self.sleep is asyncio.sleep:     # the loop's own clock: one timer, no tasks (per pass)
+            try:
+                async with asyncio.timeout(delay):
+                    await self._work.wait()
+            except TimeoutError:
+                pass    # the pass is due: a retry, a rescan, a budget save
+            return
+        work = asyncio.ensure_future(self._work.wait())     # a test's clock: its own sleep
         nap = asyncio.ensure_future(self.sleep(delay))
         try:
             await asyncio.wait({work, nap}, return_when=asyncio.FIRST_COMPLETED)

@@ -5,7 +5,8 @@
                             its queue ID or the OSError that refused it
     GroupCommit             for an event loop: sessions that reach the final dot while a
                             batch is being flushed wait for the next batch, which takes
-                            them all; a lone session is flushed at once (no timer)
+                            them all; a lone session is flushed at once (no timer), and
+                            flushed, linked and sealed in one trip to the worker thread
 
 Why: every fsync on ext4 commits the file system's journal: a descriptor block, each
 metadata block touched (inode table, bitmaps, directory blocks) and a commit block, about
@@ -92,19 +93,26 @@ def seal(linked: list, results: dict) -> None:
             writer.release()
 
 
-def pipeline_step(batch: list, linked: list) -> tuple[dict, list]:
+def pipeline_step(batch: list, linked: list, alone: Callable[[list], bool] = lambda _: False) -> tuple[dict, list]:
     """Flush the files of `batch`, seal `linked` (the previous batch), then link `batch`.
     The journal commit that the new files' fsyncs cause carries the previous batch's
     directory entries as well, so that batch's directory fsync right after it finds them
     committed already: one journal commit per batch under load instead of two. Returns
-    the results so far and the writers of `batch` now linked, to be sealed next."""
+    the results so far and the writers of `batch` now linked, to be sealed next.
+    alone(now_linked), asked once `batch` is linked: true when no other file is being
+    written, so no next batch will come to seal it with: it is sealed here and then (the
+    order commit_batch keeps), and the caller saves a second trip to this worker thread."""
     results: dict[int, object] = {}
     if sum(writer.size for writer in batch) > PIPELINE_MAX_BYTES:
         seal(linked, results)
         linked = []
     synced = flush(batch, results)
     seal(linked, results)
-    return results, link(synced, results)
+    now_linked = link(synced, results)
+    if now_linked and alone(now_linked):
+        seal(now_linked, results)
+        now_linked = []
+    return results, now_linked
 
 
 def _abort_failed(writers: list, results: dict) -> None:
@@ -191,7 +199,7 @@ class GroupCommit:
                 batch, self._waiting = self._waiting, []
                 writers, previous = [w for w, _ in batch], [w for w, _ in linked]
                 try:
-                    results, now_linked = await asyncio.to_thread(pipeline_step, writers, previous)
+                    results, now_linked = await asyncio.to_thread(pipeline_step, writers, previous, self._alone)
                 except Exception as exc:  # noqa: BLE001 - a bug must refuse the batch, not hang it
                     log.exception("group commit failed")
                     results, now_linked = self._refuse(writers + previous, exc), []
@@ -201,6 +209,11 @@ class GroupCommit:
                 linked = [(writer, future) for writer, future in batch if writer in now_linked]
         finally:
             self._flusher = None
+
+    def _alone(self, linked: list) -> bool:
+        """No file is being written but the `linked` ones (asked from the worker thread; a
+        session that begins a file just after is flushed in the next batch, on its own)."""
+        return self._writing() <= len(linked)
 
     @staticmethod
     def _refuse(writers: list, exc: Exception) -> dict:

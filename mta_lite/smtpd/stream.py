@@ -7,7 +7,9 @@ has sent more than was processed: our buffer, asyncio's buffer and, before TLS, 
 kernel's socket buffer (Postfix peekfd()). discard_input() drops all of it (STARTTLS).
 Guarantees: buffered input never exceeds MAX_COMMAND_LINE_BYTES + READ_CHUNK_BYTES while
 reading commands; an over-long line is discarded to its end, keeping only its last bytes
-so the caller can still tell a bare LF. Every read and drain has the command timeout.
+so the caller can still tell a bare LF. Every read and drain that can block has the command
+timeout, kept by one Watchdog timer per connection (watchdog.py); one that cannot block
+(input already buffered, output all sent) is not guarded.
 SECURITY: handles untrusted bytes but interprets none of them beyond finding LF.
 Must never: block on a read while replies are still held back.
 """
@@ -20,6 +22,7 @@ import fcntl
 import termios
 
 from mta_lite.reply import Reply
+from mta_lite.smtpd.watchdog import Watchdog
 from mta_lite.text import printable
 
 # Postfix line_length_limit: RFC 5321 section 4.5.3.1.4 allows 512 octets for a command
@@ -71,6 +74,7 @@ class SmtpStream:
         # on under stress): a client that sends one byte every few seconds never trips the
         # per-read timeout. None: per-read timeouts only.
         self.command_deadline_s: float | None = None
+        self.watchdog = Watchdog()          # the per-read and per-drain timeout
 
     def queue(self, reply: Reply) -> None:
         data = reply.to_bytes()
@@ -81,9 +85,12 @@ class SmtpStream:
         if self.out:
             data, self.out, self.out_bytes = b"".join(self.out), [], 0
             self.writer.write(data)
-            # asyncio.timeout rather than wait_for: no extra task per reply (hot path).
-            async with asyncio.timeout(self.timeout_s):
+            if not self.writer.transport.get_write_buffer_size():
+                # All sent at once (the usual case): drain() cannot block, since a transport
+                # that holds nothing has resumed writing; nothing to guard.
                 await self.writer.drain()
+                return
+            await self.watchdog.guard(self.writer.drain(), self.timeout_s)
 
     def pending(self) -> bool:
         """Has the client sent more than we have processed?"""
@@ -104,8 +111,10 @@ class SmtpStream:
     async def fill(self) -> None:
         if not reader_buffered(self.reader) or self.out_bytes > MAX_PENDING_OUTPUT_BYTES:
             await self.flush()
-        async with asyncio.timeout(self.timeout_s):
-            data = await self.reader.read(READ_CHUNK_BYTES)
+        if reader_buffered(self.reader):
+            data = await self.reader.read(READ_CHUNK_BYTES)     # there already: cannot block
+        else:
+            data = await self.watchdog.guard(self.reader.read(READ_CHUNK_BYTES), self.timeout_s)
         if not data:
             raise ConnectionLost("end of input")
         self.buf += data
@@ -161,6 +170,7 @@ class SmtpStream:
     def hang_up_now(self, reply: Reply) -> None:
         """Without awaiting (we may be cancelled): send what is held plus `reply`, close."""
         self.queue(reply)
+        self.watchdog.stop()
         data, self.out, self.out_bytes = b"".join(self.out), [], 0
         try:
             self.writer.write(data)
@@ -176,6 +186,7 @@ class SmtpStream:
                 await self.flush()
         except (OSError, TimeoutError):
             pass  # the peer is gone or not reading; nothing more we can tell it
+        self.watchdog.stop()
         self.writer.close()
         try:
             async with asyncio.timeout(HANGUP_WAIT_S):

@@ -275,3 +275,17 @@ async def test_unknown_result_for_a_recipient_counts_as_deferred():
         await h.settle()
         assert h.where(queue_id) == "deferred" and h.spool.load_state(queue_id).done == {}
         assert h.spool.load_state(queue_id).last_error == "451 4.3.0 Error: no result from the smarthost client"
+
+
+@async_test
+async def test_on_the_loops_own_clock_the_manager_naps_until_due_or_until_rung():
+    async with running() as h:
+        mgr = h.mgr
+        mgr.sleep = asyncio.sleep          # as in the daemon: the wait between passes is timed
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(mgr._idle(0.2), 5)
+        napped = loop.time() - started
+        loop.call_later(0.05, mgr.mail_arrived)
+        await asyncio.wait_for(mgr._idle(3600), 5)      # a ring ends the nap (else: TimeoutError)
+        assert napped >= 0.2 and mgr._work.is_set()

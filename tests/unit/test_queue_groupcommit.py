@@ -123,3 +123,47 @@ def test_a_big_batch_does_not_hold_back_the_batch_before_it(spool, dir_syncs, mo
     assert results[id(big)] == big.queue_id and linked == []
     assert _listing(spool, "incoming") == sorted(w.queue_id for w in small + [big])
     assert spool.staged() == []
+
+
+@pytest.fixture
+def worker_trips(monkeypatch):
+    """Each call of pipeline_step: one trip to the worker thread (still the real step)."""
+    trips = []
+    real = groupcommit.pipeline_step
+
+    def counting(batch, linked, *args):
+        trips.append((len(batch), len(linked)))
+        return real(batch, linked, *args)
+    monkeypatch.setattr(groupcommit, "pipeline_step", counting)
+    return trips
+
+
+def test_a_lone_session_is_flushed_linked_and_sealed_in_one_trip(spool, dir_syncs, worker_trips):
+    async def main():
+        ids = []
+        for n in range(3):
+            ids.append(await spool.commit_async(_writer(spool, n)))
+            assert _listing(spool, "incoming") == sorted(ids) and spool.staged() == []
+        return ids
+    asyncio.run(main())
+    assert worker_trips == [(1, 0)] * 3 and len(dir_syncs) == 3
+
+
+def test_a_file_still_being_written_keeps_the_batch_for_pipelining(spool, dir_syncs, worker_trips):
+    async def main():
+        other = _writer(spool, 1)           # another session, still in DATA
+        first = await spool.commit_async(_writer(spool, 0))
+        assert spool.list("incoming") == [first]            # sealed before its ID came back
+        return first, await spool.commit_async(other)
+    first, second = asyncio.run(main())
+    # The first batch waited for a next one (the linger ran out: the other never came),
+    # then was sealed on a trip of its own; the second, alone by then, in one trip.
+    assert worker_trips == [(1, 0), (0, 1), (1, 0)]
+    assert spool.list("incoming") == sorted([first, second]) and len(dir_syncs) == 2
+
+
+def test_pipeline_step_seals_a_batch_it_is_told_is_alone(spool, dir_syncs):
+    writers = [_writer(spool, n) for n in range(2)]
+    results, linked = groupcommit.pipeline_step(writers, [], lambda now_linked: len(now_linked) == 2)
+    assert [results[id(w)] for w in writers] == [w.queue_id for w in writers] and linked == []
+    assert len(dir_syncs) == 1 and spool.staged() == []
