@@ -36,11 +36,13 @@ _LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
 @dataclass(frozen=True)
 class ContentFacts:
     """What plan_mail() needs of a message: its size on the wire (SIZE=), whether it is all
-    ASCII (BODY=8BITMIME, the 7-bit downgrade) and whether its header section is (SMTPUTF8)."""
+    ASCII (BODY=8BITMIME, the 7-bit downgrade) and whether its header section is (SMTPUTF8);
+    and whether its lines all end in CRLF already (data_bytes() then rewrites nothing)."""
 
     wire_size: int
     isascii: bool
     headers_ascii: bool
+    crlf_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,13 @@ def _crlf_only(content: bytes) -> bool:
     return crlf == content.count(b"\n") == content.count(b"\r")
 
 
-def data_bytes(content: bytes) -> bytes:
+def data_bytes(content: bytes, crlf_only: bool | None = None) -> bytes:
     """What goes on the wire after the 354: CRLF line endings, a final CRLF, every line that
     starts with "." stuffed with another (RFC 5321 section 4.5.2), then ".CRLF". The same
     octets as aiosmtplib's DATA encoding (tests pin it), without its two regular-expression
-    passes over the whole message for content that is CRLF already, as queued mail is."""
-    if not _crlf_only(content):
+    passes over the whole message for content that is CRLF already, as queued mail is.
+    `crlf_only`: what ContentFacts found already (None: look)."""
+    if not (_crlf_only(content) if crlf_only is None else crlf_only):
         content = _LINE_END.sub(b"\r\n", content)
     if not content.endswith(b"\r\n"):
         content += b"\r\n"
@@ -71,9 +74,9 @@ def data_bytes(content: bytes) -> bytes:
     return stuffed + b".\r\n"
 
 
-def wire_size(content: bytes) -> int:
+def wire_size(content: bytes, crlf_only: bool | None = None) -> int:
     """Octets of the message as sent in DATA: CRLF line endings, final CRLF, no dot-stuffing."""
-    if _crlf_only(content):
+    if _crlf_only(content) if crlf_only is None else crlf_only:
         # Queued mail is CRLF already (smtpd refuses bare CR and normalizes or refuses bare
         # LF; sendmail normalises): counting is much cheaper than rewriting a copy of the message.
         return len(content) + (0 if content.endswith(b"\r\n") else 2)
@@ -157,13 +160,15 @@ class Scan:
         if not self.last or self.last[-1:] not in (b"\r", b"\n"):
             size += 2
         headers_ascii = self.non_ascii_at < 0 or 0 <= self.blank_at < self.non_ascii_at
-        return ContentFacts(size, self.non_ascii_at < 0, headers_ascii)
+        crlf_only = self.crlf == self.lf == self.cr
+        return ContentFacts(size, self.non_ascii_at < 0, headers_ascii, crlf_only)
 
 
 def facts_of(content: bytes) -> ContentFacts:
     """The ContentFacts of a message in memory."""
     headers = content.split(_BLANK_LINE, 1)[0]
-    return ContentFacts(wire_size(content), content.isascii(), headers.isascii())
+    crlf_only = _crlf_only(content)
+    return ContentFacts(wire_size(content, crlf_only), content.isascii(), headers.isascii(), crlf_only)
 
 
 def unsafe_address(address: str) -> bool:

@@ -68,6 +68,7 @@ class Transaction:
         self.content = content if isinstance(content, Content) else Content.of(content)
         self.sender, self.recipients, self.smtputf8 = sender, recipients, smtputf8
         self.results: list[RecipientResult | None] = [None] * len(recipients)   # None: pending
+        self.crlf_only: bool | None = None      # from the message's facts, once known
 
     async def run(self) -> DeliveryResult:
         try:
@@ -91,6 +92,7 @@ class Transaction:
         except OSError as exc:                  # nothing sent yet: the connection stays good
             self._settle(_unreadable(exc))
             return
+        self.crlf_only = facts.crlf_only
         plan = plan_mail(extensions, self.sender, self.recipients, facts, self.smtputf8, self.conn.relay)
         if isinstance(plan, Reply):
             self._settle(plan)
@@ -160,7 +162,7 @@ class Transaction:
         if start.code != 354:
             return False, start
         if self.content.in_memory:
-            protocol.write(data_bytes(self.content.head))
+            protocol.write(data_bytes(self.content.head, self.crlf_only))
         else:
             await _stream(protocol, self.content)
         return True, await protocol.read_response(timeout=None)
