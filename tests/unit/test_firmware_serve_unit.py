@@ -59,8 +59,9 @@ def test_serve_has_only_the_capabilities_the_drop_needs(serve):
     assert one(serve, "Service", "NoNewPrivileges") == "yes"
 
 
-def test_serve_writes_the_spool_only(serve):
-    assert paths(serve, "ReadWritePaths") == [SPOOL]
+def test_serve_writes_the_spool_and_the_status_snapshot_in_ram_only(serve):
+    assert paths(serve, "ReadWritePaths") == [SPOOL, "/run/mta-lite"]
+    assert access(serve, "/run/mta-lite/status.json") == "rw" and access(serve, "/run/other") == "ro"
     assert access(serve, f"{SPOOL}/incoming/X") == access(serve, f"{SPOOL}/deferred/X") == "rw"
     for path in (CONFIG, "/etc/mta-lite/secrets/x.pw", "/usr/lib/x", "/var/lib/x", "/boot/firmware/config.txt"):
         assert access(serve, path) in ("ro", "none"), path
