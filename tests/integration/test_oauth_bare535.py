@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from tests.integration.test_oauth_relay import (OTHER_USER, USER, active_access_tokens, clients,  # noqa: F401
-                                                deferred_with, delivered, failed_logins, oauth_config,
-                                                oauth_relay, send, server, wait_delivered)
+from tests.integration.test_oauth_relay import (OTHER_USER, USER, clients, deferred_with,  # noqa: F401
+                                                delivered, delivered_then_token_expired, failed_logins,
+                                                oauth_config, oauth_relay, send, server, wait_delivered)
 from tests.support.oauthbare535 import REFUSAL, Bare535Smarthost
 from tests.support.oauthfixtures import *  # noqa: F403 (the OAuth2 peer fixtures)
 
@@ -40,13 +40,8 @@ def test_good_token_delivers_through_the_bare_535_smarthost(server, smarthost, o
 
 @pytest.mark.deployed
 def test_expired_token_gets_a_bare_535_then_one_new_token_delivers(server, smarthost, oauth_relay, deployed):
-    relay = oauth_relay(oauth_config(server, smarthost))
-    wait_delivered(smarthost, send(relay))
-    relay.stop()                # no pooled connection: the next delivery logs in anew
-    expired = active_access_tokens(server)
+    relay, expired = delivered_then_token_expired(server, smarthost, oauth_relay)
     assert expired
-    for token in expired:
-        server.expire(token)
     relay.start()               # with the token kept in its store, now expired at the server
     asked = server.grants["client_credentials"]
     got = wait_delivered(smarthost, send(relay))

@@ -120,6 +120,30 @@ def failed_logins(smarthost) -> int:
     return smarthost.logins()[1]
 
 
+def started_from_login_seed(server, smarthost, oauth_relay):
+    """A relay on the refresh-token grant, seeded as `oauth login` leaves it, started, one
+    message delivered; returns the relay and the seed's refresh token."""
+    relay = oauth_relay(oauth_config(server, smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT),
+                        start=False)
+    refresh = seed_refresh_token(relay, server)
+    relay.start()
+    wait_delivered(smarthost, send(relay))
+    return relay, refresh
+
+
+def delivered_then_token_expired(server, smarthost, oauth_relay):
+    """A relay that delivered one message and stopped (no pooled connection: the next
+    delivery logs in anew), whose kept access tokens are then expired at the server;
+    returns the stopped relay and the tokens expired."""
+    relay = oauth_relay(oauth_config(server, smarthost))
+    wait_delivered(smarthost, send(relay))
+    relay.stop()
+    expired = active_access_tokens(server)
+    for token in expired:
+        server.expire(token)
+    return relay, expired
+
+
 # ---------------------------------------------------------------- grants and mechanisms
 
 @pytest.mark.deployed
@@ -136,11 +160,7 @@ def test_client_credentials_token_delivers(server, oauth_smarthost, oauth_relay,
 @pytest.mark.deployed
 def test_refresh_token_from_login_seed_delivers_and_rotation_is_kept(server, oauth_smarthost, oauth_relay,
                                                                       deployed):
-    relay = oauth_relay(oauth_config(server, oauth_smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT),
-                        start=False)
-    first = seed_refresh_token(relay, server)
-    relay.start()
-    wait_delivered(oauth_smarthost, send(relay))
+    relay, first = started_from_login_seed(server, oauth_smarthost, oauth_relay)
     assert not server.store.active(first)           # rotated away by the relay's refresh
     relay.stop()
     relay.start()                                   # the rotated token is what it restarts with
@@ -197,12 +217,8 @@ def test_imported_refresh_token_from_stdin_delivers_and_is_never_echoed(server, 
 
 @pytest.mark.deployed
 def test_expired_token_is_replaced_once_and_mail_flows(server, oauth_smarthost, oauth_relay, deployed):
-    relay = oauth_relay(oauth_config(server, oauth_smarthost))
-    wait_delivered(oauth_smarthost, send(relay))
-    relay.stop()                # no pooled connection: the next delivery logs in anew
+    relay, _ = delivered_then_token_expired(server, oauth_smarthost, oauth_relay)
     failed = failed_logins(oauth_smarthost)
-    for token in active_access_tokens(server):
-        server.expire(token)
     relay.start()               # with the token kept in its store, now expired at the server
     wait_delivered(oauth_smarthost, send(relay))
     assert failed_logins(oauth_smarthost) == failed + 1    # one refusal, one new token, one retry
@@ -212,11 +228,7 @@ def test_expired_token_is_replaced_once_and_mail_flows(server, oauth_smarthost, 
 @pytest.mark.deployed
 def test_revoked_refresh_token_pauses_the_account_with_the_providers_words(server, oauth_smarthost, oauth_relay,
                                                                            deployed):
-    relay = oauth_relay(oauth_config(server, oauth_smarthost, grant="refresh_token", client_id=PUBLIC_CLIENT),
-                        start=False)
-    refresh = seed_refresh_token(relay, server)
-    relay.start()
-    wait_delivered(oauth_smarthost, send(relay))
+    relay, refresh = started_from_login_seed(server, oauth_smarthost, oauth_relay)
     grant = server.store.tokens[refresh].grant_id   # this login's tokens, not another test's
     current = next(t for t, r in server.store.tokens.items()
                    if r.kind == "refresh_token" and r.grant_id == grant and r.active(time.time()))

@@ -95,10 +95,16 @@ def test_test_relay_each_step_a_data_line_then_ok_or_err(console):
     assert send("test relay backup")[-1] == "ERR relay test of backup failed"
 
 
+
+def streaming(proto) -> list[list[bytes]]:
+    """The batches of lines the protocol streams out, in order, as the console sends them."""
+    batches: list[list[bytes]] = []
+    proto.stream = batches.append
+    return batches
+
 def test_test_relay_steps_stream_out_before_the_last_line(console):
     proto, actions, clock, send = console
-    streamed: list[list[bytes]] = []
-    proto.stream = streamed.append
+    streamed = streaming(proto)
     assert proto.feed(b"HELP\r\nTEST RELAY isp\r\n") == []
     flat = [line for batch in streamed for line in batch]
     assert flat[len(HELP):] == [b"OK\r\n", b"| DNS: ok, smtp.isp.example is 192.0.2.1\r\n",
@@ -186,8 +192,7 @@ def test_help_is_for_a_person_at_a_terminal(console):
 
 def test_oauth_login_streams_the_code_then_the_result(console):
     proto, actions, clock, send = console
-    streamed: list[list[bytes]] = []
-    proto.stream = streamed.append
+    streamed = streaming(proto)
     assert proto.feed(b"oauth login m365\r\n") == []
     flat = [line for batch in streamed for line in batch]
     assert flat[1] == b"| and enter the code BCDF-GHJK\r\n" and flat[-1] == b"OK oauth login of m365 done\r\n"
