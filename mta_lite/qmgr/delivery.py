@@ -47,7 +47,7 @@ from mta_lite.qmgr.backoff import expired, retry_delay_s
 from mta_lite.qmgr.budget import Slot, Ticket, when
 from mta_lite.qmgr.clock import ClockWatch, needs_clock
 from mta_lite.qmgr.notices import Notices
-from mta_lite.qmgr.outbound import content_for
+from mta_lite.qmgr.outbound import content_for, verified_content
 from mta_lite.qmgr.resolve import Outgoing, resolve
 from mta_lite.smarthost.content import Content
 
@@ -149,7 +149,8 @@ class Deliverer:
             log.info("%s: gone from %s/ before pickup", queue_id, src)    # words of old: scripts may grep them
             return None
         try:
-            return self.spool.read("active", queue_id)
+            # A small message comes with its verified content: sent without reading it again.
+            return self.spool.read("active", queue_id, keep_content=True)
         except CorruptQueueFileError as exc:
             self._quarantine(queue_id, str(exc))
             return None
@@ -195,13 +196,17 @@ class Deliverer:
 
     async def _deliver(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
                        ticket: Ticket | None) -> Attempt | None:
-        """Open the queue file verified in _activate and send from it (outbound.py): a big
-        message is read in chunks while it is sent, never whole."""
+        """Send the message verified in _activate (outbound.py): a small one as it was read
+        then, if it is still in active/; a big one from its queue file, in chunks."""
+        content = verified_content(entry, out)
+        if content is not None:
+            if not os.path.lexists(entry.path):
+                return self._removed(entry)
+            return await self._transactions(account, out, entry, pending, ticket, content)
         try:
             handle = open(entry.path, "rb")
         except FileNotFoundError:
-            log.info("%s: removed from active/ before delivery", entry.queue_id)
-            return None
+            return self._removed(entry)
         with handle:
             try:
                 content = content_for(handle, entry, out)
@@ -210,6 +215,12 @@ class Deliverer:
                 reply = Reply(451, "4.3.0", f"Error: queue file unreadable: {exc}")
                 return Attempt(DeliveryResult.transient(list(pending), reply))
             return await self._transactions(account, out, entry, pending, ticket, content)
+
+    @staticmethod
+    def _removed(entry: QueueEntry) -> None:
+        """Deleted or held while it waited for a connection: not sent."""
+        log.info("%s: removed from active/ before delivery", entry.queue_id)
+        return None
 
     async def _transactions(self, account: Account, out: Outgoing, entry: QueueEntry, pending,
                             ticket: Ticket | None, content: Content) -> Attempt:
@@ -312,7 +323,7 @@ class Deliverer:
     # ------------------------------------------------------------------ leaving active/
     def _finish(self, entry: QueueEntry, state: MessageState, failed, complete: bool) -> None:
         queue_id = state.queue_id
-        where = self.spool.locate(queue_id)
+        where = self.spool.locate(queue_id, likely="active")
         if where is None:
             log.info("%s: deleted during delivery; its results are dropped", queue_id)
             return

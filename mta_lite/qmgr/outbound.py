@@ -1,8 +1,11 @@
 """outbound — the content a delivery sends, from the queue file it verified.
 
+    verified_content(entry, out)        a small message's Content, from its verified read
     content_for(handle, entry, out)     the smarthost.Content for one attempt
 
-A message under FAST_PATH_BYTES is read whole (one read, the bytes the transaction writes
+A message whose queue file was read whole when it was verified (queuefile.WHOLE_READ_BYTES)
+is sent from those bytes: the queue file is not read again. Otherwise, a message under
+FAST_PATH_BYTES is read whole (one read, the bytes the transaction writes
 at once: small mail costs no more than before). A bigger one stays in its queue file: the
 transaction reads it in chunks (smarthost/content.py). With a [rewrite] only its header
 section is read and rewritten (rewrite.py); if that section does not end within
@@ -36,6 +39,12 @@ HEAD_BYTES = 64 * 1024
 def file_size(entry: QueueEntry) -> int:
     """The size of the queue file as verified: magic and envelope, content, trailer."""
     return entry.content_offset + entry.size + len(encode_trailer(entry.size, entry.digest))
+
+
+def verified_content(entry: QueueEntry, out: Outgoing) -> Content | None:
+    """The Content of a message whose queue file was read whole and verified (None if it
+    was not: then content_for reads it)."""
+    return None if entry.content is None else Content.of(out.content(entry.content))
 
 
 def content_for(handle: BinaryIO, entry: QueueEntry, out: Outgoing) -> Content:

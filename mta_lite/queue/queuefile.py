@@ -9,7 +9,11 @@ Layout (one file per message, written once, never modified):
 
 Guarantees: read_queue_file() accepts a file only if the version, the envelope, the content
 length, the end marker and the checksum all match (G4); anything else raises
-CorruptQueueFileError, so a torn or bit-flipped file is never delivered half.
+CorruptQueueFileError, so a torn or bit-flipped file is never delivered half. A file of up to
+WHOLE_READ_BYTES is read with one read() and validated in memory (the queue manager reads each
+message two or three times: the fewer system calls, the better); a bigger one is read in
+chunks, never whole. With keep_content the caller gets the content it validated, so what it
+sends is exactly what it checked.
 Must never: trust a length or a field it has not validated.
 """
 
@@ -20,7 +24,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import get_type_hints
 
 from mta_lite.envelope import Envelope
@@ -32,6 +36,8 @@ MAX_ENVELOPE_BYTES = 1024 * 1024
 TRAILER = re.compile(rb"\nEND (\d{1,12}) ([0-9a-f]{64})\n\Z")
 MAX_TRAILER_BYTES = 5 + 12 + 1 + 64 + 1
 READ_CHUNK_BYTES = 64 * 1024
+# Queue files up to this size are read whole (one system call); bigger ones in chunks.
+WHOLE_READ_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +70,8 @@ class QueueEntry(StoredEnvelope):
     size: int
     content_offset: int
     digest: str = ""            # the trailer's sha256: lets a copier check what it copied
+    # The content as validated, if the reader asked for it (a file read whole); else None.
+    content: bytes | None = field(default=None, repr=False, compare=False)
 
     def read_content(self) -> bytes:
         with open(self.path, "rb") as handle:
@@ -92,12 +100,21 @@ def encode_trailer(size: int, digest: str) -> bytes:
     return b"\nEND %d %s\n" % (size, digest.encode())
 
 
-def read_queue_file(path: str, verify: bool = True, queue_id: str | None = None) -> QueueEntry:
+def read_queue_file(path: str, verify: bool = True, queue_id: str | None = None,
+                    keep_content: bool = False) -> QueueEntry:
     """Parse and validate a queue file; verify=False skips the checksum (listing only).
-    The queue ID is not inside the file: it is the file's name, unless the caller knows it."""
+    The queue ID is not inside the file: it is the file's name, unless the caller knows it.
+    keep_content: a file read whole comes with its content (QueueEntry.content)."""
     try:
-        with open(path, "rb") as handle:
-            return parse_open(handle, path, verify, queue_id)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            length = os.fstat(fd).st_size
+            if length <= WHOLE_READ_BYTES:
+                return parse_bytes(os.read(fd, length), path, verify, queue_id, keep_content)
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                return parse_open(handle, path, verify, queue_id)
+        finally:
+            os.close(fd)
     except OSError as exc:
         if isinstance(exc, CorruptQueueFileError):
             raise
@@ -110,24 +127,46 @@ def parse_open(handle, path: str, verify: bool = True, queue_id: str | None = No
     if handle.read(len(MAGIC)) != MAGIC:
         raise CorruptQueueFileError(f"{path}: not a queue file of version 1")
     line = handle.readline(MAX_ENVELOPE_BYTES)
+    end = handle.seek(0, 2)
+    start = max(len(MAGIC) + len(line), end - MAX_TRAILER_BYTES)
+    handle.seek(start)
+    envelope, offset, size, digest = _layout(line, handle.read(), start, path)
+    if verify and _digest(handle, offset + size) != digest:
+        raise CorruptQueueFileError(f"{path}: checksum mismatch")
+    return QueueEntry(queue_id=os.path.basename(path) if queue_id is None else queue_id, path=path,
+                      size=size, content_offset=offset, digest=digest, **envelope)
+
+
+def parse_bytes(data: bytes, path: str, verify: bool = True, queue_id: str | None = None,
+                keep_content: bool = False) -> QueueEntry:
+    """Validate a whole queue file given as bytes; `path` names it in errors."""
+    if not data.startswith(MAGIC):
+        raise CorruptQueueFileError(f"{path}: not a queue file of version 1")
+    newline = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_ENVELOPE_BYTES)
+    line = data[len(MAGIC):newline + 1] if newline >= 0 else data[len(MAGIC):len(MAGIC) + MAX_ENVELOPE_BYTES]
+    start = max(len(MAGIC) + len(line), len(data) - MAX_TRAILER_BYTES)
+    envelope, offset, size, digest = _layout(line, data[start:], start, path)
+    if verify and hashlib.sha256(memoryview(data)[:offset + size]).hexdigest() != digest:
+        raise CorruptQueueFileError(f"{path}: checksum mismatch")
+    return QueueEntry(queue_id=os.path.basename(path) if queue_id is None else queue_id, path=path,
+                      size=size, content_offset=offset, digest=digest,
+                      content=data[offset:offset + size] if keep_content else None, **envelope)
+
+
+def _layout(line: bytes, tail: bytes, start: int, path: str) -> tuple[dict, int, int, str]:
+    """The envelope, the content's offset and size and the recorded checksum, from the
+    envelope line and the file's last bytes (`tail`, read from offset `start`)."""
     if not line.endswith(b"\n"):
         raise CorruptQueueFileError(f"{path}: envelope line truncated or too long")
     envelope = _envelope(line, path)
     offset = len(MAGIC) + len(line)
-    end = handle.seek(0, 2)
-    start = max(offset, end - MAX_TRAILER_BYTES)
-    handle.seek(start)
-    tail = handle.read()
     match = TRAILER.search(tail)
     if not match:
         raise CorruptQueueFileError(f"{path}: end marker missing (file truncated?)")
     size = int(match.group(1))
     if offset + size != start + match.start():
         raise CorruptQueueFileError(f"{path}: content length does not match the end marker")
-    if verify and _digest(handle, offset + size) != match.group(2).decode():
-        raise CorruptQueueFileError(f"{path}: checksum mismatch")
-    return QueueEntry(queue_id=os.path.basename(path) if queue_id is None else queue_id, path=path,
-                      size=size, content_offset=offset, digest=match.group(2).decode(), **envelope)
+    return envelope, offset, size, match.group(2).decode()
 
 
 def _digest(handle, length: int) -> str:

@@ -131,14 +131,16 @@ class Spool:
             return []
         return sorted(n for n in names if valid_queue_id(n))
 
-    def locate(self, queue_id: str) -> str | None:
-        for state in STATES:
+    def locate(self, queue_id: str, likely: str | None = None) -> str | None:
+        """The state the message is in (the `likely` one is looked at first); None if gone."""
+        for state in (likely, *STATES) if likely else STATES:
             if os.path.exists(self.path(state, queue_id)):
                 return state
         return None
 
-    def read(self, state: str, queue_id: str, verify: bool = True) -> QueueEntry:
-        return read_queue_file(self.path(state, queue_id), verify, queue_id)
+    def read(self, state: str, queue_id: str, verify: bool = True,
+             keep_content: bool = False) -> QueueEntry:
+        return read_queue_file(self.path(state, queue_id), verify, queue_id, keep_content)
 
     # -------------------------------------------------------------- state changes
     def move(self, queue_id: str, src: str, dst: str, durable: bool = True) -> bool:

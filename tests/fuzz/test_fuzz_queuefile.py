@@ -12,6 +12,7 @@ offset, single bit flips and random bytes.)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import tempfile
 from hypothesis import example, given, strategies as st, target
 
 from mta_lite.errors import CorruptQueueFileError
-from mta_lite.queue.queuefile import MAGIC, encode_trailer, read_queue_file
+from mta_lite.queue.queuefile import MAGIC, encode_trailer, parse_bytes, parse_open, read_queue_file
 from tests.fuzz.profiles import fuzz_settings
 
 ENVELOPE = {"sender": "scanner@lan.test", "recipients": ["ops@remote.example", "b@remote.example"],
@@ -83,6 +84,26 @@ def test_queue_file_damaged_in_any_way_is_refused_or_read_exactly(ops):
         return
     assert damaged == ORIGINAL, "a changed queue file was accepted"
     assert content == CONTENT and entry.sender == ENVELOPE["sender"]
+
+
+def verdict(parse, data: bytes):
+    try:
+        return parse(data)
+    except CorruptQueueFileError as exc:
+        return str(exc)
+
+
+@fuzz_settings(400)
+@given(ops=OPS)
+def test_both_readers_agree_on_any_damaged_file(ops):
+    """A small queue file is validated in memory (one read), a big one from the open file:
+    the same verdict, the same error and the same entry either way."""
+    damaged = mutate(ORIGINAL, ops)
+    in_memory = verdict(lambda d: parse_bytes(d, "q", keep_content=True), damaged)
+    streamed = verdict(lambda d: parse_open(io.BytesIO(d), "q"), damaged)
+    assert in_memory == streamed
+    if not isinstance(in_memory, str):
+        assert in_memory.content == CONTENT
 
 
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=10**300, max_value=10**400),

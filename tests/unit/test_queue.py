@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from mta_lite.envelope import Envelope
 from mta_lite.errors import CorruptQueueFileError, QueueIdError, SpoolError
 from mta_lite.queue import Spool, read_queue_file
+from mta_lite.queue.queuefile import WHOLE_READ_BYTES
 from mta_lite.queue.spool import MessageState
 
 CONTENT = b"Received: from x\r\nSubject: test\r\n\r\nline one\r\n.line with dot\r\n"
@@ -30,6 +31,27 @@ def test_commit_puts_complete_file_in_incoming(spool):
     assert entry.sender == "alice@example.com" and entry.recipients == ("bob@example.org",)
     assert entry.read_content() == CONTENT and entry.size == len(CONTENT)
     assert spool.staged() == []
+
+
+@pytest.mark.parametrize("size", [1000, WHOLE_READ_BYTES - 400, WHOLE_READ_BYTES + 1, 3 * WHOLE_READ_BYTES])
+def test_a_small_message_comes_with_its_verified_content_a_big_one_never_whole(spool, size):
+    body = b"Subject: size\r\n\r\n" + b"x" * (size - 22) + b"\r\n"
+    queue_id = _queue_one(spool, body)
+    entry = spool.read("incoming", queue_id, keep_content=True)
+    file_size = os.path.getsize(spool.path("incoming", queue_id))
+    assert entry.content == (body if file_size <= WHOLE_READ_BYTES else None)
+    assert entry.read_content() == body and entry.size == len(body)
+    assert spool.read("incoming", queue_id).content is None       # only when asked for
+
+
+def test_a_big_queue_file_damaged_is_refused_too(spool, tmp_path):
+    queue_id = _queue_one(spool, b"Subject: big\r\n\r\n" + b"y" * 2 * WHOLE_READ_BYTES + b"\r\n")
+    data = bytearray(open(spool.path("incoming", queue_id), "rb").read())
+    data[WHOLE_READ_BYTES] ^= 1
+    target = tmp_path / "big"
+    target.write_bytes(bytes(data))
+    with pytest.raises(CorruptQueueFileError, match="checksum mismatch"):
+        read_queue_file(str(target))
 
 
 def test_read_entry_carries_its_queue_id_and_the_whole_envelope(spool):
