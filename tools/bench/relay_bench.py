@@ -1,8 +1,8 @@
 """relay_bench: smtp-source -> relay -> smtp-sink on 127.0.0.1, mta-lite against a stock Postfix.
 
-For each message size (1 KiB, then 20 KiB) it runs mta-lite and then Postfix (alternating, so
-drift on this machine hits both alike), each with a fresh smtp-sink and a fresh relay, and
-measures end-to-end throughput (from smtp-source's start until the sink has counted every
+For each message size (1 KiB, then 20 KiB) it runs mta-lite and then Postfix, --rounds times
+(alternating, so drift on this machine hits both alike; report.py takes the medians), each
+run with a fresh smtp-sink and a fresh relay, and measures end-to-end throughput (from smtp-source's start until the sink has counted every
 message), the peak PSS of all the relay's processes (sampled every 0.1 s), the bytes written
 to the disk per message and the CPU seconds per 1,000 messages. Prints a table and the
 mta-lite/Postfix ratios, and writes bench-results.json in the current directory.
@@ -41,6 +41,7 @@ from tests.support import peers  # noqa: E402  (the same real-peer helpers the i
 from tests.support.relay import listening_ports  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 from meter import CpuCgroup, LoopFs, MeterError  # noqa: E402  (same directory)
+import report  # noqa: E402  (same directory)
 
 SIZES = (1024, 20480)
 RELAYS = ("mta-lite", "postfix")
@@ -300,44 +301,14 @@ def run_one(name: str, size: int, args, workdir: Path) -> dict:
             "pss_samples": sampler.samples, "smtp_source_rc": source.returncode}
 
 
-# ratio name -> result field
-RATIOS = {"throughput": "msgs_per_s", "peak_pss": "peak_pss_kib", "disk_per_msg": "disk_bytes_per_msg",
-          "cpu_per_msg": "cpu_s_per_1000"}
-
-
-def ratios(results: list[dict]) -> dict[str, dict[str, float]]:
-    """mta-lite / Postfix per size, for throughput and peak PSS (only where both ran)."""
-    out = {}
-    for size in sorted({r["size"] for r in results}):
-        by = {r["relay"]: r for r in results if r["size"] == size}
-        if {"mta-lite", "postfix"} <= by.keys():
-            mine, theirs = by["mta-lite"], by["postfix"]
-            out[str(size)] = {key: round(mine[field] / theirs[field], 3) if theirs[field] else 0.0
-                              for key, field in RATIOS.items()}
-    return out
-
-
-def print_table(results: list[dict], failures: list[str]) -> None:
-    print(f"\n{'relay':<10} {'size':>7} {'msgs/s e2e':>11} {'seconds':>8} {'peak PSS MiB':>13}"
-          f" {'idle PSS MiB':>13} {'disk KiB/msg':>13} {'CPU s/1000':>11}")
-    for r in results:
-        print(f"{r['relay']:<10} {r['size']:>7} {r['msgs_per_s']:>11.1f} {r['seconds']:>8.2f}"
-              f" {r['peak_pss_kib'] / 1024:>13.1f} {r['idle_pss_kib'] / 1024:>13.1f}"
-              f" {r['disk_bytes_per_msg'] / 1024:>13.1f} {r['cpu_s_per_1000']:>11.2f}")
-    for size, ratio in ratios(results).items():
-        print(f"mta-lite/Postfix at {size} B: throughput x{ratio['throughput']:.2f},"
-              f" peak PSS x{ratio['peak_pss']:.2f}, disk bytes per message x{ratio['disk_per_msg']:.2f},"
-              f" CPU per message x{ratio['cpu_per_msg']:.2f}")
-    for failure in failures:  # details (log tails) were printed when the run failed
-        print(f"FAILED: {failure.splitlines()[0]}", file=sys.stderr)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per run")
     parser.add_argument("--sessions", type=int, default=10, help="parallel smtp-source sessions")
     parser.add_argument("--only", choices=RELAYS, help="run one relay only")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="message sizes in bytes")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per size, each running the relays in turn; medians are reported")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--json", default="bench-results.json", help="results file")
     return parser.parse_args(argv)
@@ -350,22 +321,26 @@ def main(argv=None) -> int:
         return 2
     relays = [args.only] if args.only else list(RELAYS)
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    results, failures = [], []
+    runs, failures = [], []
     for size in args.sizes:
-        for name in relays:
-            print(f"relay_bench: {name}, {args.messages} x {size} B, {args.sessions} sessions ...",
-                  flush=True)
-            try:
-                results.append(run_one(name, size, args, tmp / f"{name}-{size}"))
-            except (BenchError, MeterError, RuntimeError, TimeoutError) as exc:
-                failures.append(str(exc))
-                print(f"relay_bench: FAILED {exc}", file=sys.stderr, flush=True)
-    print_table(results, failures)
-    report = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+        for round_no in range(1, args.rounds + 1):
+            for name in relays:
+                print(f"relay_bench: {name}, {args.messages} x {size} B, {args.sessions} sessions,"
+                      f" round {round_no} of {args.rounds} ...", flush=True)
+                try:
+                    runs.append(run_one(name, size, args, tmp / f"{name}-{size}-{round_no}") | {"round": round_no})
+                except (BenchError, MeterError, RuntimeError, TimeoutError) as exc:
+                    failures.append(str(exc))
+                    print(f"relay_bench: FAILED {exc}", file=sys.stderr, flush=True)
+    rows = report.medians(runs)
+    report.print_table(rows, runs, failures)
+    result = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                        "kernel": platform.release()},
-              "messages": args.messages, "sessions": args.sessions, "runs": results,
-              "ratios_mta_lite_over_postfix": ratios(results), "failures": failures}
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+              "messages": args.messages, "sessions": args.sessions, "rounds": args.rounds,
+              "medians": rows, "ratios_mta_lite_over_postfix": report.ratios(rows),
+              "throughput_ratio_per_round": report.round_ratios(runs), "runs": runs,
+              "failures": failures}
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"relay_bench: wrote {args.json}")
     if failures:
         print(f"relay_bench: logs kept in {tmp}", file=sys.stderr)
