@@ -61,6 +61,10 @@ log = logging.getLogger("mta_lite.smtp")
 # A polite QUIT to a retiring connection must not hold anything up for the full command
 # timeout; a server copes with a client that closes without it.
 QUIT_TIMEOUT_S = 5.0
+# The first reply on a pooled connection (RSET, or MAIL FROM when it was reused without RSET)
+# is awaited this long at most: a dead connection should cost a fresh one, not relay.timeout_s
+# (300 s by default).
+REUSE_CHECK_TIMEOUT_S = 30.0
 # Addresses of one smarthost name tried per attempt (Postfix smtp_mx_address_limit is 5;
 # a smarthost name rarely has more than an IPv4 and an IPv6 address).
 MAX_ADDRESSES_TRIED = 4
@@ -96,6 +100,12 @@ class Connection:
         self.smtp, self.route, self.relay = smtp, route, relay
         self.timeout_s = route.relay.timeout_s
         self.reusable = True
+        # The last transaction ended with the server's reply to the final dot, so the server
+        # is between transactions (RFC 5321 4.1.1.4): a reuse soon after needs no RSET.
+        self.between_transactions = False
+        # Reused without RSET: a server that hung up meanwhile is met at MAIL FROM, and the
+        # transaction is then tried on a fresh connection (transaction.py, stale).
+        self.unverified = False
         password = route.password.reveal() if route.password else ""
         self.secrets = tuple(secret_forms(password, [route.username])) if password else ()
 

@@ -4,9 +4,13 @@ deliver(route, sender, recipients, content) relays one message (bytes, or a cont
 read from its queue file in chunks) as the route's account and returns a DeliveryResult
 with one status per recipient. check_route(route, progress) opens
 and closes one connection without a transaction (`mta-lite relay test`), naming each step.
-A connection serves one transaction at a time; idle ones are kept per account, checked with
-RSET before reuse (a dead one is replaced by a fresh connection, once) and sent QUIT after
-idle_timeout_s. Concurrent deliver() calls are safe: each takes its own connection. How many
+A connection serves one transaction at a time; idle ones are kept per account and sent QUIT
+after idle_timeout_s. Postfix checks every cached connection with RSET before reusing it; here
+a connection whose last transaction ended with the reply to the final dot, idle for less than
+RSET_AFTER_IDLE_S, is reused without (one round trip less per message); any other is checked
+with RSET. Either way a dead one is replaced by a fresh connection, once: a server that hung
+up on an unchecked connection is met at MAIL FROM (no reply, or 421), before anything of the
+message was sent, and the transaction is run again on a new connection. Concurrent deliver() calls are safe: each takes its own connection. How many
 run at once is the caller's business (qmgr limits them to relay.concurrency per account).
 The verifying TLS contexts are built once per CA file and kept (TlsContexts).
 
@@ -18,8 +22,9 @@ Guarantees:
       CERT_REQUIRED), with relay.ca_file or the system store, and never below TLS 1.2
       (SMARTHOST_MIN_TLS), whatever old TLS a LAN listener allows; AUTH only inside TLS.
   A connection is reused only for the same Route (account, host, password and the other
-  settings it logged in with) and only after a 250 to RSET; one that was cancelled or
-  failed mid-transaction is never pooled.
+  settings it logged in with), and only right after a completed transaction or after a 250
+  to RSET; one that was cancelled or failed mid-transaction is never pooled. A transaction
+  is run again on a fresh connection only when its reused one failed at MAIL FROM.
 Must never: run two transactions at once on one connection; log or return a password.
 """
 
@@ -34,7 +39,8 @@ from typing import Callable, NamedTuple
 
 from mta_lite.config.schema import Route
 from mta_lite.reply import R451_INTERNAL, Reply
-from mta_lite.smarthost.connection import Connection, Failure, Opener, Progress, Resolver, system_resolver
+from mta_lite.smarthost.connection import (REUSE_CHECK_TIMEOUT_S, Connection, Failure, Opener, Progress, Resolver,
+                                           system_resolver)
 from mta_lite.smarthost.content import Content
 from mta_lite.smarthost.oauth.tokens import TokenManager
 from mta_lite.smarthost.replies import ca_file_unusable
@@ -43,9 +49,9 @@ from mta_lite.smarthost.transaction import Transaction
 
 log = logging.getLogger("mta_lite.smtp")
 
-# A pooled connection that does not answer RSET within this is presumed dead: a fresh
-# connection is cheaper than waiting out relay.timeout_s (300 s by default).
-REUSE_RSET_TIMEOUT_S = 30.0
+# A pooled connection idle for longer than this is checked with RSET before it is reused
+# (servers drop idle clients after 10 s to 5 min: Postfix's smtpd_timeout is 300 s).
+RSET_AFTER_IDLE_S = 2.0
 # RFC 8996: TLS 1.0 and 1.1 are deprecated; the smarthost side is modern TLS only (S3).
 SMARTHOST_MIN_TLS = ssl.TLSVersion.TLSv1_2
 # Not an error: mail handed over while the queue manager stops; its log line must not read
@@ -125,13 +131,21 @@ class SmarthostPool:
         if self._closed:
             return DeliveryResult.transient(recipients, R451_CLOSED)
         try:
-            conn = await self._checkout(route)
-            if isinstance(conn, Failure):
-                return DeliveryResult.transient(recipients, conn.reply, conn.relay, conn.auth_failed)
-            return await self._transact(conn, sender, recipients, content, smtputf8)
+            result = await self._attempt(route, sender, recipients, content, smtputf8, reuse=True)
+            if result is None:      # a reused connection the server had closed: nothing was sent
+                result = await self._attempt(route, sender, recipients, content, smtputf8, reuse=False)
+            return result
         except Exception:   # a bug here must defer the mail, not crash the qmgr or bounce
             log.exception("smarthost client error while relaying via %s", route.relay.name)
             return DeliveryResult.transient(recipients, R451_INTERNAL)
+
+    async def _attempt(self, route: Route, sender: str, recipients: list[str], content: bytes | Content,
+                       smtputf8: bool, reuse: bool) -> DeliveryResult | None:
+        """One transaction on a pooled (reuse) or a new connection; None if it was stale."""
+        conn = await self._checkout(route) if reuse else await self._opener.open(route)
+        if isinstance(conn, Failure):
+            return DeliveryResult.transient(recipients, conn.reply, conn.relay, conn.auth_failed)
+        return await self._transact(conn, sender, recipients, content, smtputf8)
 
     async def check_route(self, route: Route, progress: Progress) -> Failure | None:
         """Connect, TLS, EHLO and AUTH as `route` without sending mail; progress(step, what)
@@ -165,31 +179,40 @@ class SmarthostPool:
         task.add_done_callback(self._retiring.discard)
 
     async def _transact(self, conn: Connection, sender: str, recipients: list[str], content: bytes | Content,
-                        smtputf8: bool) -> DeliveryResult:
+                        smtputf8: bool) -> DeliveryResult | None:
         released = False
         try:
-            result = await Transaction(conn, sender, recipients, content, smtputf8).run()
+            transaction = Transaction(conn, sender, recipients, content, smtputf8)
+            result = await transaction.run()
+            if transaction.stale:
+                log.info("connection to %s was closed by the server while idle; opening a new one", conn.relay)
+                return None         # `released` stays False: the connection is aborted
             self._release(conn)
             released = True
             return result
         finally:
-            if not released:        # cancelled or crashed mid-transaction: never pool it
+            if not released:        # stale, cancelled or crashed mid-transaction: never pool it
                 conn.abort()
 
     async def _checkout(self, route: Route) -> Connection | Failure:
-        conn = self._take(route)
-        if conn is not None and await conn.reset_ok(min(conn.timeout_s, REUSE_RSET_TIMEOUT_S)):
-            return conn
+        idle = self._take(route)
+        if idle is not None:
+            conn = idle.conn
+            if conn.between_transactions and self._clock() - idle.since < RSET_AFTER_IDLE_S:
+                conn.unverified = True
+                return conn
+            if await conn.reset_ok(min(conn.timeout_s, REUSE_CHECK_TIMEOUT_S)):
+                return conn
         return await self._opener.open(route)
 
-    def _take(self, route: Route) -> Connection | None:
+    def _take(self, route: Route) -> _Idle | None:
         self._expire_idle()
         idle = self._idle.get(route, [])
         while idle:
-            conn = idle.pop().conn          # the most recently used: least likely timed out
-            if conn.alive:
-                return conn
-            conn.abort()
+            item = idle.pop()               # the most recently used: least likely timed out
+            if item.conn.alive:
+                return item
+            item.conn.abort()
         return None
 
     def _release(self, conn: Connection) -> None:

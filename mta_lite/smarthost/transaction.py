@@ -16,7 +16,10 @@ missing, over its SIZE), is permanent. A timeout or a lost connection once DATA 
 is an unknown outcome: deferred, "message may be sent more than once", never a bounce. No
 DATA without an accepted recipient. The wait after the final dot grows with the message, so
 a slow uplink does not turn a big message into a timeout and a duplicate. A connection that
-failed, or got a reply that makes no sense, is aborted and never pooled again.
+failed, or got a reply that makes no sense, is aborted and never pooled again. On a
+connection the pool reused without RSET (Connection.unverified), no usable reply to MAIL
+FROM, or a 421, makes the transaction `stale`: the server hung up while the connection was
+idle, nothing of the message was sent, and the pool runs it again on a fresh connection.
 Must never: share a connection with another transaction; bounce a recipient whose fate is
 unknown; send a declared-8bit MIME part to a server without 8BITMIME (downgrade.py makes
 it quoted-printable, as Postfix does: the one case that reads a big message whole); end
@@ -35,7 +38,7 @@ from aiosmtplib.response import SMTPResponse
 
 from mta_lite.errors import QueueFileChangedError
 from mta_lite.reply import Reply
-from mta_lite.smarthost.connection import Connection
+from mta_lite.smarthost.connection import REUSE_CHECK_TIMEOUT_S, Connection
 from mta_lite.smarthost.content import Content
 from mta_lite.smarthost.downgrade import to_7bit
 from mta_lite.smarthost.esmtp import (ContentFacts, DataEncoder, data_bytes, plan_mail, unsafe_address,
@@ -69,6 +72,7 @@ class Transaction:
         self.sender, self.recipients, self.smtputf8 = sender, recipients, smtputf8
         self.results: list[RecipientResult | None] = [None] * len(recipients)   # None: pending
         self.crlf_only: bool | None = None      # from the message's facts, once known
+        self.stale = False                      # see _mail: the pool tries a fresh connection
 
     async def run(self) -> DeliveryResult:
         try:
@@ -97,17 +101,32 @@ class Transaction:
         if isinstance(plan, Reply):
             self._settle(plan)
             return
-        mail = await self._command(MAIL, b"MAIL", b"FROM:" + _path(self.sender, plan.encoding),
-                                   *(option.encode("ascii") for option in plan.options))
+        self.conn.between_transactions = False
+        mail = await self._mail(plan)
         if status_of(mail) != SENT:
             self._settle(mail)
         elif not await self._recipients(plan.encoding):
-            if self.conn.smtp.is_connected:
-                await self.conn.reset_ok(self.conn.timeout_s)     # no DATA without a recipient
+            if self.conn.smtp.is_connected:                    # no DATA without a recipient
+                self.conn.between_transactions = await self.conn.reset_ok(self.conn.timeout_s)
             else:
                 self.conn.abort()
         else:
             self._settle(await self._data())
+
+    async def _mail(self, plan) -> Reply:
+        """MAIL FROM. On a connection reused without RSET its reply is awaited no longer than
+        an RSET's would be, and a server found gone (no usable reply, or 421) makes the
+        transaction stale; nothing but MAIL FROM was sent."""
+        unverified, self.conn.unverified = self.conn.unverified, False
+        timeout_s = min(self.conn.timeout_s, REUSE_CHECK_TIMEOUT_S) if unverified else None
+        try:
+            reply = await self._command(MAIL, b"MAIL", b"FROM:" + _path(self.sender, plan.encoding),
+                                        *(option.encode("ascii") for option in plan.options), timeout_s=timeout_s)
+        except _Abandoned:
+            self.stale = unverified
+            raise
+        self.stale = unverified and reply.code == 421
+        return reply
 
     def _facts(self, extensions: dict[str, str]) -> ContentFacts:
         """The message's facts for MAIL FROM; 8-bit MIME parts made quoted-printable first
@@ -148,6 +167,7 @@ class Transaction:
             # Only a 250 ends DATA well; any other 2xx or 3xx reply to DATA itself (so
             # nothing was sent) or to the final dot makes no sense.
             raise _Abandoned(protocol_error(response.code, response.message, where, conn.secrets))
+        conn.between_transactions = sent and is_valid_code(response.code) and response.code != 421
         return reply_for(response.code, response.message, where, conn.secrets)
 
     async def _send_data(self) -> tuple[bool, SMTPResponse]:
@@ -167,17 +187,17 @@ class Transaction:
             await _stream(protocol, self.content)
         return True, await protocol.read_response(timeout=None)
 
-    async def _command(self, step: Step, *args: bytes) -> Reply:
-        response = await self._send(step, self.conn.smtp.execute_command(*args))
+    async def _command(self, step: Step, *args: bytes, timeout_s: float | None = None) -> Reply:
+        response = await self._send(step, self.conn.smtp.execute_command(*args), timeout_s)
         reply = reply_for(response.code, response.message, step.where, self.conn.secrets)
         if not is_valid_code(response.code):
             raise _Abandoned(reply)
         return reply
 
-    async def _send(self, step: Step, op: Awaitable[T]) -> T:
+    async def _send(self, step: Step, op: Awaitable[T], timeout_s: float | None = None) -> T:
         """Await the server's answer to `step`; without a usable one the connection is abandoned."""
         try:
-            return await self.conn.run(op)
+            return await self.conn.run(op, timeout_s)
         except (SMTPResponseException, OSError) as exc:
             raise _Abandoned(self._no_usable_reply(step, exc)) from None
 

@@ -27,7 +27,7 @@ import trustme
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP, AuthResult, LoginPassword
 
 from mta_lite.config.schema import Relay, Route, Secret
-from mta_lite.smarthost.pool import SmarthostPool
+from mta_lite.smarthost.pool import RSET_AFTER_IDLE_S, SmarthostPool
 from mta_lite.smarthost.result import BOUNCE, DEFER, SENT
 
 pytestmark = pytest.mark.integration
@@ -144,8 +144,10 @@ class RawSmarthost:
 
     def __init__(self, ehlo: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10240000"),
                  replies: dict[str, bytes] | None = None, after_dot: str = "reply", greet: bool = True,
-                 greeting: bytes = b"220 raw.test ESMTP\r\n") -> None:
+                 greeting: bytes = b"220 raw.test ESMTP\r\n", later: dict[str, bytes] | None = None) -> None:
         self.ehlo, self.replies, self.after_dot, self.greet = ehlo, replies or {}, after_dot, greet
+        # Replies on a connection that has carried a message already; b"" hangs up unanswered.
+        self.later = later or {}
         self.greeting = greeting
         self.lines: list[bytes] = []
         self.data: list[bytes] = []
@@ -162,10 +164,15 @@ class RawSmarthost:
             writer.close()
             return
         writer.write(self.greeting)
+        first = len(self.data)
         try:
             while line := await reader.readline():
                 self.lines.append(line)
-                if not await self._answer(line.split(b" ")[0].strip().upper().decode(), reader, writer):
+                verb = line.split(b" ")[0].strip().upper().decode()
+                if len(self.data) > first and verb in self.later:
+                    writer.write(self.later[verb])
+                    break           # the server's idle timeout: it hangs up
+                if not await self._answer(verb, reader, writer):
                     break
                 await writer.drain()
         finally:
@@ -326,20 +333,73 @@ def test_concurrent_deliveries_same_account_never_share_a_connection(pki):
     assert len({m.peer_port for m in recorder.messages[1:]}) == 2
 
 
-def test_dead_pooled_connection_is_replaced_transparently():
-    peer = RawSmarthost(replies={"RSET": b"421 4.4.2 raw.test Error: timeout exceeded\r\n"})
+def test_a_connection_reused_right_after_a_transaction_needs_no_rset():
+    peer = RawSmarthost()
 
     async def scenario():
         async with raw_smarthost(peer) as port:
             pool = SmarthostPool(helo_name=HELO)
+            results = [await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT) for _ in range(3)]
+            await pool.close()
+            return results
+
+    assert [statuses(r) for r in run(scenario())] == [[SENT]] * 3
+    assert peer.connections == 1 and len(peer.data) == 3
+    assert not peer.saw(b"RSET")                # one round trip less per message than Postfix
+
+
+def test_a_connection_idle_for_a_while_is_checked_with_rset_and_a_dead_one_replaced():
+    peer = RawSmarthost(replies={"RSET": b"421 4.4.2 raw.test Error: timeout exceeded\r\n"})
+    now = [1000.0]
+
+    async def scenario():
+        async with raw_smarthost(peer) as port:
+            pool = SmarthostPool(helo_name=HELO, clock=lambda: now[0])
             first = await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT)
+            now[0] += RSET_AFTER_IDLE_S + 1
             second = await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT)
             await pool.close()
             return first, second
 
     first, second = run(scenario())
     assert statuses(first) == statuses(second) == [SENT]
-    assert peer.connections == 2 and len(peer.data) == 2
+    assert peer.saw(b"RSET") and peer.connections == 2 and len(peer.data) == 2
+
+
+@pytest.mark.parametrize("goodbye", [b"421 4.4.2 raw.test Error: timeout exceeded\r\n", b""],
+                         ids=["421", "hang-up"])
+def test_a_server_gone_from_a_reused_connection_costs_a_new_connection_not_a_deferral(goodbye, caplog):
+    peer = RawSmarthost(later={"MAIL": goodbye})
+
+    async def scenario():
+        async with raw_smarthost(peer) as port:
+            pool = SmarthostPool(helo_name=HELO)
+            first = await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT)
+            second = await pool.deliver(plain(port), SENDER, ["carol@example.org"], CONTENT)
+            await pool.close()
+            return first, second
+
+    with caplog.at_level(logging.INFO, logger="mta_lite.smtp"):
+        first, second = run(scenario())
+    assert statuses(first) == statuses(second) == [SENT]
+    assert peer.connections == 2 and len(peer.data) == 2      # each message once
+    assert sum(line.startswith(b"MAIL") for line in peer.lines) == 3
+    assert "closed by the server while idle" in caplog.text
+
+
+def test_a_transaction_without_data_is_reset_at_once_and_its_connection_reused():
+    peer = RawSmarthost(replies={"RCPT": b"550 5.1.1 <bob@example.org>: Recipient address rejected\r\n"})
+
+    async def scenario():
+        async with raw_smarthost(peer) as port:
+            pool = SmarthostPool(helo_name=HELO)
+            results = [await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT) for _ in range(2)]
+            await pool.close()
+            return results
+
+    assert [statuses(r) for r in run(scenario())] == [[BOUNCE]] * 2
+    verbs = [line.split(b" ")[0].strip() for line in peer.lines]
+    assert verbs[verbs.index(b"RCPT"):][:3] == [b"RCPT", b"RSET", b"MAIL"] and not peer.data
 
 
 def test_idle_connection_older_than_idle_timeout_is_closed():
