@@ -34,11 +34,11 @@ from tests.support.waiting import wait_until  # noqa: E402
 
 SAMPLE_INTERVAL_S = 0.1
 IDLE_AFTER_S = 3.0
-FIELDS = ("Pss", "Pss_Anon", "Private_Clean", "Private_Dirty")
+FIELDS = ("Rss", "Pss", "Pss_Anon", "Private_Clean", "Private_Dirty")
 
 
 def rollup(pid: int) -> dict[str, int] | None:
-    """Pss, Pss_Anon and USS (KiB) of one process; None if it is gone."""
+    """Pss, Pss_Anon, USS and what it shares with others (Rss - USS), KiB; None if gone."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -48,8 +48,9 @@ def rollup(pid: int) -> dict[str, int] | None:
         key, _, rest = line.partition(":")
         if key in FIELDS:
             values[key] = int(rest.split()[0])
-    return {"pss": values.get("Pss", 0), "anon": values.get("Pss_Anon", 0),
-            "uss": values.get("Private_Clean", 0) + values.get("Private_Dirty", 0)}
+    uss = values.get("Private_Clean", 0) + values.get("Private_Dirty", 0)
+    return {"pss": values.get("Pss", 0), "anon": values.get("Pss_Anon", 0), "uss": uss,
+            "shared": values.get("Rss", 0) - uss}
 
 
 def comm(pid: int) -> str:
@@ -92,7 +93,7 @@ def show(title: str, rows: list[dict]) -> None:
     print(f"{title}: total PSS {total(rows, 'pss') / 1024:.1f} MiB, anonymous {total(rows, 'anon') / 1024:.1f} MiB")
     for row in sorted(rows, key=lambda row: row["pid"]):
         print(f"  {row['name']:<10} pid {row['pid']:>7}  PSS {row['pss'] / 1024:5.1f}  "
-              f"anon {row['anon'] / 1024:5.1f}  USS {row['uss'] / 1024:5.1f} MiB")
+              f"anon {row['anon'] / 1024:5.1f}  USS {row['uss'] / 1024:5.1f}  shared {row['shared'] / 1024:5.1f} MiB")
 
 
 def _children_settled(relay, old: set[int]) -> bool:
