@@ -123,7 +123,7 @@ def drop_to(user: ServiceUser) -> None:
         raise PrivilegeError(f"could not give up root for user {user.name!r}")
 
 
-def preload(names: tuple[str, ...] = SHARED_PRELOAD) -> None:
+def preload(names: tuple[str, ...]) -> None:
     """Import `names` now (the master: each of PRELOADS), so that no child imports them
     after its privilege drop."""
     for name in names:

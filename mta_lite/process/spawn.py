@@ -132,7 +132,8 @@ def _be_child(child: Child, mask: set, others: list[Child], read_fd: int, write_
             signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         # The master's objects stay in the collector's permanent generation (gc.freeze()):
-        # they are modules, classes and functions that live as long as the process. Thawed,
+        # modules, classes and functions that live as long as the process, and the master's
+        # own few objects (a cycle among those is never freed here; it costs less). Thawed,
         # the child's first full collection would write to the header of every one of them
         # and so copy nearly all the pages it shares with the master (10 MiB more for the
         # relay after 10,000 messages, docs/benchmark.md "Memory").
