@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         from mta_lite.commands.passwd import passwd_main
         return passwd_main(args.name)
     if args.command == "smtpd":
-        from mta_lite.process.services import run_smtpd_unit
+        from mta_lite.process.smtpd_service import run_smtpd_unit
         return run_smtpd_unit(path)
     if args.command == "serve":
         from mta_lite.process.master import serve     # the master never loads the secrets itself
@@ -134,7 +134,7 @@ def _run(config: str | None, action, fail_status: int, secrets: bool = True) -> 
 def _dispatch(cfg, args) -> int:
     """The commands that run on a loaded config."""
     if args.command == "qmgr":
-        from mta_lite.process.services import run_qmgr_unit
+        from mta_lite.process.qmgr_service import run_qmgr_unit
         return run_qmgr_unit(cfg)
     if args.command == "config":
         from mta_lite.commands import config

@@ -11,13 +11,15 @@ the queue directories and the queue manager's doorbell socket.
                    the config file changes, it validates the new config, replaces qmgr (or,
                    running as one user, has it reload) and replaces smtpd (same sockets for
                    unchanged ports).
-    smtpd          a fork of the master: loads the listeners' certificates and keys while
-                   still root, changes into the spool, drops to `master.smtpd_user` and
-                   serves the inherited sockets with the secret-free config.
-    qmgr           a fork of the master: reads the full config (the passwords) while still
-                   root, changes into the spool, then drops to `master.qmgr_user` (plus the
-                   smtpd group, to read what smtpd queued). A reload restarts it, so it reads
-                   the new config as root again (Postfix's `postfix reload` does the same).
+    smtpd          a fork of the master (smtpd_service.py): loads the listeners'
+                   certificates and keys while still root, changes into the spool, drops
+                   to `master.smtpd_user` and serves the inherited sockets with the
+                   secret-free config.
+    qmgr           a fork of the master (qmgr_service.py): reads the full config (the
+                   passwords) while still root, changes into the spool, then drops to
+                   `master.qmgr_user` (plus the smtpd group, to read what smtpd queued). A
+                   reload restarts it, so it reads the new config as root again (Postfix's
+                   `postfix reload` does the same).
 
 Before it binds a port, and before it accepts a reloaded config, the master runs `mta-lite
 check` (preflight.py): a problem the service users would meet is one line naming path,
@@ -26,8 +28,10 @@ start), the master answers its ports itself with `421 4.3.2` at once, so clients
 wait in a backlog nobody reads; the queue manager goes on delivering.
 
 Forking from a master that already imported everything lets the three processes share
-those pages (gc.freeze() keeps the collector from touching them): about one interpreter's
-memory instead of three. The master runs no event loop; it waits for signals only.
+those pages: about one interpreter's memory instead of three. gc.freeze() puts every object
+the master made into the collector's permanent generation, and the children leave them
+there (spawn.py): a full collection in a child would otherwise write to every one of them
+and copy all those pages. The master runs no event loop; it waits for signals only.
 Guarantees: a child's death never stops the other (mail is accepted while qmgr is down and
 delivered while smtpd is down); no secret ever enters the master, so none reaches smtpd; a
 child whose master died (even by SIGKILL) gets SIGTERM and stops, so a restarted master can
@@ -110,9 +114,10 @@ class Master:
         self.socks = sockets.bind_listeners(self.cfg)
         # Load the children's code here, once: shared between the three processes, and
         # already in memory when a child has dropped to a user who may not be able to read
-        # the interpreter's directory.
-        from mta_lite.process import services as daemon   # noqa: F401
-        privsep.preload()
+        # the interpreter's directory. Each half's own code too: a child that imported it
+        # after the fork copied more of the master's pages than it saved (privsep.PRELOADS).
+        for names in privsep.PRELOADS:
+            privsep.preload(names)
         if self.cfg.postscreen.dnsbl_sites and any(item.postscreen for item in self.cfg.listen):
             from mta_lite.postscreen.dnsblclient import preload
             preload()           # dnspython imports its record types on first use
@@ -125,7 +130,8 @@ class Master:
         privsep.LateImportWatch(name).install()
 
     def _run_smtpd(self) -> int:
-        from mta_lite.process.services import SmtpdService, run_service
+        from mta_lite.process.runner import run_service
+        from mta_lite.process.smtpd_service import SmtpdService
         privsep.enter_spool(self.cfg.spool_dir)
         try:
             # As root: the listeners' keys may be readable by root alone (/etc/ssl/private).
@@ -139,7 +145,8 @@ class Master:
 
     def _run_qmgr(self) -> int:
         from mta_lite.config.load import load_config
-        from mta_lite.process.services import QmgrService, run_service
+        from mta_lite.process.qmgr_service import QmgrService
+        from mta_lite.process.runner import run_service
         from mta_lite.maillog import setup_logging
         for sock in self.socks:
             sock.close()        # the delivering side never listens

@@ -3,7 +3,7 @@
     ServiceUser.lookup(name, extra_group)  the user's uid, gid and groups (from passwd/group)
     enter_spool(path)                      chdir into the spool while still root
     drop_to(user)                          setgroups, setgid, setuid: no way back
-    preload()                              import what the children import lazily
+    preload(names)                         import what a process would otherwise import later
     LateImportWatch                        logs any module imported after the drop
 
 Postfix's order, followed here: a daemon started as root opens its key files, lookup tables
@@ -33,22 +33,48 @@ from mta_lite.errors import MtaLiteError
 
 log = logging.getLogger("mta_lite.master")
 
-# Modules the children import on first use, deep inside the standard library or a
-# dependency: codecs looked up by name (postscreen's pregreet log line needs unicode_escape),
-# the thread pool behind asyncio.to_thread, host name encoding in getaddrinfo, time.strptime's
-# helper, and email's header and charset machinery that aiosmtplib and the bounce builder
-# touch per message. LateImportWatch logs any module this list misses, and a deployed test
+# What the master imports before it forks, by which process runs it, each with its reason.
+# Whole halves, and what Python imports on first use deep inside the standard library or a
+# dependency. All three lists are loaded by the master (PRELOADS): shared between the three
+# processes, and already in memory when a child has dropped to a user who may not be able
+# to read the interpreter's directory. Measured (docs/benchmark.md, "Memory"): a child that
+# imported its own half after the fork, still as root, held more, not less (idle +1.7 MiB
+# anonymous for the relay): the imports run the shared import machinery, re, dataclasses
+# and typing, and copy more of the master's pages than the master's copy of the half costs.
+# LateImportWatch logs any module these lists miss, and a deployed test
 # (tests/support/relay.py, deployed=True) fails on such a line.
-PRELOAD_MODULES = (
-    "concurrent.futures.thread",
+SHARED_PRELOAD = (
+    # Both halves' runner: the event loop, signals, the allocator tuning (ctypes).
+    "mta_lite.process.runner",
+    # The spool: smtpd writes incoming/ and rings the doorbell; qmgr reads, moves, rings back.
+    "mta_lite.queue", "mta_lite.queue.doorbell", "mta_lite.maillog",
+    # Codecs looked up by name: SMTP lines (ascii, latin-1, utf-8), the unicode_escape of
+    # mta_lite.text.printable (the log lines of both: a pregreet, a pickup file's name),
+    # host name encoding in any getaddrinfo (idna, punycode). Small, and either may need them.
     "encodings.ascii", "encodings.idna", "encodings.latin_1", "encodings.raw_unicode_escape",
     "encodings.unicode_escape", "encodings.utf_8", "encodings.punycode",
-    "_strptime",
-    "email.charset", "email.encoders", "email.generator", "email.header", "email.headerregistry",
-    "email.message", "email.mime.text", "email.parser", "email.policy", "email.utils",
-    "email._header_value_parser", "email.feedparser", "email.quoprimime", "email.base64mime",
+    # The thread pool behind asyncio.to_thread: the queue's group commit (both), AUTH's
+    # password check (smtpd).
+    "concurrent.futures.thread",
+    # email.utils for the Received: and Date: headers (smtpd) and aiosmtplib (qmgr); the
+    # charset and transfer-encoding helpers it brings in.
+    "email.utils", "email.charset", "email.encoders", "email.quoprimime", "email.base64mime",
+    # TLS for STARTTLS in (smtpd) and out (qmgr); hmac for AUTH (smtpd's password hashes,
+    # aiosmtplib's CRAM-MD5); secrets for safeio's temporary names.
     "asyncio.sslproto", "ssl", "hmac", "secrets",
 )
+SMTPD_PRELOAD = (
+    # The receiving half: listeners, SMTP engine, postscreen (smtpd.*, postscreen.*).
+    "mta_lite.process.smtpd_service",
+)
+QMGR_PRELOAD = (
+    # The delivering half: queue manager, smarthost client (qmgr.*, smarthost.*, aiosmtplib).
+    "mta_lite.process.qmgr_service",
+    # The email package's header machinery that aiosmtplib imports and touches per message.
+    "email.generator", "email.header", "email.headerregistry", "email.message", "email.policy",
+    "email._header_value_parser",
+)
+PRELOADS = (SHARED_PRELOAD, SMTPD_PRELOAD, QMGR_PRELOAD)
 
 
 class PrivilegeError(MtaLiteError, PermissionError):
@@ -97,9 +123,10 @@ def drop_to(user: ServiceUser) -> None:
         raise PrivilegeError(f"could not give up root for user {user.name!r}")
 
 
-def preload(extra: tuple[str, ...] = ()) -> None:
-    """Import every module a child may otherwise import after the drop."""
-    for name in (*PRELOAD_MODULES, *extra):
+def preload(names: tuple[str, ...]) -> None:
+    """Import `names` now (the master: each of PRELOADS), so that no child imports them
+    after its privilege drop."""
+    for name in names:
         importlib.import_module(name)
 
 

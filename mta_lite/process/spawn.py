@@ -12,13 +12,14 @@ exits 78 (EX_CONFIG). The master logs that line once per restart attempt, and st
 the alert LED show "config error" until the child runs again.
 Guarantees: restarts back off from 1 s to 60 s, so a child that cannot start costs a line a
 minute, not a loop; a stop the master asked for (a reload) restarts at once; the report
-pipe carries at most MAX_REASON_BYTES and never a secret (config errors never hold one).
+pipe carries at most MAX_REASON_BYTES and never a secret (config errors never hold one); a
+child leaves the objects the master froze (gc.freeze()) frozen, so its collector never
+writes to the pages it shares with the master.
 Must never: let a child return into the master's loop, or block the master on a child.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -130,7 +131,12 @@ def _be_child(child: Child, mask: set, others: list[Child], read_fd: int, write_
             # during start-up must not kill it.
             signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        gc.unfreeze()
+        # The master's objects stay in the collector's permanent generation (gc.freeze()):
+        # modules, classes and functions that live as long as the process, and the master's
+        # own few objects (a cycle among those is never freed here; it costs less). Thawed,
+        # the child's first full collection would write to the header of every one of them
+        # and so copy nearly all the pages it shares with the master (10 MiB more for the
+        # relay after 10,000 messages, docs/benchmark.md "Memory").
         set_process_name(f"mta-{child.name}")
         REPORT.fd = write_fd
         status = child.run()

@@ -1,5 +1,5 @@
 """A relay without [oauth] never loads the token endpoint's code (oauthlib, urllib.request):
-the daemons' modules and the master's preload leave it out (docs/benchmark.md, Memory)."""
+the daemons' modules and the preloads of the master and its children leave it out (docs/benchmark.md, Memory)."""
 
 import subprocess
 import sys
@@ -7,7 +7,8 @@ import sys
 PROBE = """
 import sys
 from mta_lite.process import services, master, privsep
-privsep.preload()
+for names in (privsep.SHARED_PRELOAD, privsep.SMTPD_PRELOAD, privsep.QMGR_PRELOAD):
+    privsep.preload(names)
 print(sorted(m for m in sys.modules if m.split('.')[0] == 'oauthlib' or m in (
     'urllib.request', 'http.client', 'mta_lite.smarthost.oauth.grants', 'mta_lite.smarthost.oauth.http')))
 """
