@@ -333,17 +333,21 @@ def test_concurrent_deliveries_same_account_never_share_a_connection(pki):
     assert len({m.peer_port for m in recorder.messages[1:]}) == 2
 
 
-def test_a_connection_reused_right_after_a_transaction_needs_no_rset():
-    peer = RawSmarthost()
-
+def deliver_in_turn(peer: RawSmarthost, count: int) -> list:
+    """`count` messages to the raw peer one after the other, through one pool."""
     async def scenario():
         async with raw_smarthost(peer) as port:
             pool = SmarthostPool(helo_name=HELO)
-            results = [await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT) for _ in range(3)]
+            results = [await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT) for _ in range(count)]
             await pool.close()
             return results
 
-    assert [statuses(r) for r in run(scenario())] == [[SENT]] * 3
+    return run(scenario())
+
+
+def test_a_connection_reused_right_after_a_transaction_needs_no_rset():
+    peer = RawSmarthost()
+    assert [statuses(r) for r in deliver_in_turn(peer, 3)] == [[SENT]] * 3
     assert peer.connections == 1 and len(peer.data) == 3
     assert not peer.saw(b"RSET")                # one round trip less per message than Postfix
 
@@ -389,15 +393,7 @@ def test_a_server_gone_from_a_reused_connection_costs_a_new_connection_not_a_def
 
 def test_a_transaction_without_data_is_reset_at_once_and_its_connection_reused():
     peer = RawSmarthost(replies={"RCPT": b"550 5.1.1 <bob@example.org>: Recipient address rejected\r\n"})
-
-    async def scenario():
-        async with raw_smarthost(peer) as port:
-            pool = SmarthostPool(helo_name=HELO)
-            results = [await pool.deliver(plain(port), SENDER, ["bob@example.org"], CONTENT) for _ in range(2)]
-            await pool.close()
-            return results
-
-    assert [statuses(r) for r in run(scenario())] == [[BOUNCE]] * 2
+    assert [statuses(r) for r in deliver_in_turn(peer, 2)] == [[BOUNCE]] * 2
     verbs = [line.split(b" ")[0].strip() for line in peer.lines]
     assert verbs[verbs.index(b"RCPT"):][:3] == [b"RCPT", b"RSET", b"MAIL"] and not peer.data
 
