@@ -49,6 +49,28 @@ def test_two_senders_are_relayed_with_their_own_accounts(smarthost, relay_factor
     assert "status=sent" in log and f"relay=127.0.0.1[127.0.0.1]:{smarthost.port}" in log
 
 
+@pytest.mark.deployed
+def test_messages_in_a_row_share_one_connection_without_rset(smarthost, relay_factory):
+    """Postfix's client checks a cached connection with RSET before each reuse; mta-lite
+    reuses one right after a completed transaction without it (a round trip less per
+    message). The smarthost's own count of the session's commands shows it."""
+    before = smarthost.maillog.stat().st_size if smarthost.maillog.exists() else 0
+    config = postfix_config(smarthost)
+    config["relays"]["isp"]["concurrency"] = 1           # one connection, the messages in turn
+    relay = relay_factory(config)
+    ids = {send(relay.port, "scanner@lan.test", f"office{n}@remote.example") for n in range(3)}
+    by_message_id(smarthost, ids)
+    relay.stop()                        # QUIT on the pooled connection: Postfix logs the session
+
+    def sessions():
+        new = smarthost.maillog.read_bytes()[before:].decode(errors="replace")
+        found = [line for line in new.splitlines() if "disconnect from" in line and " mail=" in line]
+        return found or None
+    lines = wait_until(sessions, 30, what="the smarthost's disconnect line")
+    assert len(lines) == 1, lines
+    assert "mail=3 rcpt=3 data=3" in lines[0] and "rset=" not in lines[0], lines[0]
+
+
 def test_swaks_client_is_relayed(smarthost, relay_factory):
     relay = relay_factory(postfix_config(smarthost))
     subject = "swaks " + make_msgid(domain="swaks.test")
