@@ -22,7 +22,6 @@ from mta_lite.errors import MtaLiteError
 from mta_lite.process import alloc
 
 log = logging.getLogger("mta_lite.master")
-EX_CONFIG = 78
 # How often smtpd sends its counters to the queue manager, and the queue manager looks at
 # whether the status snapshot changed.
 STATUS_INTERVAL_S = 2.0

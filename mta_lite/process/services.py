@@ -1,14 +1,11 @@
-"""services — the two halves of the relay, and both in one event loop for the demo.
+"""services — both halves of the relay in one event loop, for `mta-lite demo`.
 
-    SmtpdService  the receiving half (smtpd_service.py)
-    QmgrService   the delivering half (qmgr_service.py)
-    Daemon        both in one event loop, for `mta-lite demo` (no privilege separation)
-    run_service   one half in the foreground (runner.py)
+    Daemon        SmtpdService (smtpd_service.py) and QmgrService (qmgr_service.py) in one
+                  process, without privilege separation
 
-`mta-lite serve` runs each half in its own process (see master.py); under systemd each
-runs as its own unit (`mta-lite smtpd`, `mta-lite qmgr`), which loads its own half's
-module only. This module imports both halves: the demo imports it, and code that wants
-both names in one place.
+`mta-lite serve` runs each half in its own process (see master.py, runner.py); under
+systemd each runs as its own unit (`mta-lite smtpd`, `mta-lite qmgr`), which loads its own
+half's module only. Only the demo imports both halves, through this module.
 Must never: let the receiving side hold a secret (its config is loaded with secrets=False).
 """
 
@@ -17,12 +14,8 @@ from __future__ import annotations
 import logging
 
 from mta_lite.config.schema import Config
-from mta_lite.process.qmgr_service import QmgrService, StatusHeartbeat, run_qmgr_unit
-from mta_lite.process.runner import EX_CONFIG, STATUS_INTERVAL_S, run_service
-from mta_lite.process.smtpd_service import SmtpdService, run_smtpd_unit
-
-__all__ = ["Daemon", "EX_CONFIG", "QmgrService", "STATUS_INTERVAL_S", "SmtpdService", "StatusHeartbeat",
-           "run_qmgr_unit", "run_service", "run_smtpd_unit"]
+from mta_lite.process.qmgr_service import QmgrService
+from mta_lite.process.smtpd_service import SmtpdService
 
 log = logging.getLogger("mta_lite.master")
 

@@ -21,7 +21,8 @@ import sys
 from mta_lite.config.schema import Config
 from mta_lite.errors import ConfigError
 from mta_lite.postscreen.service import PostscreenService
-from mta_lite.process.runner import EX_CONFIG, STATUS_INTERVAL_S, run_service
+from mta_lite.process.runner import STATUS_INTERVAL_S, run_service
+from mta_lite.process.spawn import EX_CONFIG
 from mta_lite.queue import Spool
 from mta_lite.queue.doorbell import Doorbell
 from mta_lite.smtpd.listener import Listener

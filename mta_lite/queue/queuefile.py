@@ -10,9 +10,9 @@ Layout (one file per message, written once, never modified):
 Guarantees: read_queue_file() accepts a file only if the version, the envelope, the content
 length, the end marker and the checksum all match (G4); anything else raises
 CorruptQueueFileError, so a torn or bit-flipped file is never delivered half. A file of up to
-WHOLE_READ_BYTES is read with one read() and validated in memory (the queue manager reads each
-message two or three times: the fewer system calls, the better); a bigger one is read in
-chunks, never whole. With keep_content the caller gets the content it validated, so what it
+WHOLE_READ_BYTES is read with one read() and validated in memory (the queue manager reads
+each message twice, for scheduling and to verify it: the fewer system calls, the better); a
+bigger one is read in chunks, never whole. With keep_content the caller gets the content it validated, so what it
 sends is exactly what it checked.
 Must never: trust a length or a field it has not validated.
 """

@@ -10,8 +10,9 @@ a connection whose last transaction ended with the reply to the final dot, idle 
 RSET_AFTER_IDLE_S, is reused without (one round trip less per message); any other is checked
 with RSET. Either way a dead one is replaced by a fresh connection, once: a server that hung
 up on an unchecked connection is met at MAIL FROM (no reply, or 421), before anything of the
-message was sent, and the transaction is run again on a new connection. Concurrent deliver() calls are safe: each takes its own connection. How many
-run at once is the caller's business (qmgr limits them to relay.concurrency per account).
+message was sent, and the transaction is run again on a new connection. Concurrent deliver()
+calls are safe: each takes its own connection. How many run at once is the caller's
+business (qmgr limits them to relay.concurrency per account).
 The verifying TLS contexts are built once per CA file and kept (TlsContexts).
 
 Guarantees:

@@ -6,7 +6,7 @@ import sys
 
 PROBE = """
 import sys
-from mta_lite.process import services, master, privsep
+from mta_lite.process import services, master, privsep  # the demo's module, both halves
 for names in (privsep.SHARED_PRELOAD, privsep.SMTPD_PRELOAD, privsep.QMGR_PRELOAD):
     privsep.preload(names)
 print(sorted(m for m in sys.modules if m.split('.')[0] == 'oauthlib' or m in (

@@ -9,7 +9,7 @@ import os
 import tomli_w
 
 from mta_lite.config.load import parse_config
-from mta_lite.process.services import QmgrService
+from mta_lite.process.qmgr_service import QmgrService
 from mta_lite.maillog import SecretFilter, config_secrets
 from mta_lite.qmgr.accounts import UNREACHABLE_AFTER_S
 from mta_lite.qmgr.backoff import AUTH_PAUSE_MIN_S

@@ -1,6 +1,6 @@
 """The status file is rewritten when it changed, else only as a heartbeat (SD-card writes)."""
 
-from mta_lite.process.services import StatusHeartbeat
+from mta_lite.process.qmgr_service import StatusHeartbeat
 from mta_lite.status import STALE_AFTER_S
 
 
