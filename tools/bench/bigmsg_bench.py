@@ -31,6 +31,8 @@ from relay_bench import peers  # noqa: E402
 
 MESSAGES = 10
 SIZE = 10_000_000
+WARM_UP_SIZE = 1024
+WARM_SETTLE_S = 1.0
 ROLES = {"mta-smtpd": "smtpd", "mta-lite": "qmgr"}     # the service users of the box
 
 
@@ -76,36 +78,49 @@ class PeakSampler(threading.Thread):
                              "by_process": {role(pid, self.master): item for pid, item in sample.items()}}
 
 
+def send(name: str, relay, sink, workdir: Path, size: int, total: int, args) -> None:
+    """MESSAGES messages of `size` bytes over MESSAGES sessions at once; returns once the
+    sink has counted `total` (the messages of earlier calls included)."""
+    with open(workdir / f"smtp-source-{size}-{name}.log", "ab") as out:
+        source = subprocess.Popen(rb.source_argv(relay.port, size, MESSAGES, MESSAGES),
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        try:
+            rb.wait_delivered(sink, source, relay, total, args.timeout)
+            source.wait(30.0)
+        except (rb.BenchError, subprocess.TimeoutExpired) as exc:
+            peers.stop_pids([source.pid])
+            raise rb.BenchError(f"{name}: {exc}\n{relay.log_tail()}") from None
+
+
 def run_one(name: str, args, workdir: Path) -> dict:
     with peers.SmtpSink(workdir, dump=False) as sink, rb.make_relay(name, workdir, sink.port) as relay:
-        pids = relay.pids()
-        idle = [rollup(pid) for pid in pids]
+        idle = [rollup(pid) for pid in relay.pids()]
+        # The same ten sessions with small messages first: every code path a big message
+        # takes has run once, and Postfix has its smtpd, cleanup and smtp processes.
+        send(name, relay, sink, workdir, WARM_UP_SIZE, MESSAGES, args)
+        rb.drained(relay)
+        time.sleep(WARM_SETTLE_S)
+        warm = [rollup(pid) for pid in relay.pids()]
         sampler = PeakSampler(relay, relay.proc.pid if name == "mta-lite" else (relay.master_pid() or 0))
         sampler.start()
-        out = open(workdir / f"smtp-source-big-{name}.log", "wb")
-        with out:
-            source = subprocess.Popen(rb.source_argv(relay.port, SIZE, MESSAGES, MESSAGES),
-                                      stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-            try:
-                rb.wait_delivered(sink, source, relay, MESSAGES, args.timeout)
-                source.wait(30.0)
-            except (rb.BenchError, subprocess.TimeoutExpired) as exc:
-                peers.stop_pids([source.pid])
-                raise rb.BenchError(f"{name}: {exc}\n{relay.log_tail()}") from None
-            finally:
-                sampler.done.set()
-                sampler.join()
+        try:
+            send(name, relay, sink, workdir, SIZE, 2 * MESSAGES, args)
+        finally:
+            sampler.done.set()
+            sampler.join()
     return {"relay": name, "messages": MESSAGES, "size": SIZE,
             "idle_pss_kib": sum(item["pss"] for item in idle), "idle_anon_kib": sum(item["anon"] for item in idle),
+            "warm_pss_kib": sum(item["pss"] for item in warm), "warm_anon_kib": sum(item["anon"] for item in warm),
             "peak_pss_kib": sampler.peak["pss"], "peak_anon_kib": sampler.peak["anon"],
             "peak_by_process": sampler.peak["by_process"]}
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"\n{'relay':10} {'idle PSS MiB':>13} {'peak PSS MiB':>13} {'idle anon MiB':>14} {'peak anon MiB':>14}")
+    print(f"\n{'relay':10} {'MiB PSS:':>9} {'idle':>6} {'warm':>6} {'peak':>6} {'anon:':>6} {'idle':>6} {'warm':>6} {'peak':>6}")
     for r in results:
-        print(f"{r['relay']:10} {r['idle_pss_kib'] / 1024:13.1f} {r['peak_pss_kib'] / 1024:13.1f}"
-              f" {r['idle_anon_kib'] / 1024:14.1f} {r['peak_anon_kib'] / 1024:14.1f}")
+        mib = lambda key: f"{r[key] / 1024:6.1f}"  # noqa: E731
+        print(f"{r['relay']:10} {'':9} {mib('idle_pss_kib')} {mib('warm_pss_kib')} {mib('peak_pss_kib')}"
+              f" {'':6} {mib('idle_anon_kib')} {mib('warm_anon_kib')} {mib('peak_anon_kib')}")
         if r["relay"] == "mta-lite":
             print("  at the peak: " + ", ".join(f"{who} {item['pss'] / 1024:.1f} MiB"
                                                  for who, item in sorted(r["peak_by_process"].items())))
