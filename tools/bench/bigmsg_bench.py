@@ -2,10 +2,13 @@
 
 smtp-source sends ten messages of 10,000,000 bytes over ten parallel sessions to a fresh relay
 (relay_bench.py's MtaLiteRelay / PostfixRelay: started as root the way the box runs them),
-which relays them to smtp-sink. It samples every 0.1 s, from the idle relay until the sink
-has all ten, the PSS of all the relay's processes and its anonymous part (Pss_Anon: the
-processes' own heaps; the file part also moves with whatever else on the machine maps the
-same libraries), and for mta-lite each process's PSS at the peak. Prints a table, writes
+which relays them to smtp-sink. It measures the PSS of all the relay's processes and its
+anonymous part (Pss_Anon: the processes' own heaps; the file part also moves with whatever
+else on the machine maps the same libraries) three times: idle after the greeting; warm,
+after ten 1 KB messages went the same way over ten sessions (every code path has run once,
+and Postfix has its per-session processes); and the peak, sampled every 0.1 s until the
+sink has all ten big ones, for mta-lite also per process. Warm to peak is what streaming
+the messages costs; idle to warm is what any mail costs first. Prints a table, writes
 bigmsg-results.json.
 Guarantees: every process it starts is stopped by PID; a run that stalls fails after
 --timeout seconds with the relay's log tail; the exit status is non-zero if a run failed.
