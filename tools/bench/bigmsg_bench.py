@@ -121,9 +121,9 @@ def run_one(name: str, args, workdir: Path) -> dict:
 def print_table(results: list[dict]) -> None:
     print(f"\n{'relay':10} {'MiB PSS:':>9} {'idle':>6} {'warm':>6} {'peak':>6} {'anon:':>6} {'idle':>6} {'warm':>6} {'peak':>6}")
     for r in results:
-        mib = lambda key: f"{r[key] / 1024:6.1f}"  # noqa: E731
-        print(f"{r['relay']:10} {'':9} {mib('idle_pss_kib')} {mib('warm_pss_kib')} {mib('peak_pss_kib')}"
-              f" {'':6} {mib('idle_anon_kib')} {mib('warm_anon_kib')} {mib('peak_anon_kib')}")
+        pss = " ".join(f"{r[f'{when}_pss_kib'] / 1024:6.1f}" for when in ("idle", "warm", "peak"))
+        anon = " ".join(f"{r[f'{when}_anon_kib'] / 1024:6.1f}" for when in ("idle", "warm", "peak"))
+        print(f"{r['relay']:10} {'':9} {pss} {'':6} {anon}")
         if r["relay"] == "mta-lite":
             print("  at the peak: " + ", ".join(f"{who} {item['pss'] / 1024:.1f} MiB"
                                                  for who, item in sorted(r["peak_by_process"].items())))
