@@ -3,7 +3,9 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from mta_lite.envelope import parse_path, split_path_and_params
+import ipaddress
+
+from mta_lite.envelope import client_ip, parse_path, split_path_and_params
 from mta_lite.errors import AddressError
 
 
@@ -59,3 +61,24 @@ def test_parse_path_arbitrary_text_never_crashes_and_output_is_clean(text):
         except AddressError:
             continue
         assert not any(c in out for c in "\r\n\x00<>%!") and not out.startswith("@")
+
+
+def _reference_client_ip(text: str):
+    try:
+        addr = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    return addr.ipv4_mapped or addr if addr.version == 6 else addr
+
+
+@pytest.mark.parametrize("text", ["192.0.2.1", "0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3",
+                                  "256.1.1.1", "1.2.3.4 ", " 1.2.3.4", "1.2.3.4.5", "", "x", "::1",
+                                  "::ffff:192.0.2.1", "fe80::1%eth0", "2001:db8::1", "unknown"])
+def test_client_ip_reads_what_ipaddress_reads(text):
+    assert client_ip(text) == _reference_client_ip(text)
+
+
+@given(st.one_of(st.text(alphabet="0123456789.:abcdef% x", max_size=20),
+                 st.ip_addresses().map(str)))
+def test_client_ip_agrees_with_ipaddress_on_any_text(text):
+    assert client_ip(text) == _reference_client_ip(text)
