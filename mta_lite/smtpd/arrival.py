@@ -3,9 +3,9 @@
 A listener whose pre-greeting hook can decide at connect time, without awaiting, "send these
 bytes and wait up to S seconds for the client's first bytes" (postscreen's pregreet test)
 accepts through a Doorway instead of asyncio's server. A client held that way costs its
-socket, one Held object, one reader registration and a place in its listener's Deadlines
-(one loop timer for all held clients): no asyncio transport, TimerHandle,
-protocol, task, coroutine frames, StreamReader, StreamWriter or timeout context (about
+socket, one Held object and a place in its listener's Waiting: an epoll set of its own
+(one loop reader for all held clients) and Deadlines (one loop timer): no asyncio
+reader registration, transport, TimerHandle, protocol, task, coroutine frames, StreamReader, StreamWriter or timeout context (about
 8 KiB more each, with thousands of idle clients held). When the socket becomes readable
 (bytes, EOF or an error: nothing is read here, only peeked at) or the wait ends, the owner
 gets the socket back (a client that hung up without a word needs no streams: the owner just
@@ -25,6 +25,7 @@ import asyncio
 import errno
 import logging
 import math
+import select
 import socket
 from collections import deque
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ TIMEOUT = "timeout"
 STREAM_LIMIT = 64 * 1024
 # asyncio's defaults: the listen backlog, and accepts per readiness event.
 BACKLOG = 100
+# Clients are held only where the kernel has epoll (Linux, the box's); elsewhere a listener
+# runs its pre-greeting hook in the session task instead (Listener.start).
+EPOLL = hasattr(select, "epoll")
 # Out of file descriptors or memory: stop accepting this long (asyncio's ACCEPT_RETRY_DELAY).
 ACCEPT_RETRY_DELAY_S = 1.0
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -94,30 +98,76 @@ class Deadlines:
             self._arm(due)
 
 
+class Waiting:
+    """Where one listener's held clients wait: their sockets in an epoll set of their own,
+    which the loop watches as one reader, and their Deadlines. Holding a client costs an
+    epoll_ctl() to add it and one to take it out, and its wake-up a dict lookup; asyncio's
+    add_reader()/remove_reader() per socket added a handle, a selector key and their
+    bookkeeping each time, the largest part of smtpd's own work for a client that is held
+    and hangs up (docs/benchmark.md, "Postscreen"). Needs epoll (Linux): see EPOLL."""
+
+    def __init__(self) -> None:
+        self.deadlines = Deadlines()
+        self._held: dict[int, Held] = {}        # by file descriptor
+        self._epoll: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, held: Held, wait_s: float) -> None:
+        if self._epoll is None:
+            self._loop = asyncio.get_running_loop()
+            self._epoll = select.epoll()        # close-on-exec, like every descriptor here
+            self._loop.add_reader(self._epoll.fileno(), self._ready)
+        fd = held.sock.fileno()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._held[fd] = held
+        self.deadlines.add(held, wait_s)
+
+    def unwatch(self, held: Held) -> None:
+        fd = held.sock.fileno()
+        if self._held.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def _ready(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            held = self._held.get(fd)
+            if held is not None:
+                held.wake()
+
+    def close(self) -> None:
+        """After every held client was resumed or aborted: the timer and the set go."""
+        self.deadlines.close()
+        if self._epoll is not None:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+
+
 class Held:
     """One client held before its session task (see the module docstring)."""
 
-    __slots__ = ("owner", "sock", "token")
+    __slots__ = ("owner", "sock", "token", "waiting")
 
     def __init__(self, owner: Any, sock: socket.socket, token: Any) -> None:
         self.owner, self.sock, self.token = owner, sock, token
+        self.waiting: Waiting | None = None
 
-    def start(self, hold: Hold, deadlines: Deadlines) -> None:
+    def start(self, hold: Hold, waiting: Waiting) -> None:
         try:
             if hold.teaser:
                 self.sock.send(hold.teaser)     # a fresh socket's buffer takes a short line
         except OSError:
             self._resume(INPUT)                 # reset already: the session's read will tell
             return
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._wake)
-        deadlines.add(self, hold.wait_s)
+        self.waiting = waiting
+        waiting.watch(self, hold.wait_s)
 
     def expire(self) -> None:
         if self.owner is not None:
             self._stop()
             self._resume(TIMEOUT)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """The socket is readable: bytes, EOF or an error."""
         try:
             peeked = self.sock.recv(1, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
@@ -128,11 +178,11 @@ class Held:
         self._resume(INPUT if peeked else HANGUP)
 
     def _stop(self) -> None:
-        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.waiting.unwatch(self)
 
     def _resume(self, event: str) -> None:
         owner, sock, token = self.owner, self.sock, self.token
-        self.owner = self.sock = self.token = None      # the deadline's entry keeps only this
+        self.owner = self.sock = self.token = self.waiting = None   # the deadline's entry keeps only this
         owner.resume(token, sock, event)
 
     def abort(self, last_words: bytes) -> None:

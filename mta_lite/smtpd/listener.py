@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from mta_lite.config.schema import Config, Listen
 from mta_lite.errors import ConfigError
 from mta_lite.reply import R421_PORTS_BUSY, R421_SHUTDOWN, R421_TIMEOUT, R421_TOO_MANY_CONNECTIONS, R451_INTERNAL, Reply
-from mta_lite.smtpd.arrival import HANGUP, Deadlines, Doorway, Held, Hold, streams_on
+from mta_lite.smtpd.arrival import EPOLL, HANGUP, Doorway, Held, Hold, Waiting, streams_on
 from mta_lite.smtpd.auth import Authenticator
 from mta_lite.smtpd.conversation import with_host
 from mta_lite.smtpd.engine import Client, ListenerCounters, SmtpEngine
@@ -111,7 +111,7 @@ class Listener:
         self._active: dict[int, Client] = {}
         self._per_ip: dict[str, int] = {}          # open connections by client IP
         self._held: dict[int, Held] = {}           # clients held before their task starts
-        self._deadlines = Deadlines()              # when their waits end
+        self._waiting = Waiting()                  # their sockets and deadlines
         self._next_id = 0
 
     async def start(self, sock=None) -> None:
@@ -120,7 +120,7 @@ class Listener:
         # the ClientHello never lands in a plaintext buffer.
         tls = ({"ssl": self.ssl_context, "ssl_handshake_timeout": self.cfg.smtpd.timeout_s}
                if self.listen.tls == "implicit" else {})
-        if hasattr(self.pre_greet, "begin") and not tls:
+        if hasattr(self.pre_greet, "begin") and not tls and EPOLL:
             await self._open_doorway(sock)
         elif sock is not None:
             self._server = await asyncio.start_server(self._accept, sock=sock, **tls)
@@ -164,7 +164,7 @@ class Listener:
         for sid in list(self._held):
             self._held.pop(sid).abort(with_host(R421_SHUTDOWN, self.cfg.hostname).to_bytes())
             log.info("disconnect from [%s] commands=0", self._unregister(sid).ip)
-        self._deadlines.close()
+        self._waiting.close()
         for client in list(self._active.values()):
             if not client.in_data and client.task is not None:
                 client.task.cancel()
@@ -231,7 +231,7 @@ class Listener:
             self.resume(token, sock, None)
             return
         self._held[sid] = held = Held(self, sock, token)
-        held.start(hold, self._deadlines)
+        held.start(hold, self._waiting)
 
     def resume(self, token: tuple, sock: socket.socket, event: str | None) -> None:
         sid, client, state, started = token
