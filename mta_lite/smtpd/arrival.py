@@ -4,13 +4,14 @@ A listener whose pre-greeting hook can decide at connect time, without awaiting,
 bytes and wait up to S seconds for the client's first bytes" (postscreen's pregreet test)
 accepts through a Doorway instead of asyncio's server. A client held that way costs its
 socket, one Held object and a place in its listener's Waiting: an epoll set of its own
-(one loop reader for all held clients) and Deadlines (one loop timer): no asyncio
-reader registration, transport, TimerHandle, protocol, task, coroutine frames, StreamReader, StreamWriter or timeout context (about
-8 KiB more each, with thousands of idle clients held). When the socket becomes readable
-(bytes, EOF or an error: nothing is read here, only peeked at) or the wait ends, the owner
-gets the socket back (a client that hung up without a word needs no streams: the owner just
-closes it) and starts the session task, which wraps it in asyncio streams (streams_on) and reads
-what the client sent from there, as if it had waited itself.
+(one loop reader for all held clients) and Deadlines (one loop timer): no asyncio reader
+registration, transport, TimerHandle, protocol, task, coroutine frames, StreamReader,
+StreamWriter or timeout context (about 8 KiB more each, with thousands of idle clients
+held). When the socket becomes readable (bytes, EOF or an error: nothing is read here, only
+peeked at) or the wait ends, the owner gets the socket back (a client that hung up without
+a word needs no streams: the owner just closes it) and starts the session task, which wraps
+it in asyncio streams (streams_on) and reads what the client sent from there, as if it had
+waited itself.
 The owner (the listener) provides arrived(sock, ip), which answers, admits or refuses the
 client (Held.start() to hold it), and resume(token, sock, event).
 Guarantees: nothing a client sends is read or dropped before the session's streams have it;
