@@ -109,7 +109,7 @@ class Waiting:
 
     def __init__(self) -> None:
         self.deadlines = Deadlines()
-        self._held: dict[int, Held] = {}        # by file descriptor
+        self._by_fd: dict[int, Held] = {}
         self._epoll: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -120,17 +120,17 @@ class Waiting:
             self._loop.add_reader(self._epoll.fileno(), self._ready)
         fd = held.sock.fileno()
         self._epoll.register(fd, select.EPOLLIN)
-        self._held[fd] = held
+        self._by_fd[fd] = held
         self.deadlines.add(held, wait_s)
 
     def unwatch(self, held: Held) -> None:
         fd = held.sock.fileno()
-        if self._held.pop(fd, None) is not None:
+        if self._by_fd.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
     def _ready(self) -> None:
         for fd, _ in self._epoll.poll(0):
-            held = self._held.get(fd)
+            held = self._by_fd.get(fd)
             if held is not None:
                 held.wake()
 

@@ -76,7 +76,7 @@ def test_held_clients_are_resumed_by_what_they_do_and_leave_nothing_watched():
         assert owner.resumed == {"talks": INPUT, "leaves": HANGUP}
         await asyncio.sleep(0.3)
         assert owner.resumed["silent"] == TIMEOUT
-        assert waiting._held == {}              # every socket taken out of the set
+        assert waiting._by_fd == {}             # every socket taken out of the set
         epoll_fd = waiting._epoll.fileno()
         waiting.close()
         assert waiting._epoll is None

@@ -152,21 +152,26 @@ def churn_sockets(port: int, addresses: list[str], concurrency: int) -> float:
 
     started = time.monotonic()
     deadline = started + CONNECT_TIMEOUT_S * 4
-    for _ in range(min(concurrency, len(waiting))):
-        connect()
-    while selector.get_map():
-        if time.monotonic() > deadline:
-            raise BenchError(f"new connections: {len(waiting) + len(selector.get_map())} not done in time")
-        for key, _ in selector.select(1.0):
-            data = key.fileobj.recv(4096)
-            key.data.extend(data)
-            if b"\n" in key.data or not data:
-                if not key.data.startswith(b"220-"):
-                    raise BenchError(f"expected the 220- teaser, got {bytes(key.data[:80])!r}")
-                selector.unregister(key.fileobj)
-                key.fileobj.close()
-                if waiting:
-                    connect()
+    try:
+        for _ in range(min(concurrency, len(waiting))):
+            connect()
+        while selector.get_map():
+            if time.monotonic() > deadline:
+                raise BenchError(f"new connections: {len(waiting) + len(selector.get_map())} not done in time")
+            for key, _ in selector.select(1.0):
+                data = key.fileobj.recv(4096)
+                key.data.extend(data)
+                if b"\n" in key.data or not data:
+                    if not key.data.startswith(b"220-"):
+                        raise BenchError(f"expected the 220- teaser, got {bytes(key.data[:80])!r}")
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()
+                    if waiting:
+                        connect()
+    finally:
+        for key in list(selector.get_map().values()):
+            key.fileobj.close()
+        selector.close()
     return len(addresses) / (time.monotonic() - started)
 
 
