@@ -128,6 +128,10 @@ class Waiting:
         if self._by_fd.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
+    def held(self) -> list[Held]:
+        """The clients waiting now (a copy: aborting one takes it out)."""
+        return list(self._by_fd.values())
+
     def _ready(self) -> None:
         for fd, _ in self._epoll.poll(0):
             held = self._by_fd.get(fd)

@@ -110,8 +110,7 @@ class Listener:
         self._closing = False
         self._active: dict[int, Client] = {}
         self._per_ip: dict[str, int] = {}          # open connections by client IP
-        self._held: dict[int, Held] = {}           # clients held before their task starts
-        self._waiting = Waiting()                  # their sockets and deadlines
+        self._waiting = Waiting()                  # clients held before their task starts
         self._next_id = 0
 
     async def start(self, sock=None) -> None:
@@ -161,8 +160,9 @@ class Listener:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for sid in list(self._held):
-            self._held.pop(sid).abort(with_host(R421_SHUTDOWN, self.cfg.hostname).to_bytes())
+        for held in self._waiting.held():
+            sid = held.token[0]
+            held.abort(with_host(R421_SHUTDOWN, self.cfg.hostname).to_bytes())
             log.info("disconnect from [%s] commands=0", self._unregister(sid).ip)
         self._waiting.close()
         for client in list(self._active.values()):
@@ -230,12 +230,10 @@ class Listener:
         if hold is None:
             self.resume(token, sock, None)
             return
-        self._held[sid] = held = Held(self, sock, token)
-        held.start(hold, self._waiting)
+        Held(self, sock, token).start(hold, self._waiting)
 
     def resume(self, token: tuple, sock: socket.socket, event: str | None) -> None:
         sid, client, state, started = token
-        self._held.pop(sid, None)
         if event == HANGUP:
             self.pre_greet.hung_up(state)
             sock.close()
