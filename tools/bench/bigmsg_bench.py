@@ -111,9 +111,9 @@ def run_one(name: str, args, workdir: Path) -> dict:
         finally:
             sampler.done.set()
             sampler.join()
-    return {"relay": name, "messages": MESSAGES, "size": SIZE,
-            "idle_pss_kib": sum(item["pss"] for item in idle), "idle_anon_kib": sum(item["anon"] for item in idle),
-            "warm_pss_kib": sum(item["pss"] for item in warm), "warm_anon_kib": sum(item["anon"] for item in warm),
+    sums = {f"{when}_{key}_kib": sum(item[key] for item in rows)
+            for when, rows in (("idle", idle), ("warm", warm)) for key in ("pss", "anon")}
+    return {"relay": name, "messages": MESSAGES, "size": SIZE, **sums,
             "peak_pss_kib": sampler.peak["pss"], "peak_anon_kib": sampler.peak["anon"],
             "peak_by_process": sampler.peak["by_process"]}
 
